@@ -1,0 +1,79 @@
+# Routing state, included by core.pyx.
+#
+# Routing state the hot loop works on: messages, per-address queues, peers, counters.
+#
+# Plain C++ objects with no Python references, so the loop in core.pyx runs without the
+# GIL. Ownership: a Msg is owned by the queue entries that point to it (``refs``); it is
+# freed when the last entry goes. Peers and addresses live in slot vectors and are named
+# by index; a peer slot is reused, so references to a peer carry its ``gen``.
+
+cdef cppclass Msg:
+    zmq_msg_t payload       # the payload frame as received, shared by zmq_msg_copy
+    string tmpl             # DELIVER header without seq and address (see fill_deliver)
+    uint64_t msg_id
+    uint64_t accepted_us    # wall clock, microseconds, when the router took it
+    uint64_t expire_us      # monotonic deadline, 0 = no TTL
+    int sender              # peer slot of the sender
+    uint32_t sender_gen     # that slot's generation when the message arrived
+    int refs                # queue entries that point here
+    int pending             # reliable deliveries not yet acked
+    uint8_t cls
+    bool finished           # a final receipt (DELIVERED/EXPIRED/FAILED) went out
+
+cdef struct Entry:
+    uint64_t seq
+    Msg *msg
+
+cdef cppclass Address:
+    string name
+    int peer                # bound peer slot, -1 = offline
+    uint64_t next_seq       # last sequence assigned
+    uint64_t acked          # cumulative ack from the endpoint
+    size_t sent             # entries at the front of `rel` already sent, unacked
+    deque[Entry] rel        # reliable entries, in seq order, not yet acked
+    deque[Msg*] notices     # best-effort entries
+    unordered_map[string, Msg*] latest   # conflated location per key
+    deque[string] latest_order           # keys in arrival order
+    bool dirty              # listed in Core.dirty
+
+cdef cppclass Peer:
+    string identity         # ROUTER routing id
+    string name             # from HELLO; senders' dedup scope
+    uint8_t role            # 0 until HELLO
+    uint32_t gen
+    bool live
+    uint64_t last_seen_ms
+    vector[int] addrs       # bound address slots
+    string receipts         # pending RECEIPT entries, flushed per loop pass
+    uint32_t nreceipts
+    uint64_t err_window_ms  # error rate limit window start
+    uint32_t errs           # errors sent in the window
+    bool blocked            # last send hit the HWM: retry on the next pass
+
+cdef struct Counters:
+    uint64_t msgs_in[5]         # SEND accepted, by class
+    uint64_t msgs_out[5]        # DELIVER sent, by class
+    uint64_t bytes_in
+    uint64_t bytes_out
+    uint64_t fanout             # extra deliveries made by channel fan-out
+    uint64_t receipts[6]        # by status
+    uint64_t receipts_dropped   # sender gone before its receipt
+    uint64_t acks_in
+    uint64_t errors[17]         # ERROR sent, by code
+    uint64_t errors_suppressed  # rate-limited
+    uint64_t shed               # best-effort dropped for space
+    uint64_t conflated          # location replaced by a newer one
+    uint64_t expired
+    uint64_t blocked_sends      # sends that hit a peer's HWM
+    uint64_t peers_connected
+    uint64_t peers_lost
+    uint64_t queued             # messages held (all queues)
+    uint64_t loops
+
+cdef struct Event:
+    int kind                    # EV_CONNECT / EV_DISCONNECT / EV_ERROR (core.pyx)
+    int code                    # error code, or disconnect reason
+    uint8_t role
+    uint32_t naddrs
+    string name
+    string identity

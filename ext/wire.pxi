@@ -1,0 +1,109 @@
+# Byte-level helpers for the wire format (docs/PROTOCOL.md), included by core.pyx.
+# All integers are big-endian; the compiler turns these shifts into bswap.
+
+cdef inline uint16_t get16(const uint8_t *p) noexcept nogil:
+    return (<uint16_t>p[0] << 8) | p[1]
+
+
+cdef inline uint32_t get32(const uint8_t *p) noexcept nogil:
+    return ((<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) |
+            (<uint32_t>p[2] << 8) | p[3])
+
+
+cdef inline uint64_t get64(const uint8_t *p) noexcept nogil:
+    return (<uint64_t>get32(p) << 32) | get32(p + 4)
+
+
+cdef inline void put16(uint8_t *p, uint16_t v) noexcept nogil:
+    p[0] = <uint8_t>(v >> 8)
+    p[1] = <uint8_t>v
+
+
+cdef inline void put32(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = <uint8_t>(v >> 24)
+    p[1] = <uint8_t>(v >> 16)
+    p[2] = <uint8_t>(v >> 8)
+    p[3] = <uint8_t>v
+
+
+cdef inline void put64(uint8_t *p, uint64_t v) noexcept nogil:
+    put32(p, <uint32_t>(v >> 32))
+    put32(p + 4, <uint32_t>v)
+
+
+cdef inline bint valid_name(const uint8_t *p, size_t n) noexcept nogil:
+    """Addresses and channels: printable ASCII, no spaces (0x21..0x7e)."""
+    cdef size_t i
+    for i in range(n):
+        if p[i] < 0x21 or p[i] > 0x7e:
+            return False
+    return True
+
+
+cdef inline bint valid_cursor_list(const uint8_t *h, size_t hlen, size_t off) noexcept nogil:
+    """A count, then that many [len][name][u64 seq] entries, ending exactly at hlen."""
+    if off + 2 > hlen:
+        return False
+    cdef uint16_t count = get16(h + off)
+    cdef uint16_t i
+    off += 2
+    for i in range(count):
+        if off >= hlen or off + 1 + <size_t>h[off] + 8 > hlen:
+            return False
+        off += 1 + <size_t>h[off] + 8
+    return off == hlen
+
+
+cdef inline bint valid_address_list(const uint8_t *h, size_t hlen, size_t off) noexcept nogil:
+    """A count, then that many [len][name] entries, ending exactly at hlen."""
+    if off + 2 > hlen:
+        return False
+    cdef uint16_t count = get16(h + off)
+    cdef uint16_t i
+    off += 2
+    for i in range(count):
+        if off >= hlen or off + 1 + <size_t>h[off] > hlen:
+            return False
+        off += 1 + <size_t>h[off]
+    return off == hlen
+
+
+cdef inline void build_template(Msg *m, uint8_t flags, const string &sender,
+                                const string &channel, const uint8_t *kind,
+                                uint8_t lk) noexcept nogil:
+    """The DELIVER header of ``m`` without its seq (offset 4) and address (length at
+    offset 32, bytes appended): both are filled per delivery."""
+    cdef uint8_t fixed[33]
+    memset(fixed, 0, 33)
+    fixed[0] = SIGNATURE
+    fixed[1] = VERSION
+    fixed[2] = CMD_DELIVER
+    fixed[3] = flags & FLAG_LZ4
+    put64(fixed + 12, m.msg_id)
+    put64(fixed + 20, m.accepted_us)
+    fixed[28] = m.cls
+    fixed[29] = lk
+    fixed[30] = <uint8_t>sender.size()
+    fixed[31] = <uint8_t>channel.size()
+    m.tmpl.reserve(33 + lk + sender.size() + channel.size())
+    m.tmpl.assign(<const char *>fixed, 33)
+    m.tmpl.append(<const char *>kind, lk)
+    m.tmpl.append(sender)
+    m.tmpl.append(channel)
+
+
+cdef inline bint contains_int(vector[int] &v, int x) noexcept nogil:
+    cdef size_t i
+    for i in range(v.size()):
+        if v[i] == x:
+            return True
+    return False
+
+
+cdef inline void remove_int(vector[int] &v, int x) noexcept nogil:
+    cdef size_t i
+    for i in range(v.size()):
+        if v[i] == x:
+            v[i] = v.back()
+            v.pop_back()
+            return

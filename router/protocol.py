@@ -1,0 +1,310 @@
+"""The wire protocol, defined once.
+
+Every number the protocol uses lives in this module: the signature and version byte,
+command codes, flags, roles, message classes, receipt statuses and error codes, plus the
+fixed header layouts as :mod:`struct` formats. ``setup.py`` generates the Cython include
+``ext/protocol.pxi`` from the integer tables below, so the native core and the Python SDK
+cannot drift; ``tests/test_protocol.py`` also checks the compiled core against this table.
+
+``docs/PROTOCOL.md`` is the prose specification of the same protocol.
+
+All integers on the wire are big-endian (network byte order). Strings are raw bytes
+preceded by a one-byte length; lists by a two-byte count.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import Iterable, NamedTuple
+
+SIGNATURE = 0xD5
+VERSION = 1
+
+#: Upper bound on any length-prefixed name on the wire (address, channel, kind, key).
+MAX_NAME = 255
+
+
+class Command(enum.IntEnum):
+    """Command byte, at offset 2 of every header frame."""
+
+    HELLO = 0x01  #: peer -> router: role, name, addresses to bind with resume cursors
+    BIND = 0x02  #: peer -> router: bind more addresses (gateways)
+    UNBIND = 0x03  #: peer -> router: release addresses
+    WELCOME = 0x04  #: router -> peer: HELLO accepted, with the router's limits
+    SEND = 0x10  #: sender -> router: one message to an address or channel
+    DELIVER = 0x11  #: router -> endpoint: one message for one bound address
+    ACK = 0x12  #: endpoint -> router: cumulative acks, per address
+    RECEIPT = 0x13  #: router -> sender: batched outcomes per message id
+    JOIN = 0x20  #: sender -> router: add addresses to a channel
+    LEAVE = 0x21  #: sender -> router: remove addresses (or the whole channel)
+    HEARTBEAT = 0x30  #: either way: I am alive
+    BYE = 0x31  #: peer -> router: I am leaving, unbind me
+    ERROR = 0x3F  #: router -> peer: a request of yours was refused
+
+
+class Flag(enum.IntFlag):
+    """Flag bits, at offset 3 of every header frame."""
+
+    NONE = 0
+    LZ4 = 0x01  #: payload is an LZ4 frame (SEND, copied to DELIVER)
+    CHANNEL = 0x02  #: SEND target is a channel, not an address
+
+
+class Role(enum.IntEnum):
+    """What a peer is, declared in HELLO."""
+
+    SENDER = 1  #: backend service that pushes messages
+    ENDPOINT = 2  #: one party (a rider app): binds its own address(es)
+    GATEWAY = 3  #: holds many parties' connections: binds thousands of addresses
+    WORKER = 4  #: service worker (dispatch scoring)
+
+
+class MsgClass(enum.IntEnum):
+    """Message class: decides reliability, priority and conflation."""
+
+    ORDER = 0  #: reliable, priority 0 (order.created, accepted, picked_up, delivered)
+    DISPATCH = 1  #: reliable, priority 0 (dispatch.offer, dispatch.accepted)
+    CHAT = 2  #: reliable, priority 1 (kept as a record)
+    NOTICE = 3  #: best effort, priority 1, no receipts except refusals
+    LOCATION = 4  #: best effort, priority 2, conflated per (key, recipient)
+
+
+#: Classes that are journaled, sequenced, acked and receipted.
+RELIABLE_CLASSES = frozenset({MsgClass.ORDER, MsgClass.DISPATCH, MsgClass.CHAT})
+
+
+class Status(enum.IntEnum):
+    """Receipt status: the outcome the router reports for one message id."""
+
+    ACCEPTED = 1  #: the router holds the message and will deliver it
+    DELIVERED = 2  #: every recipient acked it
+    EXPIRED = 3  #: its TTL passed before every recipient acked it
+    REFUSED = 4  #: not accepted; the receipt's code says why (retry later or fix)
+    FAILED = 5  #: accepted, then given up on (the code says why)
+
+
+class ErrorCode(enum.IntEnum):
+    """Codes carried by ERROR commands and by REFUSED/FAILED receipts."""
+
+    NONE = 0
+    MALFORMED = 1  #: wrong frame count, truncated or oversized fields
+    BAD_VERSION = 2  #: signature or version byte not understood
+    UNKNOWN_COMMAND = 3  #: command byte not defined (or not valid from this peer)
+    TOO_LARGE = 4  #: payload larger than the router's cap (see WELCOME)
+    UNKNOWN_CHANNEL = 5  #: SEND to a channel that has no members
+    BAD_ADDRESS = 6  #: empty or invalid address/channel name
+    QUEUE_FULL = 7  #: the recipient's queue is at its bound; retry later
+    NOT_READY = 8  #: command before HELLO
+    BAD_CLASS = 9  #: message class not defined
+    BAD_ROLE = 10  #: role not defined, or command not allowed for the role
+    OVERLOADED = 11  #: the router is shedding load; retry later
+    ADDRESS_LIMIT = 12  #: the router's address table is full
+    EXPIRED = 13  #: TTL passed (reason of an EXPIRED receipt)
+    PEER_GONE = 14  #: recipient unbound for good (reason of a FAILED receipt)
+    RATE_LIMITED = 15  #: too many errors from this peer; further errors suppressed
+
+
+#: Common prefix of every header frame: signature, version, command, flags.
+PREFIX = struct.Struct(">BBBB")
+#: HELLO after the prefix: role, name length (then name, then cursor list).
+HELLO = struct.Struct(">BB")
+#: WELCOME after the prefix: heartbeat interval ms, liveness, max payload bytes.
+WELCOME = struct.Struct(">IBI")
+#: SEND after the prefix: msg id, ttl ms, class, target len, kind len, key len.
+SEND = struct.Struct(">QIBBBB")
+#: DELIVER after the prefix: seq, msg id, accepted_us, class, kind/from/channel/addr lens.
+DELIVER = struct.Struct(">QQQBBBBB")
+#: One RECEIPT entry: msg id, status, code.
+RECEIPT_ENTRY = struct.Struct(">QBH")
+#: ERROR after the prefix: code, related msg id (0 if none).
+ERROR = struct.Struct(">HQ")
+#: Count of a list (ACK entries, RECEIPT entries, cursor and address lists).
+COUNT = struct.Struct(">H")
+#: Sequence number inside cursor and ACK entries.
+SEQ = struct.Struct(">Q")
+
+
+class ProtocolError(ValueError):
+    """A frame does not follow docs/PROTOCOL.md; ``code`` is the ErrorCode to report."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+
+
+class Delivery(NamedTuple):
+    """A decoded DELIVER: one message for one of this peer's addresses."""
+
+    address: str
+    seq: int
+    msg_id: int
+    accepted_us: int
+    msg_class: MsgClass
+    kind: str
+    sender: str
+    channel: str
+    flags: Flag
+    payload: bytes
+
+
+class Receipt(NamedTuple):
+    """A decoded RECEIPT entry."""
+
+    msg_id: int
+    status: Status
+    code: ErrorCode
+
+
+def prefix(command: Command, flags: int = 0) -> bytes:
+    """Return the 4-byte common prefix for ``command``."""
+    return PREFIX.pack(SIGNATURE, VERSION, command, flags)
+
+
+def _name(value: str | bytes, what: str) -> bytes:
+    raw = value.encode() if isinstance(value, str) else bytes(value)
+    if not raw or len(raw) > MAX_NAME:
+        raise ValueError(f"{what} must be 1..{MAX_NAME} bytes, got {len(raw)}: {raw[:40]!r}")
+    return raw
+
+
+def _short(value: str | bytes, what: str) -> bytes:
+    raw = value.encode() if isinstance(value, str) else bytes(value)
+    if len(raw) > MAX_NAME:
+        raise ValueError(f"{what} must be at most {MAX_NAME} bytes, got {len(raw)}")
+    return raw
+
+
+def encode_cursors(cursors: Iterable[tuple[str, int]]) -> bytes:
+    """Encode a cursor list: count, then (address, last sequence held) entries."""
+    items = list(cursors)
+    out = bytearray(COUNT.pack(len(items)))
+    for address, seq in items:
+        raw = _name(address, "address")
+        out += bytes((len(raw),)) + raw + SEQ.pack(seq)
+    return bytes(out)
+
+
+def encode_addresses(addresses: Iterable[str]) -> bytes:
+    """Encode an address list: count, then length-prefixed names."""
+    items = [_name(a, "address") for a in addresses]
+    out = bytearray(COUNT.pack(len(items)))
+    for raw in items:
+        out += bytes((len(raw),)) + raw
+    return bytes(out)
+
+
+def encode_hello(role: Role, name: str, cursors: Iterable[tuple[str, int]] = ()) -> bytes:
+    """Encode a HELLO header frame."""
+    raw = _name(name, "peer name")
+    return prefix(Command.HELLO) + HELLO.pack(role, len(raw)) + raw + encode_cursors(cursors)
+
+
+def encode_bind(cursors: Iterable[tuple[str, int]]) -> bytes:
+    """Encode a BIND header frame (more addresses for an existing peer)."""
+    return prefix(Command.BIND) + encode_cursors(cursors)
+
+
+def encode_unbind(addresses: Iterable[str]) -> bytes:
+    """Encode an UNBIND header frame."""
+    return prefix(Command.UNBIND) + encode_addresses(addresses)
+
+
+def encode_send(
+    target: str,
+    msg_id: int,
+    msg_class: MsgClass,
+    kind: str = "",
+    key: str = "",
+    ttl_ms: int = 0,
+    flags: int = 0,
+) -> bytes:
+    """Encode a SEND header frame; the payload travels as the next frame."""
+    t, k, c = _name(target, "target"), _short(kind, "kind"), _short(key, "key")
+    fixed = SEND.pack(msg_id, ttl_ms, msg_class, len(t), len(k), len(c))
+    return prefix(Command.SEND, flags) + fixed + t + k + c
+
+
+def encode_ack(acks: Iterable[tuple[str, int]]) -> bytes:
+    """Encode an ACK frame: for each address, everything up to ``seq`` is acked."""
+    return prefix(Command.ACK) + encode_cursors(acks)
+
+
+def encode_join(channel: str, addresses: Iterable[str], leave: bool = False) -> bytes:
+    """Encode a JOIN (or LEAVE) frame for ``channel``."""
+    raw = _name(channel, "channel")
+    cmd = Command.LEAVE if leave else Command.JOIN
+    return prefix(cmd) + bytes((len(raw),)) + raw + encode_addresses(addresses)
+
+
+def check_prefix(frame: bytes) -> tuple[Command, Flag]:
+    """Validate the common prefix and return (command, flags)."""
+    if len(frame) < PREFIX.size:
+        raise ProtocolError(ErrorCode.MALFORMED, f"header frame of {len(frame)} bytes")
+    sig, ver, cmd, flags = PREFIX.unpack_from(frame)
+    if sig != SIGNATURE or ver != VERSION:
+        raise ProtocolError(ErrorCode.BAD_VERSION, f"signature {sig:#x} version {ver}")
+    try:
+        return Command(cmd), Flag(flags)
+    except ValueError:
+        raise ProtocolError(ErrorCode.UNKNOWN_COMMAND, f"command {cmd:#x}") from None
+
+
+def decode_deliver(header: bytes, payload: bytes) -> Delivery:
+    """Decode a DELIVER header frame and its payload frame."""
+    _, flags = check_prefix(header)
+    off = PREFIX.size
+    seq, msg_id, acc, cls, lk, lf, lc, la = DELIVER.unpack_from(header, off)
+    off += DELIVER.size
+    end = off + lk + lf + lc + la
+    if end != len(header):
+        raise ProtocolError(ErrorCode.MALFORMED, f"DELIVER header {len(header)} != {end}")
+    kind = header[off : off + lk]
+    sender = header[off + lk : off + lk + lf]
+    chan = header[off + lk + lf : off + lk + lf + lc]
+    addr = header[off + lk + lf + lc : end]
+    return Delivery(
+        addr.decode(), seq, msg_id, acc, MsgClass(cls), kind.decode(), sender.decode(),
+        chan.decode(), flags, payload,
+    )
+
+
+def decode_receipts(header: bytes) -> list[Receipt]:
+    """Decode a RECEIPT header frame into its entries."""
+    off = PREFIX.size
+    (count,) = COUNT.unpack_from(header, off)
+    off += COUNT.size
+    if len(header) != off + count * RECEIPT_ENTRY.size:
+        raise ProtocolError(ErrorCode.MALFORMED, f"RECEIPT of {len(header)} bytes, {count} entries")
+    out = []
+    for i in range(count):
+        mid, st, code = RECEIPT_ENTRY.unpack_from(header, off + i * RECEIPT_ENTRY.size)
+        out.append(Receipt(mid, Status(st), ErrorCode(code)))
+    return out
+
+
+def decode_error(header: bytes, text: bytes) -> tuple[ErrorCode, int, str]:
+    """Decode an ERROR: (code, related msg id, human message)."""
+    code, mid = ERROR.unpack_from(header, PREFIX.size)
+    try:
+        ecode = ErrorCode(code)
+    except ValueError:
+        ecode = ErrorCode.NONE
+    return ecode, mid, text.decode(errors="replace")
+
+
+def decode_welcome(header: bytes) -> tuple[int, int, int]:
+    """Decode a WELCOME: (heartbeat ms, liveness, max payload bytes)."""
+    return WELCOME.unpack_from(header, PREFIX.size)
+
+
+def native_table() -> dict[str, int]:
+    """Every integer constant, flattened, as the generated Cython include defines them."""
+    table = {"SIGNATURE": SIGNATURE, "VERSION": VERSION, "MAX_NAME": MAX_NAME}
+    for group, prefix_ in (
+        (Command, "CMD_"), (Flag, "FLAG_"), (Role, "ROLE_"), (MsgClass, "CLASS_"),
+        (Status, "ST_"), (ErrorCode, "E_"),
+    ):
+        for member in group:
+            table[prefix_ + member.name] = int(member)
+    return table
