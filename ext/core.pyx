@@ -808,7 +808,7 @@ cdef class Core:
         hdr[8] = <uint8_t>self.liveness
         put32(hdr + 9, self.max_payload)
         if zmqapi.send(self.sock, p.identity.data(), p.identity.size(),
-                       ZMQ_SNDMORE | ZMQ_DONTWAIT) == 0:
+                       ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0:
             zmqapi.send(self.sock, hdr, 13, 0)
 
     # ---- peers and addresses -------------------------------------------------------------
@@ -941,7 +941,7 @@ cdef class Core:
                 self._drop_peer(<int>i, REASON_TIMEOUT)
             elif beat and p.role != 0:
                 if zmqapi.send(self.sock, p.identity.data(), p.identity.size(),
-                               ZMQ_SNDMORE | ZMQ_DONTWAIT) == 0:
+                               ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0:
                     zmqapi.send(self.sock, hb, 4, 0)
                 elif zmqapi.errno_() == EHOSTUNREACH:
                     self._drop_peer(<int>i, REASON_UNREACHABLE)

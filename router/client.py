@@ -1,0 +1,265 @@
+"""Blocking SDK: :class:`Sender` for backend services, :class:`Endpoint` for parties.
+
+Example::
+
+    from router.client import Sender, Endpoint
+    from router.protocol import MsgClass, Status
+
+    with Endpoint("tcp://127.0.0.1:5555", ["merchant:881"]) as merchant, \\
+         Sender("tcp://127.0.0.1:5555", "orders-svc") as orders:
+        mid = orders.send("merchant:881", {"order": 1, "items": ["noodles"]}, kind="order.created")
+        d = merchant.recv(timeout=1.0)
+        merchant.ack(d)
+        assert orders.wait(mid, Status.DELIVERED, timeout=1.0).status == Status.DELIVERED
+
+The asyncio twins are in :mod:`router.aio`. Protocol state lives in
+:mod:`router.session`; these classes only move frames.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from typing import Callable, Iterable, Iterator
+
+import zmq
+
+from .protocol import Delivery, MsgClass, Receipt, Role, Status
+from .session import (
+    COMPRESS_ABOVE, EndpointSession, Payload, RouterError, RouterUnavailable, SenderSession,
+    Session, Welcome, payload_json,
+)
+
+__all__ = ["Sender", "Endpoint", "RouterError", "RouterUnavailable", "payload_json"]
+
+log = logging.getLogger("router.client")
+
+#: Final receipt statuses: nothing more will come for that message id.
+FINAL = frozenset({Status.DELIVERED, Status.EXPIRED, Status.REFUSED, Status.FAILED})
+
+
+class _Client:
+    """A DEALER socket carrying one session."""
+
+    def __init__(self, session: Session, endpoint: str, context: zmq.Context | None,
+                 timeout: float) -> None:
+        self.session = session
+        self.endpoint = endpoint
+        self.context = context or zmq.Context.instance()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.SNDHWM, 0)
+        self.socket.setsockopt(zmq.RCVHWM, 0)
+        self.socket.connect(endpoint)
+        self.errors: collections.deque[RouterError] = collections.deque(maxlen=1000)
+        self._send(session.hello())
+        deadline = time.monotonic() + timeout
+        while session.welcome is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.socket.close(linger=0)
+                raise RouterUnavailable(
+                    f"no WELCOME from the router at {endpoint} within {timeout}s: "
+                    "is `router serve` running there?")
+            self._pump(min(left, 0.1))
+
+    def _send(self, frames: list[bytes]) -> None:
+        self.socket.send_multipart(frames, copy=False)
+        self.session.sent()
+
+    def _pump(self, timeout: float | None) -> list:
+        """Send housekeeping, wait up to ``timeout`` s for input, handle all that came."""
+        for frames in self.session.due():
+            self._send(frames)
+        events: list = []
+        wait_ms = None if timeout is None else int(timeout * 1000)
+        # Wake at least every heartbeat period so heartbeats and re-HELLO keep flowing.
+        hb = max(self.session.heartbeat_ms // 2, 1)
+        wait_ms = hb if wait_ms is None else min(wait_ms, hb)
+        if not self.socket.poll(wait_ms, zmq.POLLIN):
+            return events
+        while True:
+            try:
+                frames = self.socket.recv_multipart(zmq.DONTWAIT)
+            except zmq.Again:
+                return events
+            evs, replies = self.session.handle(frames)
+            for reply in replies:
+                self._send(reply)
+            for ev in evs:
+                if isinstance(ev, RouterError):
+                    self.errors.append(ev)
+                    self._on_error(ev)
+                elif not isinstance(ev, Welcome):
+                    events.append(ev)
+
+    def _on_error(self, err: RouterError) -> None:
+        log.warning("%s", err)
+
+    def close(self, bye: bool = True) -> None:
+        """Say BYE (unless told not to) and close the socket."""
+        if self.socket.closed:
+            return
+        if bye:
+            try:
+                self.socket.send(bytes((0xD5, 1, 0x31, 0)), zmq.DONTWAIT)
+            except zmq.ZMQError:
+                pass
+        self.socket.close(linger=100 if bye else 0)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Sender(_Client):
+    """A backend service pushing messages to addresses and channels.
+
+    ``name`` scopes the sender's message ids. Every reliable send is answered by receipts
+    (ACCEPTED, then DELIVERED, or REFUSED/EXPIRED/FAILED); read them with :meth:`wait`,
+    :meth:`receipts`, or an ``on_receipt`` callback.
+    """
+
+    def __init__(self, endpoint: str, name: str, *, context: zmq.Context | None = None,
+                 compress_above: int = COMPRESS_ABOVE, timeout: float = 5.0,
+                 on_receipt: Callable[[Receipt], None] | None = None,
+                 keep_receipts: int = 100_000) -> None:
+        self.on_receipt = on_receipt
+        self._latest: collections.OrderedDict[int, Receipt] = collections.OrderedDict()
+        self._keep = keep_receipts
+        self._inbox: collections.deque[Receipt] = collections.deque(maxlen=keep_receipts)
+        super().__init__(SenderSession(name, compress_above), endpoint, context, timeout)
+
+    def send(self, target: str, data: Payload, *, kind: str = "",
+             msg_class: MsgClass = MsgClass.ORDER, ttl_ms: int = 0, key: str = "",
+             channel: bool = False, msg_id: int | None = None) -> int:
+        """Send ``data`` to an address (or a channel with ``channel=True``); return the id.
+
+        dict/list payloads go as JSON; payloads above ``compress_above`` bytes go lz4'd.
+        ``key`` is the conflation key of LOCATION messages (for example the rider).
+        """
+        mid, frames = self.session.send(target, data, kind=kind, msg_class=msg_class,
+                                        ttl_ms=ttl_ms, key=key, channel=channel, msg_id=msg_id)
+        self._send(frames)
+        return mid
+
+    def join(self, channel: str, addresses: Iterable[str]) -> None:
+        """Add addresses to a channel (created on first JOIN)."""
+        self._send(self.session.join(channel, addresses))
+
+    def leave(self, channel: str, addresses: Iterable[str] = ()) -> None:
+        """Remove addresses from a channel; with none, close the channel."""
+        self._send(self.session.join(channel, addresses, leave=True))
+
+    def poll(self, timeout: float = 0.0) -> list[Receipt]:
+        """Handle what the router sent within ``timeout`` s; return new receipts."""
+        got = [ev for ev in self._pump(timeout) if isinstance(ev, Receipt)]
+        for r in got:
+            self._latest[r.msg_id] = r
+            self._latest.move_to_end(r.msg_id)
+            if len(self._latest) > self._keep:
+                self._latest.popitem(last=False)
+            if self.on_receipt:
+                self.on_receipt(r)
+            else:
+                self._inbox.append(r)
+        return got
+
+    def receipts(self, timeout: float = 1.0) -> Iterator[Receipt]:
+        """Yield receipts as they come, until ``timeout`` s pass with none."""
+        while True:
+            if not self._inbox:
+                self.poll(timeout)
+                if not self._inbox:
+                    return
+            yield self._inbox.popleft()
+
+    def status(self, msg_id: int) -> Receipt | None:
+        """The latest receipt seen for ``msg_id``, if any."""
+        return self._latest.get(msg_id)
+
+    def wait(self, msg_id: int, until: Status = Status.DELIVERED, timeout: float = 5.0) -> Receipt:
+        """Wait for ``msg_id`` to reach ``until`` (or any final status); return the receipt.
+
+        Raises TimeoutError naming the last status seen.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            r = self._latest.get(msg_id)
+            if r and (r.status == until or r.status in FINAL):
+                return r
+            left = deadline - time.monotonic()
+            if left <= 0:
+                seen = r.status.name if r else "nothing"
+                raise TimeoutError(f"message {msg_id}: waited {timeout}s for {until.name}, "
+                                   f"last receipt: {seen}")
+            self.poll(min(left, 0.05))
+
+
+class Endpoint(_Client):
+    """One party (or a gateway for many): bound addresses, deliveries, acks.
+
+    Deliveries of reliable classes carry a per-address ``seq``; ack a delivery once it is
+    processed (acks are cumulative and batched). Redelivered sequences already handed
+    over are dropped here, so the application sees each message once, in order.
+    ``cursors`` ({address: last seq held}) resumes where a previous run stopped.
+    """
+
+    def __init__(self, endpoint: str, addresses: Iterable[str], *, name: str | None = None,
+                 role: Role = Role.ENDPOINT, cursors: dict[str, int] | None = None,
+                 context: zmq.Context | None = None, timeout: float = 5.0) -> None:
+        addresses = list(addresses)
+        name = name or (addresses[0] if addresses else "endpoint")
+        self._ready: collections.deque[Delivery] = collections.deque()
+        super().__init__(EndpointSession(name, addresses, role, cursors), endpoint, context,
+                         timeout)
+
+    @property
+    def cursors(self) -> dict[str, int]:
+        """Last sequence received per address (persist it to resume after a restart)."""
+        return dict(self.session.cursors)
+
+    def bind(self, addresses: Iterable[str]) -> None:
+        """Bind more addresses on this connection."""
+        self._send(self.session.bind(addresses))
+
+    def unbind(self, addresses: Iterable[str]) -> None:
+        """Release addresses; their messages wait at the router for the next binder."""
+        self._send(self.session.unbind(addresses))
+
+    def ack(self, delivery: Delivery) -> None:
+        """Ack ``delivery`` and all before it on its address (sent with the next I/O)."""
+        self.session.ack(delivery)
+
+    def flush(self) -> None:
+        """Send pending acks now."""
+        frames = self.session.take_acks()
+        if frames:
+            self._send(frames)
+
+    def recv(self, timeout: float | None = None) -> Delivery | None:
+        """The next delivery, or None after ``timeout`` s (None: wait forever)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._ready:
+            self.flush()
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            self._ready.extend(self._pump(left))
+        return self._ready.popleft()
+
+    def __iter__(self) -> Iterator[Delivery]:
+        """Deliveries forever; each is acked when the loop asks for the next one."""
+        while True:
+            d = self.recv()
+            if d is not None:
+                yield d
+                self.ack(d)
+
+    def close(self, bye: bool = True) -> None:
+        if not self.socket.closed:
+            self.flush()
+        super().close(bye)

@@ -1,0 +1,14 @@
+"""Import point for the native core, with an error that says how to build it."""
+
+try:
+    from ._core import Core, constants, libzmq_path, libzmq_version  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised only on a broken install
+    if "_core" not in str(exc) and "router native core" not in str(exc):
+        raise
+    raise ImportError(
+        f"the router's native core is not built ({exc}). Install the package with "
+        "`pip install .` (or `pip install -e .` in a checkout), or build in place with "
+        "`python setup.py build_ext --inplace`; this needs Cython and a C++ compiler."
+    ) from exc
+
+__all__ = ["Core", "constants", "libzmq_path", "libzmq_version"]

@@ -1,0 +1,144 @@
+"""The router process: one ROUTER socket, the native core, logging and lifecycle.
+
+:class:`Router` is plain Python that owns the native :class:`router._core.Core`, the way
+asyncpg's Connection owns its protocol: sockets, options and the serve loop's housekeeping
+live here; the per-message path lives in ``ext/core.pyx``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import FrameType
+
+import zmq
+
+from . import core as _native
+from .config import Settings
+from .protocol import ErrorCode, Role
+
+log = logging.getLogger("router")
+
+#: How long one native run() call may serve before returning to Python (ms).
+SLICE_MS = 100
+
+
+class Router:
+    """A running router: bind, then :meth:`serve` until :meth:`stop` or a signal."""
+
+    __slots__ = ("settings", "context", "socket", "core", "endpoints", "_stop",
+                 "_last_summary", "_last_stats")
+
+    def __init__(self, settings: Settings, context: zmq.Context | None = None) -> None:
+        self.settings = settings.validate()
+        self.context = context or zmq.Context.instance()
+        self.socket = self._make_socket()
+        self.endpoints: list[str] = []
+        for endpoint in settings.bind:
+            try:
+                self.socket.bind(endpoint)
+            except zmq.ZMQError as exc:
+                self.socket.close(linger=0)
+                raise OSError(f"cannot bind {endpoint}: {exc}; is another router there?") from exc
+            self.endpoints.append(self.socket.getsockopt_string(zmq.LAST_ENDPOINT))
+        self.core = _native.Core(
+            self.socket,
+            max_payload=settings.max_payload,
+            window=settings.window,
+            max_queue=settings.max_queue,
+            max_queued=settings.max_queued,
+            max_addresses=settings.max_addresses,
+            max_peers=settings.max_peers,
+            heartbeat_ms=settings.heartbeat_ms,
+            liveness=settings.liveness,
+            errors_per_second=settings.errors_per_second,
+        )
+        self._stop = threading.Event()
+        self._last_summary = time.monotonic()
+        self._last_stats = self.core.stats()
+
+    def _make_socket(self) -> zmq.Socket:
+        s = self.settings
+        sock = self.context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        # Unroutable sends fail (EHOSTUNREACH) instead of vanishing, and a full pipe
+        # says EAGAIN, so the core keeps the message queued for that peer.
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # A peer reconnecting with the same identity takes over from its stale pipe.
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        sock.setsockopt(zmq.SNDHWM, s.sndhwm)
+        sock.setsockopt(zmq.RCVHWM, s.rcvhwm)
+        # Transport-level liveness (ZMTP PING/PONG) under the protocol heartbeats.
+        sock.setsockopt(zmq.HEARTBEAT_IVL, s.heartbeat_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, s.heartbeat_ms * s.liveness)
+        # A hard ceiling well above the payload cap: the core answers TOO_LARGE for
+        # payloads between the two; beyond it libzmq drops the connection.
+        sock.setsockopt(zmq.MAXMSGSIZE, s.max_payload * 4 + (1 << 20))
+        return sock
+
+    def serve(self, install_signals: bool = True) -> None:
+        """Run until stop() or SIGTERM/SIGINT; then close the socket."""
+        if install_signals:
+            self._install_signals()
+        log.info("router serving on %s (native core on %s)", ", ".join(self.endpoints),
+                 _native.libzmq_path())
+        try:
+            while not self._stop.is_set():
+                self.core.run(SLICE_MS)
+                self._log_events()
+                self._maybe_summary()
+        finally:
+            self._log_events()
+            self._summary(final=True)
+            self.socket.close(linger=0)
+
+    def stop(self) -> None:
+        """Ask serve() to return after its current slice."""
+        self._stop.set()
+
+    def stats(self) -> dict:
+        """Native counters and table sizes (see Core.stats)."""
+        return self.core.stats()
+
+    def _install_signals(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            log.info("received %s, stopping", signal.Signals(signum).name)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def _log_events(self) -> None:
+        for kind, name, role, ident, code, naddrs in self.core.drain_events():
+            role_name = Role(role).name.lower() if role else "unknown"
+            if kind == "connect":
+                log.info("peer connected: %s (%s, %d addresses)", name, role_name, naddrs)
+            elif kind == "disconnect":
+                why = {1: "bye", 2: "heartbeat timeout", 3: "unreachable"}.get(code, code)
+                log.info("peer disconnected: %s (%s, %s)", name or ident.hex(), role_name, why)
+            else:
+                log.warning("refused request from %s: %s", name or ident.hex(),
+                            ErrorCode(code).name)
+
+    def _maybe_summary(self) -> None:
+        interval = self.settings.summary_interval
+        if interval > 0 and time.monotonic() - self._last_summary >= interval:
+            self._summary()
+
+    def _summary(self, final: bool = False) -> None:
+        now = time.monotonic()
+        st = self.core.stats()
+        dt = max(now - self._last_summary, 1e-9)
+        prev = self._last_stats
+        rate_in = (sum(st["msgs_in"].values()) - sum(prev["msgs_in"].values())) / dt
+        rate_out = (sum(st["msgs_out"].values()) - sum(prev["msgs_out"].values())) / dt
+        log.info(
+            "%s: in %.0f/s out %.0f/s, peers %d, addresses %d, channels %d, queued %d, "
+            "delivered %d, refused %d, expired %d, shed %d, errors %d",
+            "final" if final else "summary", rate_in, rate_out, st["peers"], st["addresses"],
+            st["channels"], st["queued"], st["receipts"]["delivered"], st["receipts"]["refused"],
+            st["expired"], st["shed"], sum(st["errors"].values()),
+        )
+        self._last_summary, self._last_stats = now, st

@@ -1,0 +1,258 @@
+"""Client-side protocol state, free of I/O (shared by the blocking and asyncio SDKs).
+
+A session turns API calls into frames and received frames into events; the SDK classes
+in :mod:`router.client` and :mod:`router.aio` only move those frames over a DEALER
+socket. Keeping the state here means both SDKs behave identically: the same payload
+encoding, the same heartbeats, the same dedup of redelivered sequences, the same
+re-HELLO after the router restarts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Union
+
+import lz4.frame
+import orjson
+
+from . import protocol as P
+from .protocol import Command, Delivery, ErrorCode, Flag, MsgClass, Receipt, Role
+
+#: Payloads larger than this many bytes are lz4-compressed by default.
+COMPRESS_ABOVE = 512
+
+Payload = Union[bytes, bytearray, memoryview, str, dict, list]
+
+
+class RouterError(Exception):
+    """The router refused a request; ``code`` says why (see protocol.ErrorCode)."""
+
+    def __init__(self, code: ErrorCode, msg_id: int, text: str) -> None:
+        super().__init__(f"router error {code.name} (msg {msg_id}): {text}")
+        self.code, self.msg_id, self.text = code, msg_id, text
+
+
+class RouterUnavailable(TimeoutError):
+    """No answer from the router in time: check its address and that it is running."""
+
+
+@dataclass(frozen=True)
+class Welcome:
+    """The router accepted our HELLO and told its limits."""
+
+    heartbeat_ms: int
+    liveness: int
+    max_payload: int
+
+
+Event = Union[Delivery, Receipt, RouterError, Welcome]
+
+
+def encode_payload(data: Payload, compress_above: int) -> tuple[bytes, int]:
+    """Serialize ``data`` (dicts and lists as JSON via orjson) and lz4 it when large."""
+    if isinstance(data, (dict, list)):
+        raw = orjson.dumps(data)
+    elif isinstance(data, str):
+        raw = data.encode()
+    elif isinstance(data, (bytes, bytearray, memoryview)):
+        raw = bytes(data)
+    else:
+        raise TypeError(f"payload must be bytes, str, dict or list, got {type(data).__name__}")
+    if compress_above >= 0 and len(raw) > compress_above:
+        return lz4.frame.compress(raw), Flag.LZ4
+    return raw, 0
+
+
+def decode_payload(payload: bytes, flags: int) -> bytes:
+    """Undo encode_payload's compression."""
+    return lz4.frame.decompress(payload) if flags & Flag.LZ4 else payload
+
+
+def payload_json(delivery: Delivery) -> Any:
+    """Parse a delivery's (already decompressed) payload as JSON."""
+    return orjson.loads(delivery.payload)
+
+
+class Session:
+    """State common to every client: HELLO, WELCOME, heartbeats, router errors."""
+
+    def __init__(self, role: Role, name: str) -> None:
+        self.role, self.name = role, name
+        self.welcome: Welcome | None = None
+        self.heartbeat_ms = 1000
+        self.liveness = 3
+        self.last_sent = 0.0
+        self.last_heard = time.monotonic()
+
+    def hello(self) -> list[bytes]:
+        """Frames of the HELLO to (re)send."""
+        self.welcome = None
+        return [P.encode_hello(self.role, self.name, self.cursor_list())]
+
+    def cursor_list(self) -> list[tuple[str, int]]:
+        """Addresses to bind in HELLO with the last sequence held (none for a sender)."""
+        return []
+
+    def sent(self) -> None:
+        """Record that frames went out now (heartbeats are only sent when idle)."""
+        self.last_sent = time.monotonic()
+
+    def due(self) -> list[list[bytes]]:
+        """Housekeeping frames to send now: a heartbeat when idle, HELLO when the router
+        has been silent too long (it restarted or dropped us)."""
+        now = time.monotonic()
+        silence = (now - self.last_heard) * 1000
+        if self.welcome is not None and silence > self.heartbeat_ms * self.liveness:
+            self.last_heard = now
+            return [self.hello()]
+        if (now - self.last_sent) * 1000 >= self.heartbeat_ms / 2:
+            return [[P.prefix(Command.HEARTBEAT)]]
+        return []
+
+    def handle(self, frames: list[bytes]) -> tuple[list[Event], list[list[bytes]]]:
+        """Consume one received message: return (events, replies to send)."""
+        self.last_heard = time.monotonic()
+        try:
+            command, _ = P.check_prefix(frames[0])
+        except (P.ProtocolError, IndexError) as exc:
+            return [RouterError(ErrorCode.MALFORMED, 0, f"unreadable frame from router: {exc}")], []
+        if command == Command.WELCOME:
+            hb, live, cap = P.decode_welcome(frames[0])
+            self.welcome = Welcome(hb, live, cap)
+            self.heartbeat_ms, self.liveness = hb, live
+            return [self.welcome], []
+        if command == Command.HEARTBEAT:
+            return [], []
+        if command == Command.ERROR:
+            code, mid, text = P.decode_error(frames[0], frames[1] if len(frames) > 1 else b"")
+            if code == ErrorCode.NOT_READY:
+                return self.not_ready(mid), [self.hello()]
+            return [RouterError(code, mid, text)], []
+        return self.handle_command(command, frames)
+
+    def not_ready(self, msg_id: int) -> list[Event]:
+        """The router does not know us (it restarted): subclasses may resend."""
+        return []
+
+    def handle_command(self, command: Command, frames: list[bytes]) -> tuple[list[Event], list[list[bytes]]]:
+        """Commands specific to the client kind."""
+        return [RouterError(ErrorCode.UNKNOWN_COMMAND, 0, f"unexpected {command.name}")], []
+
+
+class SenderSession(Session):
+    """A sender: SEND, JOIN/LEAVE, and the receipts that come back."""
+
+    def __init__(self, name: str, compress_above: int = COMPRESS_ABOVE) -> None:
+        super().__init__(Role.SENDER, name)
+        self.compress_above = compress_above
+        # Sender-chosen ids: a random 32-bit prefix per session and a counter, so two
+        # runs of one service do not reuse ids inside the router's dedup window.
+        self._ids = itertools.count((int.from_bytes(os.urandom(4), "big") << 32) | 1)
+        #: Messages sent and not yet ACCEPTED or refused, kept to resend after NOT_READY.
+        self.unconfirmed: dict[int, list[bytes]] = {}
+
+    def send(
+        self,
+        target: str,
+        data: Payload,
+        *,
+        kind: str = "",
+        msg_class: MsgClass = MsgClass.ORDER,
+        ttl_ms: int = 0,
+        key: str = "",
+        channel: bool = False,
+        msg_id: int | None = None,
+    ) -> tuple[int, list[bytes]]:
+        """Build a SEND; return (msg_id, frames)."""
+        msg_class = MsgClass(msg_class)
+        payload, flags = encode_payload(data, self.compress_above)
+        if self.welcome and len(payload) > self.welcome.max_payload:
+            raise ValueError(
+                f"payload of {len(payload)} bytes is over the router's cap of "
+                f"{self.welcome.max_payload}; split it or raise max_payload on the router")
+        if channel:
+            flags |= Flag.CHANNEL
+        mid = next(self._ids) if msg_id is None else msg_id
+        frames = [P.encode_send(target, mid, msg_class, kind, key, ttl_ms, flags), payload]
+        if msg_class in P.RELIABLE_CLASSES:
+            self.unconfirmed[mid] = frames
+        return mid, frames
+
+    def join(self, channel: str, addresses: Iterable[str], leave: bool = False) -> list[bytes]:
+        """Frames of a JOIN (or LEAVE)."""
+        return [P.encode_join(channel, addresses, leave)]
+
+    def not_ready(self, msg_id: int) -> list[Event]:
+        return []
+
+    def handle(self, frames: list[bytes]) -> tuple[list[Event], list[list[bytes]]]:
+        events, replies = super().handle(frames)
+        if replies and replies[0] and P.check_prefix(replies[0][0])[0] == Command.HELLO:
+            # The router lost us: say HELLO, then resend what it never confirmed.
+            replies.extend(self.unconfirmed.values())
+        return events, replies
+
+    def handle_command(self, command: Command, frames: list[bytes]) -> tuple[list[Event], list[list[bytes]]]:
+        if command != Command.RECEIPT:
+            return super().handle_command(command, frames)
+        receipts = P.decode_receipts(frames[0])
+        for r in receipts:
+            self.unconfirmed.pop(r.msg_id, None)
+        return list(receipts), []
+
+
+class EndpointSession(Session):
+    """An endpoint or gateway: bound addresses, deliveries, cumulative acks."""
+
+    def __init__(self, name: str, addresses: Iterable[str] = (), role: Role = Role.ENDPOINT,
+                 cursors: dict[str, int] | None = None) -> None:
+        super().__init__(role, name)
+        #: Last sequence received (and handed to the application) per address.
+        self.cursors: dict[str, int] = {a: 0 for a in addresses}
+        self.cursors.update(cursors or {})
+        self._acks: dict[str, int] = {}
+        self.duplicates = 0
+
+    def cursor_list(self) -> list[tuple[str, int]]:
+        return list(self.cursors.items())
+
+    def bind(self, addresses: Iterable[str]) -> list[bytes]:
+        """Frames of a BIND for more addresses."""
+        new = [(a, self.cursors.setdefault(a, 0)) for a in addresses]
+        return [P.encode_bind(new)]
+
+    def unbind(self, addresses: Iterable[str]) -> list[bytes]:
+        """Frames of an UNBIND."""
+        names = list(addresses)
+        for a in names:
+            self.cursors.pop(a, None)
+        return [P.encode_unbind(names)]
+
+    def ack(self, delivery: Delivery) -> None:
+        """Mark ``delivery`` (and everything before it on its address) as processed."""
+        if delivery.seq and delivery.seq > self._acks.get(delivery.address, 0):
+            self._acks[delivery.address] = delivery.seq
+
+    def take_acks(self) -> list[bytes] | None:
+        """Frames of one cumulative ACK for everything marked since the last call."""
+        if not self._acks:
+            return None
+        frame = P.encode_ack(self._acks.items())
+        self._acks.clear()
+        return [frame]
+
+    def handle_command(self, command: Command, frames: list[bytes]) -> tuple[list[Event], list[list[bytes]]]:
+        if command != Command.DELIVER or len(frames) != 2:
+            return super().handle_command(command, frames)
+        d = P.decode_deliver(frames[0], frames[1])
+        if d.seq:
+            if d.seq <= self.cursors.get(d.address, 0):
+                # A redelivery of something we already handed over: ack it again, drop it.
+                self.duplicates += 1
+                self._acks[d.address] = max(self._acks.get(d.address, 0), self.cursors[d.address])
+                return [], []
+            self.cursors[d.address] = d.seq
+        return [d._replace(payload=decode_payload(d.payload, d.flags))], []
