@@ -68,22 +68,23 @@ class _Client:
         self.socket.send_multipart(frames, copy=False)
         self.session.sent()
 
-    def _pump(self, timeout: float | None) -> list:
-        """Send housekeeping, wait up to ``timeout`` s for input, handle all that came."""
+    def _pump(self, timeout: float | None) -> int:
+        """Send housekeeping, wait up to ``timeout`` s for input, handle all that came;
+        return how many events were handed to :meth:`_accept`."""
         for frames in self.session.due():
             self._send(frames)
-        events: list = []
+        accepted = 0
         wait_ms = None if timeout is None else int(timeout * 1000)
         # Wake at least every heartbeat period so heartbeats and re-HELLO keep flowing.
         hb = max(self.session.heartbeat_ms // 2, 1)
         wait_ms = hb if wait_ms is None else min(wait_ms, hb)
         if not self.socket.poll(wait_ms, zmq.POLLIN):
-            return events
+            return accepted
         while True:
             try:
                 frames = self.socket.recv_multipart(zmq.DONTWAIT)
             except zmq.Again:
-                return events
+                return accepted
             evs, replies = self.session.handle(frames)
             for reply in replies:
                 self._send(reply)
@@ -92,7 +93,12 @@ class _Client:
                     self.errors.append(ev)
                     self._on_error(ev)
                 elif not isinstance(ev, Welcome):
-                    events.append(ev)
+                    self._accept(ev)
+                    accepted += 1
+
+    def _accept(self, event: Delivery | Receipt) -> None:
+        """Take one delivery or receipt (it may arrive while waiting for WELCOME)."""
+        raise NotImplementedError
 
     def _on_error(self, err: RouterError) -> None:
         log.warning("%s", err)
@@ -154,19 +160,19 @@ class Sender(_Client):
         """Remove addresses from a channel; with none, close the channel."""
         self._send(self.session.join(channel, addresses, leave=True))
 
-    def poll(self, timeout: float = 0.0) -> list[Receipt]:
-        """Handle what the router sent within ``timeout`` s; return new receipts."""
-        got = [ev for ev in self._pump(timeout) if isinstance(ev, Receipt)]
-        for r in got:
-            self._latest[r.msg_id] = r
-            self._latest.move_to_end(r.msg_id)
-            if len(self._latest) > self._keep:
-                self._latest.popitem(last=False)
-            if self.on_receipt:
-                self.on_receipt(r)
-            else:
-                self._inbox.append(r)
-        return got
+    def poll(self, timeout: float = 0.0) -> int:
+        """Handle what the router sent within ``timeout`` s; return how many receipts."""
+        return self._pump(timeout)
+
+    def _accept(self, r: Receipt) -> None:
+        self._latest[r.msg_id] = r
+        self._latest.move_to_end(r.msg_id)
+        if len(self._latest) > self._keep:
+            self._latest.popitem(last=False)
+        if self.on_receipt:
+            self.on_receipt(r)
+        else:
+            self._inbox.append(r)
 
     def receipts(self, timeout: float = 1.0) -> Iterator[Receipt]:
         """Yield receipts as they come, until ``timeout`` s pass with none."""
@@ -248,8 +254,11 @@ class Endpoint(_Client):
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return None
-            self._ready.extend(self._pump(left))
+            self._pump(left)
         return self._ready.popleft()
+
+    def _accept(self, d: Delivery) -> None:
+        self._ready.append(d)
 
     def __iter__(self) -> Iterator[Delivery]:
         """Deliveries forever; each is acked when the loop asks for the next one."""

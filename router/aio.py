@@ -1,0 +1,256 @@
+"""asyncio SDK: :class:`AsyncSender` and :class:`AsyncEndpoint` over zmq.asyncio.
+
+Same protocol state as the blocking SDK (:mod:`router.session`); a background task per
+client reads the socket, answers housekeeping and fans events out to waiters::
+
+    async with await AsyncEndpoint.connect(url, ["user:7"]) as user:
+        async for d in user:          # acked when the loop asks for the next one
+            print(d.kind, d.payload)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator, Callable, Iterable
+
+import zmq
+import zmq.asyncio
+
+from .client import FINAL
+from .protocol import Delivery, MsgClass, Receipt, Role, Status
+from .session import (
+    COMPRESS_ABOVE, EndpointSession, Payload, RouterError, RouterUnavailable, SenderSession,
+    Session, Welcome,
+)
+
+__all__ = ["AsyncSender", "AsyncEndpoint"]
+
+log = logging.getLogger("router.aio")
+
+
+class _AsyncClient:
+    """A zmq.asyncio DEALER carrying one session, with a reader task."""
+
+    def __init__(self, session: Session, endpoint: str,
+                 context: zmq.asyncio.Context | None) -> None:
+        self.session = session
+        self.endpoint = endpoint
+        self.context = context or zmq.asyncio.Context.instance()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.SNDHWM, 0)
+        self.socket.setsockopt(zmq.RCVHWM, 0)
+        self.socket.connect(endpoint)
+        self.errors: list[RouterError] = []
+        self._welcomed = asyncio.Event()
+        self._reader: asyncio.Task | None = None
+
+    async def _start(self, timeout: float) -> None:
+        await self._send(self.session.hello())
+        self._reader = asyncio.create_task(self._read_loop())
+        try:
+            await asyncio.wait_for(self._welcomed.wait(), timeout)
+        except asyncio.TimeoutError:
+            await self.close(bye=False)
+            raise RouterUnavailable(
+                f"no WELCOME from the router at {self.endpoint} within {timeout}s: "
+                "is `router serve` running there?") from None
+
+    async def _send(self, frames: list[bytes]) -> None:
+        await self.socket.send_multipart(frames, copy=False)
+        self.session.sent()
+
+    async def _read_loop(self) -> None:
+        while True:
+            for frames in self.session.due():
+                await self._send(frames)
+            await self._before_wait()
+            hb = max(self.session.heartbeat_ms // 2, 1)
+            if not await self.socket.poll(hb, zmq.POLLIN):
+                continue
+            frames = await self.socket.recv_multipart()
+            events, replies = self.session.handle(frames)
+            for reply in replies:
+                await self._send(reply)
+            for ev in events:
+                if isinstance(ev, Welcome):
+                    self._welcomed.set()
+                elif isinstance(ev, RouterError):
+                    self.errors.append(ev)
+                    log.warning("%s", ev)
+                else:
+                    self._dispatch(ev)
+
+    async def _before_wait(self) -> None:
+        """Hook: flush batched work before the reader waits."""
+
+    def _dispatch(self, event) -> None:
+        raise NotImplementedError
+
+    async def close(self, bye: bool = True) -> None:
+        """Say BYE, stop the reader and close the socket."""
+        if self._reader:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._reader = None
+        if not self.socket.closed:
+            if bye:
+                try:
+                    await self._send([bytes((0xD5, 1, 0x31, 0))])
+                except zmq.ZMQError:
+                    pass
+            self.socket.close(linger=100 if bye else 0)
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+class AsyncSender(_AsyncClient):
+    """asyncio twin of :class:`router.client.Sender`; create with :meth:`connect`."""
+
+    def __init__(self, endpoint: str, name: str, *, context=None,
+                 compress_above: int = COMPRESS_ABOVE,
+                 on_receipt: Callable[[Receipt], None] | None = None) -> None:
+        super().__init__(SenderSession(name, compress_above), endpoint, context)
+        self.on_receipt = on_receipt
+        self._latest: dict[int, Receipt] = {}
+        self._waiters: dict[int, list[tuple[Status, asyncio.Future]]] = {}
+        self._queue: asyncio.Queue[Receipt] = asyncio.Queue()
+
+    @classmethod
+    async def connect(cls, endpoint: str, name: str, *, timeout: float = 5.0,
+                      **kw) -> "AsyncSender":
+        """Connect, say HELLO and wait for WELCOME."""
+        self = cls(endpoint, name, **kw)
+        await self._start(timeout)
+        return self
+
+    async def send(self, target: str, data: Payload, *, kind: str = "",
+                   msg_class: MsgClass = MsgClass.ORDER, ttl_ms: int = 0, key: str = "",
+                   channel: bool = False, msg_id: int | None = None) -> int:
+        """Send ``data`` to an address or channel; return the message id."""
+        mid, frames = self.session.send(target, data, kind=kind, msg_class=msg_class,
+                                        ttl_ms=ttl_ms, key=key, channel=channel, msg_id=msg_id)
+        await self._send(frames)
+        return mid
+
+    async def join(self, channel: str, addresses: Iterable[str]) -> None:
+        """Add addresses to a channel."""
+        await self._send(self.session.join(channel, addresses))
+
+    async def leave(self, channel: str, addresses: Iterable[str] = ()) -> None:
+        """Remove addresses from a channel; with none, close it."""
+        await self._send(self.session.join(channel, addresses, leave=True))
+
+    def _dispatch(self, r: Receipt) -> None:
+        self._latest[r.msg_id] = r
+        for until, fut in self._waiters.pop(r.msg_id, []):
+            if r.status == until or r.status in FINAL:
+                if not fut.done():
+                    fut.set_result(r)
+            else:
+                self._waiters.setdefault(r.msg_id, []).append((until, fut))
+        if r.status in FINAL:
+            self._latest.pop(r.msg_id, None)
+        if self.on_receipt:
+            self.on_receipt(r)
+        else:
+            self._queue.put_nowait(r)
+
+    async def wait(self, msg_id: int, until: Status = Status.DELIVERED,
+                   timeout: float = 5.0) -> Receipt:
+        """Wait for ``msg_id`` to reach ``until`` or a final status."""
+        r = self._latest.get(msg_id)
+        if r and (r.status == until or r.status in FINAL):
+            return r
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(msg_id, []).append((until, fut))
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"message {msg_id}: no {until.name} within {timeout}s") from None
+
+    async def receipts(self) -> AsyncIterator[Receipt]:
+        """Receipts as they arrive (when no on_receipt callback is set)."""
+        while True:
+            yield await self._queue.get()
+
+
+class AsyncEndpoint(_AsyncClient):
+    """asyncio twin of :class:`router.client.Endpoint`; create with :meth:`connect`."""
+
+    def __init__(self, endpoint: str, addresses: Iterable[str], *, name: str | None = None,
+                 role: Role = Role.ENDPOINT, cursors: dict[str, int] | None = None,
+                 context=None) -> None:
+        addresses = list(addresses)
+        name = name or (addresses[0] if addresses else "endpoint")
+        super().__init__(EndpointSession(name, addresses, role, cursors), endpoint, context)
+        self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
+
+    @classmethod
+    async def connect(cls, endpoint: str, addresses: Iterable[str], *, timeout: float = 5.0,
+                      **kw) -> "AsyncEndpoint":
+        """Connect, bind ``addresses`` in HELLO and wait for WELCOME."""
+        self = cls(endpoint, addresses, **kw)
+        await self._start(timeout)
+        return self
+
+    @property
+    def cursors(self) -> dict[str, int]:
+        """Last sequence received per address."""
+        return dict(self.session.cursors)
+
+    def _dispatch(self, d: Delivery) -> None:
+        self._queue.put_nowait(d)
+
+    async def _before_wait(self) -> None:
+        await self.flush()
+
+    async def bind(self, addresses: Iterable[str]) -> None:
+        """Bind more addresses."""
+        await self._send(self.session.bind(addresses))
+
+    async def unbind(self, addresses: Iterable[str]) -> None:
+        """Release addresses."""
+        await self._send(self.session.unbind(addresses))
+
+    def ack(self, delivery: Delivery) -> None:
+        """Ack ``delivery`` and everything before it on its address."""
+        self.session.ack(delivery)
+
+    async def flush(self) -> None:
+        """Send pending acks now."""
+        frames = self.session.take_acks()
+        if frames:
+            await self._send(frames)
+
+    async def recv(self, timeout: float | None = None) -> Delivery | None:
+        """The next delivery, or None after ``timeout`` s."""
+        await self.flush()
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except asyncio.TimeoutError:
+            return None
+
+    async def __aiter__(self) -> AsyncIterator[Delivery]:
+        while True:
+            d = await self._queue.get()
+            yield d
+            self.ack(d)
+            if self._queue.empty():
+                await self.flush()
+
+    async def close(self, bye: bool = True) -> None:
+        if not self.socket.closed:
+            try:
+                await self.flush()
+            except zmq.ZMQError:
+                pass
+        await super().close(bye)

@@ -1,0 +1,202 @@
+"""Routing through a real router process: addresses, channels, receipts, queues."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from router.client import Endpoint, Sender, payload_json
+from router.protocol import ErrorCode, MsgClass, Role, Status
+
+
+def drain(ep: Endpoint, n: int, timeout: float = 5.0, ack: bool = True) -> list:
+    """Receive exactly ``n`` deliveries within ``timeout`` (fails otherwise)."""
+    out, deadline = [], time.monotonic() + timeout
+    while len(out) < n:
+        left = deadline - time.monotonic()
+        assert left > 0, f"got {len(out)} of {n} deliveries in {timeout}s"
+        d = ep.recv(timeout=left)
+        if d is not None:
+            out.append(d)
+            if ack:
+                ep.ack(d)
+    ep.flush()
+    return out
+
+
+def test_address_delivery_in_order_with_receipts(url):
+    with Endpoint(url, ["merchant:881"]) as merchant, Sender(url, "orders") as orders:
+        ids = [orders.send("merchant:881", {"order": i, "notes": "no scallions"},
+                           kind="order.created") for i in range(50)]
+        got = drain(merchant, 50)
+        assert [payload_json(d)["order"] for d in got] == list(range(50))
+        assert [d.seq for d in got] == list(range(1, 51))
+        assert {d.kind for d in got} == {"order.created"}
+        assert {d.sender for d in got} == {"orders"}
+        for mid in ids:
+            assert orders.wait(mid, Status.DELIVERED, timeout=5).status == Status.DELIVERED
+
+
+def test_receipt_accepted_comes_before_delivered(router):
+    with Sender(router.url, "orders") as orders:
+        mid = orders.send("rider:1", b"offer", msg_class=MsgClass.DISPATCH)
+        assert orders.wait(mid, Status.ACCEPTED, timeout=2).status == Status.ACCEPTED
+        with Endpoint(router.url, ["rider:1"]) as rider:
+            d = drain(rider, 1)[0]
+            assert d.payload == b"offer" and d.msg_class == MsgClass.DISPATCH
+            assert orders.wait(mid, Status.DELIVERED, timeout=2).status == Status.DELIVERED
+
+
+def test_unbound_address_waits_then_gets_backlog_in_order(router):
+    with Sender(router.url, "orders") as orders:
+        for i in range(200):
+            orders.send("merchant:9", {"i": i})
+        with Endpoint(router.url, ["merchant:9"]) as m:
+            got = drain(m, 200)
+            assert [payload_json(d)["i"] for d in got] == list(range(200))
+
+
+def test_channel_fanout_one_delivery_per_member(url):
+    parties = ["user:7", "merchant:881", "rider:42"]
+    eps = [Endpoint(url, [p]) for p in parties]
+    try:
+        with Sender(url, "orders") as orders:
+            orders.join("order:1001", parties)
+            mid = orders.send("order:1001", {"state": "picked_up"}, channel=True,
+                              kind="order.picked_up")
+            for ep, party in zip(eps, parties):
+                d = drain(ep, 1)[0]
+                assert d.address == party and d.channel == "order:1001" and d.seq == 1
+            # DELIVERED only once all three members acked
+            assert orders.wait(mid, Status.DELIVERED, timeout=5).status == Status.DELIVERED
+    finally:
+        for ep in eps:
+            ep.close()
+
+
+def test_leave_and_close_channel(router):
+    with Endpoint(router.url, ["user:1"]) as u, Endpoint(router.url, ["rider:1"]) as r, \
+            Sender(router.url, "orders") as s:
+        s.join("order:5", ["user:1", "rider:1"])
+        s.leave("order:5", ["rider:1"])
+        s.send("order:5", b"chat", channel=True, msg_class=MsgClass.CHAT)
+        assert drain(u, 1)[0].payload == b"chat"
+        assert r.recv(timeout=0.3) is None
+        s.leave("order:5")  # no addresses: close the channel
+        mid = s.send("order:5", b"late", channel=True)
+        rec = s.wait(mid, Status.DELIVERED, timeout=2)
+        assert rec.status == Status.REFUSED and rec.code == ErrorCode.UNKNOWN_CHANNEL
+
+
+def test_gateway_binds_thousands_of_addresses(router):
+    addrs = [f"user:{i}" for i in range(5000)]
+    with Endpoint(router.url, addrs, role=Role.GATEWAY, name="gw-1") as gw, \
+            Sender(router.url, "orders") as s:
+        for i in range(0, 5000, 50):
+            s.send(addrs[i], {"to": addrs[i]}, msg_class=MsgClass.NOTICE)
+        got = drain(gw, 100)
+        assert sorted(d.address for d in got) == sorted(addrs[::50])
+        assert all(payload_json(d)["to"] == d.address for d in got)
+
+
+def test_gateway_bind_more_and_unbind(router):
+    with Endpoint(router.url, ["user:1"], role=Role.GATEWAY, name="gw") as gw, \
+            Sender(router.url, "svc") as s:
+        gw.bind(["user:2"])
+        time.sleep(0.1)
+        s.send("user:2", b"hi")
+        assert drain(gw, 1)[0].address == "user:2"
+        gw.unbind(["user:2"])
+        time.sleep(0.1)
+        s.send("user:2", b"held")
+        assert gw.recv(timeout=0.3) is None
+        with Endpoint(router.url, ["user:2"]) as other:
+            assert drain(other, 1)[0].payload == b"held"
+
+
+def test_location_is_conflated_per_rider_and_recipient(router):
+    with Sender(router.url, "tracker") as s:
+        for rider in ("rider:1", "rider:2"):
+            for i in range(20):
+                s.send("user:7", {"rider": rider, "i": i}, msg_class=MsgClass.LOCATION, key=rider)
+        s.poll(0.2)
+        with Endpoint(router.url, ["user:7"]) as u:
+            got = drain(u, 2)
+            assert sorted((payload_json(d)["rider"], payload_json(d)["i"]) for d in got) == [
+                ("rider:1", 19), ("rider:2", 19)]
+            assert all(d.seq == 0 for d in got)  # best effort: no sequence, no ack
+            assert u.recv(timeout=0.3) is None
+
+
+def test_lz4_payload_round_trip(url):
+    big = {"items": ["dumplings"] * 400, "notes": "ring the bell twice"}
+    with Endpoint(url, ["merchant:3"]) as m, Sender(url, "orders", compress_above=512) as s:
+        s.send("merchant:3", big)
+        d = drain(m, 1)[0]
+        assert d.flags & 1  # LZ4 flag travelled with the message
+        assert payload_json(d) == big
+
+
+def test_resume_from_cursor_skips_what_endpoint_holds(router):
+    with Sender(router.url, "orders") as s:
+        with Endpoint(router.url, ["rider:5"]) as r:
+            s.send("rider:5", b"1")
+            s.send("rider:5", b"2")
+            got = drain(r, 2, ack=False)  # received, never acked
+            cursors = r.cursors
+        assert cursors == {"rider:5": 2}
+        s.send("rider:5", b"3")
+        s.poll(0.1)
+        with Endpoint(router.url, ["rider:5"], cursors=cursors) as r2:
+            got = drain(r2, 1)
+            assert [d.payload for d in got] == [b"3"] and got[0].seq == 3
+            assert r2.recv(timeout=0.3) is None
+
+
+def test_unacked_messages_are_redelivered_to_the_next_connection(router):
+    with Sender(router.url, "orders") as s:
+        r = Endpoint(router.url, ["rider:6"])
+        for i in range(5):
+            s.send("rider:6", str(i))
+        drain(r, 5, ack=False)
+        r.close(bye=True)
+        with Endpoint(router.url, ["rider:6"]) as again:
+            got = drain(again, 5)
+            assert [d.payload for d in got] == [b"0", b"1", b"2", b"3", b"4"]
+            assert [d.seq for d in got] == [1, 2, 3, 4, 5]
+
+
+def test_queue_full_refuses_with_clear_code(make_router):
+    r = make_router("--max-queue", "10")
+    with Sender(r.url, "orders") as s:
+        ids = [s.send("merchant:offline", {"i": i}) for i in range(15)]
+        results = [s.wait(mid, Status.ACCEPTED, timeout=2) for mid in ids]
+        assert [x.status for x in results[:10]] == [Status.ACCEPTED] * 10
+        assert {(x.status, x.code) for x in results[10:]} == {(Status.REFUSED, ErrorCode.QUEUE_FULL)}
+
+
+def test_ttl_expired_while_queued(router):
+    with Sender(router.url, "dispatch") as s:
+        mid = s.send("rider:77", b"offer", msg_class=MsgClass.DISPATCH, ttl_ms=200)
+        keep = s.send("rider:77", b"order", msg_class=MsgClass.ORDER)
+        time.sleep(0.4)
+        with Endpoint(router.url, ["rider:77"]) as r:
+            got = drain(r, 1)
+            assert got[0].payload == b"order" and got[0].seq == 2  # seq 1 skipped, never reused
+            rec = s.wait(mid, Status.DELIVERED, timeout=2)
+            assert rec.status == Status.EXPIRED and rec.code == ErrorCode.EXPIRED
+            assert s.wait(keep, Status.DELIVERED, timeout=2).status == Status.DELIVERED
+
+
+def test_window_bounds_inflight_and_acks_open_it(make_router):
+    r = make_router("--window", "8")
+    with Endpoint(r.url, ["merchant:1"]) as m, Sender(r.url, "orders") as s:
+        for i in range(20):
+            s.send("merchant:1", str(i))
+        first = drain(m, 8, ack=False)
+        assert m.recv(timeout=0.3) is None  # window of 8, none acked
+        for d in first:
+            m.ack(d)
+        rest = drain(m, 12)
+        assert [int(d.payload) for d in first + rest] == list(range(20))
