@@ -498,10 +498,9 @@ cdef class Core:
                 return  # _address_slot already refused
         cdef int code = self._admit(deref(targets), cls)
         if code != 0:
-            if code != E_NONE:
-                self._refuse(pi, msg_id, cls, code,
-                             "recipient queue full, retry later" if code == E_QUEUE_FULL
-                             else "router overloaded, retry later")
+            self._refuse(pi, msg_id, cls, code,
+                         "recipient queue full, retry later" if code == E_QUEUE_FULL
+                         else "router overloaded, retry later")
             return
         cdef Msg *m = new Msg()
         zmqapi.msg_init(&m.payload)
@@ -533,7 +532,7 @@ cdef class Core:
         self._release(m)
 
     cdef int _admit(self, vector[int] &targets, uint8_t cls) noexcept nogil:
-        """0 to accept; E_QUEUE_FULL / E_OVERLOADED to refuse; E_NONE... never.
+        """0 to accept, or E_QUEUE_FULL / E_OVERLOADED to refuse a reliable message.
 
         Best-effort traffic is never refused: it is shed on enqueue instead."""
         cdef size_t i
@@ -757,8 +756,8 @@ cdef class Core:
 
     cdef void _refuse(self, int pi, uint64_t msg_id, uint8_t cls, uint16_t code,
                       const char *text) noexcept nogil:
-        """Refuse one SEND: a REFUSED receipt for reliable classes, and an ERROR."""
-        if cls <= CLASS_CHAT:
+        """Refuse one SEND: a REFUSED receipt for reliable (or unknown) classes, and an ERROR."""
+        if cls <= CLASS_CHAT or cls >= N_CLASSES:
             self._receipt_to(pi, self.peers[pi].gen, msg_id, ST_REFUSED, code)
         self._error(pi, code, msg_id, text)
 

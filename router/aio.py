@@ -117,9 +117,11 @@ class AsyncSender(_AsyncClient):
 
     def __init__(self, endpoint: str, name: str, *, context=None,
                  compress_above: int = COMPRESS_ABOVE,
-                 on_receipt: Callable[[Receipt], None] | None = None) -> None:
+                 on_receipt: Callable[[Receipt], None] | None = None,
+                 keep_receipts: int = 100_000) -> None:
         super().__init__(SenderSession(name, compress_above), endpoint, context)
         self.on_receipt = on_receipt
+        self._keep = keep_receipts
         self._latest: dict[int, Receipt] = {}
         self._waiters: dict[int, list[tuple[Status, asyncio.Future]]] = {}
         self._queue: asyncio.Queue[Receipt] = asyncio.Queue()
@@ -150,6 +152,7 @@ class AsyncSender(_AsyncClient):
         await self._send(self.session.join(channel, addresses, leave=True))
 
     def _dispatch(self, r: Receipt) -> None:
+        self._latest.pop(r.msg_id, None)
         self._latest[r.msg_id] = r
         for until, fut in self._waiters.pop(r.msg_id, []):
             if r.status == until or r.status in FINAL:
@@ -157,8 +160,8 @@ class AsyncSender(_AsyncClient):
                     fut.set_result(r)
             else:
                 self._waiters.setdefault(r.msg_id, []).append((until, fut))
-        if r.status in FINAL:
-            self._latest.pop(r.msg_id, None)
+        if len(self._latest) > self._keep:
+            del self._latest[next(iter(self._latest))]  # oldest first: dicts keep order
         if self.on_receipt:
             self.on_receipt(r)
         else:

@@ -1,0 +1,68 @@
+"""The asyncio SDK against a real router."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from router.aio import AsyncEndpoint, AsyncSender
+from router.protocol import MsgClass, Status
+from router.session import RouterUnavailable, payload_json
+from conftest import free_port
+
+
+def test_async_round_trip_and_iteration(url):
+    async def main():
+        user = await AsyncEndpoint.connect(url, ["user:7"])
+        svc = await AsyncSender.connect(url, "orders")
+        ids = [await svc.send("user:7", {"n": i}, kind="order.accepted") for i in range(10)]
+        got = []
+        async for d in user:
+            got.append(payload_json(d)["n"])
+            if len(got) == 10:
+                user.ack(d)
+                break
+        await user.flush()
+        receipts = [await svc.wait(mid, Status.DELIVERED, timeout=5) for mid in ids]
+        await svc.close()
+        await user.close()
+        return got, receipts
+
+    got, receipts = asyncio.run(asyncio.wait_for(main(), 20))
+    assert got == list(range(10))
+    assert {r.status for r in receipts} == {Status.DELIVERED}
+
+
+def test_async_channel_and_receipt_stream(router):
+    async def main():
+        a = await AsyncEndpoint.connect(router.url, ["user:1"])
+        b = await AsyncEndpoint.connect(router.url, ["merchant:1"])
+        svc = await AsyncSender.connect(router.url, "chat-svc")
+        await svc.join("order:9", ["user:1", "merchant:1"])
+        mid = await svc.send("order:9", "where is my food", channel=True, msg_class=MsgClass.CHAT)
+        da, db = await a.recv(5), await b.recv(5)
+        a.ack(da)
+        b.ack(db)
+        await a.flush()
+        await b.flush()
+        statuses = []
+        async for r in svc.receipts():
+            statuses.append(r.status)
+            if r.status == Status.DELIVERED:
+                break
+        for c in (svc, a, b):
+            await c.close()
+        return da, db, statuses, mid
+
+    da, db, statuses, mid = asyncio.run(asyncio.wait_for(main(), 20))
+    assert da.payload == db.payload == b"where is my food"
+    assert statuses == [Status.ACCEPTED, Status.DELIVERED]
+
+
+def test_async_connect_times_out_clearly():
+    async def main():
+        await AsyncSender.connect(f"tcp://127.0.0.1:{free_port()}", "x", timeout=0.3)
+
+    with pytest.raises(RouterUnavailable, match="router serve"):
+        asyncio.run(main())

@@ -1,0 +1,193 @@
+"""Bad input gets an ERROR with a code and a message; everyone else keeps being served."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from router import protocol as P
+from router.client import Endpoint, Sender
+from router.protocol import Command, ErrorCode, MsgClass, Role, Status
+
+from conftest import Peer
+
+
+def error_of(peer: Peer, timeout: float = 2.0) -> tuple[ErrorCode, int, str]:
+    frames = peer.recv_command(Command.ERROR, timeout)
+    assert len(frames) == 2, frames
+    return P.decode_error(frames[0], frames[1])
+
+
+def refusal_of(peer: Peer) -> tuple[list[P.Receipt], tuple[ErrorCode, int, str]]:
+    """A refused SEND yields a REFUSED receipt and an ERROR, in either order."""
+    got = {}
+    while len(got) < 2:
+        frames = peer.recv(timeout=2.0)
+        assert frames is not None, f"got only {list(got)}"
+        got.setdefault(frames[0][2], frames)
+    err = got[Command.ERROR]
+    return P.decode_receipts(got[Command.RECEIPT][0]), P.decode_error(err[0], err[1])
+
+
+@pytest.fixture
+def sender_peer(router):
+    with Peer(router.url) as p:
+        p.hello(Role.SENDER, "raw")
+        yield p
+
+
+def test_command_before_hello(router):
+    with Peer(router.url) as p:
+        p.send(P.encode_send("user:1", 1, MsgClass.ORDER), b"x")
+        code, _, text = error_of(p)
+        assert code == ErrorCode.NOT_READY and "HELLO" in text
+
+
+def test_wrong_version(router):
+    with Peer(router.url) as p:
+        p.send(bytes((P.SIGNATURE, 9, Command.HELLO, 0)) + b"\x01\x01a\x00\x00")
+        code, _, text = error_of(p)
+        assert code == ErrorCode.BAD_VERSION and "version 1" in text
+
+
+def test_bad_signature(router):
+    with Peer(router.url) as p:
+        p.send(b"GET / HTTP/1.1\r\n")
+        assert error_of(p)[0] == ErrorCode.BAD_VERSION
+
+
+def test_truncated_header(sender_peer):
+    sender_peer.send(b"\xd5\x01")
+    assert error_of(sender_peer)[0] == ErrorCode.MALFORMED
+    full = P.encode_send("user:1", 7, MsgClass.ORDER, kind="order.created")
+    sender_peer.send(full[:-3], b"payload")
+    code, mid, text = error_of(sender_peer)
+    assert code == ErrorCode.MALFORMED and mid == 7 and "length" in text
+
+
+def test_missing_payload_frame(sender_peer):
+    sender_peer.send(P.encode_send("user:1", 8, MsgClass.ORDER))
+    assert error_of(sender_peer)[0] == ErrorCode.MALFORMED
+
+
+def test_extra_frames(sender_peer):
+    sender_peer.send(P.encode_send("user:1", 9, MsgClass.ORDER), b"payload", b"extra", b"more")
+    code, _, text = error_of(sender_peer)
+    assert code == ErrorCode.MALFORMED and "payload frame" in text
+    sender_peer.send(P.prefix(Command.HEARTBEAT), b"extra")
+    assert error_of(sender_peer)[0] == ErrorCode.MALFORMED
+
+
+def test_empty_message(sender_peer):
+    sender_peer.send(b"")
+    assert error_of(sender_peer)[0] == ErrorCode.MALFORMED
+
+
+def test_unknown_command(sender_peer):
+    sender_peer.send(bytes((P.SIGNATURE, P.VERSION, 0x7E, 0)))
+    assert error_of(sender_peer)[0] == ErrorCode.UNKNOWN_COMMAND
+    # a command only the router sends
+    sender_peer.send(bytes((P.SIGNATURE, P.VERSION, Command.DELIVER, 0)))
+    assert error_of(sender_peer)[0] == ErrorCode.UNKNOWN_COMMAND
+
+
+def test_bad_role_and_bad_hello(router):
+    with Peer(router.url) as p:
+        p.send(P.prefix(Command.HELLO) + bytes((9, 1)) + b"x" + b"\x00\x00")
+        assert error_of(p)[0] == ErrorCode.BAD_ROLE
+        p.send(P.prefix(Command.HELLO) + bytes((1, 40)) + b"short")
+        assert error_of(p)[0] == ErrorCode.MALFORMED
+
+
+def test_oversized_payload_refused_with_receipt(make_router):
+    r = make_router("--max-payload", "1000")
+    with Sender(r.url, "orders", compress_above=-1) as s:
+        with pytest.raises(ValueError, match="over the router's cap"):
+            s.send("user:1", b"x" * 1001)  # the SDK knows the cap from WELCOME
+    with Peer(r.url) as p:
+        p.hello(Role.SENDER, "raw")
+        p.send(P.encode_send("user:1", 11, MsgClass.ORDER), b"x" * 5000)
+        receipts, (code, mid, text) = refusal_of(p)
+        assert receipts == [P.Receipt(11, Status.REFUSED, ErrorCode.TOO_LARGE)]
+        assert code == ErrorCode.TOO_LARGE and mid == 11 and "cap" in text
+
+
+def test_unknown_channel(sender_peer):
+    sender_peer.send(P.encode_send("order:404", 12, MsgClass.ORDER, flags=P.Flag.CHANNEL), b"x")
+    receipts, (code, mid, text) = refusal_of(sender_peer)
+    assert receipts == [P.Receipt(12, Status.REFUSED, ErrorCode.UNKNOWN_CHANNEL)]
+    assert code == ErrorCode.UNKNOWN_CHANNEL and mid == 12 and "JOIN" in text
+
+
+def test_bad_address(sender_peer):
+    frame = P.prefix(Command.SEND) + P.SEND.pack(13, 0, MsgClass.ORDER, 6, 0, 0) + b"us er1"
+    sender_peer.send(frame, b"x")
+    receipts, (code, mid, _) = refusal_of(sender_peer)
+    assert receipts == [P.Receipt(13, Status.REFUSED, ErrorCode.BAD_ADDRESS)]
+    assert code == ErrorCode.BAD_ADDRESS and mid == 13
+
+
+def test_bad_class(sender_peer):
+    frame = P.prefix(Command.SEND) + P.SEND.pack(14, 0, 42, 6, 0, 0) + b"user:1"
+    sender_peer.send(frame, b"x")
+    receipts, (code, mid, _) = refusal_of(sender_peer)
+    assert receipts == [P.Receipt(14, Status.REFUSED, ErrorCode.BAD_CLASS)]
+    assert code == ErrorCode.BAD_CLASS and mid == 14
+
+
+def test_corrupt_ack_and_join_lists(sender_peer):
+    sender_peer.send(P.prefix(Command.ACK) + b"\x00\x05\x03abc")
+    assert error_of(sender_peer)[0] == ErrorCode.MALFORMED
+    sender_peer.send(P.prefix(Command.JOIN) + b"\x07order:1\x00\x02\x03abc")
+    assert error_of(sender_peer)[0] == ErrorCode.MALFORMED
+
+
+def test_errors_are_rate_limited(make_router):
+    r = make_router("--errors-per-second", "5")
+    with Peer(r.url) as p:
+        for _ in range(50):
+            p.send(b"garbage")
+        codes = []
+        while (frames := p.recv(timeout=0.5)) is not None:
+            codes.append(P.decode_error(frames[0], frames[1])[0])
+        assert codes == [ErrorCode.BAD_VERSION] * 5 + [ErrorCode.RATE_LIMITED]
+
+
+def test_garbage_flood_does_not_starve_other_peers(router):
+    """One peer floods random bytes in a tight loop; a normal order still flows promptly."""
+    stop = threading.Event()
+    sent = [0]
+
+    def flood():
+        with Peer(router.url) as bad:
+            deadline = time.monotonic() + 10
+            while not stop.is_set() and time.monotonic() < deadline:
+                bad.send(os.urandom(40), os.urandom(8))
+                sent[0] += 1
+
+    t = threading.Thread(target=flood)
+    t.start()
+    try:
+        time.sleep(0.3)
+        with Endpoint(router.url, ["merchant:1"]) as m, Sender(router.url, "orders") as s:
+            latencies = []
+            for i in range(20):
+                t0 = time.monotonic()
+                mid = s.send("merchant:1", {"i": i})
+                d = m.recv(timeout=2)
+                assert d is not None and d.seq == i + 1
+                m.ack(d)
+                m.flush()
+                assert s.wait(mid, Status.DELIVERED, timeout=2).status == Status.DELIVERED
+                latencies.append(time.monotonic() - t0)
+            latencies.sort()
+            # generous: a felt delay is 500 ms; the flood must not push us near it
+            assert latencies[len(latencies) // 2] < 0.25, latencies
+    finally:
+        stop.set()
+        t.join()
+    assert sent[0] > 1000
+    assert router.proc.poll() is None  # still serving

@@ -1,0 +1,60 @@
+"""The native core uses the one libzmq pyzmq loaded, and refuses to build otherwise."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import zmq
+
+from router import core
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def mapped_libzmq(pid: int) -> set[str]:
+    """Distinct files named libzmq* mapped into process ``pid``."""
+    paths = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 6 and os.path.basename(parts[5]).startswith("libzmq"):
+            paths.add(os.path.realpath(parts[5]))
+    return paths
+
+
+def test_router_process_maps_exactly_one_libzmq(router):
+    maps = mapped_libzmq(router.pid)
+    assert len(maps) == 1, maps
+    assert os.path.realpath(core.libzmq_path()) in maps
+
+
+def test_core_resolved_pyzmqs_library():
+    assert mapped_libzmq(os.getpid()) == {os.path.realpath(core.libzmq_path())}
+    assert ".".join(map(str, core.libzmq_version())) == zmq.zmq_version()
+
+
+def test_missing_core_names_the_fix(tmp_path):
+    pkg = tmp_path / "router"
+    pkg.mkdir()
+    for src in (ROOT / "router").glob("*.py"):
+        (pkg / src.name).write_text(src.read_text())
+    out = subprocess.run([sys.executable, "-c", "import router.core"], cwd=tmp_path,
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert out.returncode != 0
+    assert "pip install ." in out.stderr and "build_ext --inplace" in out.stderr
+
+
+def test_core_refuses_a_non_router_socket():
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    try:
+        try:
+            core.Core(s)
+        except ValueError as exc:
+            assert "ROUTER" in str(exc)
+        else:
+            raise AssertionError("Core accepted a DEALER socket")
+    finally:
+        s.close(linger=0)

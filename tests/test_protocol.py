@@ -1,0 +1,67 @@
+"""The wire protocol table: one set of numbers in Python, the core and the docs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from router import core
+from router import protocol as P
+
+DOC = (Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md").read_text()
+
+
+def test_compiled_core_uses_the_python_table():
+    assert core.constants() == P.native_table()
+
+
+SECTIONS = {P.Command: "## 3.", P.Flag: "## 4.", P.Role: "## 5.", P.MsgClass: "## 6.",
+            P.Status: "## 7.", P.ErrorCode: "## 8."}
+
+
+@pytest.mark.parametrize("group", list(SECTIONS), ids=lambda g: g.__name__)
+def test_every_code_is_documented(group):
+    section = DOC.split(SECTIONS[group], 1)[1].split("\n## ", 1)[0]
+    for member in group:
+        if member.name == "NONE" and group is P.Flag:
+            continue
+        row = re.search(rf"^\|\s*`?{member.name}`?\s*\|\s*(0x[0-9A-Fa-f]+|\d+)\s*\|", section, re.M)
+        assert row, f"{group.__name__}.{member.name} missing from docs/PROTOCOL.md"
+        assert int(row.group(1), 0) == member, f"{member.name} has another value in the doc"
+
+
+def test_send_round_trip_layout():
+    frame = P.encode_send("merchant:881", 42, P.MsgClass.ORDER, kind="order.created",
+                          ttl_ms=60000, flags=P.Flag.LZ4)
+    assert frame[:4] == bytes((0xD5, 1, 0x10, 0x01))
+    mid, ttl, cls, lt, lk, lkey = P.SEND.unpack_from(frame, 4)
+    assert (mid, ttl, cls, lt, lk, lkey) == (42, 60000, 0, 12, 13, 0)
+    assert frame[20:] == b"merchant:881order.created"
+
+
+def test_deliver_decode():
+    fixed = P.DELIVER.pack(3, 42, 1_700_000_000_000_000, P.MsgClass.CHAT, 4, 6, 7, 6)
+    header = P.prefix(P.Command.DELIVER) + fixed + b"chat" + b"orders" + b"order:1" + b"user:7"
+    d = P.decode_deliver(header, b"hi")
+    assert (d.address, d.seq, d.msg_id, d.kind, d.sender, d.channel) == (
+        "user:7", 3, 42, "chat", "orders", "order:1")
+    with pytest.raises(P.ProtocolError):
+        P.decode_deliver(header + b"x", b"hi")
+
+
+def test_names_are_checked_before_they_reach_the_wire():
+    with pytest.raises(ValueError, match="1..255"):
+        P.encode_send("", 1, P.MsgClass.ORDER)
+    with pytest.raises(ValueError, match="1..255"):
+        P.encode_hello(P.Role.ENDPOINT, "x" * 256)
+
+
+def test_check_prefix_errors():
+    with pytest.raises(P.ProtocolError) as e:
+        P.check_prefix(b"\xd5\x02\x10\x00")
+    assert e.value.code == P.ErrorCode.BAD_VERSION
+    with pytest.raises(P.ProtocolError) as e:
+        P.check_prefix(b"\xd5\x01\x77\x00")
+    assert e.value.code == P.ErrorCode.UNKNOWN_COMMAND
