@@ -81,6 +81,11 @@ def libzmq_version() -> tuple:
     return (a, b, c)
 
 
+def cython_version() -> str:
+    """The Cython version this core was compiled with."""
+    return CYTHON_VERSION
+
+
 def constants() -> dict:
     """The protocol constants as compiled into the core (checked against router.protocol)."""
     return dict(NATIVE_CONSTANTS)

@@ -12,13 +12,12 @@ from .protocol import MsgClass, Status
 
 
 def _versions() -> str:
-    import Cython
     import zmq
 
     from . import core
 
     return (f"router {__version__}\npyzmq {zmq.__version__}\nlibzmq {zmq.zmq_version()}\n"
-            f"Cython {Cython.__version__}\nnative core: libzmq "
+            f"Cython {core.cython_version()} (compiled the core)\nnative core: libzmq "
             f"{'.'.join(map(str, core.libzmq_version()))} from {core.libzmq_path()}")
 
 
