@@ -38,15 +38,20 @@ cdef extern from "<time.h>" nogil:
 include "protocol.pxi"
 include "state.pxi"
 include "wire.pxi"
+include "journal.pxi"
 
 cdef enum:
     EV_CONNECT = 1
     EV_DISCONNECT = 2
     EV_ERROR = 3
+    EV_STORAGE = 4
+    H_ACCEPTED = 1            # history event kinds (router/history.py reads them)
+    H_SENT = 2
+    H_ACKED = 3
+    H_FINAL = 4
     REASON_BYE = 1
     REASON_TIMEOUT = 2
     REASON_UNREACHABLE = 3
-    RECV_BATCH = 512          # messages drained before flushing sends and receipts
     RECEIPT_FLUSH = 4096      # entries per RECEIPT frame at most
     TICK_MS = 50              # housekeeping period: liveness, heartbeats
     DELIVER_FIXED = 33        # prefix + seq, msg id, accepted_us, class, 4 lengths
@@ -124,12 +129,38 @@ cdef class Core:
     cdef uint32_t liveness
     cdef uint32_t errors_per_second
     cdef uint64_t max_queued
+    cdef uint64_t dedup_ms
+    cdef int batch             # messages drained per pass (= at most per group commit)
+    cdef uint32_t retry_ms
+    cdef uint32_t retry_max_ms
+    cdef uint32_t max_attempts
+    # durability: records of this pass, committed to the store before anything is sent
+    cdef object store
+    cdef object store_error
+    cdef string jbuf
+    cdef bint jsync
+    cdef bint replaying
+    cdef string replay_key
+    cdef Msg *replay_msg
+    cdef vector[Msg*] uncommitted
+    cdef vector[int] uncommitted_addrs
+    cdef uint32_t segment
+    cdef vector[int64_t] seg_live
+    cdef unordered_map[string, Dedup] dedup
+    cdef deque[uint64_t] dedup_exp_ms
+    cdef deque[string] dedup_exp_key
+    cdef unordered_map[string, int] peer_by_name
+    cdef vector[int] inflight
+    cdef string history
+    cdef uint64_t next_sweep_ms
 
     def __cinit__(self, socket, *, uint32_t max_payload=1 << 20, uint32_t window=1024,
                   uint32_t max_queue=100000, uint32_t max_addresses=1000000,
                   uint32_t max_peers=100000, uint32_t heartbeat_ms=1000,
                   uint32_t liveness=3, uint32_t errors_per_second=20,
-                  uint64_t max_queued=5000000):
+                  uint64_t max_queued=5000000, store=None, uint32_t dedup_ms=120000,
+                  uint32_t retry_ms=1000, uint32_t retry_max_ms=30000,
+                  uint32_t max_attempts=20, int batch=512):
         if socket.type != zmq.ROUTER:
             raise ValueError(f"Core needs a ROUTER socket, got socket type {socket.type}")
         if heartbeat_ms == 0 or liveness == 0 or window == 0:
@@ -146,6 +177,14 @@ cdef class Core:
         self.liveness = liveness
         self.errors_per_second = errors_per_second
         self.max_queued = max_queued
+        self.store = store
+        self.dedup_ms = dedup_ms
+        self.retry_ms = max(retry_ms, 1)
+        self.retry_max_ms = max(retry_max_ms, retry_ms)
+        self.max_attempts = max_attempts
+        self.batch = max(batch, 1)
+        self.seg_live.push_back(0)
+        self.next_sweep_ms = mono_ms() + 1000
         self.next_tick_ms = mono_ms() + TICK_MS
         self.next_hb_ms = mono_ms() + heartbeat_ms
 
@@ -188,11 +227,13 @@ cdef class Core:
             "msgs_out": {classes[i]: self.c.msgs_out[i] for i in range(N_CLASSES)},
             "receipts": {s: self.c.receipts[i] for i, s in enumerate(
                 ("none", "accepted", "delivered", "expired", "refused", "failed"))},
-            "errors": {i: self.c.errors[i] for i in range(17) if self.c.errors[i]},
+            "errors": {i: self.c.errors[i] for i in range(32) if self.c.errors[i]},
         }
         for name in ("bytes_in", "bytes_out", "fanout", "receipts_dropped", "acks_in",
                      "errors_suppressed", "shed", "conflated", "expired", "blocked_sends",
-                     "peers_connected", "peers_lost", "queued", "loops"):
+                     "peers_connected", "peers_lost", "queued", "loops", "dedup_hits",
+                     "redeliveries", "failed", "commits", "commit_failures",
+                     "journal_bytes", "replayed"):
             d[name] = getattr(self, "_c_" + name)()
         d["peers"] = self.peer_by_id.size()
         d["addresses"] = self.addr_by_name.size()
@@ -213,12 +254,20 @@ cdef class Core:
     def _c_peers_lost(self): return self.c.peers_lost
     def _c_queued(self): return self.c.queued
     def _c_loops(self): return self.c.loops
+    def _c_dedup_hits(self): return self.c.dedup_hits
+    def _c_redeliveries(self): return self.c.redeliveries
+    def _c_failed(self): return self.c.failed
+    def _c_commits(self): return self.c.commits
+    def _c_commit_failures(self): return self.c.commit_failures
+    def _c_journal_bytes(self): return self.c.journal_bytes
+    def _c_replayed(self): return self.c.replayed
 
     def drain_events(self) -> list:
         """Connects, disconnects and errors since the last call, as tuples
         ``(kind, name, role, identity, code, naddrs)`` with kind in
-        ``"connect" | "disconnect" | "error"``."""
-        kinds = {EV_CONNECT: "connect", EV_DISCONNECT: "disconnect", EV_ERROR: "error"}
+        ``"connect" | "disconnect" | "error" | "storage"``."""
+        kinds = {EV_CONNECT: "connect", EV_DISCONNECT: "disconnect", EV_ERROR: "error",
+                 EV_STORAGE: "storage"}
         out = [(kinds[e.kind], e.name.decode(errors="replace"), e.role, bytes(e.identity),
                 e.code, e.naddrs) for e in self.events]
         self.events.clear()
@@ -244,6 +293,85 @@ cdef class Core:
             return None
         return [self.addrs[i].name.decode() for i in deref(it).second]
 
+    def online(self) -> dict:
+        """Presence: bound address -> wall-clock seconds since it came online."""
+        out = {}
+        for i in range(self.addrs.size()):
+            if self.addrs[i].peer >= 0:
+                out[self.addrs[i].name.decode(errors="replace")] = \
+                    self.addrs[i].online_since_us / 1e6
+        return out
+
+    # ---- journal and history (called by router.journal / router.history) ---------------
+
+    def set_segment(self, uint32_t segment) -> None:
+        """Records appended from now on belong to journal segment ``segment``."""
+        while self.seg_live.size() <= segment:
+            self.seg_live.push_back(0)
+        self.segment = segment
+
+    def segment_live(self, uint32_t segment) -> int:
+        """Messages of ``segment`` still held (not acked, expired or failed)."""
+        return self.seg_live[segment] if segment < self.seg_live.size() else 0
+
+    def checkpoint(self) -> bytes:
+        """CURSOR records for every address with a sequence: the head of a new segment,
+        so that compacting older segments never loses an address's numbering."""
+        cdef string buf
+        cdef size_t i, start
+        cdef Address *a
+        for i in range(self.addrs.size()):
+            a = self.addrs[i]
+            if a.next_seq == 0:
+                continue
+            start = rec_begin(buf, REC_CURSOR)
+            rec_u64(buf, a.next_seq)
+            rec_u64(buf, a.acked)
+            rec_name(buf, a.name)
+            rec_end(buf, start)
+        return buf
+
+    def replay(self, const uint8_t[::1] data, uint32_t segment) -> tuple:
+        """Restore state from journal records (one segment's bytes, in order).
+
+        Returns ``(good_bytes, records)``: parsing stops at the first record that is
+        truncated or fails its CRC; everything before it has been applied.
+        """
+        cdef size_t off = 0, n = data.shape[0]
+        cdef uint32_t blen
+        cdef long records = 0
+        cdef const uint8_t *p
+        if n == 0:
+            return (0, 0)
+        self.set_segment(segment)
+        self.replay_key.clear()
+        self.replay_msg = NULL
+        self.replaying = True
+        try:
+            while off + REC_HEAD <= n:
+                p = &data[off]
+                blen = get32(p)
+                if blen == 0 or off + REC_HEAD + blen > n or crc32(p + REC_HEAD, blen) != get32(p + 4):
+                    break
+                if not self._replay_record(p + REC_HEAD, blen):
+                    break
+                off += REC_HEAD + blen
+                records += 1
+        finally:
+            self.replaying = False
+        return (off, records)
+
+    def drain_history(self) -> bytes:
+        """History events (order-linked messages) since the last call, as bytes."""
+        out = <bytes>self.history
+        self.history.clear()
+        return out
+
+    @property
+    def store_error(self):
+        """The last exception the store raised on commit, or None."""
+        return self.store_error
+
     # ---- the loop ----------------------------------------------------------------------
 
     cdef long _run(self, int timeout_ms) noexcept nogil:
@@ -255,7 +383,7 @@ cdef class Core:
         cdef zmq_pollitem_t item
         while True:
             k = 0
-            while k < RECV_BATCH:
+            while k < self.batch:
                 r = self._recv_one()
                 if r == 0:
                     break
@@ -264,13 +392,15 @@ cdef class Core:
                 k += 1
             total += k
             self.c.loops += 1
+            if not self.jbuf.empty():
+                self._commit()
             self._flush()
             now = mono_ms()
             if now >= self.next_tick_ms:
                 self._tick(now)
             if now >= deadline:
                 break
-            if k == RECV_BATCH:
+            if k == self.batch:
                 continue
             wait = <long>(min(deadline, self.next_tick_ms) - now)
             if not self.blocked_peers.empty() and wait > 1:
@@ -382,7 +512,10 @@ cdef class Core:
         else:
             self.c.peers_connected += 1
         p.role = h[4]
+        if not p.name.empty():
+            self._forget_name(pi)
         p.name = string(<const char *>h + 6, h[5])
+        self.peer_by_name[p.name] = pi  # receipts for this name now come here
         if not self._bind_cursors(pi, h, hlen, 6 + h[5]):
             return
         self._welcome(pi)
@@ -501,6 +634,16 @@ cdef class Core:
             single.push_back(self._address_slot(pi, h + 20, lt))
             if single[0] < 0:
                 return  # _address_slot already refused
+        cdef string dkey
+        if cls <= CLASS_CHAT:
+            dkey = dedup_key(self.peers[pi].name, msg_id)
+            dit = self.dedup.find(dkey)
+            if dit != self.dedup.end():
+                # a repeat inside the window: same receipt, nothing delivered twice
+                self.c.dedup_hits += 1
+                self._receipt_to(pi, self.peers[pi].gen, msg_id, deref(dit).second.status,
+                                 deref(dit).second.code)
+                return
         cdef int code = self._admit(deref(targets), cls)
         if code != 0:
             self._refuse(pi, msg_id, cls, code,
@@ -515,25 +658,40 @@ cdef class Core:
         m.expire_us = now + ttl_ms if ttl_ms else 0
         m.sender = pi
         m.sender_gen = self.peers[pi].gen
+        m.sender_name = self.peers[pi].name
         m.cls = cls
         m.refs = 0
         m.pending = 0
         m.finished = False
+        m.segment = self.segment
+        cdef string key
+        if lkey:
+            key = string(<const char *>h + 20 + lt + lk, lkey)
+        if cls <= CLASS_CHAT:
+            if flags & FLAG_CHANNEL and is_order(tname):
+                m.order = tname
+            elif is_order(key):
+                m.order = key
         build_template(m, flags, self.peers[pi].name,
                        tname if flags & FLAG_CHANNEL else string(), h + 20 + lt, lk)
         self.c.msgs_in[cls] += 1
         self.c.bytes_in += zmqapi.msg_size(&m.payload)
         if deref(targets).size() > 1:
             self.c.fanout += deref(targets).size() - 1
-        cdef string key
-        if cls == CLASS_LOCATION:
-            key = string(<const char *>h + 20 + lt + lk, lkey) if lkey else self.peers[pi].name
+        if cls == CLASS_LOCATION and key.empty():
+            key = self.peers[pi].name
         cdef size_t i
         m.refs = 1  # hold it while fanning out
         for i in range(deref(targets).size()):
             self._enqueue(deref(targets)[i], m, key)
         if cls <= CLASS_CHAT:
-            self._receipt(m, ST_ACCEPTED, 0)
+            self._remember(dkey, ST_ACCEPTED, 0)
+            if self.store is not None:
+                self.seg_live[self.segment] += 1
+                m.refs += 1  # held by `uncommitted` until _commit
+                self.uncommitted.push_back(m)
+            else:
+                self._accepted(m)
         self._release(m)
 
     cdef int _admit(self, vector[int] &targets, uint8_t cls) noexcept nogil:
@@ -559,6 +717,12 @@ cdef class Core:
             e.msg = m
             a.rel.push_back(e)
             m.pending += 1
+            if self.store is not None:
+                self._journal_msg(a, m, e.seq)
+                self.uncommitted_addrs.push_back(ai)
+                m.refs += 1
+                self.c.queued += 1
+                return  # sent once the journal commit succeeds
         elif m.cls == CLASS_NOTICE:
             if a.notices.size() >= self.max_queue or self.c.queued >= self.max_queued:
                 self.c.shed += 1  # best effort: the oldest notice makes room
@@ -582,6 +746,284 @@ cdef class Core:
         self.c.queued += 1
         if a.peer >= 0:
             self._mark_dirty(ai)
+
+    # ---- durability ----------------------------------------------------------------------
+
+    cdef void _journal_msg(self, Address *a, Msg *m, uint64_t seq) noexcept nogil:
+        """Append the MSG record of one (address, seq) delivery to this pass's batch."""
+        cdef const char *t = m.tmpl.data()
+        cdef size_t lk = <uint8_t>t[29], lf = <uint8_t>t[30], lc = <uint8_t>t[31]
+        cdef size_t start = rec_begin(self.jbuf, REC_MSG)
+        cdef uint64_t expire_wall = 0
+        if m.expire_us:
+            expire_wall = m.accepted_us + (m.expire_us - mono_ms()) * 1000
+        rec_u64(self.jbuf, seq)
+        rec_u64(self.jbuf, m.msg_id)
+        rec_u64(self.jbuf, m.accepted_us)
+        rec_u64(self.jbuf, expire_wall)
+        self.jbuf.push_back(<char>m.cls)
+        self.jbuf.push_back(t[3])
+        rec_name(self.jbuf, a.name)
+        rec_name(self.jbuf, m.sender_name)
+        self.jbuf.push_back(<char>lk)
+        self.jbuf.append(t + 33, lk)
+        self.jbuf.push_back(<char>lc)
+        self.jbuf.append(t + 33 + lk + lf, lc)
+        rec_name(self.jbuf, m.order)
+        self.jbuf.append(<const char *>zmqapi.msg_data(&m.payload), zmqapi.msg_size(&m.payload))
+        rec_end(self.jbuf, start)
+        self.jsync = True
+
+    cdef void _journal_small(self, uint8_t kind, uint64_t v, const string &name,
+                             uint8_t status, uint16_t code) noexcept nogil:
+        """Append an ACK (v = seq) or FIN (v = msg id) record; these need no fsync:
+        losing one only means a redelivery the endpoint drops, or a weaker dedup reply."""
+        if self.store is None or self.replaying:
+            return
+        cdef size_t start = rec_begin(self.jbuf, kind)
+        cdef uint8_t sc[3]
+        rec_u64(self.jbuf, v)
+        if kind == REC_FIN:
+            sc[0] = status
+            put16(sc + 1, code)
+            self.jbuf.append(<const char *>sc, 3)
+        rec_name(self.jbuf, name)
+        rec_end(self.jbuf, start)
+
+    cdef void _commit(self) noexcept nogil:
+        """Group commit: hand this pass's records to the store; only then accept and
+        send the messages in it. On failure they are taken back and refused."""
+        cdef bint ok
+        cdef size_t i
+        with gil:
+            ok = self._store_commit()
+        self.jbuf.clear()
+        self.jsync = False
+        if ok:
+            self.c.commits += 1
+            for i in range(self.uncommitted_addrs.size()):
+                self._mark_dirty(self.uncommitted_addrs[i])
+            for i in range(self.uncommitted.size()):
+                self._accepted(self.uncommitted[i])
+                self._release(self.uncommitted[i])
+        else:
+            self.c.commit_failures += 1
+            self._rollback()
+        self.uncommitted.clear()
+        self.uncommitted_addrs.clear()
+
+    cdef bint _store_commit(self):
+        try:
+            self.store.commit(<bytes>self.jbuf, self.jsync)
+            self.c.journal_bytes += self.jbuf.size()
+            return True
+        except Exception as exc:
+            self.store_error = exc
+            return False
+
+    cdef void _rollback(self) noexcept nogil:
+        """Undo the uncommitted tail: those entries are the newest of their addresses."""
+        cdef size_t i = self.uncommitted_addrs.size()
+        cdef Address *a
+        cdef Msg *m
+        while i > 0:
+            i -= 1
+            a = self.addrs[self.uncommitted_addrs[i]]
+            m = a.rel.back().msg
+            a.rel.pop_back()
+            a.next_seq -= 1
+            m.pending -= 1
+            self.c.queued -= 1
+            self._release(m)
+        for i in range(self.uncommitted.size()):
+            m = self.uncommitted[i]
+            m.finished = True
+            self.dedup.erase(dedup_key(m.sender_name, m.msg_id))
+            self._receipt(m, ST_REFUSED, E_STORAGE_FAILED)
+            if m.sender >= 0 and self.peers[m.sender].live and self.peers[m.sender].gen == m.sender_gen:
+                self._error(m.sender, E_STORAGE_FAILED, m.msg_id,
+                            "the journal could not store the message (disk full?): retry later")
+            self._release(m)
+        if not self.uncommitted.empty():
+            self._event(EV_STORAGE, self.uncommitted[0].sender, E_STORAGE_FAILED)
+
+    cdef void _accepted(self, Msg *m) noexcept nogil:
+        self._receipt(m, ST_ACCEPTED, 0)
+        if not m.order.empty():
+            self._hist(H_ACCEPTED, m, string(), 0, ST_ACCEPTED, 0)
+
+    cdef void _remember(self, const string &dkey, uint8_t status, uint16_t code) noexcept nogil:
+        """Start the dedup window of a reliable message id."""
+        cdef Dedup d
+        if self.dedup_ms == 0 or self.replaying:
+            return
+        d.expires_ms = mono_ms() + self.dedup_ms
+        d.status = status
+        d.code = code
+        self.dedup[dkey] = d
+        self.dedup_exp_ms.push_back(d.expires_ms)
+        self.dedup_exp_key.push_back(dkey)
+
+    cdef void _hist(self, uint8_t kind, Msg *m, const string &address, uint64_t seq,
+                    uint8_t status, uint16_t code) noexcept nogil:
+        """One history event of an order-linked message (router/history.py parses it):
+        kind u8, ts_us u64, msg_id u64, seq u64, status u8, code u16, class u8, then
+        names order, sender, address, kind, channel, and u32 payload length + payload
+        (ACCEPTED only)."""
+        if self.replaying:
+            return
+        cdef const char *t = m.tmpl.data()
+        cdef size_t lk = <uint8_t>t[29], lf = <uint8_t>t[30], lc = <uint8_t>t[31]
+        cdef uint8_t b[4]
+        self.history.push_back(<char>kind)
+        rec_u64(self.history, wall_us())
+        rec_u64(self.history, m.msg_id)
+        rec_u64(self.history, seq)
+        b[0] = status
+        put16(b + 1, code)
+        b[3] = m.cls
+        self.history.append(<const char *>b, 4)
+        rec_name(self.history, m.order)
+        rec_name(self.history, m.sender_name)
+        rec_name(self.history, address)
+        self.history.push_back(<char>lk)
+        self.history.append(t + 33, lk)
+        self.history.push_back(<char>lc)
+        self.history.append(t + 33 + lk + lf, lc)
+        if kind == H_ACCEPTED:
+            put32(b, <uint32_t>zmqapi.msg_size(&m.payload))
+            self.history.append(<const char *>b, 4)
+            self.history.append(<const char *>zmqapi.msg_data(&m.payload),
+                                zmqapi.msg_size(&m.payload))
+        else:
+            self.history.append(4, <char>0)
+
+    cdef bint _replay_record(self, const uint8_t *p, uint32_t n):
+        """Apply one journal record during start-up; False if it does not parse."""
+        cdef const uint8_t *end = p + n
+        cdef uint8_t kind = p[0]
+        cdef string addr, sender, kindname, chan, order, dkey
+        cdef uint64_t seq, v2 = 0
+        cdef int ai
+        p += 1
+        if kind != REC_MSG:
+            self.replay_msg = NULL  # channel members' records are contiguous
+        if kind == REC_ACK or kind == REC_CURSOR or kind == REC_FIN:
+            if p + 8 > end:
+                return False
+            seq = get64(p)
+            p += 8
+            if kind == REC_CURSOR:
+                if p + 8 > end:
+                    return False
+                v2 = get64(p)
+                p += 8
+            elif kind == REC_FIN:
+                if p + 3 > end:
+                    return False
+                v2 = p[0] | (<uint64_t>get16(p + 1) << 8)
+                p += 3
+            p = rd_name(p, end, addr)
+            if p == NULL or p != end:
+                return False
+            if kind == REC_FIN:
+                it = self.dedup.find(dedup_key(addr, seq))
+                if it != self.dedup.end():
+                    deref(it).second.status = <uint8_t>(v2 & 0xFF)
+                    deref(it).second.code = <uint16_t>(v2 >> 8)
+                return True
+            ai = self._restore_address(addr)
+            if kind == REC_CURSOR:
+                if seq > self.addrs[ai].next_seq:
+                    self.addrs[ai].next_seq = seq
+                self._ack_to(ai, v2)
+            else:
+                self._ack_to(ai, seq)
+            return True
+        if kind != REC_MSG or p + 34 > end:
+            return False
+        return self._replay_msg(p, end)
+
+    cdef bint _replay_msg(self, const uint8_t *p, const uint8_t *end):
+        cdef uint64_t seq = get64(p), msg_id = get64(p + 8), acc = get64(p + 16)
+        cdef uint64_t expire_wall = get64(p + 24)
+        cdef uint8_t cls = p[32], flags = p[33]
+        cdef string addr, sender, kind, chan, order
+        p += 34
+        p = rd_name(p, end, addr)
+        if p != NULL:
+            p = rd_name(p, end, sender)
+        if p != NULL:
+            p = rd_name(p, end, kind)
+        if p != NULL:
+            p = rd_name(p, end, chan)
+        if p != NULL:
+            p = rd_name(p, end, order)
+        if p == NULL or cls > CLASS_CHAT:
+            return False
+        cdef int ai = self._restore_address(addr)
+        cdef Address *a = self.addrs[ai]
+        cdef uint64_t now_wall = wall_us()
+        cdef string dkey = dedup_key(sender, msg_id)
+        cdef Dedup d
+        if self.dedup_ms and acc + self.dedup_ms * 1000 > now_wall and not self.dedup.count(dkey):
+            d.expires_ms = mono_ms() + (acc + self.dedup_ms * 1000 - now_wall) // 1000
+            d.status = ST_ACCEPTED
+            d.code = 0
+            self.dedup[dkey] = d
+            self.dedup_exp_ms.push_back(d.expires_ms)
+            self.dedup_exp_key.push_back(dkey)
+        if seq > a.next_seq:
+            a.next_seq = seq
+        if seq <= a.acked or (not a.rel.empty() and seq <= a.rel.back().seq):
+            return True  # already acked, or a repeated record
+        cdef Msg *m
+        if self.replay_msg != NULL and self.replay_key == dkey:
+            m = self.replay_msg  # another member of the same channel send
+        else:
+            m = new Msg()
+            zmqapi.msg_init_size(&m.payload, <size_t>(end - p))
+            memcpy(zmqapi.msg_data(&m.payload), p, <size_t>(end - p))
+            m.msg_id = msg_id
+            m.accepted_us = acc
+            m.expire_us = 0
+            if expire_wall:
+                m.expire_us = mono_ms() + (expire_wall - now_wall) // 1000 if expire_wall > now_wall else 1
+            m.sender = -1
+            m.sender_gen = 0
+            m.sender_name = sender
+            m.order = order
+            m.cls = cls
+            m.refs = 0
+            m.pending = 0
+            m.finished = False
+            m.segment = self.segment
+            build_template(m, flags, sender, chan, <const uint8_t *>kind.data(),
+                           <uint8_t>kind.size())
+            self.seg_live[self.segment] += 1
+            self.replay_key = dkey
+            self.replay_msg = m
+            self.c.replayed += 1
+        cdef Entry e
+        e.seq = seq
+        e.msg = m
+        a.rel.push_back(e)
+        m.pending += 1
+        m.refs += 1
+        self.c.queued += 1
+        return True
+
+    cdef int _restore_address(self, const string &name) noexcept nogil:
+        it = self.addr_by_name.find(name)
+        if it != self.addr_by_name.end():
+            return deref(it).second
+        cdef Address *a = new Address()
+        a.name = name
+        a.peer = -1
+        cdef int ai = <int>self.addrs.size()
+        self.addrs.push_back(a)
+        self.addr_by_name[name] = ai
+        return ai
 
     # ---- sending -----------------------------------------------------------------------
 
@@ -619,11 +1061,18 @@ cdef class Core:
         while a.sent < a.rel.size() and a.sent < self.window:
             m = a.rel[a.sent].msg
             if m.expire_us and now >= m.expire_us:
-                self._expire_entry(a, a.sent)
+                self._expire_entry(a, a.sent, ST_EXPIRED, E_EXPIRED)
                 continue
             rc = self._deliver(p, a, m, a.rel[a.sent].seq)
             if rc != 0:
                 return self._send_failed(pi, rc)
+            if not m.order.empty():
+                self._hist(H_SENT, m, a.name, a.rel[a.sent].seq, 0, 0)
+            if a.sent == 0:
+                a.inflight_ms = now  # the redelivery timer runs from the head's send
+                if not a.tracked:
+                    a.tracked = True
+                    self.inflight.push_back(ai)
             a.sent += 1
         while not a.notices.empty():
             rc = self._deliver(p, a, a.notices.front(), 0)
@@ -694,8 +1143,11 @@ cdef class Core:
             seq = a.next_seq
         if seq <= a.acked:
             return
+        self._journal_small(REC_ACK, seq, a.name, 0, 0)
         while not a.rel.empty() and a.rel.front().seq <= seq:
             m = a.rel.front().msg
+            if not m.order.empty() and not self.replaying:
+                self._hist(H_ACKED, m, a.name, a.rel.front().seq, 0, 0)
             a.rel.pop_front()
             if a.sent > 0:
                 a.sent -= 1
@@ -706,23 +1158,56 @@ cdef class Core:
             self._release(m)
             self.c.queued -= 1
         a.acked = seq
+        a.attempts = 0  # progress: the redelivery backoff starts over
+        a.inflight_ms = mono_ms() if a.sent > 0 else 0
         if a.peer >= 0 and a.sent < a.rel.size():
             self._mark_dirty(ai)
 
-    cdef void _expire_entry(self, Address *a, size_t idx) noexcept nogil:
-        """Drop an unsent entry whose TTL passed; its seq is skipped, never reused."""
+    cdef void _expire_entry(self, Address *a, size_t idx, uint8_t status,
+                            uint16_t code) noexcept nogil:
+        """Drop one entry (TTL passed, or too many attempts); its seq is skipped, never
+        reused, and the endpoint's next ack covers it."""
         cdef Msg *m = a.rel[idx].msg
         a.rel.erase(a.rel.begin() + idx)
+        if idx < a.sent:
+            a.sent -= 1
         m.pending -= 1
         if not m.finished:
             m.finished = True
-            self._receipt(m, ST_EXPIRED, E_EXPIRED)
-        self.c.expired += 1
+            self._receipt(m, status, code)
+        if status == ST_EXPIRED:
+            self.c.expired += 1
         self.c.queued -= 1
         self._release(m)
 
     cdef void _receipt(self, Msg *m, uint8_t status, uint16_t code) noexcept nogil:
-        self._receipt_to(m.sender, m.sender_gen, m.msg_id, status, code)
+        """A receipt for ``m``: to the connection that sent it, or else to whichever
+        connection now carries the sender's name (it reconnected, or we restarted)."""
+        cdef int pi = m.sender
+        cdef uint32_t gen = m.sender_gen
+        if status != ST_ACCEPTED and status != ST_REFUSED:
+            self._finish(m, status, code)
+        if self.replaying:
+            return
+        if pi < 0 or not self.peers[pi].live or self.peers[pi].gen != gen:
+            it = self.peer_by_name.find(m.sender_name)
+            if it == self.peer_by_name.end():
+                self.c.receipts[status] += 1
+                self.c.receipts_dropped += 1
+                return
+            pi = deref(it).second
+            gen = self.peers[pi].gen
+        self._receipt_to(pi, gen, m.msg_id, status, code)
+
+    cdef void _finish(self, Msg *m, uint8_t status, uint16_t code) noexcept nogil:
+        """Record a final outcome: dedup replies, the journal, the order's history."""
+        it = self.dedup.find(dedup_key(m.sender_name, m.msg_id))
+        if it != self.dedup.end():
+            deref(it).second.status = status
+            deref(it).second.code = code
+        self._journal_small(REC_FIN, m.msg_id, m.sender_name, status, code)
+        if not m.order.empty():
+            self._hist(H_FINAL, m, string(), 0, status, code)
 
     cdef void _receipt_to(self, int pi, uint32_t gen, uint64_t msg_id, uint8_t status,
                           uint16_t code) noexcept nogil:
@@ -791,15 +1276,15 @@ cdef class Core:
         put64(hdr + 6, msg_id)
         while text[tl] != 0:
             tl += 1
-        if code < 17:
+        if code < 32:
             self.c.errors[code] += 1
         if zmqapi.send(self.sock, p.identity.data(), p.identity.size(),
                        ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0:
             return
         zmqapi.send(self.sock, hdr, 14, ZMQ_SNDMORE)
         zmqapi.send(self.sock, text, tl, 0)
-        if code != E_RATE_LIMITED and code != E_QUEUE_FULL and code != E_OVERLOADED:
-            self._event(EV_ERROR, pi, code)
+        if p.errs == 1 and code != E_QUEUE_FULL and code != E_OVERLOADED:
+            self._event(EV_ERROR, pi, code)  # one log line per peer per second at most
 
     cdef void _welcome(self, int pi) noexcept nogil:
         cdef Peer *p = self.peers[pi]
@@ -880,7 +1365,10 @@ cdef class Core:
             remove_int(self.peers[a.peer].addrs, ai)  # the newest binding wins
         if a.peer != pi:
             self.peers[pi].addrs.push_back(ai)
+        if a.peer != pi:
+            a.online_since_us = wall_us()
         a.peer = pi
+        a.attempts = 0
         if cursor > a.next_seq:
             # The peer holds sequences this router never issued (its state was lost):
             # continue numbering above the cursor so nothing new looks like a repeat.
@@ -916,12 +1404,70 @@ cdef class Core:
             if reason != REASON_BYE:
                 self.c.peers_lost += 1
         self._unbind_all(pi)
+        self._forget_name(pi)
         self.c.receipts_dropped += p.nreceipts
         p.nreceipts = 0
         p.live = False
         p.gen += 1
         self.peer_by_id.erase(p.identity)
         self.free_peers.push_back(pi)
+
+    cdef void _forget_name(self, int pi) noexcept nogil:
+        it = self.peer_by_name.find(self.peers[pi].name)
+        if it != self.peer_by_name.end() and deref(it).second == pi:
+            self.peer_by_name.erase(it)
+
+    cdef void _redeliver(self, uint64_t now) noexcept nogil:
+        """Go-back-N: an address whose in-flight head got no ack within the backoff
+        has its whole window sent again, in order; after max_attempts the head fails."""
+        cdef size_t i
+        cdef vector[int] keep
+        cdef Address *a
+        cdef uint64_t backoff
+        cdef Msg *m
+        for i in range(self.inflight.size()):
+            a = self.addrs[self.inflight[i]]
+            if a.peer < 0 or a.sent == 0 or a.inflight_ms == 0:
+                a.tracked = False
+                a.inflight_ms = 0
+                continue
+            keep.push_back(self.inflight[i])
+            backoff = min(<uint64_t>self.retry_ms << min(a.attempts, 20u), <uint64_t>self.retry_max_ms)
+            if now - a.inflight_ms < backoff:
+                continue
+            a.attempts += 1
+            if self.max_attempts and a.attempts > self.max_attempts:
+                m = a.rel.front().msg
+                a.sent = 1
+                self._expire_entry(a, 0, ST_FAILED, E_MAX_ATTEMPTS)
+                self.c.failed += 1
+                a.attempts = 0
+            self.c.redeliveries += 1
+            a.sent = 0
+            a.inflight_ms = 0
+            self._mark_dirty(self.inflight[i])
+        self.inflight.swap(keep)
+
+    cdef void _sweep(self, uint64_t now) noexcept nogil:
+        """Once a second: end dedup windows, expire TTLs of offline addresses' queues."""
+        cdef size_t i, j
+        cdef Address *a
+        while not self.dedup_exp_ms.empty() and self.dedup_exp_ms.front() <= now:
+            it = self.dedup.find(self.dedup_exp_key.front())
+            if it != self.dedup.end() and deref(it).second.expires_ms <= now:
+                self.dedup.erase(it)
+            self.dedup_exp_ms.pop_front()
+            self.dedup_exp_key.pop_front()
+        for i in range(self.addrs.size()):
+            a = self.addrs[i]
+            if a.peer >= 0 or a.rel.empty():
+                continue
+            j = 0
+            while j < a.rel.size():
+                if a.rel[j].msg.expire_us and now >= a.rel[j].msg.expire_us:
+                    self._expire_entry(a, j, ST_EXPIRED, E_EXPIRED)
+                else:
+                    j += 1
 
     cdef void _tick(self, uint64_t now) noexcept nogil:
         """Liveness and heartbeats, every TICK_MS."""
@@ -935,6 +1481,11 @@ cdef class Core:
         hb[2] = CMD_HEARTBEAT
         hb[3] = 0
         self.next_tick_ms = now + TICK_MS
+        if not self.inflight.empty():
+            self._redeliver(now)
+        if now >= self.next_sweep_ms:
+            self.next_sweep_ms = now + 1000
+            self._sweep(now)
         if beat:
             self.next_hb_ms = now + self.hb_ms
         for i in range(self.peers.size()):
@@ -953,6 +1504,8 @@ cdef class Core:
     cdef void _release(self, Msg *m) noexcept nogil:
         m.refs -= 1
         if m.refs <= 0:
+            if m.cls <= CLASS_CHAT and self.store is not None:
+                self.seg_live[m.segment] -= 1
             zmqapi.msg_close(&m.payload)
             del m
 

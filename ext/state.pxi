@@ -15,6 +15,9 @@ cdef cppclass Msg:
     uint64_t expire_us      # monotonic deadline, 0 = no TTL
     int sender              # peer slot of the sender
     uint32_t sender_gen     # that slot's generation when the message arrived
+    string sender_name      # receipts follow the sender's name across reconnects
+    string order            # order:<id> this message belongs to ("" = none): history
+    uint32_t segment        # journal segment holding it (reliable classes)
     int refs                # queue entries that point here
     int pending             # reliable deliveries not yet acked
     uint8_t cls
@@ -24,9 +27,18 @@ cdef struct Entry:
     uint64_t seq
     Msg *msg
 
+cdef struct Dedup:
+    uint64_t expires_ms     # monotonic end of the dedup window
+    uint8_t status          # latest receipt status given for the id
+    uint16_t code
+
 cdef cppclass Address:
     string name
     int peer                # bound peer slot, -1 = offline
+    uint64_t online_since_us  # wall clock of the current binding (presence)
+    uint64_t inflight_ms    # when the in-flight head was (re)sent; 0 = nothing in flight
+    uint32_t attempts       # redeliveries of the in-flight head without ack progress
+    bool tracked            # listed in Core.inflight (redelivery timer)
     uint64_t next_seq       # last sequence assigned
     uint64_t acked          # cumulative ack from the endpoint
     size_t sent             # entries at the front of `rel` already sent, unacked
@@ -59,7 +71,7 @@ cdef struct Counters:
     uint64_t receipts[6]        # by status
     uint64_t receipts_dropped   # sender gone before its receipt
     uint64_t acks_in
-    uint64_t errors[17]         # ERROR sent, by code
+    uint64_t errors[32]         # ERROR sent, by code
     uint64_t errors_suppressed  # rate-limited
     uint64_t shed               # best-effort dropped for space
     uint64_t conflated          # location replaced by a newer one
@@ -69,6 +81,13 @@ cdef struct Counters:
     uint64_t peers_lost
     uint64_t queued             # messages held (all queues)
     uint64_t loops
+    uint64_t dedup_hits
+    uint64_t redeliveries       # in-flight windows sent again after no ack
+    uint64_t failed             # given up after max attempts
+    uint64_t commits            # journal group commits
+    uint64_t commit_failures
+    uint64_t journal_bytes      # bytes handed to the store
+    uint64_t replayed           # messages restored from the journal at start
 
 cdef struct Event:
     int kind                    # EV_CONNECT / EV_DISCONNECT / EV_ERROR (core.pyx)

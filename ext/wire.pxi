@@ -107,3 +107,18 @@ cdef inline void remove_int(vector[int] &v, int x) noexcept nogil:
             v[i] = v.back()
             v.pop_back()
             return
+
+
+cdef inline string dedup_key(const string &sender, uint64_t msg_id) noexcept nogil:
+    """Dedup scope: the sender's name and its message id."""
+    cdef uint8_t b[8]
+    cdef string k = sender
+    put64(b, msg_id)
+    k.push_back(<char>0)
+    k.append(<const char *>b, 8)
+    return k
+
+
+cdef inline bint is_order(const string &name) noexcept nogil:
+    """Names of the form order:<id> link a message to that order's history."""
+    return name.size() > 6 and name.compare(0, 6, b"order:") == 0

@@ -47,6 +47,29 @@ class Settings:
     #: libzmq high-water marks (messages) for the ROUTER socket.
     sndhwm: int = 100_000
     rcvhwm: int = 100_000
+    #: Directory of the journal segments and the order-history database.
+    data_dir: str = "router-data"
+    #: Journal reliable messages before ACCEPTED (off: in memory only, lost on crash).
+    journal: bool = True
+    #: fdatasync each group commit (off: survives a router crash, not a machine crash).
+    fsync: bool = True
+    #: Roll to a new journal segment past this many bytes.
+    segment_bytes: int = 64 << 20
+    #: Disk budget of the journal, bytes (0 = none); beyond it sends get STORAGE_FAILED.
+    max_journal_bytes: int = 0
+    #: Messages drained per loop pass, and so at most per group commit.
+    commit_batch: int = 512
+    #: A repeated message id from the same sender within this window is not redelivered.
+    dedup_seconds: float = 120.0
+    #: First redelivery of an unacked window after this many ms; doubles up to the cap.
+    retry_ms: int = 1000
+    retry_max_ms: int = 30000
+    #: Redeliveries without ack before the message FAILs (0 = retry until its TTL).
+    max_attempts: int = 20
+    #: Record order-linked messages as a timeline in data_dir/history.db.
+    history: bool = True
+    #: Days of order history kept.
+    history_days: float = 30.0
     #: Seconds between one-line summaries in the log (0 = never).
     summary_interval: float = 10.0
     #: Log level: debug, info, warning, error.
@@ -57,7 +80,8 @@ class Settings:
         if not self.bind:
             raise ValueError("bind: give at least one endpoint, e.g. tcp://127.0.0.1:5555")
         for name in ("max_payload", "window", "max_queue", "max_queued", "max_addresses",
-                     "max_peers", "heartbeat_ms", "liveness", "errors_per_second"):
+                     "max_peers", "heartbeat_ms", "liveness", "errors_per_second",
+                     "segment_bytes", "commit_batch", "retry_ms", "retry_max_ms"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.max_payload > 256 << 20:
@@ -78,6 +102,13 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     kind = type(f.default)
     if isinstance(value, kind):
         return value
+    if kind is bool:
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{f.name}: expected true/false, got {value!r}")
     try:
         return kind(value)
     except (TypeError, ValueError):

@@ -103,6 +103,8 @@ class ErrorCode(enum.IntEnum):
     EXPIRED = 13  #: TTL passed (reason of an EXPIRED receipt)
     PEER_GONE = 14  #: recipient unbound for good (reason of a FAILED receipt)
     RATE_LIMITED = 15  #: too many errors from this peer; further errors suppressed
+    STORAGE_FAILED = 16  #: the journal could not make the message durable (disk full?)
+    MAX_ATTEMPTS = 17  #: redelivered the maximum number of times without an ack
 
 
 #: Common prefix of every header frame: signature, version, command, flags.

@@ -11,12 +11,15 @@ import logging
 import signal
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 
 import zmq
 
 from . import core as _native
 from .config import Settings
+from .history import History
+from .journal import FileStore, Recovery
 from .protocol import ErrorCode, Role
 
 log = logging.getLogger("router")
@@ -28,8 +31,8 @@ SLICE_MS = 100
 class Router:
     """A running router: bind, then :meth:`serve` until :meth:`stop` or a signal."""
 
-    __slots__ = ("settings", "context", "socket", "core", "endpoints", "_stop",
-                 "_last_summary", "_last_stats")
+    __slots__ = ("settings", "context", "socket", "core", "endpoints", "store", "history",
+                 "recovery", "_stop", "_last_summary", "_last_stats")
 
     def __init__(self, settings: Settings, context: zmq.Context | None = None) -> None:
         self.settings = settings.validate()
@@ -43,6 +46,13 @@ class Router:
                 self.socket.close(linger=0)
                 raise OSError(f"cannot bind {endpoint}: {exc}; is another router there?") from exc
             self.endpoints.append(self.socket.getsockopt_string(zmq.LAST_ENDPOINT))
+        data = Path(settings.data_dir)
+        self.store = FileStore(
+            data / "journal", segment_bytes=settings.segment_bytes,
+            max_bytes=settings.max_journal_bytes, retain_seconds=settings.dedup_seconds,
+            fsync=settings.fsync) if settings.journal else None
+        self.history = History(data / "history.db", settings.history_days) \
+            if settings.history else None
         self.core = _native.Core(
             self.socket,
             max_payload=settings.max_payload,
@@ -54,7 +64,14 @@ class Router:
             heartbeat_ms=settings.heartbeat_ms,
             liveness=settings.liveness,
             errors_per_second=settings.errors_per_second,
+            store=self.store,
+            dedup_ms=int(settings.dedup_seconds * 1000),
+            retry_ms=settings.retry_ms,
+            retry_max_ms=settings.retry_max_ms,
+            max_attempts=settings.max_attempts,
+            batch=settings.commit_batch,
         )
+        self.recovery = self.store.open(self.core) if self.store else Recovery()
         self._stop = threading.Event()
         self._last_summary = time.monotonic()
         self._last_stats = self.core.stats()
@@ -82,17 +99,41 @@ class Router:
         """Run until stop() or SIGTERM/SIGINT; then close the socket."""
         if install_signals:
             self._install_signals()
+        self._log_recovery()
         log.info("router serving on %s (native core on %s)", ", ".join(self.endpoints),
                  _native.libzmq_path())
         try:
             while not self._stop.is_set():
                 self.core.run(SLICE_MS)
-                self._log_events()
-                self._maybe_summary()
+                self._housekeeping()
         finally:
-            self._log_events()
+            self._housekeeping()
             self._summary(final=True)
             self.socket.close(linger=0)
+            if self.store:
+                self.store.close()
+            if self.history:
+                self.history.close()
+
+    def _housekeeping(self) -> None:
+        """Between slices: logs, journal maintenance, order history, summaries."""
+        self._log_events()
+        if self.store:
+            self.store.maintain(self.core)
+        blob = self.core.drain_history()
+        if self.history:
+            self.history.record(blob)
+        self._maybe_summary()
+
+    def _log_recovery(self) -> None:
+        r = self.recovery
+        if not self.store:
+            log.warning("journal off: reliable messages live in memory only")
+            return
+        log.info("journal %s: %d segments, %d records, %d messages pending, %.2fs",
+                 self.store.dir, r.segments, r.records, r.messages, r.seconds)
+        for line in r.dropped:
+            log.error("journal damaged, recovered the good prefix: %s", line)
 
     def stop(self) -> None:
         """Ask serve() to return after its current slice."""
@@ -118,6 +159,9 @@ class Router:
             elif kind == "disconnect":
                 why = {1: "bye", 2: "heartbeat timeout", 3: "unreachable"}.get(code, code)
                 log.info("peer disconnected: %s (%s, %s)", name or ident.hex(), role_name, why)
+            elif kind == "storage":
+                log.error("journal commit failed, sends refused with STORAGE_FAILED: %s",
+                          self.core.store_error)
             else:
                 log.warning("refused request from %s: %s", name or ident.hex(),
                             ErrorCode(code).name)

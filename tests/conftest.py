@@ -39,7 +39,9 @@ class RouterProcess:
         self.url = f"tcp://127.0.0.1:{self.port}"
         self.ipc = f"ipc://{self.ipc_dir}/router.sock"
         self.log_path = Path(self.ipc_dir) / "router.log"
-        self.args = ["--bind", self.url, "--bind", self.ipc, "--summary-interval", "1", *args]
+        self.data_dir = f"{self.ipc_dir}/data"
+        self.args = ["--bind", self.url, "--bind", self.ipc, "--summary-interval", "1",
+                     "--data-dir", self.data_dir, *args]
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         self.proc: subprocess.Popen | None = None
 

@@ -1,0 +1,75 @@
+# Journal record encoding, included by core.pyx. The file layout (segments, rolling,
+# compaction) is Python's business (router/journal.py); the core only produces and
+# consumes records, so a remote engine can store the same bytes.
+#
+# Record: u32 body length | u32 CRC-32 (IEEE, as zlib.crc32) of the body | body.
+# Body, by its first byte (all integers big-endian, names u8-length-prefixed):
+#   REC_MSG    seq u64, msg_id u64, accepted_us u64, expire_wall_us u64 (0 = none),
+#              class u8, flags u8, then names: address, sender, kind, channel, order;
+#              the payload is the rest of the body
+#   REC_ACK    seq u64, address                  (cumulative ack)
+#   REC_CURSOR next_seq u64, acked u64, address  (checkpoint at the head of a segment)
+#   REC_FIN    msg_id u64, status u8, code u16, sender  (final receipt, for dedup)
+
+cdef enum:
+    REC_MSG = 1
+    REC_ACK = 2
+    REC_CURSOR = 3
+    REC_FIN = 4
+    REC_HEAD = 8            # length + crc
+
+cdef uint32_t CRC_TABLE[256]
+
+
+cdef void crc_init() noexcept nogil:
+    cdef uint32_t c, n, k
+    for n in range(256):
+        c = n
+        for k in range(8):
+            c = (0xEDB88320U ^ (c >> 1)) if (c & 1) else (c >> 1)
+        CRC_TABLE[n] = c
+
+
+cdef inline uint32_t crc32(const uint8_t *p, size_t n) noexcept nogil:
+    cdef uint32_t c = 0xFFFFFFFFU
+    cdef size_t i
+    for i in range(n):
+        c = CRC_TABLE[(c ^ p[i]) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFFU
+
+
+crc_init()
+
+
+cdef inline size_t rec_begin(string &buf, uint8_t kind) noexcept nogil:
+    """Open a record; returns its start offset for rec_end."""
+    cdef size_t start = buf.size()
+    buf.append(REC_HEAD, <char>0)
+    buf.push_back(<char>kind)
+    return start
+
+
+cdef inline void rec_end(string &buf, size_t start) noexcept nogil:
+    cdef uint8_t *p = <uint8_t *>buf.data() + start
+    cdef size_t body = buf.size() - start - REC_HEAD
+    put32(p, <uint32_t>body)
+    put32(p + 4, crc32(p + REC_HEAD, body))
+
+
+cdef inline void rec_u64(string &buf, uint64_t v) noexcept nogil:
+    cdef uint8_t b[8]
+    put64(b, v)
+    buf.append(<const char *>b, 8)
+
+
+cdef inline void rec_name(string &buf, const string &s) noexcept nogil:
+    buf.push_back(<char><uint8_t>s.size())
+    buf.append(s)
+
+
+cdef inline const uint8_t *rd_name(const uint8_t *p, const uint8_t *end, string &out) noexcept nogil:
+    """Read one u8-length-prefixed name; NULL if it runs past ``end``."""
+    if p >= end or p + 1 + p[0] > end:
+        return NULL
+    out.assign(<const char *>p + 1, p[0])
+    return p + 1 + p[0]

@@ -1,0 +1,125 @@
+"""Order history: every reliable message and outcome of an order, with timestamps.
+
+The core emits history events for messages linked to an order (sent to an
+``order:<id>`` channel, or carrying ``order:<id>`` as their key); the router drains them
+between loop slices into SQLite (WAL mode, so `router history` can read while the router
+writes). This is the record used to settle disputes: who sent what, when the router
+accepted it, when it went to each party, when each acked, or when it expired.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+import time
+from pathlib import Path
+from typing import Iterator
+
+from .protocol import ErrorCode, MsgClass, Status
+
+_FIXED = struct.Struct(">BQQQBHB")  # kind, ts_us, msg_id, seq, status, code, class
+EVENTS = {1: "accepted", 2: "sent", 3: "acked", 4: "final"}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    order_ref TEXT NOT NULL, ts_us INTEGER NOT NULL, event TEXT NOT NULL,
+    msg_id INTEGER NOT NULL, seq INTEGER NOT NULL, status TEXT, code TEXT,
+    class TEXT NOT NULL, sender TEXT NOT NULL, address TEXT, kind TEXT, channel TEXT,
+    payload BLOB
+);
+CREATE INDEX IF NOT EXISTS events_by_order ON events (order_ref, ts_us);
+"""
+
+
+def parse_events(blob: bytes) -> Iterator[tuple]:
+    """Rows from the core's history buffer (layout in ext/core.pyx, Core._hist)."""
+    off, n = 0, len(blob)
+    while off < n:
+        kind, ts, mid, seq, st, code, cls = _FIXED.unpack_from(blob, off)
+        off += _FIXED.size
+        names = []
+        for _ in range(5):  # order, sender, address, kind, channel
+            ln = blob[off]
+            names.append(blob[off + 1: off + 1 + ln].decode(errors="replace"))
+            off += 1 + ln
+        (plen,) = struct.unpack_from(">I", blob, off)
+        payload = blob[off + 4: off + 4 + plen] if plen else None
+        off += 4 + plen
+        order, sender, address, mkind, channel = names
+        status = Status(st).name if st else None
+        ecode = ErrorCode(code).name if code else None
+        # signed: SQLite integers are 64-bit signed, message ids use all 64 bits
+        mid_s = mid - (1 << 64) if mid >= 1 << 63 else mid
+        yield (order, ts, EVENTS.get(kind, str(kind)), mid_s, seq, status, ecode,
+               MsgClass(cls).name, sender, address or None, mkind, channel or None, payload)
+
+
+class History:
+    """The history database at ``path``."""
+
+    def __init__(self, path: str | Path, retain_days: float = 30.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        self.retain_days = retain_days
+        self._last_prune = 0.0
+
+    def record(self, blob: bytes) -> int:
+        """Store the events of one drained buffer; return how many."""
+        if not blob:
+            return 0
+        rows = list(parse_events(blob))
+        self.db.execute("BEGIN")
+        self.db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        self.db.execute("COMMIT")
+        self._maybe_prune()
+        return len(rows)
+
+    def _maybe_prune(self) -> None:
+        now = time.time()
+        if now - self._last_prune < 3600:
+            return
+        self._last_prune = now
+        cutoff = int((now - self.retain_days * 86400) * 1e6)
+        self.db.execute("DELETE FROM events WHERE ts_us < ?", (cutoff,))
+
+    def timeline(self, order: str) -> list[dict]:
+        """Every event of ``order`` (``order:<id>`` or just the id), oldest first."""
+        ref = order if order.startswith("order:") else f"order:{order}"
+        cur = self.db.execute(
+            "SELECT ts_us, event, msg_id, seq, status, code, class, sender, address, kind, "
+            "channel, payload FROM events WHERE order_ref = ? ORDER BY ts_us, rowid", (ref,))
+        cols = [c[0] for c in cur.description]
+        out = []
+        for row in cur:
+            d = dict(zip(cols, row))
+            if d["msg_id"] < 0:
+                d["msg_id"] += 1 << 64
+            out.append(d)
+        return out
+
+    def close(self) -> None:
+        """Close the database."""
+        self.db.close()
+
+
+def format_timeline(events: list[dict]) -> str:
+    """Human-readable lines for `router history`."""
+    lines = []
+    for e in events:
+        ts = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e["ts_us"] / 1e6))
+        ts += f".{e['ts_us'] % 1_000_000 // 1000:03d}Z"
+        what = {"accepted": f"{e['sender']} sent {e['kind'] or e['class'].lower()}",
+                "sent": f"delivered to {e['address']} (seq {e['seq']})",
+                "acked": f"acked by {e['address']} (seq {e['seq']})",
+                "final": f"{e['status']}" + (f" ({e['code']})" if e["code"] else "")}[e["event"]]
+        line = f"{ts}  msg {e['msg_id']:>20}  {what}"
+        if e["event"] == "accepted" and e["payload"] is not None:
+            body = bytes(e["payload"])
+            line += "  " + (body[:200].decode(errors="replace") if not body.startswith(
+                b"\x04\x22\x4d\x18") else f"<lz4, {len(body)} bytes>")
+        lines.append(line)
+    return "\n".join(lines)
