@@ -45,6 +45,8 @@ cdef enum:
     EV_DISCONNECT = 2
     EV_ERROR = 3
     EV_STORAGE = 4
+    OUTBOX_MAX = 100000       # receipts kept per disconnected sender name
+    OUTBOX_NAMES = 10000      # disconnected sender names with kept receipts
     H_ACCEPTED = 1            # history event kinds (router/history.py reads them)
     H_SENT = 2
     H_ACKED = 3
@@ -136,7 +138,7 @@ cdef class Core:
     cdef uint32_t max_attempts
     # durability: records of this pass, committed to the store before anything is sent
     cdef object store
-    cdef object store_error
+    cdef object _store_error
     cdef string jbuf
     cdef bint jsync
     cdef bint replaying
@@ -150,6 +152,7 @@ cdef class Core:
     cdef deque[uint64_t] dedup_exp_ms
     cdef deque[string] dedup_exp_key
     cdef unordered_map[string, int] peer_by_name
+    cdef unordered_map[string, string] outbox   # receipts for senders not connected now
     cdef vector[int] inflight
     cdef string history
     cdef uint64_t next_sweep_ms
@@ -370,7 +373,7 @@ cdef class Core:
     @property
     def store_error(self):
         """The last exception the store raised on commit, or None."""
-        return self.store_error
+        return self._store_error
 
     # ---- the loop ----------------------------------------------------------------------
 
@@ -519,6 +522,7 @@ cdef class Core:
         if not self._bind_cursors(pi, h, hlen, 6 + h[5]):
             return
         self._welcome(pi)
+        self._deliver_outbox(pi)
         self._event(EV_CONNECT, pi, 0)
 
     cdef void _on_bind(self, int pi, const uint8_t *h, size_t hlen, size_t off) noexcept nogil:
@@ -818,7 +822,7 @@ cdef class Core:
             self.c.journal_bytes += self.jbuf.size()
             return True
         except Exception as exc:
-            self.store_error = exc
+            self._store_error = exc
             return False
 
     cdef void _rollback(self) noexcept nogil:
@@ -1192,12 +1196,41 @@ cdef class Core:
         if pi < 0 or not self.peers[pi].live or self.peers[pi].gen != gen:
             it = self.peer_by_name.find(m.sender_name)
             if it == self.peer_by_name.end():
-                self.c.receipts[status] += 1
-                self.c.receipts_dropped += 1
+                self._hold_receipt(m, status, code)
                 return
             pi = deref(it).second
             gen = self.peers[pi].gen
         self._receipt_to(pi, gen, m.msg_id, status, code)
+
+    cdef void _hold_receipt(self, Msg *m, uint8_t status, uint16_t code) noexcept nogil:
+        """Keep a receipt for a sender that is not connected; its next HELLO gets it.
+        Bounded: at most OUTBOX_MAX entries per sender name, OUTBOX_NAMES names."""
+        cdef uint8_t entry[11]
+        self.c.receipts[status] += 1
+        if not self.outbox.count(m.sender_name) and self.outbox.size() >= OUTBOX_NAMES:
+            self.c.receipts_dropped += 1
+            return
+        cdef string *box = &self.outbox[m.sender_name]
+        if box.size() >= OUTBOX_MAX * 11:
+            self.c.receipts_dropped += 1
+            return
+        put64(entry, m.msg_id)
+        entry[8] = status
+        put16(entry + 9, code)
+        box.append(<const char *>entry, 11)
+
+    cdef void _deliver_outbox(self, int pi) noexcept nogil:
+        """Hand a (re)connected sender the receipts kept while it was away."""
+        it = self.outbox.find(self.peers[pi].name)
+        if it == self.outbox.end():
+            return
+        cdef const uint8_t *e = <const uint8_t *>deref(it).second.data()
+        cdef size_t i, n = deref(it).second.size() // 11
+        cdef Peer *p = self.peers[pi]
+        for i in range(n):
+            self.c.receipts[e[i * 11 + 8]] -= 1  # counted once, when held
+            self._receipt_to(pi, p.gen, get64(e + i * 11), e[i * 11 + 8], get16(e + i * 11 + 9))
+        self.outbox.erase(it)
 
     cdef void _finish(self, Msg *m, uint8_t status, uint16_t code) noexcept nogil:
         """Record a final outcome: dedup replies, the journal, the order's history."""

@@ -17,7 +17,7 @@ from typing import AsyncIterator, Callable, Iterable
 import zmq
 import zmq.asyncio
 
-from .client import FINAL
+from .client import FINAL, make_socket
 from .protocol import Delivery, MsgClass, Receipt, Role, Status
 from .session import (
     COMPRESS_ABOVE, EndpointSession, Payload, RouterError, RouterUnavailable, SenderSession,
@@ -37,11 +37,7 @@ class _AsyncClient:
         self.session = session
         self.endpoint = endpoint
         self.context = context or zmq.asyncio.Context.instance()
-        self.socket = self.context.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.setsockopt(zmq.SNDHWM, 0)
-        self.socket.setsockopt(zmq.RCVHWM, 0)
-        self.socket.connect(endpoint)
+        self.socket = make_socket(self.context, endpoint, None)
         self.errors: list[RouterError] = []
         self._welcomed = asyncio.Event()
         self._reader: asyncio.Task | None = None
@@ -140,7 +136,8 @@ class AsyncSender(_AsyncClient):
         """Send ``data`` to an address or channel; return the message id."""
         mid, frames = self.session.send(target, data, kind=kind, msg_class=msg_class,
                                         ttl_ms=ttl_ms, key=key, channel=channel, msg_id=msg_id)
-        await self._send(frames)
+        if frames:
+            await self._send(frames)
         return mid
 
     async def join(self, channel: str, addresses: Iterable[str]) -> None:
@@ -207,8 +204,9 @@ class AsyncEndpoint(_AsyncClient):
 
     @property
     def cursors(self) -> dict[str, int]:
-        """Last sequence received per address."""
-        return dict(self.session.cursors)
+        """Last sequence acked per address: persist it, and pass it as ``cursors`` to
+        resume there after this process restarts."""
+        return dict(self.session.acked)
 
     def _dispatch(self, d: Delivery) -> None:
         self._queue.put_nowait(d)

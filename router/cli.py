@@ -54,6 +54,7 @@ def _add_send(sub) -> None:
     p.add_argument("--class", dest="msg_class", default="order",
                    choices=[c.name.lower() for c in MsgClass])
     p.add_argument("--ttl-ms", type=int, default=0)
+    p.add_argument("--order", default="", help="order:<id> this message belongs to (history)")
     p.add_argument("--channel", action="store_true", help="target is a channel")
     p.add_argument("--name", default="cli", help="sender name")
     p.add_argument("--wait", choices=["accepted", "delivered", "none"], default="accepted")
@@ -68,6 +69,14 @@ def _add_listen(sub) -> None:
     p.add_argument("--timeout", type=float, default=0, help="exit after N idle seconds (0 = never)")
 
 
+def _add_history(sub) -> None:
+    p = sub.add_parser("history", help="print an order's timeline (for disputes)")
+    p.add_argument("order", help="order id, or order:<id>")
+    p.add_argument("--data-dir", default=config.Settings().data_dir,
+                   help="the router's data directory (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="one JSON object per event")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of the `router` command."""
     parser = argparse.ArgumentParser(prog="router", description="Order-notification router")
@@ -76,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_send(sub)
     _add_listen(sub)
+    _add_history(sub)
     return parser
 
 
@@ -103,7 +113,7 @@ def _send(args: argparse.Namespace) -> int:
     from .client import Sender
 
     with Sender(args.router, args.name, timeout=args.timeout) as s:
-        mid = s.send(args.target, args.payload, kind=args.kind, ttl_ms=args.ttl_ms,
+        mid = s.send(args.target, args.payload, kind=args.kind, ttl_ms=args.ttl_ms, key=args.order,
                      msg_class=MsgClass[args.msg_class.upper()], channel=args.channel)
         if args.wait == "none" or MsgClass[args.msg_class.upper()] > MsgClass.CHAT:
             s.poll(0.2)
@@ -135,10 +145,41 @@ def _listen(args: argparse.Namespace) -> int:
                 return 0
 
 
+def _history(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import orjson
+
+    from .history import History, format_timeline
+
+    path = Path(args.data_dir) / "history.db"
+    if not path.exists():
+        print(f"router history: no history database at {path}; is --data-dir the "
+              "router's data directory?", file=sys.stderr)
+        return 2
+    hist = History(path)
+    try:
+        events = hist.timeline(args.order)
+    finally:
+        hist.close()
+    if not events:
+        print(f"router history: no events for order {args.order}", file=sys.stderr)
+        return 1
+    if args.json:
+        for e in events:
+            e = {**e, "payload": bytes(e["payload"]).decode(errors="replace")
+                 if e["payload"] is not None else None}
+            print(orjson.dumps(e).decode())
+    else:
+        print(format_timeline(events))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `router` command."""
     args = build_parser().parse_args(argv)
-    handler = {"serve": _serve, "send": _send, "listen": _listen}[args.command]
+    handler = {"serve": _serve, "send": _send, "listen": _listen,
+               "history": _history}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

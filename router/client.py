@@ -39,19 +39,33 @@ log = logging.getLogger("router.client")
 FINAL = frozenset({Status.DELIVERED, Status.EXPIRED, Status.REFUSED, Status.FAILED})
 
 
+def make_socket(context: zmq.Context, endpoint: str, identity: bytes | None) -> zmq.Socket:
+    """A DEALER for one session: unbounded queues (the router applies the bounds),
+    reconnect with backoff from 100 ms to 5 s, ZMTP heartbeats to notice a dead link,
+    and an optional fixed identity so a reconnect takes over the old connection."""
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+    if identity:
+        sock.setsockopt(zmq.IDENTITY, identity)
+    sock.connect(endpoint)
+    return sock
+
+
 class _Client:
     """A DEALER socket carrying one session."""
 
     def __init__(self, session: Session, endpoint: str, context: zmq.Context | None,
-                 timeout: float) -> None:
+                 timeout: float, identity: bytes | None = None) -> None:
         self.session = session
         self.endpoint = endpoint
         self.context = context or zmq.Context.instance()
-        self.socket = self.context.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.setsockopt(zmq.SNDHWM, 0)
-        self.socket.setsockopt(zmq.RCVHWM, 0)
-        self.socket.connect(endpoint)
+        self.socket = make_socket(self.context, endpoint, identity)
         self.errors: collections.deque[RouterError] = collections.deque(maxlen=1000)
         self._send(session.hello())
         deadline = time.monotonic() + timeout
@@ -132,12 +146,14 @@ class Sender(_Client):
     def __init__(self, endpoint: str, name: str, *, context: zmq.Context | None = None,
                  compress_above: int = COMPRESS_ABOVE, timeout: float = 5.0,
                  on_receipt: Callable[[Receipt], None] | None = None,
-                 keep_receipts: int = 100_000) -> None:
+                 keep_receipts: int = 100_000, resend_after: float = 3.0,
+                 identity: bytes | None = None) -> None:
         self.on_receipt = on_receipt
         self._latest: collections.OrderedDict[int, Receipt] = collections.OrderedDict()
         self._keep = keep_receipts
         self._inbox: collections.deque[Receipt] = collections.deque(maxlen=keep_receipts)
-        super().__init__(SenderSession(name, compress_above), endpoint, context, timeout)
+        super().__init__(SenderSession(name, compress_above, resend_after), endpoint, context,
+                         timeout, identity)
 
     def send(self, target: str, data: Payload, *, kind: str = "",
              msg_class: MsgClass = MsgClass.ORDER, ttl_ms: int = 0, key: str = "",
@@ -149,7 +165,8 @@ class Sender(_Client):
         """
         mid, frames = self.session.send(target, data, kind=kind, msg_class=msg_class,
                                         ttl_ms=ttl_ms, key=key, channel=channel, msg_id=msg_id)
-        self._send(frames)
+        if frames:
+            self._send(frames)
         return mid
 
     def join(self, channel: str, addresses: Iterable[str]) -> None:
@@ -216,17 +233,24 @@ class Endpoint(_Client):
 
     def __init__(self, endpoint: str, addresses: Iterable[str], *, name: str | None = None,
                  role: Role = Role.ENDPOINT, cursors: dict[str, int] | None = None,
-                 context: zmq.Context | None = None, timeout: float = 5.0) -> None:
+                 context: zmq.Context | None = None, timeout: float = 5.0,
+                 identity: bytes | None = None) -> None:
         addresses = list(addresses)
         name = name or (addresses[0] if addresses else "endpoint")
         self._ready: collections.deque[Delivery] = collections.deque()
         super().__init__(EndpointSession(name, addresses, role, cursors), endpoint, context,
-                         timeout)
+                         timeout, identity)
+
+    @property
+    def duplicates(self) -> int:
+        """Redelivered messages dropped because this endpoint already had them."""
+        return self.session.duplicates
 
     @property
     def cursors(self) -> dict[str, int]:
-        """Last sequence received per address (persist it to resume after a restart)."""
-        return dict(self.session.cursors)
+        """Last sequence acked per address: persist it, and pass it as ``cursors`` to
+        resume there after this process restarts."""
+        return dict(self.session.acked)
 
     def bind(self, addresses: Iterable[str]) -> None:
         """Bind more addresses on this connection."""

@@ -15,7 +15,11 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import lz4.frame
+
 from .protocol import ErrorCode, MsgClass, Status
+
+LZ4_MAGIC = b"\x04\x22\x4d\x18"
 
 _FIXED = struct.Struct(">BQQQBHB")  # kind, ts_us, msg_id, seq, status, code, class
 EVENTS = {1: "accepted", 2: "sent", 3: "acked", 4: "final"}
@@ -119,7 +123,8 @@ def format_timeline(events: list[dict]) -> str:
         line = f"{ts}  msg {e['msg_id']:>20}  {what}"
         if e["event"] == "accepted" and e["payload"] is not None:
             body = bytes(e["payload"])
-            line += "  " + (body[:200].decode(errors="replace") if not body.startswith(
-                b"\x04\x22\x4d\x18") else f"<lz4, {len(body)} bytes>")
+            if body.startswith(LZ4_MAGIC):
+                body = lz4.frame.decompress(body)
+            line += "  " + body[:200].decode(errors="replace")
         lines.append(line)
     return "\n".join(lines)

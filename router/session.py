@@ -86,10 +86,13 @@ class Session:
         self.liveness = 3
         self.last_sent = 0.0
         self.last_heard = time.monotonic()
+        self._resend_due = False
+        self._hello_at = 0.0
 
     def hello(self) -> list[bytes]:
         """Frames of the HELLO to (re)send."""
         self.welcome = None
+        self._hello_at = time.monotonic()
         return [P.encode_hello(self.role, self.name, self.cursor_list())]
 
     def cursor_list(self) -> list[tuple[str, int]]:
@@ -102,10 +105,10 @@ class Session:
 
     def due(self) -> list[list[bytes]]:
         """Housekeeping frames to send now: a heartbeat when idle, HELLO when the router
-        has been silent too long (it restarted or dropped us)."""
+        has been silent too long (it restarted, dropped us, or our HELLO was lost)."""
         now = time.monotonic()
         silence = (now - self.last_heard) * 1000
-        if self.welcome is not None and silence > self.heartbeat_ms * self.liveness:
+        if silence > self.heartbeat_ms * self.liveness:
             self.last_heard = now
             return [self.hello()]
         if (now - self.last_sent) * 1000 >= self.heartbeat_ms / 2:
@@ -129,6 +132,9 @@ class Session:
         if command == Command.ERROR:
             code, mid, text = P.decode_error(frames[0], frames[1] if len(frames) > 1 else b"")
             if code == ErrorCode.NOT_READY:
+                # One HELLO answers a burst of NOT_READY (one per message in flight).
+                if self.welcome is None and time.monotonic() - self._hello_at < 0.2:
+                    return [], []
                 return self.not_ready(mid), [self.hello()]
             return [RouterError(code, mid, text)], []
         return self.handle_command(command, frames)
@@ -145,14 +151,19 @@ class Session:
 class SenderSession(Session):
     """A sender: SEND, JOIN/LEAVE, and the receipts that come back."""
 
-    def __init__(self, name: str, compress_above: int = COMPRESS_ABOVE) -> None:
+    def __init__(self, name: str, compress_above: int = COMPRESS_ABOVE,
+                 resend_after: float = 3.0) -> None:
         super().__init__(Role.SENDER, name)
         self.compress_above = compress_above
+        #: Seconds without ACCEPTED before a reliable send goes again, same id.
+        self.resend_after = resend_after
         # Sender-chosen ids: a random 32-bit prefix per session and a counter, so two
         # runs of one service do not reuse ids inside the router's dedup window.
         self._ids = itertools.count((int.from_bytes(os.urandom(4), "big") << 32) | 1)
-        #: Messages sent and not yet ACCEPTED or refused, kept to resend after NOT_READY.
-        self.unconfirmed: dict[int, list[bytes]] = {}
+        #: Reliable sends not yet ACCEPTED or refused: id -> (frames, last sent), in send
+        #: order. Resent with the same id after NOT_READY or silence; the router's dedup
+        #: makes a resend of something it already holds harmless.
+        self.unconfirmed: dict[int, tuple[list[bytes], float]] = {}
 
     def send(
         self,
@@ -165,8 +176,10 @@ class SenderSession(Session):
         key: str = "",
         channel: bool = False,
         msg_id: int | None = None,
-    ) -> tuple[int, list[bytes]]:
-        """Build a SEND; return (msg_id, frames)."""
+    ) -> tuple[int, list[bytes] | None]:
+        """Build a SEND; return (msg_id, frames to send now). Frames are None while a
+        re-HELLO is in progress: the message then goes out after the older unconfirmed
+        ones, so per-address order survives a router restart."""
         msg_class = MsgClass(msg_class)
         payload, flags = encode_payload(data, self.compress_above)
         if self.welcome and len(payload) > self.welcome.max_payload:
@@ -178,22 +191,43 @@ class SenderSession(Session):
         mid = next(self._ids) if msg_id is None else msg_id
         frames = [P.encode_send(target, mid, msg_class, kind, key, ttl_ms, flags), payload]
         if msg_class in P.RELIABLE_CLASSES:
-            self.unconfirmed[mid] = frames
+            if self._resend_due:
+                self.unconfirmed[mid] = (frames, 0.0)
+                return mid, None
+            self.unconfirmed[mid] = (frames, time.monotonic())
         return mid, frames
 
     def join(self, channel: str, addresses: Iterable[str], leave: bool = False) -> list[bytes]:
         """Frames of a JOIN (or LEAVE)."""
         return [P.encode_join(channel, addresses, leave)]
 
-    def not_ready(self, msg_id: int) -> list[Event]:
-        return []
+    def hello(self) -> list[bytes]:
+        # Resend what the router never confirmed right after the HELLO, in send order.
+        self._resend_due = True
+        return super().hello()
+
+    def due(self) -> list[list[bytes]]:
+        out = super().due()
+        if not self._resend_due and self.unconfirmed:
+            out.extend(self._resend(time.monotonic(), self.resend_after))
+        return out
 
     def handle(self, frames: list[bytes]) -> tuple[list[Event], list[list[bytes]]]:
         events, replies = super().handle(frames)
-        if replies and replies[0] and P.check_prefix(replies[0][0])[0] == Command.HELLO:
-            # The router lost us: say HELLO, then resend what it never confirmed.
-            replies.extend(self.unconfirmed.values())
+        if self._resend_due and self.welcome is not None:
+            # WELCOME after a (re-)HELLO: everything unconfirmed goes again, in order,
+            # before any new send (send() holds new ones until then).
+            self._resend_due = False
+            replies.extend(self._resend(time.monotonic(), 0.0))
         return events, replies
+
+    def _resend(self, now: float, older_than: float) -> list[list[bytes]]:
+        frames = []
+        for mid, (f, sent) in self.unconfirmed.items():
+            if now - sent >= older_than:
+                frames.append(f)
+                self.unconfirmed[mid] = (f, now)
+        return frames
 
     def handle_command(self, command: Command, frames: list[bytes]) -> tuple[list[Event], list[list[bytes]]]:
         if command != Command.RECEIPT:
@@ -210,9 +244,13 @@ class EndpointSession(Session):
     def __init__(self, name: str, addresses: Iterable[str] = (), role: Role = Role.ENDPOINT,
                  cursors: dict[str, int] | None = None) -> None:
         super().__init__(role, name)
-        #: Last sequence received (and handed to the application) per address.
+        #: Last sequence received per address: presented in HELLO, so a reconnect
+        #: resumes after what this process already holds, and repeats are dropped.
         self.cursors: dict[str, int] = {a: 0 for a in addresses}
         self.cursors.update(cursors or {})
+        #: Last sequence the application acked per address: what to persist to resume
+        #: after the process itself restarts.
+        self.acked: dict[str, int] = dict(self.cursors)
         self._acks: dict[str, int] = {}
         self.duplicates = 0
 
@@ -222,6 +260,8 @@ class EndpointSession(Session):
     def bind(self, addresses: Iterable[str]) -> list[bytes]:
         """Frames of a BIND for more addresses."""
         new = [(a, self.cursors.setdefault(a, 0)) for a in addresses]
+        for a, seq in new:
+            self.acked.setdefault(a, seq)
         return [P.encode_bind(new)]
 
     def unbind(self, addresses: Iterable[str]) -> list[bytes]:
@@ -229,12 +269,15 @@ class EndpointSession(Session):
         names = list(addresses)
         for a in names:
             self.cursors.pop(a, None)
+            self.acked.pop(a, None)
         return [P.encode_unbind(names)]
 
     def ack(self, delivery: Delivery) -> None:
         """Mark ``delivery`` (and everything before it on its address) as processed."""
         if delivery.seq and delivery.seq > self._acks.get(delivery.address, 0):
             self._acks[delivery.address] = delivery.seq
+        if delivery.seq > self.acked.get(delivery.address, 0):
+            self.acked[delivery.address] = delivery.seq
 
     def take_acks(self) -> list[bytes] | None:
         """Frames of one cumulative ACK for everything marked since the last call."""

@@ -59,6 +59,18 @@ class RouterProcess:
             time.sleep(0.05)
         raise RuntimeError(f"router did not answer within {timeout}s:\n{self.log()}")
 
+    def restart(self, timeout: float = 10.0) -> "RouterProcess":
+        """Start again on the same endpoints and data directory (after stop or kill)."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("router is still running: stop or kill it first")
+        self._log.close()
+        return self.start(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: nothing is flushed or closed."""
+        self.proc.kill()
+        self.proc.wait(10)
+
     def _answers(self) -> bool:
         with Peer(self.url) as probe:
             probe.send(P.encode_hello(P.Role.SENDER, "probe"))
@@ -71,6 +83,14 @@ class RouterProcess:
     def log(self) -> str:
         """Everything the router logged so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, text: str, timeout: float = 5.0) -> str:
+        """Wait until the router has logged ``text`` (it logs between 100 ms slices)."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log()):
+            assert time.monotonic() < deadline, f"router never logged {text!r}:\n{log}"
+            time.sleep(0.05)
+        return log
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         """Signal the process and wait for it; return its exit code."""

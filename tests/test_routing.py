@@ -143,14 +143,16 @@ def test_resume_from_cursor_skips_what_endpoint_holds(router):
         with Endpoint(router.url, ["rider:5"]) as r:
             s.send("rider:5", b"1")
             s.send("rider:5", b"2")
-            got = drain(r, 2, ack=False)  # received, never acked
+            s.send("rider:5", b"unacked")
+            got = drain(r, 2)  # acked ...
+            drain(r, 1, ack=False)  # ... and received but not acked
             cursors = r.cursors
         assert cursors == {"rider:5": 2}
         s.send("rider:5", b"3")
         s.poll(0.1)
         with Endpoint(router.url, ["rider:5"], cursors=cursors) as r2:
-            got = drain(r2, 1)
-            assert [d.payload for d in got] == [b"3"] and got[0].seq == 3
+            got = drain(r2, 2)
+            assert [d.payload for d in got] == [b"unacked", b"3"] and got[1].seq == 4
             assert r2.recv(timeout=0.3) is None
 
 

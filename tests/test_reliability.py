@@ -1,0 +1,404 @@
+"""Delivery promises under crashes, restarts, slow and absent endpoints, bad disks."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from router import protocol as P
+from router.client import Endpoint, Sender, payload_json
+from router.history import History
+from router.protocol import Command, ErrorCode, MsgClass, Role, Status
+
+from conftest import ROOT, Peer, RouterProcess
+from test_routing import drain
+
+FAST = ("--heartbeat-ms", "300", "--retry-ms", "300", "--retry-max-ms", "1000")
+
+
+class Traffic:
+    """A sender thread pushing numbered reliable messages round-robin to addresses, and
+    a gateway thread consuming and acking them; records what was accepted and got."""
+
+    def __init__(self, url: str, addresses: list[str], rate: float = 400.0,
+                 endpoint_url: str | None = None) -> None:
+        self.url, self.addresses, self.rate = url, addresses, rate
+        self.endpoint_url = endpoint_url or url
+        self.accepted: dict[int, tuple[str, int]] = {}
+        self.sent: dict[int, tuple[str, int]] = {}
+        self.got: dict[str, list[int]] = defaultdict(list)
+        self.latencies: list[float] = []
+        self.stop_sending = threading.Event()
+        self.stop_all = threading.Event()
+        self.errors: list[BaseException] = []
+        self.duplicates = 0
+        self.threads = [threading.Thread(target=self._guard, args=(f,)) for f in
+                        (self._produce, self._consume)]
+
+    def _guard(self, fn) -> None:
+        try:
+            fn()
+        except BaseException as exc:  # surfaced by finish()
+            self.errors.append(exc)
+
+    def _on_receipt(self, r: P.Receipt) -> None:
+        if r.status in (Status.ACCEPTED, Status.DELIVERED) and r.msg_id in self.sent:
+            self.accepted[r.msg_id] = self.sent[r.msg_id]
+
+    def _produce(self) -> None:
+        with Sender(self.url, "orders", on_receipt=self._on_receipt, resend_after=1.0,
+                    timeout=20) as s:
+            n = 0
+            while not self.stop_sending.is_set():
+                addr = self.addresses[n % len(self.addresses)]
+                mid = s.send(addr, f"{n}|{time.time()}", msg_class=MsgClass.ORDER)
+                self.sent[mid] = (addr, n)
+                n += 1
+                s.poll(1.0 / self.rate)
+            deadline = time.monotonic() + 60
+            while s.session.unconfirmed and time.monotonic() < deadline:
+                s.poll(0.05)
+            while not self.stop_all.is_set():
+                s.poll(0.05)
+
+    def _consume(self) -> None:
+        with Endpoint(self.endpoint_url, self.addresses, role=Role.GATEWAY, name="gw",
+                      timeout=20) as ep:
+            while not self.stop_all.is_set():
+                d = ep.recv(timeout=0.05)
+                if d is None:
+                    continue
+                n, sent_at = d.payload.decode().split("|")
+                self.got[d.address].append(int(n))
+                self.latencies.append(time.time() - float(sent_at))
+                ep.ack(d)
+            self.duplicates = ep.duplicates
+
+    def start(self) -> "Traffic":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def delivered(self) -> set[tuple[str, int]]:
+        return {(a, n) for a, ns in self.got.items() for n in ns}
+
+    def finish(self, timeout: float = 60.0) -> None:
+        """Stop sending, wait until everything accepted was delivered, stop."""
+        self.stop_sending.set()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if set(self.accepted.values()) <= self.delivered() and not self.errors:
+                break
+            time.sleep(0.1)
+        self.stop_all.set()
+        for t in self.threads:
+            t.join(30)
+        if self.errors:
+            raise self.errors[0]
+
+    def check(self) -> None:
+        """Every accepted message delivered exactly once, in order per address."""
+        assert self.accepted, "nothing was accepted"
+        missing = set(self.accepted.values()) - self.delivered()
+        assert not missing, f"{len(missing)} accepted messages never delivered: {sorted(missing)[:10]}"
+        for addr, ns in self.got.items():
+            assert len(ns) == len(set(ns)), f"{addr}: duplicates at the application"
+            assert ns == sorted(ns), f"{addr}: out of order: {ns[:50]}"
+
+
+def crash_loop(kills: int, seed: int) -> Traffic:
+    rng = random.Random(seed)
+    router = RouterProcess(*FAST).start()
+    try:
+        traffic = Traffic(router.url, [f"merchant:{i}" for i in range(4)]).start()
+        for _ in range(kills):
+            time.sleep(rng.uniform(0.3, 1.2))
+            router.kill()
+            time.sleep(rng.uniform(0.0, 0.3))
+            router.restart()
+        time.sleep(1.0)
+        traffic.finish()
+        traffic.check()
+        return traffic
+    finally:
+        router.stop(signal.SIGKILL)
+
+
+def test_sigkill_restarts_lose_nothing_accepted():
+    t = crash_loop(kills=3, seed=1)
+    assert len(t.accepted) > 300
+
+
+@pytest.mark.long
+def test_sigkill_crash_loop_25_kills():
+    t = crash_loop(kills=25, seed=7)
+    assert len(t.accepted) > 3000
+
+
+def test_offline_endpoint_gets_backlog_in_order(make_router):
+    r = make_router(*FAST)
+    with Sender(r.url, "orders") as s:
+        ids = [s.send("rider:9", {"n": i}, msg_class=MsgClass.DISPATCH) for i in range(3000)]
+        for mid in ids[-1:]:
+            assert s.wait(mid, Status.ACCEPTED, timeout=10).status == Status.ACCEPTED
+        time.sleep(1.5)  # "minutes" offline, compressed: several heartbeat periods
+        with Endpoint(r.url, ["rider:9"]) as rider:
+            got = drain(rider, 3000, timeout=30)
+        assert [payload_json(d)["n"] for d in got] == list(range(3000))
+        assert s.wait(ids[-1], Status.DELIVERED, timeout=10).status == Status.DELIVERED
+
+
+def test_backlog_survives_restart_and_resumes_from_cursor(make_router):
+    r = make_router(*FAST)
+    with Sender(r.url, "orders") as s:
+        ids = [s.send("user:3", str(i)) for i in range(100)]
+        s.wait(ids[-1], Status.ACCEPTED, timeout=5)
+    with Endpoint(r.url, ["user:3"]) as u:
+        first = drain(u, 40)
+        cursors = u.cursors
+    r.kill()
+    r.restart()
+    with Endpoint(r.url, ["user:3"], cursors=cursors) as u:
+        rest = drain(u, 60)
+        assert u.recv(timeout=0.5) is None
+    assert [int(d.payload) for d in first + rest] == list(range(100))
+
+
+def test_dedup_same_id_same_receipt_delivered_once(router):
+    with Endpoint(router.url, ["merchant:2"]) as m, Peer(router.url) as p:
+        p.hello(Role.SENDER, "orders")
+        frame = P.encode_send("merchant:2", 77, MsgClass.ORDER)
+        p.send(frame, b"first")
+        p.send(frame, b"again")
+        statuses = []
+        while len(statuses) < 2:
+            statuses += [r.status for r in P.decode_receipts(p.recv_command(Command.RECEIPT)[0])]
+        assert statuses == [Status.ACCEPTED, Status.ACCEPTED]
+        d = drain(m, 1)[0]
+        assert d.payload == b"first" and m.recv(timeout=0.3) is None
+        assert P.decode_receipts(p.recv_command(Command.RECEIPT)[0])[0].status == Status.DELIVERED
+        p.send(frame, b"third")  # after delivery: the same final receipt, no delivery
+        assert P.decode_receipts(p.recv_command(Command.RECEIPT)[0]) == [
+            P.Receipt(77, Status.DELIVERED, ErrorCode.NONE)]
+        assert m.recv(timeout=0.3) is None
+
+
+def test_dedup_survives_sigkill(make_router):
+    r = make_router(*FAST)
+    with Peer(r.url) as p:
+        p.hello(Role.SENDER, "orders")
+        p.send(P.encode_send("merchant:4", 99, MsgClass.ORDER), b"once")
+        p.recv_command(Command.RECEIPT)
+    r.kill()
+    r.restart()
+    with Peer(r.url) as p:
+        p.hello(Role.SENDER, "orders")
+        p.send(P.encode_send("merchant:4", 99, MsgClass.ORDER), b"once")
+        assert P.decode_receipts(p.recv_command(Command.RECEIPT)[0])[0].status == Status.ACCEPTED
+    with Endpoint(r.url, ["merchant:4"]) as m:
+        assert drain(m, 1)[0].payload == b"once"
+        assert m.recv(timeout=0.5) is None
+
+
+def test_sender_retries_with_same_id_after_restart(make_router):
+    r = make_router(*FAST)
+    with Endpoint(r.url, ["user:5"]) as u, Sender(r.url, "svc", resend_after=0.5) as s:
+        r.kill()
+        mid = s.send("user:5", b"while down")  # nobody listens: kept, resent later
+        r.restart()
+        assert s.wait(mid, Status.ACCEPTED, timeout=15).status == Status.ACCEPTED
+        got = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(got) < 1:
+            d = u.recv(timeout=0.2)
+            if d:
+                got.append(d.payload)
+                u.ack(d)
+        u.flush()
+        assert got == [b"while down"]
+        assert s.wait(mid, Status.DELIVERED, timeout=10).status == Status.DELIVERED
+
+
+def test_unacked_delivery_is_retried_with_backoff_then_fails(make_router):
+    r = make_router("--retry-ms", "200", "--retry-max-ms", "400", "--max-attempts", "2",
+                    "--heartbeat-ms", "2000")
+    with Peer(r.url) as ep, Sender(r.url, "orders") as s:
+        ep.hello(Role.ENDPOINT, "rider", [("rider:8", 0)])
+        mid = s.send("rider:8", b"offer", msg_class=MsgClass.DISPATCH)
+        times = []
+        t0 = time.monotonic()
+        while len(times) < 3:
+            frames = ep.recv_command(Command.DELIVER, timeout=3)
+            times.append(time.monotonic() - t0)
+            assert P.decode_deliver(frames[0], frames[1]).seq == 1
+        assert times[1] - times[0] >= 0.15 and times[2] - times[1] >= 0.3  # backing off
+        rec = s.wait(mid, Status.DELIVERED, timeout=5)
+        assert (rec.status, rec.code) == (Status.FAILED, ErrorCode.MAX_ATTEMPTS)
+
+
+def test_ttl_expires_while_endpoint_offline(router):
+    with Sender(router.url, "dispatch") as s:
+        mid = s.send("rider:66", b"offer", msg_class=MsgClass.DISPATCH, ttl_ms=300)
+        rec = s.wait(mid, Status.EXPIRED, timeout=5)  # nobody bound: the sweep expires it
+        assert (rec.status, rec.code) == (Status.EXPIRED, ErrorCode.EXPIRED)
+    with Endpoint(router.url, ["rider:66"]) as r:
+        assert r.recv(timeout=0.5) is None
+
+
+def test_dead_peer_noticed_and_messages_kept(make_router):
+    r = make_router("--heartbeat-ms", "200", "--liveness", "3")
+    p = Peer(r.url)
+    p.hello(Role.ENDPOINT, "silent-rider", [("rider:31", 0)])
+    t0 = time.monotonic()
+    p.close()  # no BYE, no heartbeats: like a phone in a lift
+    r.wait_for_log("peer disconnected: silent-rider")
+    assert time.monotonic() - t0 < 2.0  # 3 x 200 ms plus a tick and a log slice
+    with Sender(r.url, "orders") as s:
+        s.send("rider:31", b"kept")
+        s.poll(0.2)
+    with Endpoint(r.url, ["rider:31"]) as again:
+        assert drain(again, 1)[0].payload == b"kept"
+
+
+def test_same_identity_reconnect_takes_over(router):
+    with Sender(router.url, "orders") as s:
+        first = Endpoint(router.url, ["user:44"], identity=b"phone-44")
+        s.send("user:44", b"1")
+        assert drain(first, 1)[0].payload == b"1"
+        # the app reconnects with the same identity while the old socket lingers
+        second = Endpoint(router.url, ["user:44"], identity=b"phone-44", cursors=first.cursors)
+        s.send("user:44", b"2")
+        got = drain(second, 1)
+        assert [d.payload for d in got] == [b"2"] and got[0].seq == 2
+        second.close()
+        first.close(bye=False)
+
+
+def test_corrupt_journal_tail_recovers_good_prefix(make_router):
+    r = make_router(*FAST)
+    with Sender(r.url, "orders") as s:
+        ids = [s.send("merchant:7", str(i)) for i in range(50)]
+        s.wait(ids[-1], Status.ACCEPTED, timeout=5)
+    r.kill()
+    seg = sorted(Path(r.data_dir, "journal").glob("*.log"))[-1]
+    data = seg.read_bytes()
+    seg.write_bytes(data[:-7] + b"\xff" * 3)  # a torn, garbled last record
+    r.restart()
+    assert "dropped" in r.wait_for_log("journal damaged, recovered the good prefix")
+    with Endpoint(r.url, ["merchant:7"]) as m:
+        got = drain(m, 49)
+        assert [int(d.payload) for d in got] == list(range(49))
+        assert m.recv(timeout=0.5) is None
+    with Sender(r.url, "orders") as s:  # and the journal keeps working after repair
+        mid = s.send("merchant:7", b"after")
+        assert s.wait(mid, Status.ACCEPTED, timeout=5).status == Status.ACCEPTED
+
+
+def test_corrupt_record_in_the_middle_is_reported(make_router):
+    r = make_router(*FAST)
+    with Sender(r.url, "orders") as s:
+        ids = [s.send("merchant:8", str(i)) for i in range(20)]
+        s.wait(ids[-1], Status.ACCEPTED, timeout=5)
+    r.kill()
+    seg = sorted(Path(r.data_dir, "journal").glob("*.log"))[-1]
+    data = bytearray(seg.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # flip a byte: a CRC fails
+    seg.write_bytes(bytes(data))
+    r.restart()
+    r.wait_for_log("failed their CRC")
+    with Endpoint(r.url, ["merchant:8"]) as m:
+        got = [int(d.payload) for d in drain(m, 1)]
+        while (d := m.recv(timeout=0.5)) is not None:
+            got.append(int(d.payload))
+            m.ack(d)
+    assert got == list(range(len(got))) and 0 < len(got) < 20  # the good prefix, in order
+
+
+def test_full_journal_refuses_clearly_and_loses_nothing_accepted(make_router):
+    r = make_router(*FAST, "--max-journal-bytes", "40000")
+    accepted, refused = [], []
+    with Sender(r.url, "orders", compress_above=-1) as s:
+        ids = [s.send("merchant:9", b"x" * 300) for _ in range(300)]
+        for mid in ids:
+            rec = s.wait(mid, Status.ACCEPTED, timeout=5)
+            (accepted if rec.status == Status.ACCEPTED else refused).append(rec)
+        assert accepted and refused
+        assert {(x.status, x.code) for x in refused} == {(Status.REFUSED, ErrorCode.STORAGE_FAILED)}
+        assert any(e.code == ErrorCode.STORAGE_FAILED for e in s.errors)
+    assert "budget" in r.wait_for_log("journal commit failed")
+    with Endpoint(r.url, ["merchant:9"]) as m:
+        assert len(drain(m, len(accepted))) == len(accepted)
+        assert m.recv(timeout=0.5) is None
+
+
+def test_real_full_disk(tmp_path):
+    """ENOSPC from a real (tiny tmpfs) filesystem, when this machine lets us mount one."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+            capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root and mount permission)")
+    r = RouterProcess(*FAST).__class__(*FAST)
+    r.data_dir = str(mnt / "data")
+    r.args[r.args.index("--data-dir") + 1] = r.data_dir
+    try:
+        r.start()
+        with Sender(r.url, "orders", compress_above=-1) as s:
+            ids = [s.send("merchant:10", os.urandom(2000)) for _ in range(400)]
+            recs = [s.wait(mid, Status.ACCEPTED, timeout=5) for mid in ids]
+        refused = [x for x in recs if x.status == Status.REFUSED]
+        accepted = [x for x in recs if x.status == Status.ACCEPTED]
+        assert refused and accepted
+        assert {x.code for x in refused} == {ErrorCode.STORAGE_FAILED}
+        r.wait_for_log("No space left")
+    finally:
+        r.stop(signal.SIGKILL)
+        subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_order_history_timeline(router):
+    with Endpoint(router.url, ["user:7"]) as u, Endpoint(router.url, ["merchant:881"]) as m, \
+            Sender(router.url, "orders") as s:
+        s.join("order:1001", ["user:7", "merchant:881"])
+        created = s.send("merchant:881", {"items": ["noodles"], "notes": "no scallions"},
+                         kind="order.created", key="order:1001")
+        drain(m, 1)
+        s.wait(created, Status.DELIVERED, timeout=5)
+        chat = s.send("order:1001", "is it spicy?", kind="chat", channel=True,
+                      msg_class=MsgClass.CHAT)
+        drain(u, 1)
+        drain(m, 1)
+        s.wait(chat, Status.DELIVERED, timeout=5)
+        expired = s.send("rider:404", b"offer", kind="dispatch.offer", key="order:1001",
+                         msg_class=MsgClass.DISPATCH, ttl_ms=200)
+        s.wait(expired, Status.EXPIRED, timeout=5)
+    time.sleep(0.3)  # one housekeeping slice writes the history
+    events = History(Path(router.data_dir) / "history.db").timeline("1001")
+    by_msg = defaultdict(list)
+    for e in events:
+        by_msg[e["msg_id"]].append((e["event"], e["address"], e["status"]))
+    assert by_msg[created] == [("accepted", None, "ACCEPTED"), ("sent", "merchant:881", None),
+                               ("acked", "merchant:881", None), ("final", None, "DELIVERED")]
+    assert sorted(by_msg[chat])[:1] == [("accepted", None, "ACCEPTED")]
+    assert {x for x in by_msg[chat] if x[0] == "acked"} == {
+        ("acked", "user:7", None), ("acked", "merchant:881", None)}
+    assert by_msg[chat][-1] == ("final", None, "DELIVERED")
+    assert by_msg[expired][-1] == ("final", None, "EXPIRED")
+    ts = [e["ts_us"] for e in events]
+    assert ts == sorted(ts)
+    out = subprocess.run([sys.executable, "-m", "router", "history", "1001", "--data-dir",
+                          router.data_dir], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert "orders sent order.created" in out.stdout and "no scallions" in out.stdout
+    assert "acked by merchant:881" in out.stdout and "EXPIRED" in out.stdout
