@@ -1041,6 +1041,8 @@ cdef class Core:
             for i in range(self.dirty.size()):
                 if self._flush_address(self.dirty[i]):
                     keep.push_back(self.dirty[i])
+                else:
+                    self.addrs[self.dirty[i]].dirty = False  # off the list: may rejoin
             self.dirty.swap(keep)
         if not self.receipt_peers.empty():
             keep.clear()
@@ -1057,7 +1059,6 @@ cdef class Core:
         cdef Msg *m
         cdef uint64_t now = mono_ms()
         if pi < 0:
-            a.dirty = False
             return False
         cdef Peer *p = self.peers[pi]
         if p.blocked:
@@ -1095,7 +1096,6 @@ cdef class Core:
             a.latest_order.pop_front()
             self._release(m)
             self.c.queued -= 1
-        a.dirty = False
         return False
 
     cdef bint _send_failed(self, int pi, int rc) noexcept nogil:

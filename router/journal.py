@@ -59,7 +59,7 @@ class Recovery:
 
     segments: int = 0
     records: int = 0
-    messages: int = 0
+    messages: int = 0  # deliveries still pending after replay
     dropped: list[str] = field(default_factory=list)  # one line per damaged segment
     seconds: float = 0.0
 
@@ -103,7 +103,6 @@ class FileStore:
     def open(self, core) -> Recovery:
         t0 = time.monotonic()
         rec = Recovery()
-        before = core.stats()["replayed"]
         segs = self.segments()
         for seg in segs:
             data = self._path(seg).read_bytes()
@@ -121,7 +120,7 @@ class FileStore:
                     os.fsync(fh.fileno())
             self._sizes[seg] = good
             self._closed[seg] = time.monotonic()
-        rec.messages = core.stats()["replayed"] - before
+        rec.messages = core.stats()["queued"]  # after the acks in the journal applied
         self._start_segment(core, (segs[-1] + 1) if segs else 1)
         rec.seconds = time.monotonic() - t0
         return rec
