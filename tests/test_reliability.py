@@ -58,13 +58,15 @@ class Traffic:
     def _produce(self) -> None:
         with Sender(self.url, "orders", on_receipt=self._on_receipt, resend_after=1.0,
                     timeout=20) as s:
-            n = 0
+            n, next_at = 0, time.monotonic()
             while not self.stop_sending.is_set():
                 addr = self.addresses[n % len(self.addresses)]
                 mid = s.send(addr, f"{n}|{time.time()}", msg_class=MsgClass.ORDER)
                 self.sent[mid] = (addr, n)
                 n += 1
-                s.poll(1.0 / self.rate)
+                next_at += 1.0 / self.rate
+                while (left := next_at - time.monotonic()) > 0:  # paced, receipts in between
+                    s.poll(left)
             deadline = time.monotonic() + 60
             while s.session.unconfirmed and time.monotonic() < deadline:
                 s.poll(0.05)
@@ -138,13 +140,13 @@ def crash_loop(kills: int, seed: int) -> Traffic:
 
 def test_sigkill_restarts_lose_nothing_accepted():
     t = crash_loop(kills=3, seed=1)
-    assert len(t.accepted) > 300
+    assert len(t.accepted) > 200
 
 
 @pytest.mark.long
 def test_sigkill_crash_loop_25_kills():
     t = crash_loop(kills=25, seed=7)
-    assert len(t.accepted) > 3000
+    assert len(t.accepted) > 2000
 
 
 def test_offline_endpoint_gets_backlog_in_order(make_router):
@@ -352,14 +354,16 @@ def test_real_full_disk(tmp_path):
             ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
             capture_output=True).returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root and mount permission)")
-    r = RouterProcess(*FAST).__class__(*FAST)
+    r = RouterProcess(*FAST)
     r.data_dir = str(mnt / "data")
     r.args[r.args.index("--data-dir") + 1] = r.data_dir
     try:
         r.start()
         with Sender(r.url, "orders", compress_above=-1) as s:
-            ids = [s.send("merchant:10", os.urandom(2000)) for _ in range(400)]
-            recs = [s.wait(mid, Status.ACCEPTED, timeout=5) for mid in ids]
+            recs = []
+            for _ in range(20):  # bursts: each group commit fits what is left of the disk
+                ids = [s.send("merchant:10", os.urandom(2000)) for _ in range(10)]
+                recs += [s.wait(mid, Status.ACCEPTED, timeout=5) for mid in ids]
         refused = [x for x in recs if x.status == Status.REFUSED]
         accepted = [x for x in recs if x.status == Status.ACCEPTED]
         assert refused and accepted
