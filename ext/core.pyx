@@ -118,6 +118,7 @@ cdef class Core:
     cdef vector[int] receipt_peers
     cdef vector[int] blocked_peers
     cdef vector[Event] events
+    cdef vector[BrokerMsg] broker_inbox
     cdef Counters c
     cdef uint64_t next_tick_ms
     cdef uint64_t next_hb_ms
@@ -265,6 +266,12 @@ cdef class Core:
     def _c_journal_bytes(self): return self.c.journal_bytes
     def _c_replayed(self): return self.c.replayed
 
+    def drain_broker(self) -> list:
+        """Service commands since the last call: ``(identity, header, payload)``."""
+        out = [(bytes(b.identity), bytes(b.header), bytes(b.payload)) for b in self.broker_inbox]
+        self.broker_inbox.clear()
+        return out
+
     def drain_events(self) -> list:
         """Connects, disconnects and errors since the last call, as tuples
         ``(kind, name, role, identity, code, naddrs)`` with kind in
@@ -401,7 +408,7 @@ cdef class Core:
             now = mono_ms()
             if now >= self.next_tick_ms:
                 self._tick(now)
-            if now >= deadline:
+            if now >= deadline or not self.broker_inbox.empty():
                 break
             if k == self.batch:
                 continue
@@ -468,9 +475,10 @@ cdef class Core:
                         "signature/version not understood: this router speaks version 1")
             return
         cdef uint8_t cmd = h[2]
-        if cmd == CMD_SEND:
+        if cmd == CMD_SEND or cmd == CMD_REQUEST or cmd == CMD_REPLY:
             if n != 3 or extra:
-                self._error(pi, E_MALFORMED, 0, "SEND takes a header frame and a payload frame")
+                self._error(pi, E_MALFORMED, 0,
+                            "SEND/REQUEST/REPLY take a header frame and a payload frame")
                 return
         elif n != 2 or extra:
             self._error(pi, E_MALFORMED, 0, "this command takes exactly one header frame")
@@ -494,6 +502,8 @@ cdef class Core:
             self._on_join(pi, h, hlen, cmd == CMD_LEAVE)
         elif cmd == CMD_BYE:
             self._drop_peer(pi, REASON_BYE)
+        elif cmd == CMD_READY or cmd == CMD_REQUEST or cmd == CMD_REPLY:
+            self._to_broker(pi, f, n)
         else:
             self._error(pi, E_UNKNOWN_COMMAND, 0, "unknown command, or one only the router sends")
 
@@ -1131,6 +1141,16 @@ cdef class Core:
         self.c.msgs_out[m.cls] += 1
         self.c.bytes_out += zmqapi.msg_size(&m.payload)
         return 0
+
+    cdef void _to_broker(self, int pi, zmq_msg_t *f, int n) noexcept nogil:
+        """Service traffic (READY/REQUEST/REPLY) is few messages a second: the Python
+        broker (router/broker.py) handles it; the loop returns soon so it runs now."""
+        cdef BrokerMsg b
+        b.identity = self.peers[pi].identity
+        b.header = string(<const char *>zmqapi.msg_data(&f[1]), zmqapi.msg_size(&f[1]))
+        if n > 2:
+            b.payload = string(<const char *>zmqapi.msg_data(&f[2]), zmqapi.msg_size(&f[2]))
+        self.broker_inbox.push_back(b)
 
     cdef void _mark_dirty(self, int ai) noexcept nogil:
         cdef Address *a = self.addrs[ai]

@@ -96,3 +96,8 @@ cdef struct Event:
     uint32_t naddrs
     string name
     string identity
+
+cdef struct BrokerMsg:
+    string identity             # routing id of the peer
+    string header
+    string payload

@@ -27,8 +27,8 @@ import zmq
 
 from .protocol import Delivery, MsgClass, Receipt, Role, Status
 from .session import (
-    COMPRESS_ABOVE, EndpointSession, Payload, RouterError, RouterUnavailable, SenderSession,
-    Session, Welcome, payload_json,
+    COMPRESS_ABOVE, EndpointSession, Payload, Reply, RouterError, RouterUnavailable,
+    SenderSession, Session, Welcome, payload_json,
 )
 
 __all__ = ["Sender", "Endpoint", "RouterError", "RouterUnavailable", "payload_json"]
@@ -152,6 +152,7 @@ class Sender(_Client):
         self._latest: collections.OrderedDict[int, Receipt] = collections.OrderedDict()
         self._keep = keep_receipts
         self._inbox: collections.deque[Receipt] = collections.deque(maxlen=keep_receipts)
+        self._replies: dict[int, Reply] = {}
         super().__init__(SenderSession(name, compress_above, resend_after), endpoint, context,
                          timeout, identity)
 
@@ -169,6 +170,25 @@ class Sender(_Client):
             self._send(frames)
         return mid
 
+    def request(self, service: str, data: Payload, *, ttl_ms: int = 5000,
+                timeout: float | None = None) -> Reply:
+        """Ask a service (its workers) and wait for the reply.
+
+        The broker answers every request, at the latest when ``ttl_ms`` passes
+        (code NO_SERVICE or EXPIRED); ``timeout`` (default: the TTL plus a second) only
+        guards against a router that is gone.
+        """
+        rid, frames = self.session.request(service, data, ttl_ms)
+        self._send(frames)
+        deadline = time.monotonic() + (timeout if timeout is not None else ttl_ms / 1000 + 1)
+        while rid not in self._replies:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no reply from service {service!r} within the timeout; "
+                                   "is the router running?")
+            self._pump(min(left, 0.05))
+        return self._replies.pop(rid)
+
     def join(self, channel: str, addresses: Iterable[str]) -> None:
         """Add addresses to a channel (created on first JOIN)."""
         self._send(self.session.join(channel, addresses))
@@ -181,7 +201,10 @@ class Sender(_Client):
         """Handle what the router sent within ``timeout`` s; return how many receipts."""
         return self._pump(timeout)
 
-    def _accept(self, r: Receipt) -> None:
+    def _accept(self, r: Receipt | Reply) -> None:
+        if isinstance(r, Reply):
+            self._replies[r.request_id] = r
+            return
         self._latest[r.msg_id] = r
         self._latest.move_to_end(r.msg_id)
         if len(self._latest) > self._keep:

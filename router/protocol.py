@@ -41,6 +41,9 @@ class Command(enum.IntEnum):
     HEARTBEAT = 0x30  #: either way: I am alive
     BYE = 0x31  #: peer -> router: I am leaving, unbind me
     ERROR = 0x3F  #: router -> peer: a request of yours was refused
+    READY = 0x40  #: worker -> router: I serve this service, with this many in parallel
+    REQUEST = 0x41  #: client -> router -> worker: one request for a service
+    REPLY = 0x42  #: worker -> router -> client: the answer to one request
 
 
 class Flag(enum.IntFlag):
@@ -105,6 +108,8 @@ class ErrorCode(enum.IntEnum):
     RATE_LIMITED = 15  #: too many errors from this peer; further errors suppressed
     STORAGE_FAILED = 16  #: the journal could not make the message durable (disk full?)
     MAX_ATTEMPTS = 17  #: redelivered the maximum number of times without an ack
+    NO_SERVICE = 18  #: no worker served the request's service before its TTL
+    WORKER_FAILED = 19  #: the request's workers kept dying; given up after max attempts
 
 
 #: Common prefix of every header frame: signature, version, command, flags.
@@ -121,6 +126,12 @@ DELIVER = struct.Struct(">QQQBBBBB")
 RECEIPT_ENTRY = struct.Struct(">QBH")
 #: ERROR after the prefix: code, related msg id (0 if none).
 ERROR = struct.Struct(">HQ")
+#: READY after the prefix: credit (requests in parallel), service name length.
+READY = struct.Struct(">HB")
+#: REQUEST after the prefix: request id, ttl ms, service name length.
+REQUEST = struct.Struct(">QIB")
+#: REPLY after the prefix: request id, status code (ErrorCode, 0 = ok).
+REPLY = struct.Struct(">QH")
 #: Count of a list (ACK entries, RECEIPT entries, cursor and address lists).
 COUNT = struct.Struct(">H")
 #: Sequence number inside cursor and ACK entries.
@@ -237,6 +248,43 @@ def encode_join(channel: str, addresses: Iterable[str], leave: bool = False) -> 
     raw = _name(channel, "channel")
     cmd = Command.LEAVE if leave else Command.JOIN
     return prefix(cmd) + bytes((len(raw),)) + raw + encode_addresses(addresses)
+
+
+def encode_ready(service: str, credit: int = 1) -> bytes:
+    """Encode a READY: this worker serves ``service``, ``credit`` requests at a time."""
+    raw = _name(service, "service")
+    return prefix(Command.READY) + READY.pack(credit, len(raw)) + raw
+
+
+def encode_request(service: str, request_id: int, ttl_ms: int = 0) -> bytes:
+    """Encode a REQUEST header; the request payload is the next frame."""
+    raw = _name(service, "service")
+    return prefix(Command.REQUEST) + REQUEST.pack(request_id, ttl_ms, len(raw)) + raw
+
+
+def encode_reply(request_id: int, code: int = 0) -> bytes:
+    """Encode a REPLY header; the reply payload is the next frame."""
+    return prefix(Command.REPLY) + REPLY.pack(request_id, code)
+
+
+def decode_request(header: bytes) -> tuple[int, int, str]:
+    """(request id, ttl ms, service) of a REQUEST header."""
+    rid, ttl, ln = REQUEST.unpack_from(header, PREFIX.size)
+    end = PREFIX.size + REQUEST.size + ln
+    if ln == 0 or len(header) != end:
+        raise ProtocolError(ErrorCode.MALFORMED, "REQUEST header length does not match")
+    return rid, ttl, header[PREFIX.size + REQUEST.size:end].decode()
+
+
+def decode_reply(header: bytes) -> tuple[int, ErrorCode]:
+    """(request id, status) of a REPLY header."""
+    if len(header) != PREFIX.size + REPLY.size:
+        raise ProtocolError(ErrorCode.MALFORMED, "REPLY header is 14 bytes")
+    rid, code = REPLY.unpack_from(header, PREFIX.size)
+    try:
+        return rid, ErrorCode(code)
+    except ValueError:
+        return rid, ErrorCode.MALFORMED
 
 
 def check_prefix(frame: bytes) -> tuple[Command, Flag]:

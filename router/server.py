@@ -17,6 +17,7 @@ from types import FrameType
 import zmq
 
 from . import core as _native
+from .broker import Broker
 from .config import Settings
 from .history import History
 from .journal import FileStore, Recovery
@@ -32,7 +33,7 @@ class Router:
     """A running router: bind, then :meth:`serve` until :meth:`stop` or a signal."""
 
     __slots__ = ("settings", "context", "socket", "core", "endpoints", "store", "history",
-                 "recovery", "_stop", "_last_summary", "_last_stats")
+                 "recovery", "broker", "_stop", "_last_summary", "_last_stats")
 
     def __init__(self, settings: Settings, context: zmq.Context | None = None) -> None:
         self.settings = settings.validate()
@@ -72,6 +73,7 @@ class Router:
             batch=settings.commit_batch,
         )
         self.recovery = self.store.open(self.core) if self.store else Recovery()
+        self.broker = Broker(self.socket)
         self._stop = threading.Event()
         self._last_summary = time.monotonic()
         self._last_stats = self.core.stats()
@@ -102,10 +104,15 @@ class Router:
         self._log_recovery()
         log.info("router serving on %s (native core on %s)", ", ".join(self.endpoints),
                  _native.libzmq_path())
+        next_housekeeping = 0.0
         try:
             while not self._stop.is_set():
-                self.core.run(SLICE_MS)
-                self._housekeeping()
+                self.core.run(SLICE_MS)  # returns early when service traffic arrived
+                for identity, header, payload in self.core.drain_broker():
+                    self.broker.handle(identity, header, payload)
+                if time.monotonic() >= next_housekeeping:
+                    next_housekeeping = time.monotonic() + SLICE_MS / 1000
+                    self._housekeeping()
         finally:
             self._housekeeping()
             self._summary(final=True)
@@ -118,6 +125,7 @@ class Router:
     def _housekeeping(self) -> None:
         """Between slices: logs, journal maintenance, order history, summaries."""
         self._log_events()
+        self.broker.tick()
         if self.store:
             self.store.maintain(self.core)
         blob = self.core.drain_history()
@@ -157,6 +165,8 @@ class Router:
             if kind == "connect":
                 log.info("peer connected: %s (%s, %d addresses)", name, role_name, naddrs)
             elif kind == "disconnect":
+                if role == Role.WORKER:
+                    self.broker.worker_gone(ident)
                 why = {1: "bye", 2: "heartbeat timeout", 3: "unreachable"}.get(code, code)
                 log.info("peer disconnected: %s (%s, %s)", name or ident.hex(), role_name, why)
             elif kind == "storage":

@@ -48,7 +48,26 @@ class Welcome:
     max_payload: int
 
 
-Event = Union[Delivery, Receipt, RouterError, Welcome]
+@dataclass(frozen=True)
+class Reply:
+    """A service's answer to a request (``code`` NONE when it was served)."""
+
+    request_id: int
+    code: ErrorCode
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Request:
+    """A request handed to a worker; answer it with its ``job_id``."""
+
+    job_id: int
+    service: str
+    ttl_ms: int
+    payload: bytes
+
+
+Event = Union[Delivery, Receipt, RouterError, Welcome, Reply, Request]
 
 
 def encode_payload(data: Payload, compress_above: int) -> tuple[bytes, int]:
@@ -197,6 +216,12 @@ class SenderSession(Session):
             self.unconfirmed[mid] = (frames, time.monotonic())
         return mid, frames
 
+    def request(self, service: str, data: Payload, ttl_ms: int = 0) -> tuple[int, list[bytes]]:
+        """Build a REQUEST for ``service``; return (request id, frames)."""
+        payload, _ = encode_payload(data, -1)
+        rid = next(self._ids)
+        return rid, [P.encode_request(service, rid, ttl_ms), payload]
+
     def join(self, channel: str, addresses: Iterable[str], leave: bool = False) -> list[bytes]:
         """Frames of a JOIN (or LEAVE)."""
         return [P.encode_join(channel, addresses, leave)]
@@ -230,6 +255,9 @@ class SenderSession(Session):
         return frames
 
     def handle_command(self, command: Command, frames: list[bytes]) -> tuple[list[Event], list[list[bytes]]]:
+        if command == Command.REPLY and len(frames) == 2:
+            rid, code = P.decode_reply(frames[0])
+            return [Reply(rid, code, frames[1])], []
         if command != Command.RECEIPT:
             return super().handle_command(command, frames)
         receipts = P.decode_receipts(frames[0])
@@ -288,6 +316,9 @@ class EndpointSession(Session):
         return [frame]
 
     def handle_command(self, command: Command, frames: list[bytes]) -> tuple[list[Event], list[list[bytes]]]:
+        if command == Command.REQUEST and len(frames) == 2 and self.role == Role.WORKER:
+            job_id, ttl, service = P.decode_request(frames[0])
+            return [Request(job_id, service, ttl, frames[1])], []
         if command != Command.DELIVER or len(frames) != 2:
             return super().handle_command(command, frames)
         d = P.decode_deliver(frames[0], frames[1])

@@ -1,0 +1,192 @@
+"""Dispatch scoring throughput and latency, plus a quality comparison against greedy.
+
+    python benchmarks/bench_scoring.py                       # 10k riders, 5k decisions
+    python benchmarks/bench_scoring.py --riders 20000 --decisions 20000 --no-quality
+    pytest benchmarks/bench_scoring.py                        # pytest-benchmark version
+
+One process, one core. Riders are spread over a city of ``--city-km`` squared (seeded):
+about half idle, the rest carrying one or two orders with routes and deadlines, a few
+offline. Between decisions ``--moves`` riders move (as location updates would move
+them); the moves are timed apart from the decisions. Targets: >= 2,000 decisions/s and
+p99 < 20 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from workers.dispatch import (DEFAULT_TRAVEL, Order, Rider, RiderIndex,  # noqa: E402
+                              Stop, rank)
+from workers.dispatch.quality import compare  # noqa: E402
+
+TARGET_RATE = 2000.0
+TARGET_P99_MS = 20.0
+
+
+def _point(rng: np.random.Generator, size_m: float) -> tuple[float, float]:
+    x, y = rng.uniform(0, size_m, size=2)
+    return float(x), float(y)
+
+
+def _near(rng: np.random.Generator, p, lo: float, hi: float, size_m: float):
+    angle, reach = rng.uniform(0, 2 * math.pi), rng.uniform(lo, hi)
+    return (min(max(p[0] + reach * math.cos(angle), 0.0), size_m),
+            min(max(p[1] + reach * math.sin(angle), 0.0), size_m))
+
+
+def build_city(riders: int, size_m: float, seed: int) -> tuple[RiderIndex, np.random.Generator]:
+    """A seeded fleet: ~50% idle, ~30% with one order, ~15% with two, ~5% offline."""
+    rng = np.random.default_rng(seed)
+    index = RiderIndex(cell_size=500.0)
+    for rid in range(riders):
+        pos = _point(rng, size_m)
+        u = rng.uniform()
+        load = 0 if u < 0.5 else 1 if u < 0.8 else 2
+        route: list[Stop] = []
+        for _ in range(load):
+            if rng.uniform() < 0.5:    # not yet picked up: pickup then drop-off
+                route.append(Stop(_near(rng, pos, 200, 2000, size_m),
+                                  ready=rng.uniform(0, 900)))
+            route.append(Stop(_near(rng, pos, 500, 3000, size_m), due=rng.uniform(600, 2400)))
+        index.upsert(Rider(rid, pos, route=route, load=load,
+                           capacity=3 if rng.uniform() < 0.3 else 2,
+                           online=rng.uniform() >= 0.05,
+                           heading=float(rng.uniform(-math.pi, math.pi))))
+    return index, rng
+
+
+def make_order(rng: np.random.Generator, n: int, now: float, size_m: float) -> Order:
+    """A random order: merchant anywhere, drop-off 0.5-3 km away."""
+    m = _point(rng, size_m)
+    d = _near(rng, m, 500, 3000, size_m)
+    ready = now + rng.uniform(300, 900)
+    return Order(n, m, d, ready, ready + DEFAULT_TRAVEL.time(m, d) + 960)
+
+
+def plan_moves(index: RiderIndex, rng: np.random.Generator, decisions: int, count: int,
+               step_m: float = 25.0) -> list[list[tuple[int, float, float]]]:
+    """Per decision, ``count`` (rider, dx, dy) jitters, drawn up front so that timing
+    the moves measures the index and not the random number generator."""
+    rids = rng.integers(0, len(index), size=(decisions, count)).tolist()
+    steps = rng.uniform(-step_m, step_m, size=(decisions, count, 2)).tolist()
+    return [[(r, dx, dy) for r, (dx, dy) in zip(rs, ss)] for rs, ss in zip(rids, steps)]
+
+
+def apply_moves(index: RiderIndex, moves: list[tuple[int, float, float]],
+                size_m: float) -> None:
+    """Move riders a few metres, as their location updates would."""
+    for rid, dx, dy in moves:
+        x, y = index[rid].position
+        index.move(rid, (min(max(x + dx, 0.0), size_m), min(max(y + dy, 0.0), size_m)))
+
+
+@dataclass
+class Figures:
+    """What one benchmark run measured."""
+
+    decisions: int
+    rate: float           # decisions per second of scoring time
+    wall_rate: float      # decisions per second including the rider moves
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    mean_candidates: float
+    move_us: float        # per rider move
+
+
+def run(riders: int = 10_000, decisions: int = 5_000, size_m: float = 15_000.0,
+        moves: int = 5, seed: int = 42, k: int = 8, warmup: int = 200) -> Figures:
+    """Time ``decisions`` calls of :func:`rank` on a moving fleet."""
+    index, rng = build_city(riders, size_m, seed)
+    now = 0.0
+    for n in range(warmup):
+        rank(make_order(rng, n, now, size_m), index, now, k=k)
+    orders = [make_order(rng, n, now, size_m) for n in range(decisions)]
+    plan = plan_moves(index, rng, decisions, moves)
+    lat = np.empty(decisions)
+    found = 0
+    move_ns = 0
+    t_start = time.perf_counter_ns()
+    for n, order in enumerate(orders):
+        t0 = time.perf_counter_ns()
+        apply_moves(index, plan[n], size_m)
+        t1 = time.perf_counter_ns()
+        found += len(rank(order, index, now, k=k))
+        lat[n] = time.perf_counter_ns() - t1
+        move_ns += t1 - t0
+    wall = (time.perf_counter_ns() - t_start) / 1e9
+    return Figures(decisions, decisions / (lat.sum() / 1e9), decisions / wall,
+                   float(np.percentile(lat, 50)) / 1e6, float(np.percentile(lat, 99)) / 1e6,
+                   float(lat.max()) / 1e6, found / decisions,
+                   move_ns / 1e3 / max(decisions * moves, 1))
+
+
+def report(f: Figures) -> str:
+    ok = f.rate >= TARGET_RATE and f.p99_ms < TARGET_P99_MS
+    return (f"decisions      {f.decisions}\n"
+            f"throughput     {f.rate:,.0f} decisions/s (scoring only), "
+            f"{f.wall_rate:,.0f}/s with rider moves\n"
+            f"latency        p50 {f.p50_ms:.3f} ms  p99 {f.p99_ms:.3f} ms  "
+            f"max {f.max_ms:.3f} ms\n"
+            f"candidates     {f.mean_candidates:.1f} ranked per decision\n"
+            f"rider move     {f.move_us:.2f} us\n"
+            f"target         >= {TARGET_RATE:,.0f}/s, p99 < {TARGET_P99_MS} ms: "
+            f"{'met' if ok else 'NOT met'}")
+
+
+LOADS = {"off-peak": 10.0, "busy": 14.0, "peak": 18.0}   # orders/min for 300 riders
+
+
+def quality_report(seed: int, hours: float) -> str:
+    """rank vs greedy_nearest_idle in the simulation, at three order rates."""
+    lines = [f"quality: {hours:g} h simulated, 300 riders, 8 x 8 km, seed {seed}",
+             f"  {'load':18} {'policy':7} {'orders':>6} {'mean min':>8} {'p90 min':>7} "
+             f"{'late':>5} {'assign wait s':>13} {'km/order':>8}"]
+    for label, rate in LOADS.items():
+        for name, r in compare(seed=seed, hours=hours, orders_per_min=rate).items():
+            lines.append(
+                f"  {label + f' ({rate:g}/min)':18} {name:7} {r.orders:>6} "
+                f"{r.mean_delivery_s / 60:>8.2f} {r.p90_delivery_s / 60:>7.2f} {r.late:>5} "
+                f"{r.mean_assign_wait_s:>13.1f} {r.km_per_order:>8.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--riders", type=int, default=10_000)
+    p.add_argument("--decisions", type=int, default=5_000)
+    p.add_argument("--city-km", type=float, default=15.0)
+    p.add_argument("--moves", type=int, default=5, help="rider moves between decisions")
+    p.add_argument("-k", type=int, default=8, help="minimum candidates to look for")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--no-quality", action="store_true", help="skip the simulation")
+    p.add_argument("--quality-hours", type=float, default=2.0)
+    a = p.parse_args(argv)
+    f = run(a.riders, a.decisions, a.city_km * 1000, a.moves, a.seed, a.k)
+    print(f"{a.riders} riders over {a.city_km:g} x {a.city_km:g} km, seed {a.seed}")
+    print(report(f))
+    if not a.no_quality:
+        print(quality_report(a.seed, a.quality_hours))
+    return 0 if f.rate >= TARGET_RATE and f.p99_ms < TARGET_P99_MS else 1
+
+
+def test_rank_10k_riders(benchmark):
+    """pytest-benchmark: one rank() call on a 10k-rider city, orders cycling."""
+    index, rng = build_city(10_000, 15_000.0, 42)
+    orders = [make_order(rng, n, 0.0, 15_000.0) for n in range(1000)]
+    it = iter(range(10**9))
+    result = benchmark(lambda: rank(orders[next(it) % len(orders)], index, 0.0))
+    assert result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

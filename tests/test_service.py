@@ -1,0 +1,130 @@
+"""Service workers behind the router: balancing, retries on worker death, TTLs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import orjson
+import pytest
+
+from router.client import Sender
+from router.protocol import ErrorCode
+from workers.service import ServiceWorker
+
+from conftest import ROOT
+
+ECHO_WORKER = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+from workers.service import ServiceWorker
+def handle(body):
+    if body.startswith(b"slow") and os.environ.get("HANG_ON_SLOW"):
+        time.sleep(30)  # as if stuck: the test kills this worker mid-request
+    return b"%d:" % os.getpid() + body
+w = ServiceWorker({url!r}, "echo", handle, name="echo-%d" % os.getpid())
+print("ready", flush=True)
+w.run()
+"""
+
+
+def start_worker(url: str, hang: bool = False) -> subprocess.Popen:
+    env = {**os.environ, **({"HANG_ON_SLOW": "1"} if hang else {})}
+    p = subprocess.Popen([sys.executable, "-c", ECHO_WORKER.format(root=str(ROOT), url=url)],
+                         stdout=subprocess.PIPE, text=True, env=env)
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
+def test_requests_are_balanced_over_workers(router):
+    workers = [start_worker(router.url) for _ in range(2)]
+    try:
+        time.sleep(0.3)
+        with Sender(router.url, "client") as c:
+            pids = set()
+            for i in range(20):
+                r = c.request("echo", f"hello {i}".encode(), ttl_ms=3000)
+                assert r.code == ErrorCode.NONE
+                pid, body = r.payload.split(b":", 1)
+                assert body == f"hello {i}".encode()
+                pids.add(int(pid))
+            assert pids == {w.pid for w in workers}
+    finally:
+        for w in workers:
+            w.kill()
+            w.wait()
+
+
+def test_worker_killed_mid_request_is_retried_on_another(make_router):
+    r = make_router("--heartbeat-ms", "200", "--liveness", "3")
+    a = start_worker(r.url, hang=True)
+    b = None
+    try:
+        time.sleep(0.2)
+        with Sender(r.url, "client") as c:
+            rid, frames = c.session.request("echo", b"slow", ttl_ms=10000)
+            c._send(frames)
+            c.poll(0.5)  # the only worker has taken it and hangs
+            b = start_worker(r.url)
+            a.send_signal(signal.SIGKILL)
+            t0 = time.monotonic()
+            while rid not in c._replies and time.monotonic() - t0 < 5:
+                c.poll(0.05)
+            reply = c._replies[rid]
+            assert reply.code == ErrorCode.NONE
+            assert reply.payload == b"%d:slow" % b.pid  # completed on the other worker
+            assert time.monotonic() - t0 < 2.0  # dead after 3 x 200 ms, then retried
+        r.wait_for_log("worker for echo gone, 1 jobs requeued")
+    finally:
+        for p in (a, b):
+            if p:
+                p.kill()
+                p.wait()
+
+
+def test_request_without_worker_gets_no_service_at_ttl(router):
+    with Sender(router.url, "client") as c:
+        t0 = time.monotonic()
+        r = c.request("nobody-home", b"x", ttl_ms=300)
+        assert r.code == ErrorCode.NO_SERVICE and b"TTL" in r.payload
+        assert 0.25 < time.monotonic() - t0 < 1.5
+
+
+def test_request_waits_for_a_worker_that_joins_later(router):
+    with Sender(router.url, "client") as c:
+        rid, frames = c.session.request("echo", b"early", ttl_ms=5000)
+        c._send(frames)
+        c.poll(0.3)
+        w = start_worker(router.url)
+        try:
+            t0 = time.monotonic()
+            while rid not in c._replies and time.monotonic() - t0 < 5:
+                c.poll(0.05)
+            assert c._replies[rid].payload.endswith(b":early")
+        finally:
+            w.kill()
+            w.wait()
+
+
+def test_handler_error_is_a_reply_not_a_crash(router):
+    def boom(body: bytes) -> bytes:
+        raise ValueError("no rider in range")
+
+    w = ServiceWorker(router.url, "fragile", boom)
+    stop = threading.Event()
+    t = threading.Thread(target=w.run, args=(stop.is_set,))
+    t.start()
+    try:
+        with Sender(router.url, "client") as c:
+            r = c.request("fragile", b"x", ttl_ms=2000)
+            assert r.code == ErrorCode.MALFORMED and b"no rider in range" in r.payload
+            r = c.request("fragile", b"y", ttl_ms=2000)
+            assert r.code == ErrorCode.MALFORMED
+    finally:
+        stop.set()
+        t.join()
+        w.close()

@@ -1,0 +1,12 @@
+"""Dispatch scoring: which rider gets an order's offer (pure Python + numpy, no I/O)."""
+
+from .geo import Point, Projection, TravelModel, distance
+from .grid import GridIndex, Hits
+from .scoring import (DEFAULT_TRAVEL, DEFAULT_WEIGHTS, Candidate, Order, Rider, RiderIndex,
+                      Stop, Weights, apply_insertion, greedy_nearest_idle, rank, score_riders)
+
+__all__ = [
+    "Candidate", "DEFAULT_TRAVEL", "DEFAULT_WEIGHTS", "GridIndex", "Hits", "Order", "Point",
+    "Projection", "Rider", "RiderIndex", "Stop", "TravelModel", "Weights", "apply_insertion",
+    "distance", "greedy_nearest_idle", "rank", "score_riders",
+]

@@ -1,0 +1,95 @@
+"""The worker side of the service protocol (READY / REQUEST / REPLY).
+
+A :class:`ServiceWorker` connects to the router, says HELLO as a WORKER (optionally
+binding addresses, so it can also receive deliveries such as rider positions), then
+READY for its service, and answers each REQUEST with the handler's result. It
+heartbeats like every client and says READY again after a re-HELLO, so it survives a
+router restart. Any number of worker processes can join or leave at run time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Iterable
+
+import zmq
+
+from router import protocol as P
+from router.client import _Client
+from router.protocol import Delivery, ErrorCode, Role
+from router.session import EndpointSession, Request, Welcome
+
+log = logging.getLogger("workers.service")
+
+Handler = Callable[[bytes], bytes]
+
+
+class ServiceWorker(_Client):
+    """Serve ``service`` with ``handler`` (request payload -> reply payload).
+
+    ``on_delivery`` receives deliveries for ``addresses`` (acked after it returns).
+    A handler exception becomes a REPLY with code MALFORMED and the error text, so a
+    bad request cannot kill the worker.
+    """
+
+    def __init__(self, endpoint: str, service: str, handler: Handler, *,
+                 name: str | None = None, credit: int = 1, addresses: Iterable[str] = (),
+                 on_delivery: Callable[[Delivery], None] | None = None,
+                 context: zmq.Context | None = None, timeout: float = 5.0) -> None:
+        self.service, self.handler, self.credit = service, handler, credit
+        self.on_delivery = on_delivery
+        self.served = 0
+        self._pending: list = []
+        session = EndpointSession(name or f"worker:{service}", addresses, Role.WORKER)
+        self._ready_for: Welcome | None = None
+        super().__init__(session, endpoint, context, timeout)
+        self._say_ready()
+
+    def _say_ready(self) -> None:
+        """READY once per WELCOME: a re-HELLO (router restart) needs it again."""
+        if self.session.welcome is not None and self.session.welcome is not self._ready_for:
+            self._ready_for = self.session.welcome
+            self._send([P.encode_ready(self.service, self.credit)])
+
+    def _accept(self, event) -> None:
+        self._pending.append(event)
+
+    def _pump(self, timeout: float | None) -> int:
+        n = super()._pump(timeout)
+        if self._ready_for is not None or self.session.welcome is not None:
+            self._say_ready()
+        return n
+
+    def serve_once(self, timeout: float = 0.1) -> int:
+        """Handle what arrives within ``timeout`` s; return the number of requests served."""
+        self._pump(timeout)
+        served = 0
+        events, self._pending = self._pending, []
+        for ev in events:
+            if isinstance(ev, Request):
+                self._answer(ev)
+                served += 1
+            elif isinstance(ev, Delivery) and self.on_delivery:
+                self.on_delivery(ev)
+                self.session.ack(ev)
+        acks = self.session.take_acks()
+        if acks:
+            self._send(acks)
+        self.served += served
+        return served
+
+    def _answer(self, req: Request) -> None:
+        try:
+            body, code = self.handler(req.payload), ErrorCode.NONE
+        except Exception as exc:  # a bad request must not take the worker down
+            log.exception("handler failed for a %s request", req.service)
+            body, code = f"{type(exc).__name__}: {exc}".encode(), ErrorCode.MALFORMED
+        self._send([P.encode_reply(req.job_id, code), body])
+
+    def run(self, should_stop: Callable[[], bool] = lambda: False,
+            seconds: float | None = None) -> None:
+        """Serve until ``should_stop()`` is true or ``seconds`` pass."""
+        end = None if seconds is None else time.monotonic() + seconds
+        while not should_stop() and (end is None or time.monotonic() < end):
+            self.serve_once(0.1)
