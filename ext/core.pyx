@@ -59,6 +59,37 @@ cdef enum:
     DELIVER_FIXED = 33        # prefix + seq, msg id, accepted_us, class, 4 lengths
     N_CLASSES = 5
 
+# Histogram bucket upper bounds, microseconds (router/metrics.py exports them in seconds).
+cdef uint64_t HOP_BOUNDS[17]
+cdef uint64_t DELIVERY_BOUNDS[15]
+cdef uint64_t COMMIT_BOUNDS[13]
+for _i, _v in enumerate((50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000,
+                         250000, 500000, 1000000, 2500000, 5000000, 10000000)):
+    HOP_BOUNDS[_i] = _v
+for _i, _v in enumerate((1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000,
+                         1000000, 2500000, 5000000, 10000000, 30000000, 60000000)):
+    DELIVERY_BOUNDS[_i] = _v
+for _i, _v in enumerate((100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000,
+                         250000, 500000, 1000000)):
+    COMMIT_BOUNDS[_i] = _v
+
+
+cdef inline void observe(uint64_t *buckets, const uint64_t *bounds, int n,
+                         uint64_t v) noexcept nogil:
+    """Count ``v`` into the first bucket whose bound holds it (bucket n: +Inf)."""
+    cdef int i = 0
+    while i < n and v > bounds[i]:
+        i += 1
+    buckets[i] += 1
+
+
+def histogram_bounds() -> dict:
+    """Bucket upper bounds in seconds, as the core counts them."""
+    return {"hop": [HOP_BOUNDS[i] / 1e6 for i in range(17)],
+            "delivery": [DELIVERY_BOUNDS[i] / 1e6 for i in range(15)],
+            "commit": [COMMIT_BOUNDS[i] / 1e6 for i in range(13)]}
+
+
 cdef char _err[512]
 if zmqapi_load(zmq.backend.cython._zmq.__file__.encode(), _err, sizeof(_err)) != 0:
     raise ImportError(f"router native core: {_err.decode()}")
@@ -68,6 +99,12 @@ cdef inline uint64_t mono_ms() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return <uint64_t>ts.tv_sec * 1000 + <uint64_t>(ts.tv_nsec // 1000000)
+
+
+cdef inline uint64_t mono_us() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <uint64_t>ts.tv_sec * 1000000 + <uint64_t>(ts.tv_nsec // 1000)
 
 
 cdef inline uint64_t wall_us() noexcept nogil:
@@ -242,6 +279,42 @@ cdef class Core:
         d["peers"] = self.peer_by_id.size()
         d["addresses"] = self.addr_by_name.size()
         d["channels"] = self.channels.size()
+        return d
+
+    def metrics(self) -> dict:
+        """Everything the Prometheus collector exports: counters, histogram buckets
+        (non-cumulative, microsecond sums) and gauges computed from the tables. Call it
+        from the thread that runs the loop (router.metrics snapshots between slices)."""
+        cdef size_t i
+        cdef Address *a
+        cdef uint64_t rel = 0, notices = 0, locations = 0, offline = 0, bound = 0
+        for i in range(self.addrs.size()):
+            a = self.addrs[i]
+            rel += a.rel.size()
+            notices += a.notices.size()
+            locations += a.latest.size()
+            if a.peer >= 0:
+                bound += 1
+            else:
+                offline += a.rel.size()
+        roles = [0, 0, 0, 0, 0]
+        for i in range(self.peers.size()):
+            if self.peers[i].live and self.peers[i].role <= 4:
+                roles[self.peers[i].role] += 1
+        d = self.stats()
+        d.update({
+            "hop": [[self.c.hop[k][i] for i in range(18)] for k in range(N_CLASSES)],
+            "hop_sum_us": [self.c.hop_sum_us[k] for k in range(N_CLASSES)],
+            "delivery": [[self.c.delivery[k][i] for i in range(16)] for k in range(N_CLASSES)],
+            "delivery_sum_us": [self.c.delivery_sum_us[k] for k in range(N_CLASSES)],
+            "commit": [self.c.commit[i] for i in range(14)],
+            "commit_sum_us": self.c.commit_sum_us,
+            "queued_by_kind": {"reliable": rel, "notice": notices, "location": locations},
+            "offline_backlog": offline,
+            "bound_addresses": bound,
+            "peers_by_role": {"sender": roles[1], "endpoint": roles[2], "gateway": roles[3],
+                              "worker": roles[4]},
+        })
         return d
 
     def _c_bytes_in(self): return self.c.bytes_in
@@ -665,6 +738,7 @@ cdef class Core:
                          else "router overloaded, retry later")
             return
         cdef Msg *m = new Msg()
+        m.recv_us = mono_us()
         zmqapi.msg_init(&m.payload)
         zmqapi.msg_move(&m.payload, payload)
         m.msg_id = msg_id
@@ -809,8 +883,12 @@ cdef class Core:
         send the messages in it. On failure they are taken back and refused."""
         cdef bint ok
         cdef size_t i
+        cdef uint64_t t0 = mono_us()
         with gil:
             ok = self._store_commit()
+        t0 = mono_us() - t0
+        observe(self.c.commit, COMMIT_BOUNDS, 13, t0)
+        self.c.commit_sum_us += t0
         self.jbuf.clear()
         self.jsync = False
         if ok:
@@ -1000,6 +1078,7 @@ cdef class Core:
             memcpy(zmqapi.msg_data(&m.payload), p, <size_t>(end - p))
             m.msg_id = msg_id
             m.accepted_us = acc
+            m.recv_us = mono_us()
             m.expire_us = 0
             if expire_wall:
                 m.expire_us = mono_ms() + (expire_wall - now_wall) // 1000 if expire_wall > now_wall else 1
@@ -1140,6 +1219,9 @@ cdef class Core:
             zmqapi.msg_close(&body)
         self.c.msgs_out[m.cls] += 1
         self.c.bytes_out += zmqapi.msg_size(&m.payload)
+        cdef uint64_t hop = mono_us() - m.recv_us
+        observe(self.c.hop[m.cls], HOP_BOUNDS, 17, hop)
+        self.c.hop_sum_us[m.cls] += hop
         return 0
 
     cdef void _to_broker(self, int pi, zmq_msg_t *f, int n) noexcept nogil:
@@ -1168,8 +1250,13 @@ cdef class Core:
         if seq <= a.acked:
             return
         self._journal_small(REC_ACK, seq, a.name, 0, 0)
+        cdef uint64_t now_wall = wall_us(), lat
         while not a.rel.empty() and a.rel.front().seq <= seq:
             m = a.rel.front().msg
+            if not self.replaying:
+                lat = now_wall - m.accepted_us if now_wall > m.accepted_us else 0
+                observe(self.c.delivery[m.cls], DELIVERY_BOUNDS, 15, lat)
+                self.c.delivery_sum_us[m.cls] += lat
             if not m.order.empty() and not self.replaying:
                 self._hist(H_ACKED, m, a.name, a.rel.front().seq, 0, 0)
             a.rel.pop_front()

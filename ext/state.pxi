@@ -13,6 +13,7 @@ cdef cppclass Msg:
     uint64_t msg_id
     uint64_t accepted_us    # wall clock, microseconds, when the router took it
     uint64_t expire_us      # monotonic deadline, 0 = no TTL
+    uint64_t recv_us        # monotonic microseconds when the router received it (hop latency)
     int sender              # peer slot of the sender
     uint32_t sender_gen     # that slot's generation when the message arrived
     string sender_name      # receipts follow the sender's name across reconnects
@@ -88,6 +89,12 @@ cdef struct Counters:
     uint64_t commit_failures
     uint64_t journal_bytes      # bytes handed to the store
     uint64_t replayed           # messages restored from the journal at start
+    uint64_t hop[5][18]         # histogram buckets (HOP_BOUNDS), per class
+    uint64_t hop_sum_us[5]
+    uint64_t delivery[5][16]    # accepted -> ack (DELIVERY_BOUNDS), per class
+    uint64_t delivery_sum_us[5]
+    uint64_t commit[14]         # journal commit time (COMMIT_BOUNDS)
+    uint64_t commit_sum_us
 
 cdef struct Event:
     int kind                    # EV_CONNECT / EV_DISCONNECT / EV_ERROR (core.pyx)

@@ -29,6 +29,8 @@ log = logging.getLogger("router.broker")
 
 #: Times a request is handed to a worker before it fails with WORKER_FAILED.
 MAX_ATTEMPTS = 3
+#: Upper bounds (seconds) of the request-to-reply histogram.
+LATENCY_BOUNDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 
 
 @dataclass
@@ -84,7 +86,8 @@ class Broker:
         self._ids = itertools.count(1)
         self.counters = {"requests": 0, "replies": 0, "retried": 0, "expired": 0,
                          "no_service": 0, "failed": 0}
-        self.latencies: deque[float] = deque(maxlen=10_000)  # request -> reply, seconds
+        self.latency_buckets = [0] * (len(LATENCY_BOUNDS) + 1)  # request -> reply
+        self.latency_sum = 0.0
 
     # ---- input -------------------------------------------------------------------------
 
@@ -138,7 +141,7 @@ class Broker:
         if job is None or job.worker != identity:
             return  # a late reply for a job already retried elsewhere or expired
         self.counters["replies"] += 1
-        self.latencies.append(time.monotonic() - job.started)
+        self._observe(time.monotonic() - job.started)
         self._send(job.client, P.encode_reply(job.request_id, code), payload)
         if w:
             self._dispatch(self.services[w.service])
@@ -215,9 +218,19 @@ class Broker:
         except zmq.ZMQError:  # unreachable (gone) or its pipe is full
             return False
 
+    def _observe(self, seconds: float) -> None:
+        i = 0
+        while i < len(LATENCY_BOUNDS) and seconds > LATENCY_BOUNDS[i]:
+            i += 1
+        self.latency_buckets[i] += 1
+        self.latency_sum += seconds
+
     def stats(self) -> dict:
-        """Counters and the current shape of every service."""
-        return {**self.counters, "jobs": len(self.jobs), "services": {
+        """Counters, the request latency histogram and the shape of every service."""
+        return {**self.counters, "jobs": len(self.jobs),
+                "latency_buckets": list(self.latency_buckets),
+                "latency_bounds": LATENCY_BOUNDS, "latency_sum": self.latency_sum,
+                "services": {
             name: {"workers": len(s.workers), "waiting": len(s.waiting),
                    "busy": sum(len(w.jobs) for w in s.workers.values())}
             for name, s in self.services.items()}}

@@ -70,6 +70,10 @@ class Settings:
     history: bool = True
     #: Days of order history kept.
     history_days: float = 30.0
+    #: Port of the Prometheus /metrics endpoint (0 = off).
+    metrics_port: int = 0
+    #: Address the metrics endpoint listens on.
+    metrics_host: str = "127.0.0.1"
     #: Seconds between one-line summaries in the log (0 = never).
     summary_interval: float = 10.0
     #: Log level: debug, info, warning, error.

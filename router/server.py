@@ -33,7 +33,8 @@ class Router:
     """A running router: bind, then :meth:`serve` until :meth:`stop` or a signal."""
 
     __slots__ = ("settings", "context", "socket", "core", "endpoints", "store", "history",
-                 "recovery", "broker", "_stop", "_last_summary", "_last_stats")
+                 "recovery", "broker", "metrics", "_metrics_server", "_stop", "_last_summary",
+                 "_last_stats")
 
     def __init__(self, settings: Settings, context: zmq.Context | None = None) -> None:
         self.settings = settings.validate()
@@ -74,6 +75,18 @@ class Router:
         )
         self.recovery = self.store.open(self.core) if self.store else Recovery()
         self.broker = Broker(self.socket)
+        self.metrics = None
+        self._metrics_server = None
+        if settings.metrics_port:
+            from .metrics import serve_metrics
+
+            try:
+                self.metrics, self._metrics_server = serve_metrics(
+                    self, settings.metrics_port, settings.metrics_host)
+            except OSError as exc:
+                self.socket.close(linger=0)
+                raise OSError(f"cannot serve metrics on {settings.metrics_host}:"
+                              f"{settings.metrics_port}: {exc}") from exc
         self._stop = threading.Event()
         self._last_summary = time.monotonic()
         self._last_stats = self.core.stats()
@@ -104,6 +117,9 @@ class Router:
         self._log_recovery()
         log.info("router serving on %s (native core on %s)", ", ".join(self.endpoints),
                  _native.libzmq_path())
+        if self.metrics:
+            log.info("metrics on http://%s:%d/metrics", self.settings.metrics_host,
+                     self.settings.metrics_port)
         next_housekeeping = 0.0
         try:
             while not self._stop.is_set():
@@ -117,6 +133,8 @@ class Router:
             self._housekeeping()
             self._summary(final=True)
             self.socket.close(linger=0)
+            if self._metrics_server:
+                self._metrics_server.shutdown()
             if self.store:
                 self.store.close()
             if self.history:
@@ -131,6 +149,8 @@ class Router:
         blob = self.core.drain_history()
         if self.history:
             self.history.record(blob)
+        if self.metrics:
+            self.metrics.refresh()
         self._maybe_summary()
 
     def _log_recovery(self) -> None:
