@@ -77,6 +77,21 @@ def _add_history(sub) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per event")
 
 
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="router + dispatch workers + a simulated city at lunch")
+    p.add_argument("--seconds", type=float, default=None, help="stop after N real seconds")
+    p.add_argument("--speed", type=float, default=30.0, help="simulated seconds per second")
+    p.add_argument("--start", type=float, default=11.0, help="simulated start hour")
+    p.add_argument("--riders", type=int, default=150)
+    p.add_argument("--merchants", type=int, default=60)
+    p.add_argument("--users", type=int, default=2000)
+    p.add_argument("--base-per-min", type=float, default=4.0,
+                   help="orders per simulated minute outside the peaks (x6 lunch, x8 dinner)")
+    p.add_argument("--workers", type=int, default=2, help="dispatch worker processes")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--data-dir", default=None, help="keep journal and history here")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of the `router` command."""
     parser = argparse.ArgumentParser(prog="router", description="Order-notification router")
@@ -86,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_send(sub)
     _add_listen(sub)
     _add_history(sub)
+    _add_demo(sub)
     return parser
 
 
@@ -175,11 +191,22 @@ def _history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from workers.sim.city import Config
+
+    from .demo import run
+
+    cfg = Config(seed=args.seed, merchants=args.merchants, riders=args.riders,
+                 users=args.users, base_per_min=args.base_per_min, start_hour=args.start,
+                 speed=args.speed)
+    return run(cfg, args.seconds, args.workers, args.data_dir)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `router` command."""
     args = build_parser().parse_args(argv)
     handler = {"serve": _serve, "send": _send, "listen": _listen,
-               "history": _history}[args.command]
+               "history": _history, "demo": _demo}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

@@ -298,10 +298,10 @@ class Endpoint(_Client):
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._ready:
             self.flush()
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            self._pump(left)  # at least one look, even with timeout 0
+            if not self._ready and left == 0.0:
                 return None
-            self._pump(left)
         return self._ready.popleft()
 
     def _accept(self, d: Delivery) -> None:

@@ -279,25 +279,26 @@ class EndpointSession(Session):
         #: Last sequence the application acked per address: what to persist to resume
         #: after the process itself restarts.
         self.acked: dict[str, int] = dict(self.cursors)
+        #: Addresses released with UNBIND: their cursors are kept for a later BIND.
+        self.unbound: set[str] = set()
         self._acks: dict[str, int] = {}
         self.duplicates = 0
 
     def cursor_list(self) -> list[tuple[str, int]]:
-        return list(self.cursors.items())
+        return [(a, seq) for a, seq in self.cursors.items() if a not in self.unbound]
 
     def bind(self, addresses: Iterable[str]) -> list[bytes]:
         """Frames of a BIND for more addresses."""
         new = [(a, self.cursors.setdefault(a, 0)) for a in addresses]
         for a, seq in new:
             self.acked.setdefault(a, seq)
+            self.unbound.discard(a)
         return [P.encode_bind(new)]
 
     def unbind(self, addresses: Iterable[str]) -> list[bytes]:
         """Frames of an UNBIND."""
         names = list(addresses)
-        for a in names:
-            self.cursors.pop(a, None)
-            self.acked.pop(a, None)
+        self.unbound.update(names)  # cursors stay: a later BIND resumes after them
         return [P.encode_unbind(names)]
 
     def ack(self, delivery: Delivery) -> None:

@@ -1,0 +1,108 @@
+"""The dispatch service worker: ranks riders for an order on request.
+
+It keeps every rider's live state (position, load, remaining stops) in a grid index,
+fed by the riders' state updates that the city publishes to the channel
+``dispatch:riders`` as conflated LOCATION messages (only the newest per rider waits), and
+answers ``dispatch`` REQUESTs:
+
+    request  {"order": {"id", "merchant": [x, y], "dropoff": [x, y], "ready_at",
+              "promised_at"}, "now": s, "exclude": [rider ids], "limit": n}
+    reply    {"candidates": [{"rider", "score", "pickup_at", "deliver_at", "late_s"}, ...],
+              "decision_s": s}
+
+    python -m workers.dispatch.worker --router tcp://127.0.0.1:5555 [--metrics-port N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import time
+
+import orjson
+from prometheus_client import Histogram, start_http_server
+
+from router.client import Sender
+from router.protocol import Delivery
+from workers.service import ServiceWorker
+
+from .scoring import Order, Rider, RiderIndex, Stop, rank
+
+SERVICE = "dispatch"
+RIDER_CHANNEL = "dispatch:riders"
+
+DECISION_SECONDS = Histogram("router_dispatch_decision_seconds",
+                             "time to rank riders for one order",
+                             buckets=(.0005, .001, .0025, .005, .01, .02, .05, .1, .25))
+
+
+class DispatchState:
+    """Riders as the last state updates described them, and the ranking request."""
+
+    def __init__(self) -> None:
+        self.riders = RiderIndex()
+
+    def update(self, delivery: Delivery) -> None:
+        """Apply one rider state update (a LOCATION delivery)."""
+        s = orjson.loads(delivery.payload)
+        route = [Stop((p[0], p[1]), p[2], p[3]) for p in s.get("route", [])]
+        rider = Rider(s["id"], (s["x"], s["y"]), route, s.get("load", 0),
+                      s.get("capacity", 2), s.get("online", True))
+        self.riders.upsert(rider)
+
+    def decide(self, body: bytes) -> bytes:
+        """Answer one dispatch request."""
+        t0 = time.perf_counter()
+        req = orjson.loads(body)
+        o = req["order"]
+        order = Order(o["id"], tuple(o["merchant"]), tuple(o["dropoff"]), o["ready_at"],
+                      o["promised_at"])
+        exclude = set(req.get("exclude", ()))
+        limit = req.get("limit", 5)
+        ranked = [c for c in rank(order, self.riders, req["now"], limit=limit + len(exclude))
+                  if c.rider_id not in exclude][:limit]
+        took = time.perf_counter() - t0
+        DECISION_SECONDS.observe(took)
+        return orjson.dumps({"candidates": [
+            {"rider": c.rider_id, "score": round(c.score, 1), "pickup_at": c.pickup_at,
+             "deliver_at": c.deliver_at, "late_s": c.late_s} for c in ranked],
+            "decision_s": took})
+
+
+def make_worker(url: str, name: str | None = None) -> ServiceWorker:
+    """A connected dispatch worker that receives rider updates and serves requests."""
+    name = name or f"dispatch-{os.getpid()}"
+    state = DispatchState()
+    address = f"worker:{name}"
+    worker = ServiceWorker(url, SERVICE, state.decide, name=name, addresses=[address],
+                           on_delivery=state.update)
+    worker.state = state  # type: ignore[attr-defined]
+    with Sender(url, f"{name}-join") as s:  # subscribe to rider state updates
+        s.join(RIDER_CHANNEL, [address])
+        s.poll(0.05)
+    return worker
+
+
+def main() -> None:
+    """Entry point: serve dispatch requests until SIGTERM/SIGINT."""
+    ap = argparse.ArgumentParser(description="dispatch service worker")
+    ap.add_argument("--router", default="tcp://127.0.0.1:5555")
+    ap.add_argument("--name", default=None)
+    ap.add_argument("--metrics-port", type=int, default=0)
+    args = ap.parse_args()
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr="127.0.0.1")
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *a: stopping.append(1))
+    signal.signal(signal.SIGINT, lambda *a: stopping.append(1))
+    worker = make_worker(args.router, args.name)
+    logging.getLogger("workers.dispatch").info("dispatch worker %s ready", worker.session.name)
+    worker.run(lambda: bool(stopping))
+    worker.close()
+
+
+if __name__ == "__main__":
+    main()
