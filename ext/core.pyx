@@ -1193,8 +1193,23 @@ cdef class Core:
             self.blocked_peers.push_back(pi)
             self.c.blocked_sends += 1
             return True
-        self._drop_peer(pi, REASON_UNREACHABLE)
+        self._unreachable(pi)
         return False
+
+    cdef void _unreachable(self, int pi) noexcept nogil:
+        """The peer's connection is gone, but what it sent before leaving may still be
+        queued for us (a sender that sends and exits): its addresses go offline and
+        nothing more is sent to it (sending to a departed identity can make libzmq
+        drop that queue), yet its messages are still read until its liveness runs out."""
+        cdef Peer *p = self.peers[pi]
+        if p.gone:
+            return
+        p.gone = True
+        if p.role != 0:
+            self._event(EV_DISCONNECT, pi, REASON_UNREACHABLE)
+            self.c.peers_lost += 1
+        self._unbind_all(pi)
+        self._forget_name(pi)
 
     cdef int _deliver(self, Peer *p, Address *a, Msg *m, uint64_t seq) noexcept nogil:
         """Send one DELIVER: 0 sent, 1 peer's pipe full, -1 peer unreachable."""
@@ -1300,7 +1315,7 @@ cdef class Core:
             self._finish(m, status, code)
         if self.replaying:
             return
-        if pi < 0 or not self.peers[pi].live or self.peers[pi].gen != gen:
+        if pi < 0 or not self.peers[pi].live or self.peers[pi].gen != gen or self.peers[pi].gone:
             it = self.peer_by_name.find(m.sender_name)
             if it == self.peer_by_name.end():
                 self._hold_receipt(m, status, code)
@@ -1354,7 +1369,7 @@ cdef class Core:
         cdef Peer *p = self.peers[pi]
         cdef uint8_t entry[11]
         self.c.receipts[status] += 1
-        if not p.live or p.gen != gen:
+        if not p.live or p.gen != gen or p.gone:
             self.c.receipts_dropped += 1
             return
         put64(entry, msg_id)
@@ -1371,7 +1386,8 @@ cdef class Core:
     cdef bint _flush_receipts(self, int pi) noexcept nogil:
         """Send the peer's batched receipts; False if its pipe is full (kept for later)."""
         cdef Peer *p = self.peers[pi]
-        if p.nreceipts == 0 or not p.live:
+        if p.nreceipts == 0 or not p.live or p.gone:
+            p.nreceipts = 0
             return True
         put16(<uint8_t *>p.receipts.data() + 4, <uint16_t>p.nreceipts)
         if zmqapi.send(self.sock, p.identity.data(), p.identity.size(),
@@ -1397,6 +1413,8 @@ cdef class Core:
         cdef uint64_t now = mono_ms()
         cdef uint8_t hdr[14]
         cdef size_t tl = 0
+        if p.gone:
+            return  # nothing is sent to a departed connection
         if now - p.err_window_ms >= 1000:
             p.err_window_ms = now
             p.errs = 0
@@ -1470,6 +1488,7 @@ cdef class Core:
         p.err_window_ms = 0
         p.errs = 0
         p.blocked = False
+        p.gone = False
         self.peer_by_id[ident] = pi
         return pi
 
@@ -1539,7 +1558,7 @@ cdef class Core:
         cdef Peer *p = self.peers[pi]
         if not p.live:
             return
-        if p.role != 0:
+        if p.role != 0 and not p.gone:
             self._event(EV_DISCONNECT, pi, reason)
             if reason != REASON_BYE:
                 self.c.peers_lost += 1
@@ -1634,12 +1653,12 @@ cdef class Core:
                 continue
             if now - p.last_seen_ms > dead_after:
                 self._drop_peer(<int>i, REASON_TIMEOUT)
-            elif beat and p.role != 0:
+            elif beat and p.role != 0 and not p.gone:
                 if zmqapi.send(self.sock, p.identity.data(), p.identity.size(),
                                ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0:
                     zmqapi.send(self.sock, hb, 4, 0)
                 elif zmqapi.errno_() == EHOSTUNREACH:
-                    self._drop_peer(<int>i, REASON_UNREACHABLE)
+                    self._unreachable(<int>i)
 
     cdef void _release(self, Msg *m) noexcept nogil:
         m.refs -= 1

@@ -62,6 +62,7 @@ cdef cppclass Peer:
     uint64_t err_window_ms  # error rate limit window start
     uint32_t errs           # errors sent in the window
     bool blocked            # last send hit the HWM: retry on the next pass
+    bool gone               # unreachable: nothing more is sent to it, what it sent is read
 
 cdef struct Counters:
     uint64_t msgs_in[5]         # SEND accepted, by class
