@@ -190,6 +190,7 @@ cdef class Core:
     cdef deque[uint64_t] dedup_exp_ms
     cdef deque[string] dedup_exp_key
     cdef unordered_map[string, int] peer_by_name
+    cdef unordered_map[string, uint32_t] sender_ids  # interned sender names (dedup keys)
     cdef unordered_map[string, string] outbox   # receipts for senders not connected now
     cdef vector[int] inflight
     cdef string history
@@ -434,7 +435,7 @@ cdef class Core:
             while off + REC_HEAD <= n:
                 p = &data[off]
                 blen = get32(p)
-                if blen == 0 or off + REC_HEAD + blen > n or crc32(p + REC_HEAD, blen) != get32(p + 4):
+                if blen == 0 or off + REC_HEAD + blen > n or crc32c(p + REC_HEAD, blen) != get32(p + 4):
                     break
                 if not self._replay_record(p + REC_HEAD, blen):
                     break
@@ -601,6 +602,7 @@ cdef class Core:
         if not p.name.empty():
             self._forget_name(pi)
         p.name = string(<const char *>h + 6, h[5])
+        p.sender_id = self._intern(p.name)
         self.peer_by_name[p.name] = pi  # receipts for this name now come here
         if not self._bind_cursors(pi, h, hlen, 6 + h[5]):
             return
@@ -723,7 +725,7 @@ cdef class Core:
                 return  # _address_slot already refused
         cdef string dkey
         if cls <= CLASS_CHAT:
-            dkey = dedup_key(self.peers[pi].name, msg_id)
+            dkey = dedup_key(self.peers[pi].sender_id, msg_id)
             dit = self.dedup.find(dkey)
             if dit != self.dedup.end():
                 # a repeat inside the window: same receipt, nothing delivered twice
@@ -747,6 +749,7 @@ cdef class Core:
         m.sender = pi
         m.sender_gen = self.peers[pi].gen
         m.sender_name = self.peers[pi].name
+        m.sender_id = self.peers[pi].sender_id
         m.cls = cls
         m.refs = 0
         m.pending = 0
@@ -811,6 +814,8 @@ cdef class Core:
                 m.refs += 1
                 self.c.queued += 1
                 return  # sent once the journal commit succeeds
+        elif self._idle(a) and self._send_now(ai, m):
+            return  # best effort to an idle, bound address: straight out, never queued
         elif m.cls == CLASS_NOTICE:
             if a.notices.size() >= self.max_queue or self.c.queued >= self.max_queued:
                 self.c.shed += 1  # best effort: the oldest notice makes room
@@ -930,7 +935,7 @@ cdef class Core:
         for i in range(self.uncommitted.size()):
             m = self.uncommitted[i]
             m.finished = True
-            self.dedup.erase(dedup_key(m.sender_name, m.msg_id))
+            self.dedup.erase(dedup_key(m.sender_id, m.msg_id))
             self._receipt(m, ST_REFUSED, E_STORAGE_FAILED)
             if m.sender >= 0 and self.peers[m.sender].live and self.peers[m.sender].gen == m.sender_gen:
                 self._error(m.sender, E_STORAGE_FAILED, m.msg_id,
@@ -1019,7 +1024,7 @@ cdef class Core:
             if p == NULL or p != end:
                 return False
             if kind == REC_FIN:
-                it = self.dedup.find(dedup_key(addr, seq))
+                it = self.dedup.find(dedup_key(self._intern(addr), seq))
                 if it != self.dedup.end():
                     deref(it).second.status = <uint8_t>(v2 & 0xFF)
                     deref(it).second.code = <uint16_t>(v2 >> 8)
@@ -1056,7 +1061,8 @@ cdef class Core:
         cdef int ai = self._restore_address(addr)
         cdef Address *a = self.addrs[ai]
         cdef uint64_t now_wall = wall_us()
-        cdef string dkey = dedup_key(sender, msg_id)
+        cdef uint32_t sid = self._intern(sender)
+        cdef string dkey = dedup_key(sid, msg_id)
         cdef Dedup d
         if self.dedup_ms and acc + self.dedup_ms * 1000 > now_wall and not self.dedup.count(dkey):
             d.expires_ms = mono_ms() + (acc + self.dedup_ms * 1000 - now_wall) // 1000
@@ -1085,6 +1091,7 @@ cdef class Core:
             m.sender = -1
             m.sender_gen = 0
             m.sender_name = sender
+            m.sender_id = sid
             m.order = order
             m.cls = cls
             m.refs = 0
@@ -1119,6 +1126,22 @@ cdef class Core:
         return ai
 
     # ---- sending -----------------------------------------------------------------------
+
+    cdef inline bint _idle(self, Address *a) noexcept nogil:
+        """Bound, writable, and with nothing waiting: a message may skip the queue."""
+        return (a.peer >= 0 and not a.dirty and a.notices.empty() and a.latest.empty()
+                and a.sent == a.rel.size() and not self.peers[a.peer].blocked
+                and not self.peers[a.peer].gone)
+
+    cdef bint _send_now(self, int ai, Msg *m) noexcept nogil:
+        """Deliver a best-effort message at once; False (and the peer marked blocked or
+        gone) when it must be queued instead."""
+        cdef Address *a = self.addrs[ai]
+        cdef int rc = self._deliver(self.peers[a.peer], a, m, 0)
+        if rc == 0:
+            return True
+        self._send_failed(a.peer, rc)
+        return False
 
     cdef void _flush(self) noexcept nogil:
         cdef size_t i
@@ -1356,7 +1379,7 @@ cdef class Core:
 
     cdef void _finish(self, Msg *m, uint8_t status, uint16_t code) noexcept nogil:
         """Record a final outcome: dedup replies, the journal, the order's history."""
-        it = self.dedup.find(dedup_key(m.sender_name, m.msg_id))
+        it = self.dedup.find(dedup_key(m.sender_id, m.msg_id))
         if it != self.dedup.end():
             deref(it).second.status = status
             deref(it).second.code = code
@@ -1570,6 +1593,15 @@ cdef class Core:
         p.gen += 1
         self.peer_by_id.erase(p.identity)
         self.free_peers.push_back(pi)
+
+    cdef uint32_t _intern(self, const string &name) noexcept nogil:
+        """A small stable number for a sender name (never forgotten: names are few)."""
+        it = self.sender_ids.find(name)
+        if it != self.sender_ids.end():
+            return deref(it).second
+        cdef uint32_t sid = <uint32_t>self.sender_ids.size() + 1
+        self.sender_ids[name] = sid
+        return sid
 
     cdef void _forget_name(self, int pi) noexcept nogil:
         it = self.peer_by_name.find(self.peers[pi].name)

@@ -2,7 +2,7 @@
 # compaction) is Python's business (router/journal.py); the core only produces and
 # consumes records, so a remote engine can store the same bytes.
 #
-# Record: u32 body length | u32 CRC-32 (IEEE, as zlib.crc32) of the body | body.
+# Record: u32 body length | u32 CRC-32C (Castagnoli) of the body | body.
 # Body, by its first byte (all integers big-endian, names u8-length-prefixed):
 #   REC_MSG    seq u64, msg_id u64, accepted_us u64, expire_wall_us u64 (0 = none),
 #              class u8, flags u8, then names: address, sender, kind, channel, order;
@@ -18,27 +18,18 @@ cdef enum:
     REC_FIN = 4
     REC_HEAD = 8            # length + crc
 
-cdef uint32_t CRC_TABLE[256]
+cdef extern from "crc32c.h" nogil:
+    void crc32c_init()
+    uint32_t crc32c(const uint8_t *p, size_t n)
+    uint32_t crc32c_soft(const uint8_t *p, size_t n)
 
 
-cdef void crc_init() noexcept nogil:
-    cdef uint32_t c, n, k
-    for n in range(256):
-        c = n
-        for k in range(8):
-            c = (0xEDB88320U ^ (c >> 1)) if (c & 1) else (c >> 1)
-        CRC_TABLE[n] = c
+crc32c_init()
 
 
-cdef inline uint32_t crc32(const uint8_t *p, size_t n) noexcept nogil:
-    cdef uint32_t c = 0xFFFFFFFFU
-    cdef size_t i
-    for i in range(n):
-        c = CRC_TABLE[(c ^ p[i]) & 0xFF] ^ (c >> 8)
-    return c ^ 0xFFFFFFFFU
-
-
-crc_init()
+def _crc32c_check(data: bytes) -> tuple:
+    """(hardware-or-table CRC, table CRC) of ``data``: a test checks they agree."""
+    return crc32c(data, len(data)), crc32c_soft(data, len(data))
 
 
 cdef inline size_t rec_begin(string &buf, uint8_t kind) noexcept nogil:
@@ -53,7 +44,7 @@ cdef inline void rec_end(string &buf, size_t start) noexcept nogil:
     cdef uint8_t *p = <uint8_t *>buf.data() + start
     cdef size_t body = buf.size() - start - REC_HEAD
     put32(p, <uint32_t>body)
-    put32(p + 4, crc32(p + REC_HEAD, body))
+    put32(p + 4, crc32c(p + REC_HEAD, body))
 
 
 cdef inline void rec_u64(string &buf, uint64_t v) noexcept nogil:

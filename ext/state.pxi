@@ -17,6 +17,7 @@ cdef cppclass Msg:
     int sender              # peer slot of the sender
     uint32_t sender_gen     # that slot's generation when the message arrived
     string sender_name      # receipts follow the sender's name across reconnects
+    uint32_t sender_id      # the name interned (Core._intern): dedup keys stay 12 bytes
     string order            # order:<id> this message belongs to ("" = none): history
     uint32_t segment        # journal segment holding it (reliable classes)
     int refs                # queue entries that point here
@@ -52,6 +53,7 @@ cdef cppclass Address:
 cdef cppclass Peer:
     string identity         # ROUTER routing id
     string name             # from HELLO; senders' dedup scope
+    uint32_t sender_id      # the name interned
     uint8_t role            # 0 until HELLO
     uint32_t gen
     bool live

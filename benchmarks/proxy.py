@@ -1,0 +1,44 @@
+"""Contender (a): the bare hop, ``zmq.proxy(ROUTER frontend, DEALER backend)``.
+
+    python benchmarks/proxy.py --frontend tcp://127.0.0.1:5001 --backend tcp://127.0.0.1:5002
+
+Senders connect DEALERs to the frontend, receivers connect DEALERs to the backend; a
+receiver gets [sender identity][SEND header][payload]. Prints READY once both are bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+import zmq
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frontend", required=True, help="ROUTER endpoint to bind")
+    parser.add_argument("--backend", required=True, help="DEALER endpoint to bind")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    ctx = zmq.Context()
+    frontend = ctx.socket(zmq.ROUTER)
+    backend = ctx.socket(zmq.DEALER)
+    for sock in (frontend, backend):
+        sock.linger = 0
+    frontend.bind(args.frontend)
+    backend.bind(args.backend)
+    print("READY", flush=True)
+    try:
+        zmq.proxy(frontend, backend)
+    except (KeyboardInterrupt, SystemExit, zmq.ContextTerminated):
+        pass
+    finally:
+        frontend.close(0)
+        backend.close(0)
+        ctx.term()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
