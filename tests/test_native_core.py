@@ -40,7 +40,9 @@ def test_missing_core_names_the_fix(tmp_path):
     pkg.mkdir()
     for src in (ROOT / "router").glob("*.py"):
         (pkg / src.name).write_text(src.read_text())
-    out = subprocess.run([sys.executable, "-c", "import router.core"], cwd=tmp_path,
+    # -S: no site-packages, so an editable install's import hook cannot supply the
+    # checkout's built core to this copy of the package.
+    out = subprocess.run([sys.executable, "-S", "-c", "import router.core"], cwd=tmp_path,
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert out.returncode != 0
     assert "pip install ." in out.stderr and "build_ext --inplace" in out.stderr
