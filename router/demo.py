@@ -91,6 +91,7 @@ class Demo:
         self.url = f"tcp://127.0.0.1:{self.port}"
         self.procs: list[subprocess.Popen] = []
         self.workers = workers
+        self.worker_metrics: list[int] = []
 
     def start(self) -> City:
         env = {**os.environ}
@@ -102,9 +103,12 @@ class Demo:
         time.sleep(0.8)
         for i in range(self.workers):
             wlog = open(os.path.join(self.data_dir, f"dispatch-{i}.log"), "ab")
+            port = _free_port()
+            self.worker_metrics.append(port)
             self.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "workers.dispatch.worker", "--router", self.url,
-                 "--name", f"dispatch-{i}"], stdout=wlog, stderr=subprocess.STDOUT, env=env))
+                 "--name", f"dispatch-{i}", "--metrics-port", str(port)],
+                stdout=wlog, stderr=subprocess.STDOUT, env=env))
         time.sleep(1.0)
         start_http_server(self.sim_metrics_port, addr="127.0.0.1")
         return City(self.url, self.cfg)
@@ -178,9 +182,10 @@ def run(cfg: Config, seconds: float | None, workers: int = 2, data_dir: str | No
     t0 = time.monotonic()
     try:
         city = demo.start()
+        workers = ", ".join(f"http://127.0.0.1:{p}/metrics" for p in demo.worker_metrics)
         print(f"router on {demo.url}; metrics: router http://127.0.0.1:{demo.metrics_port}"
-              f"/metrics, dispatch/orders http://127.0.0.1:{demo.sim_metrics_port}/metrics; "
-              f"data in {demo.data_dir}. Ctrl-C stops.", flush=True)
+              f"/metrics, orders http://127.0.0.1:{demo.sim_metrics_port}/metrics, "
+              f"dispatch workers {workers}; data in {demo.data_dir}. Ctrl-C stops.", flush=True)
         scrape_url = f"http://127.0.0.1:{demo.metrics_port}/metrics"
         prev, next_print, placed = Scrape.take(scrape_url), time.monotonic() + 1, 0
         while not stop and (seconds is None or time.monotonic() - t0 < seconds):

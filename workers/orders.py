@@ -139,6 +139,8 @@ class OrderService:
         elif kind == "rider.delivered" and o.state == "picked_up":
             self._transition(o, "delivered")
             self._send(o, o.channel, "order.delivered", {"order": o.id}, channel=True)
+            # Close the channel on the same connection: the router handles the SEND first.
+            self.sender.leave(o.channel)
 
     def _transition(self, o: OrderState, state: str) -> None:
         o.state = state

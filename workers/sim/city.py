@@ -126,7 +126,6 @@ class City:
         self.apps.poll(0)
         for o in [o for o in self.service.orders.values() if o.state == "delivered"]:
             self.delivered.append(self.service.orders.pop(o.id))
-            self.apps.leave(o.channel)
 
     def run(self, seconds: float, step_s: float = 0.02) -> None:
         """Step for ``seconds`` of real time."""

@@ -1,0 +1,808 @@
+"""Observability: the router's /metrics against the metric contract (docs/METRICS.md),
+every Grafana dashboard query against a real Prometheus scraping a real router, a real
+dispatch worker and the order service of a simulated city, the alert rules under
+promtool and in that Prometheus, and the latency histograms against what a client measures.
+
+Prometheus and promtool come from Debian's ``prometheus`` package (.ci/run installs it).
+Without them these tests skip on a developer machine; with CI set they fail instead, so
+CI cannot pass by skipping them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import pytest
+
+from router.protocol import ErrorCode, MsgClass, Role, Status
+
+from conftest import ROOT, Peer, RouterProcess, free_port
+
+GRAFANA = ROOT / "grafana"
+DASHBOARDS = [GRAFANA / "dashboards" / "overview.json", GRAFANA / "dashboards" / "dispatch.json"]
+RULES = GRAFANA / "alerts" / "router.rules.yml"
+RULE_TESTS = GRAFANA / "alerts" / "router.rules.test.yml"
+
+# --------------------------------------------------------------------------- the contract
+CLASSES = {"order", "dispatch", "chat", "notice", "location"}
+RELIABLE = {"order", "dispatch", "chat"}
+HOP_BUCKETS = [.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5,
+               1, 2.5, 5, 10]
+DELIVERY_BUCKETS = [.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60]
+
+#: name (as exposed, without _total/_bucket) -> (type, {label: allowed values or None}).
+#: None: any value (still bounded by construction: service names, error codes).
+CONTRACT: dict[str, tuple[str, dict[str, set | None]]] = {
+    "router_messages_received": ("counter", {"class": CLASSES}),
+    "router_messages_delivered": ("counter", {"class": CLASSES}),
+    "router_fanout_deliveries": ("counter", {}),
+    "router_receipts": ("counter", {"status": {"accepted", "delivered", "expired", "refused",
+                                               "failed"}}),
+    "router_redeliveries": ("counter", {}),
+    "router_dedup_hits": ("counter", {}),
+    "router_conflated": ("counter", {}),
+    "router_shed": ("counter", {}),
+    "router_expired": ("counter", {}),
+    "router_errors": ("counter", {"code": {c.name.lower() for c in ErrorCode} - {"none"}}),
+    "router_queued_messages": ("gauge", {"kind": {"reliable", "notice", "location"}}),
+    "router_offline_backlog_messages": ("gauge", {}),
+    "router_peers": ("gauge", {"role": {"sender", "endpoint", "gateway", "worker"}}),
+    "router_bound_addresses": ("gauge", {}),
+    "router_hop_latency_seconds": ("histogram", {"class": CLASSES}),
+    "router_delivery_latency_seconds": ("histogram", {"class": RELIABLE}),
+    "router_journal_commit_seconds": ("histogram", {}),
+    "router_journal_commits": ("counter", {}),
+    "router_journal_commit_failures": ("counter", {}),
+    "router_journal_bytes": ("gauge", {}),
+    "router_bytes_received": ("counter", {}),
+    "router_bytes_sent": ("counter", {}),
+    "router_service_workers": ("gauge", {"service": None}),
+    "router_service_waiting_requests": ("gauge", {"service": None}),
+    "router_service_requests": ("counter", {"outcome": {"replied", "expired", "no_service",
+                                                        "failed"}}),
+    "router_service_request_seconds": ("histogram", {}),
+}
+#: Exported by the dispatch/order service process, not the router.
+DISPATCH_CONTRACT: dict[str, tuple[str, dict[str, set | None]]] = {
+    "router_dispatch_decision_seconds": ("histogram", {}),
+    "router_dispatch_offers": ("counter", {"outcome": {"sent", "accepted", "rejected",
+                                                       "timed_out", "reassigned",
+                                                       "escalated"}}),
+    "router_orders": ("counter", {"state": {"placed", "confirmed", "assigned", "picked_up",
+                                            "delivered", "cancelled"}}),
+}
+BUCKETS = {"router_hop_latency_seconds": HOP_BUCKETS,
+           "router_delivery_latency_seconds": DELIVERY_BUCKETS}
+
+#: Panels (dashboard file, panel title) whose queries need the dispatch worker's or the
+#: order service's own metrics (router_dispatch_*, router_orders_total), not the
+#: router's. The real-Prometheus test runs those processes too (a dispatch worker
+#: process and the simulated city's order service); in a short run some outcomes
+#: (escalated, cancelled) may never happen, so for these panels every query must parse
+#: and at least one query per panel must return data, and the series in
+#: DISPATCH_MUST_HAVE_DATA must.
+DISPATCH_PANELS = {
+    ("dispatch.json", "Offers /s"),
+    ("dispatch.json", "Acceptance"),
+    ("dispatch.json", "Decision p99"),
+    ("dispatch.json", "Orders delivered /s"),
+    ("dispatch.json", "Offers by outcome"),
+    ("dispatch.json", "Reassignments and escalations"),
+    ("dispatch.json", "Decision latency"),
+    ("dispatch.json", "Orders by state"),
+}
+DISPATCH_MUST_HAVE_DATA = [
+    'rate(router_dispatch_offers_total{outcome="sent"}[1m]) > 0',
+    'rate(router_dispatch_offers_total{outcome="accepted"}[1m]) > 0',
+    'rate(router_orders_total{state="placed"}[1m]) > 0',
+    'rate(router_orders_total{state="assigned"}[1m]) > 0',
+    'rate(router_orders_total{state="delivered"}[1m]) > 0',
+    'rate(router_dispatch_decision_seconds_count{job="dispatch"}[1m]) > 0',
+]
+DISPATCH_METRICS = re.compile(r"router_dispatch_\w+|router_orders_total")
+
+#: Concrete values for Grafana's variables when a query goes straight to Prometheus.
+VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m",
+             "$job": "router", "$instance": ".*", "${datasource}": "prometheus"}
+
+
+# --------------------------------------------------------------------------- helpers
+def need(binary: str) -> str:
+    """Path of ``binary``; skip without it, unless CI is set: then fail."""
+    path = shutil.which(binary)
+    if path:
+        return path
+    why = f"{binary} is not installed (Debian package 'prometheus': apt-get install prometheus)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{why}; CI is set, so this is a failure: .ci/run must install it")
+    pytest.skip(f"{why}; skipped outside CI (CI unset)")
+
+
+def panels(path: Path) -> list[dict]:
+    """Every non-row panel of a dashboard, including panels nested in collapsed rows."""
+    out = []
+    for p in json.loads(path.read_text())["panels"]:
+        if p.get("type") == "row":
+            out.extend(p.get("panels", []))
+        else:
+            out.append(p)
+    return out
+
+
+def queries() -> list[tuple[str, str, str]]:
+    """(dashboard file, panel title, expr with variables filled in) for every target."""
+    out = []
+    for path in DASHBOARDS:
+        for p in panels(path):
+            for t in p["targets"]:
+                expr = t["expr"]
+                for var, value in sorted(VARIABLES.items(), key=lambda kv: -len(kv[0])):
+                    expr = expr.replace(var, value)
+                assert "$" not in expr, f"{path.name} / {p['title']}: unfilled variable in {expr}"
+                out.append((path.name, p["title"], expr))
+    return out
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def scrape_when(port: int, predicate, what: str, timeout: float = 5.0) -> str:
+    """The first /metrics text for which ``predicate(text)`` holds (the collector
+    refreshes its snapshot about once a second)."""
+    def attempt():
+        text = scrape(port)
+        return text if predicate(text) else None
+    return wait_for(attempt, timeout, what)
+
+
+def families(text: str) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(interval)
+
+
+@contextmanager
+def metrics_router(*args: str):
+    """A router process with --metrics-port; yields (router, metrics port)."""
+    port = free_port()
+    r = RouterProcess("--metrics-port", str(port), "--heartbeat-ms", "500", *args).start()
+    try:
+        wait_for(lambda: _answers(port), 10, "the router's /metrics endpoint")
+        yield r, port
+    finally:
+        r.stop(signal.SIGKILL)
+
+
+def _answers(port: int) -> bool:
+    try:
+        return "router_" in scrape(port)
+    except OSError:
+        return False
+
+
+@contextmanager
+def service_worker(url: str, service: str):
+    """A ServiceWorker thread answering ``service`` requests with the request body."""
+    from workers.service import ServiceWorker
+
+    w = ServiceWorker(url, service, lambda body: body, name=f"{service}-test")
+    stop = threading.Event()
+    t = threading.Thread(target=w.run, args=(stop.is_set,), daemon=True)
+    t.start()
+    try:
+        yield w
+    finally:
+        stop.set()
+        t.join(5)
+        w.close()
+
+
+def contract_problems(fams: dict, contract: dict, where: str) -> list[str]:
+    """Deviations of parsed metric families from ``contract``: missing names, types,
+    label names, label values outside the bounded sets, histogram buckets."""
+    problems = []
+    for name, (kind, labels) in contract.items():
+        fam = fams.get(name)
+        if fam is None:
+            problems.append(f"{where}: {name} missing")
+            continue
+        if fam.type != kind:
+            problems.append(f"{where}: {name} is a {fam.type}, the contract says {kind}")
+        for s in fam.samples:
+            if s.name.endswith("_created"):
+                continue
+            names = set(s.labels) - {"le"}
+            if names != set(labels):
+                problems.append(f"{where}: {s.name} has labels {sorted(names)}, the contract "
+                                f"{sorted(labels)}")
+                break
+            for label, allowed in labels.items():
+                if allowed is not None and s.labels[label] not in allowed:
+                    problems.append(f"{where}: {s.name}{{{label}={s.labels[label]!r}}} is not "
+                                    f"a contract value")
+        if name in BUCKETS:
+            les = sorted({float(s.labels["le"]) for s in fam.samples
+                          if s.name.endswith("_bucket")})
+            if les != BUCKETS[name] + [math.inf]:
+                problems.append(f"{where}: {name} buckets {les}, the contract {BUCKETS[name]}")
+    return problems
+
+
+@contextmanager
+def dispatch_worker(url: str, router_metrics_port: int):
+    """The real dispatch worker process (`python -m workers.dispatch.worker`) with its
+    /metrics; yields (that port, the process) once the router counts it as a dispatch
+    worker."""
+    port = free_port()
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workers.dispatch.worker", "--router", url, "--name",
+         "dispatch-obs", "--metrics-port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        def up():
+            if proc.poll() is not None:
+                log.seek(0)
+                raise AssertionError(f"dispatch worker exited:\n{log.read().decode()}")
+            try:
+                return "router_dispatch_decision_seconds" in scrape(port) and \
+                    'router_service_workers{service="dispatch"} 1.0' in scrape(router_metrics_port)
+            except OSError:
+                return False
+        wait_for(up, 15, "the dispatch worker's /metrics")
+        yield port, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@contextmanager
+def registry_server():
+    """Serve this process's default registry, where the order service (imported from
+    workers.orders) counts router_dispatch_offers_total and router_orders_total."""
+    from prometheus_client import REGISTRY, start_http_server
+
+    import workers.orders  # noqa: F401  (registers the order service's counters)
+
+    port = free_port()
+    server, _ = start_http_server(port, addr="127.0.0.1", registry=REGISTRY)
+    try:
+        yield port
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def city(url: str):
+    """The simulated city (its parties and the real order service, workers.sim.city)
+    stepping in a thread, small and fast: about 3 orders a second, each placed,
+    offered, assigned, picked up and delivered within a few seconds."""
+    from workers.sim.city import City, Config
+
+    cfg = Config(seed=3, merchants=6, riders=12, users=40, size_m=1500.0, base_per_min=0.1,
+                 start_hour=12.0, speed=300.0, weak_network=0.0, offer_ttl_ms=1000,
+                 max_orders=500)
+    stop, errors = threading.Event(), []
+    c = City(url, cfg)  # connects here: a router that is not there fails the test now
+
+    def run():
+        try:
+            while not stop.is_set():
+                c.step()
+                time.sleep(0.01)
+        except Exception as exc:  # reported by the test, not lost in the thread
+            errors.append(exc)
+        finally:
+            c.close()
+
+    t = threading.Thread(target=run, name="city", daemon=True)
+    t.start()
+    try:
+        yield c
+        assert not errors, f"the city failed: {errors[0]!r}"
+    finally:
+        stop.set()
+        t.join(10)
+
+
+class Load:
+    """Parties on one router, and one round of every kind of traffic the dashboards show:
+    reliable order/dispatch/chat to bound addresses (acked), a notice, conflated
+    locations, a channel fan-out, a duplicate id, a message that expires unbound, a
+    protocol error and a service request."""
+
+    def __init__(self, url: str, stack: ExitStack) -> None:
+        from router.client import Endpoint, Sender
+
+        self.url = url
+        self.sender = stack.enter_context(Sender(url, "obs-orders"))
+        self.merchant = stack.enter_context(Endpoint(url, ["merchant:obs1"]))
+        self.rider = stack.enter_context(Endpoint(url, ["rider:obs1"]))
+        self.gateway = stack.enter_context(
+            Endpoint(url, ["user:obs1", "user:obs2", "user:obs3"], role=Role.GATEWAY, name="gw"))
+        self.sender.join("order:obs1", ["user:obs1", "merchant:obs1", "rider:obs1"])
+        self.round_no = 0
+
+    def round(self) -> None:
+        s, n = self.sender, self.round_no
+        self.round_no += 1
+        ids = [s.send("merchant:obs1", {"order": n}, kind="order.created"),
+               s.send("rider:obs1", {"order": n}, kind="dispatch.offer",
+                      msg_class=MsgClass.DISPATCH, ttl_ms=10_000),
+               s.send("user:obs1", {"text": "no scallions"}, kind="chat", msg_class=MsgClass.CHAT),
+               s.send("order:obs1", {"order": n}, kind="order.picked_up", channel=True)]
+        s.send("user:obs2", {"eta": 5}, kind="notice", msg_class=MsgClass.NOTICE)
+        for i in range(5):
+            s.send("user:obs1", {"x": i, "y": n}, kind="rider.location",
+                   msg_class=MsgClass.LOCATION, key="rider:obs1")
+        dup = s.send("user:obs3", {"order": n}, kind="order.accepted")
+        s.send("user:obs3", {"order": n}, kind="order.accepted", msg_id=dup)  # deduplicated
+        s.send(f"user:obs-offline-{n}", {"order": n}, ttl_ms=200)  # nobody binds it: expires
+        with Peer(self.url) as bad:  # a protocol error (bad signature -> bad_version)
+            bad.send(b"GET / HTTP/1.1\r\n")
+            bad.recv(timeout=1.0)
+        reply = s.request("echo", b'{"order": %d}' % n, ttl_ms=3000)
+        assert reply.code == ErrorCode.NONE, reply
+        self.settle(ids)
+
+    def settle(self, ids: list[int], timeout: float = 5.0) -> None:
+        """Receive and ack everything, until every id in ``ids`` is DELIVERED."""
+        deadline = time.monotonic() + timeout
+        pending = set(ids)
+        while pending:
+            assert time.monotonic() < deadline, f"not delivered: {pending}"
+            for ep in (self.merchant, self.rider, self.gateway):
+                while (d := ep.recv(timeout=0.01)) is not None:
+                    ep.ack(d)
+                ep.flush()
+            self.sender.poll(0.01)
+            pending = {m for m in pending
+                       if (r := self.sender.status(m)) is None or r.status != Status.DELIVERED}
+
+
+class Prometheus:
+    """A real `prometheus` server in a temporary directory, scraping given targets every
+    second and evaluating the router's alert rules every second."""
+
+    def __init__(self, binary: str, targets: dict[str, list[str]], tmp: Path) -> None:
+        self.port = free_port()
+        self.targets = dict(targets)
+        self.config = tmp / "prometheus.yml"
+        self._write_config()
+        self.log_path = tmp / "prometheus.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [binary, f"--config.file={self.config}", f"--storage.tsdb.path={tmp / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
+             "--storage.tsdb.retention.time=1h"],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=tmp)
+        try:
+            wait_for(self._ready, 30, "prometheus to be ready", 0.2)
+        except BaseException:
+            self.close()
+            raise
+
+    def _write_config(self) -> None:
+        jobs = "".join(
+            f"  - job_name: {job}\n    static_configs:\n      - targets: {json.dumps(hosts)}\n"
+            for job, hosts in self.targets.items())
+        self.config.write_text(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n"
+            "  evaluation_interval: 1s\n"
+            f"rule_files:\n  - {json.dumps(str(RULES))}\n"
+            f"scrape_configs:\n{jobs}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def _ready(self) -> bool:
+        assert self.proc.poll() is None, f"prometheus exited:\n{self.log()}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def api(self, path: str, **params) -> dict:
+        query = urllib.parse.urlencode(params, doseq=True)
+        url = f"http://127.0.0.1:{self.port}/api/v1/{path}" + (f"?{query}" if query else "")
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as exc:  # 400/422: a query that does not parse
+            return json.loads(exc.read())
+
+    def query(self, expr: str) -> dict:
+        return self.api("query", query=expr)
+
+    def values(self, expr: str) -> list[float]:
+        res = self.query(expr)
+        assert res["status"] == "success", (expr, res)
+        return [float(s["value"][1]) for s in res["data"]["result"]]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+# --------------------------------------------------------------------------- static checks
+def test_dashboards_are_built_from_build_py():
+    """The committed JSON is what grafana/build.py writes (one source of truth)."""
+    r = subprocess.run([sys.executable, str(GRAFANA / "build.py"), "--check"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def check_names(where: str, expr: str) -> list[str]:
+    """Problems with the router_* names and labels ``expr`` uses, against the contract."""
+    contract = {**CONTRACT, **DISPATCH_CONTRACT}
+    common = {"job", "instance", "le"}
+    problems, labels_here = [], set(common)
+    for m in re.finditer(r"\b(router_\w+?)(_total|_bucket|_count|_sum)?\b(\{([^}]*)\})?", expr):
+        name, suffix = m.group(1), m.group(2) or ""
+        if name not in contract:
+            problems.append(f"{where}: {name}{suffix} is not in the metric contract")
+            continue
+        kind, labels = contract[name]
+        labels_here |= set(labels)
+        if suffix not in {"counter": {"_total"}, "gauge": {""},
+                          "histogram": {"_bucket", "_count", "_sum"}}[kind]:
+            problems.append(f"{where}: {name}{suffix} does not fit a {kind}")
+        for lm in re.finditer(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"', m.group(4) or ""):
+            label, op, value = lm.groups()
+            if label not in labels and label not in common:
+                problems.append(f"{where}: {name} has no label {label}")
+            elif (allowed := labels.get(label)) and op in ("=", "=~") and \
+                    not set(value.split("|")) <= allowed:
+                problems.append(f"{where}: {name}{{{label}{op}{value!r}}} matches no "
+                                f"contract value")
+    for by in re.finditer(r"\b(?:by|on|without)\s*\(([^)]*)\)", expr):
+        for label in filter(None, (x.strip() for x in by.group(1).split(","))):
+            if label not in labels_here:
+                problems.append(f"{where}: uses label {label}, which no metric there has")
+    return problems
+
+
+def test_dashboards_name_only_contract_metrics_and_labels():
+    """Every router_* name a dashboard uses is in the contract, with a suffix that fits
+    its type, and every label it filters or groups by exists on it (a typo would show an
+    empty panel). The alert rules get the same check in the real-Prometheus test."""
+    problems = [p for f, title, expr in queries() for p in check_names(f"{f}/{title}", expr)]
+    assert not problems, "\n".join(problems)
+
+
+def test_provisioning_points_at_the_dashboards_and_datasource():
+    # (No YAML parser among the test dependencies: the two files are plain key: value.)
+    ds = (GRAFANA / "provisioning/datasources/prometheus.yaml").read_text()
+    assert re.search(r"^\s+uid: prometheus$", ds, re.M) and "type: prometheus" in ds
+    prov = (GRAFANA / "provisioning/dashboards/dashboards.yaml").read_text()
+    assert re.search(r"^\s+type: file$", prov, re.M) and re.search(r"^\s+path: \S+", prov, re.M)
+    for path in DASHBOARDS:
+        d = json.loads(path.read_text())
+        ds_var = [v for v in d["templating"]["list"] if v["type"] == "datasource"]
+        assert ds_var and ds_var[0]["current"]["value"] == "prometheus", path.name
+        for p in panels(path):
+            assert p["datasource"]["uid"] == "${datasource}", (path.name, p["title"])
+            assert p["targets"], (path.name, p["title"])
+            for t in p["targets"]:
+                assert t["datasource"]["uid"] == "${datasource}", (path.name, p["title"])
+        ids = [p["id"] for p in d["panels"]]
+        assert len(ids) == len(set(ids)), f"{path.name}: duplicate panel ids"
+        assert {t for t in (p["title"] for p in panels(path))} >= \
+            {title for f, title in DISPATCH_PANELS if f == path.name}
+
+
+# --------------------------------------------------------------------------- promtool
+def test_promtool_rules():
+    """The alert rules pass `promtool check rules` and their unit tests (`promtool test
+    rules`); every alert is tested both firing and quiet; the example scrape config that
+    loads them is valid."""
+    promtool = need("promtool")
+    r = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SUCCESS" in r.stdout
+    r = subprocess.run([promtool, "check", "config", str(GRAFANA / "prometheus.example.yml")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run([promtool, "test", "rules", str(RULE_TESTS)], capture_output=True,
+                       text=True, cwd=RULE_TESTS.parent)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # Every alert has at least one case where it fires and one where it stays quiet.
+    alerts = set(re.findall(r"^\s+- alert: (\w+)$", RULES.read_text(), re.M))
+    cases = re.findall(r"alertname: (\w+)\s+exp_alerts:(.*)", RULE_TESTS.read_text())
+    fired = {a for a, rest in cases if rest.strip() != "[]"}
+    quiet = {a for a, rest in cases if rest.strip() == "[]"}
+    assert len(alerts) >= 6
+    assert alerts - fired == set(), f"alerts never tested firing: {alerts - fired}"
+    assert alerts - quiet == set(), f"alerts never tested quiet: {alerts - quiet}"
+
+
+def replied(text: str) -> bool:
+    fam = families(text).get("router_service_requests")
+    return bool(fam) and any(s.labels.get("outcome") == "replied" and s.value >= 1
+                             for s in fam.samples)
+
+
+def test_promtool_check_metrics():
+    """The router's /metrics, with every kind of traffic counted, passes `promtool check
+    metrics` (exposition format and naming lint) without a single remark."""
+    promtool = need("promtool")
+    with metrics_router() as (r, port), ExitStack() as stack, service_worker(r.url, "echo"):
+        Load(r.url, stack).round()
+        text = scrape_when(port, replied, "the service request to show in /metrics")
+    res = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                         text=True)
+    assert res.returncode == 0 and not res.stdout.strip() and not res.stderr.strip(), \
+        f"promtool check metrics:\n{res.stdout}{res.stderr}"
+
+
+# --------------------------------------------------------------------------- contract
+def test_router_metrics_follow_the_contract():
+    """Names, types, label names, label values and histogram buckets of /metrics."""
+    with metrics_router() as (r, port), ExitStack() as stack, service_worker(r.url, "echo"):
+        Load(r.url, stack).round()
+        time.sleep(1.2)  # the collector refreshes its snapshot once a second
+        fams = families(scrape(port))
+    problems = contract_problems(fams, CONTRACT, "router")
+    # Label values the load produced are really there (not just allowed).
+    def values(name: str, label: str) -> set:
+        return {s.labels[label] for s in fams[name].samples} if name in fams else set()
+    for name, label, expected in (
+            ("router_messages_received", "class", CLASSES),
+            ("router_peers", "role", {"sender", "endpoint", "gateway", "worker"}),
+            ("router_service_workers", "service", {"echo"}),
+            ("router_errors", "code", {"bad_version"})):
+        if not expected <= values(name, label):
+            problems.append(f"{name}: {label} values {sorted(values(name, label))}, "
+                            f"expected at least {sorted(expected)}")
+    assert not problems, "deviations from the metric contract:\n" + "\n".join(problems)
+
+
+# --------------------------------------------------------------------------- real Prometheus
+def test_dashboards_queries_return_data_from_real_prometheus(tmp_path):
+    """Every expr of every panel of both dashboards, against a real Prometheus that
+    scrapes a real router, a real dispatch worker process and the order service of a
+    simulated city, all under load: each parses and returns data; the alert rules load,
+    evaluate cleanly, and a healthy system fires none."""
+    binary = need("prometheus")
+    with ExitStack() as stack:
+        router, port = stack.enter_context(metrics_router())
+        stack.enter_context(service_worker(router.url, "echo"))
+        worker_port, worker = stack.enter_context(dispatch_worker(router.url, port))
+        orders_port = stack.enter_context(registry_server())
+        prom = Prometheus(binary, {"router": [f"127.0.0.1:{port}"],
+                                   "dispatch": [f"127.0.0.1:{worker_port}"],
+                                   "orders": [f"127.0.0.1:{orders_port}"]}, tmp_path)
+        stack.callback(prom.close)
+        wait_for(lambda: sorted(prom.values("up")) == [1.0] * 3, 20,
+                 "the first successful scrape of every target")
+        # Traffic starts only now, so every counter rises between scrapes.
+        stack.enter_context(city(router.url))
+        load = Load(router.url, stack)
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end:
+            load.round()
+            time.sleep(0.1)
+
+        all_queries = queries()
+        router_queries = [q for q in all_queries if (q[0], q[1]) not in DISPATCH_PANELS]
+        dispatch_queries = [q for q in all_queries if (q[0], q[1]) in DISPATCH_PANELS]
+        for f, title, expr in dispatch_queries:
+            assert DISPATCH_METRICS.search(expr), \
+                f"{f} / {title} is listed as a dispatch panel but queries {expr}"
+        for f, title, expr in router_queries:
+            assert not DISPATCH_METRICS.search(expr), \
+                f"{f} / {title} needs the dispatch service: list it in DISPATCH_PANELS"
+        assert len(router_queries) >= 30 and len(dispatch_queries) >= 10
+
+        def has_data(expr: str) -> tuple[bool, str]:
+            res = prom.query(expr)
+            if res.get("status") != "success":
+                return False, f"does not parse: {res.get('error', res)}"
+            vals = [float(s["value"][1]) for s in res["data"]["result"]]
+            return any(math.isfinite(v) for v in vals), f"no finite value: {vals or 'no series'}"
+
+        def failures() -> list[str]:
+            out = []
+            for f, title, expr in router_queries:  # every query returns data
+                ok, why = has_data(expr)
+                if not ok:
+                    out.append(f"{f} / {title}: {expr}\n    -> {why}")
+            by_panel: dict[str, list] = {}
+            for f, title, expr in dispatch_queries:  # every query parses, one per panel has data
+                by_panel.setdefault(f"{f} / {title}", []).append((expr, *has_data(expr)))
+            for panel, results in by_panel.items():
+                out += [f"{panel}: {e}\n    -> {why}" for e, ok, why in results
+                        if why.startswith("does not parse")]
+                if not any(ok for _, ok, _ in results):
+                    out.append(f"{panel}: no query returns data: {[w for *_, w in results]}")
+            for expr in DISPATCH_MUST_HAVE_DATA:
+                if not has_data(expr)[0]:
+                    out.append(f"dispatch series without data: {expr}")
+            return out
+
+        # Data appears within a few scrapes (orders take a few seconds to be delivered).
+        deadline = time.monotonic() + 45
+        while (bad := failures()) and time.monotonic() < deadline:
+            load.round()
+            time.sleep(0.5)
+        assert not bad, "dashboard queries without data:\n" + "\n".join(bad)
+
+        # Template variables (label_values(metric, label)) find their label.
+        for path in DASHBOARDS:
+            for v in json.loads(path.read_text())["templating"]["list"]:
+                if v["type"] != "query":
+                    continue
+                m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", v["query"]["query"])
+                assert m, f"{path.name}: variable {v['name']} is not label_values(...)"
+                match = m.group(1)
+                for var, value in VARIABLES.items():
+                    match = match.replace(var, value)
+                res = prom.api("series", **{"match[]": match})
+                assert res["status"] == "success", (v["name"], res)
+                assert any(m.group(2) in s for s in res["data"]), \
+                    f"{path.name}: variable {v['name']} finds no {m.group(2)} on {match}"
+
+        # The dispatch worker's and the order service's metrics follow the contract too.
+        fams = {**families(scrape(worker_port)), **families(scrape(orders_port))}
+        problems = contract_problems(fams, DISPATCH_CONTRACT, "dispatch/orders")
+        assert not problems, "deviations from the metric contract:\n" + "\n".join(problems)
+
+        # The alert rules load into the real server, name only contract metrics, and
+        # evaluate without errors; a healthy system fires none of them.
+        def evaluated():
+            rs = [rule for g in prom.api("rules")["data"]["groups"] for rule in g["rules"]]
+            return rs if rs and all(not r["lastEvaluation"].startswith("0001") for r in rs) \
+                else None
+        rs = wait_for(evaluated, 10, "the alert rules to be evaluated")
+        names = set(re.findall(r"^\s+- alert: (\w+)$", RULES.read_text(), re.M))
+        assert {r["name"] for r in rs} == names
+        problems = [p for r in rs for p in check_names(f"rule {r['name']}", r["query"])]
+        assert not problems, "\n".join(problems)
+        bad = [(r["name"], r["health"], r.get("lastError")) for r in rs if r["health"] != "ok"]
+        assert not bad, bad
+        for r in rs:
+            assert r["labels"].get("severity") in {"critical", "warning"}, r["name"]
+            assert r["annotations"].get("summary") and r["annotations"].get("description")
+        firing = [r["name"] for r in rs if r["state"] == "firing"]
+        assert not firing, f"a healthy system fires {firing}"
+        # Router up, a dispatch worker registered: these two are not even pending (the
+        # others depend on latencies of this machine, and their `for` outlasts the test).
+        state = {r["name"]: r["state"] for r in rs}
+        assert state["RouterDown"] == state["RouterDispatchWorkersDown"] == "inactive", state
+
+        # And they do react to the real exporter: the dispatch worker stops (the router's
+        # gauge drops to 0 or the series goes), then the router dies (up == 0).
+        def alert_state(name: str) -> str:
+            return {r["name"]: r["state"] for g in prom.api("rules")["data"]["groups"]
+                    for r in g["rules"]}[name]
+        worker.terminate()
+        wait_for(lambda: alert_state("RouterDispatchWorkersDown") == "pending", 15,
+                 "RouterDispatchWorkersDown to be pending after the worker stopped", 0.25)
+        router.stop(signal.SIGKILL)
+        wait_for(lambda: alert_state("RouterDown") == "pending", 15,
+                 "RouterDown to be pending after the router was killed", 0.25)
+
+
+# --------------------------------------------------------------------------- histograms
+def bucket_counts(text: str, name: str, cls: str) -> list[tuple[float, float]]:
+    """Cumulative (le, count) of one class of a histogram in /metrics text."""
+    fam = families(text)[name]
+    out = [(float(s.labels["le"]), s.value) for s in fam.samples
+           if s.name == name + "_bucket" and s.labels.get("class") == cls]
+    return sorted(out)
+
+
+def bucket_index(value: float, bounds: list[float]) -> int:
+    """Index of the bucket holding ``value`` (len(bounds): +Inf)."""
+    return next((i for i, b in enumerate(bounds) if value <= b), len(bounds))
+
+
+def histogram_quantile_bucket(before, after, q: float) -> int:
+    """Index of the bucket holding the q-quantile of the observations between snapshots."""
+    delta = [(le, a - b) for (le, a), (_, b) in zip(after, before)]
+    total = delta[-1][1]
+    assert total > 0
+    return next(i for i, (le, n) in enumerate(delta) if n >= q * total)
+
+
+def quantile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))]
+
+
+def test_histogram_agrees_with_client_measurement():
+    """p50/p99 of router_delivery_latency_seconds (accepted -> ack) agree within one
+    bucket with the client's send -> ack time; the hop histogram is no slower than the
+    client's send -> receive. The recipient holds each ack for a varying time (1.5 to
+    35 ms) so the latencies spread over several buckets."""
+    from router.client import Endpoint, Sender
+
+    n = 150
+    holds = [0.0015, 0.0035, 0.007, 0.017, 0.035]
+    with metrics_router() as (r, port), \
+            Endpoint(r.url, ["merchant:7"]) as merchant, Sender(r.url, "lat") as s:
+        # Warm up the path (connections, first journal segment), outside the measurement.
+        warm = [s.send("merchant:7", b"warm") for _ in range(5)]
+        for _ in warm:
+            d = merchant.recv(timeout=5)
+            assert d is not None, "warm-up message not delivered"
+            merchant.ack(d)
+        merchant.flush()
+        for mid in warm:
+            assert s.wait(mid, Status.DELIVERED, timeout=5).status == Status.DELIVERED
+        name = "router_delivery_latency_seconds"
+        wait_for(lambda: bucket_counts(scrape(port), name, "order")[-1][1] >= 5, 5,
+                 "the warm-up deliveries in the histogram")
+        text = scrape(port)
+        before = bucket_counts(text, name, "order")
+        hop_before = bucket_counts(text, "router_hop_latency_seconds", "order")
+        to_recv, to_ack = [], []
+        for i in range(n):
+            t0 = time.perf_counter()
+            mid = s.send("merchant:7", {"i": i}, kind="order.created")
+            d = merchant.recv(timeout=5)
+            assert d is not None and d.msg_id == mid
+            t1 = time.perf_counter()
+            time.sleep(holds[i % len(holds)])
+            merchant.ack(d)
+            merchant.flush()
+            t2 = time.perf_counter()
+            assert s.wait(mid, Status.DELIVERED, timeout=5).status == Status.DELIVERED
+            to_recv.append(t1 - t0)
+            to_ack.append(t2 - t0)
+        want = before[-1][1] + n
+        text = scrape_when(port, lambda t: bucket_counts(t, name, "order")[-1][1] >= want,
+                           "all deliveries in the histogram")
+    after = bucket_counts(text, name, "order")
+    hop_after = bucket_counts(text, "router_hop_latency_seconds", "order")
+    assert after[-1][1] == want, "other deliveries counted during the measurement"
+    for q in (0.5, 0.99):
+        router_b = histogram_quantile_bucket(before, after, q)
+        client_b = bucket_index(quantile(to_ack, q), DELIVERY_BUCKETS)
+        assert abs(router_b - client_b) <= 1, (
+            f"p{round(q * 100)} delivery latency: router bucket le="
+            f"{after[router_b][0]}, client measured {quantile(to_ack, q) * 1000:.2f} ms "
+            f"(bucket le={(DELIVERY_BUCKETS + [math.inf])[client_b]})")
+        hop_b = histogram_quantile_bucket(hop_before, hop_after, q)
+        client_hop_b = bucket_index(quantile(to_recv, q), HOP_BUCKETS)
+        assert hop_b <= client_hop_b + 1, (
+            f"p{round(q * 100)} hop latency: router bucket le={hop_after[hop_b][0]} is above "
+            f"the client's send->receive {quantile(to_recv, q) * 1e6:.0f} us")
