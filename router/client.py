@@ -57,8 +57,9 @@ def make_socket(context: zmq.Context, endpoint: str, identity: bytes | None) -> 
     return sock
 
 
-class _Client:
-    """A DEALER socket carrying one session."""
+class Client:
+    """A DEALER socket carrying one session: the base of Sender, Endpoint and
+    workers.service.ServiceWorker (subclasses take events in :meth:`_accept`)."""
 
     def __init__(self, session: Session, endpoint: str, context: zmq.Context | None,
                  timeout: float, identity: bytes | None = None) -> None:
@@ -135,7 +136,7 @@ class _Client:
         self.close()
 
 
-class Sender(_Client):
+class Sender(Client):
     """A backend service pushing messages to addresses and channels.
 
     ``name`` scopes the sender's message ids. Every reliable send is answered by receipts
@@ -178,8 +179,7 @@ class Sender(_Client):
         (code NO_SERVICE or EXPIRED); ``timeout`` (default: the TTL plus a second) only
         guards against a router that is gone.
         """
-        rid, frames = self.session.request(service, data, ttl_ms)
-        self._send(frames)
+        rid = self.submit(service, data, ttl_ms=ttl_ms)
         deadline = time.monotonic() + (timeout if timeout is not None else ttl_ms / 1000 + 1)
         while rid not in self._replies:
             left = deadline - time.monotonic()
@@ -188,6 +188,16 @@ class Sender(_Client):
                                    "is the router running?")
             self._pump(min(left, 0.05))
         return self._replies.pop(rid)
+
+    def submit(self, service: str, data: Payload, *, ttl_ms: int = 5000) -> int:
+        """Send a request without waiting; return its id for :meth:`take_reply`."""
+        rid, frames = self.session.request(service, data, ttl_ms)
+        self._send(frames)
+        return rid
+
+    def take_reply(self, request_id: int) -> Reply | None:
+        """The reply to a submitted request if it has arrived (call :meth:`poll`)."""
+        return self._replies.pop(request_id, None)
 
     def join(self, channel: str, addresses: Iterable[str]) -> None:
         """Add addresses to a channel (created on first JOIN)."""
@@ -245,7 +255,7 @@ class Sender(_Client):
             self.poll(min(left, 0.05))
 
 
-class Endpoint(_Client):
+class Endpoint(Client):
     """One party (or a gateway for many): bound addresses, deliveries, acks.
 
     Deliveries of reliable classes carry a per-address ``seq``; ack a delivery once it is

@@ -66,15 +66,16 @@ def test_worker_killed_mid_request_is_retried_on_another(make_router):
     try:
         time.sleep(0.2)
         with Sender(r.url, "client") as c:
-            rid, frames = c.session.request("echo", b"slow", ttl_ms=10000)
-            c._send(frames)
+            rid = c.submit("echo", b"slow", ttl_ms=10000)
             c.poll(0.5)  # the only worker has taken it and hangs
             b = start_worker(r.url)
             a.send_signal(signal.SIGKILL)
             t0 = time.monotonic()
-            while rid not in c._replies and time.monotonic() - t0 < 5:
+            reply = None
+            while reply is None and time.monotonic() - t0 < 5:
                 c.poll(0.05)
-            reply = c._replies[rid]
+                reply = c.take_reply(rid)
+            assert reply is not None
             assert reply.code == ErrorCode.NONE
             assert reply.payload == b"%d:slow" % b.pid  # completed on the other worker
             assert time.monotonic() - t0 < 2.0  # dead after 3 x 200 ms, then retried
@@ -96,15 +97,16 @@ def test_request_without_worker_gets_no_service_at_ttl(router):
 
 def test_request_waits_for_a_worker_that_joins_later(router):
     with Sender(router.url, "client") as c:
-        rid, frames = c.session.request("echo", b"early", ttl_ms=5000)
-        c._send(frames)
+        rid = c.submit("echo", b"early", ttl_ms=5000)
         c.poll(0.3)
         w = start_worker(router.url)
         try:
             t0 = time.monotonic()
-            while rid not in c._replies and time.monotonic() - t0 < 5:
+            reply = None
+            while reply is None and time.monotonic() - t0 < 5:
                 c.poll(0.05)
-            assert c._replies[rid].payload.endswith(b":early")
+                reply = c.take_reply(rid)
+            assert reply is not None and reply.payload.endswith(b":early")
         finally:
             w.kill()
             w.wait()

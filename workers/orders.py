@@ -99,8 +99,10 @@ class OrderService:
             d = self.inbox.recv(timeout=0)
         self.inbox.flush()
         self.sender.poll(0)
-        for rid in [r for r in self.pending_requests if r in self.sender._replies]:
-            self._on_candidates(self.pending_requests.pop(rid), self.sender._replies.pop(rid))
+        for rid in list(self.pending_requests):
+            reply = self.sender.take_reply(rid)
+            if reply is not None:
+                self._on_candidates(self.pending_requests.pop(rid), reply)
         now = time.monotonic()
         for o in self.orders.values():
             if o.offer_to and now >= o.offer_deadline:
@@ -152,8 +154,7 @@ class OrderService:
         body = {"order": {"id": o.id, "merchant": o.merchant_pos, "dropoff": o.dropoff,
                           "ready_at": o.ready_at, "promised_at": o.promised_at},
                 "now": self.clock(), "exclude": o.tried, "limit": 5}
-        rid, frames = self.sender.session.request("dispatch", body, ttl_ms=5000)
-        self.sender._send(frames)
+        rid = self.sender.submit("dispatch", body, ttl_ms=5000)
         self.pending_requests[rid] = o.id
 
     def _on_candidates(self, order_id: str, reply: Reply) -> None:

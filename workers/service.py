@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 import zmq
 
 from router import protocol as P
-from router.client import _Client
+from router.client import Client
 from router.protocol import Delivery, ErrorCode, Role
 from router.session import EndpointSession, Request, Welcome
 
@@ -25,7 +25,7 @@ log = logging.getLogger("workers.service")
 Handler = Callable[[bytes], bytes]
 
 
-class ServiceWorker(_Client):
+class ServiceWorker(Client):
     """Serve ``service`` with ``handler`` (request payload -> reply payload).
 
     ``on_delivery`` receives deliveries for ``addresses`` (acked after it returns).
