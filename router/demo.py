@@ -144,11 +144,7 @@ def _line(city: City, now: Scrape | None, prev: Scrape | None, placed_before: in
                      if p50 == p50 else "delivery p50 - p99 -")
         parts.append(f"redeliv {now.redeliveries - prev.redeliveries:.0f} "
                      f"backlog {now.backlog:.0f}")
-    from workers.orders import OFFERS
-
-    acc = OFFERS.labels("accepted")._value.get()
-    rea = OFFERS.labels("reassigned")._value.get()
-    parts.append(f"offers ok {acc:.0f} reassigned {rea:.0f}")
+    parts.append(f"offers ok {svc.offers['accepted']} reassigned {svc.offers['reassigned']}")
     return " | ".join(parts)
 
 
@@ -157,14 +153,13 @@ def summary(city: City, seconds: float) -> str:
     done = city.delivered
     mins = [(o.times["delivered"] - o.times["placed"]) / 60 for o in done]
     late = sum(1 for o in done if o.times["delivered"] > o.promised_at)
-    from workers.orders import OFFERS
-
+    offers = city.service.offers
     lines = [
         f"ran {seconds:.0f} s real, until simulated {city.clock.label()}",
         f"orders placed {city.placed}, delivered {len(done)}, still open {city.open_orders()}",
         f"delivery time (simulated) mean {sum(mins) / len(mins):.1f} min, late {late}"
         if mins else "no order finished yet",
-        "offers: " + ", ".join(f"{k} {OFFERS.labels(k)._value.get():.0f}" for k in
+        "offers: " + ", ".join(f"{k} {offers[k]}" for k in
                                ("sent", "accepted", "rejected", "timed_out", "reassigned",
                                 "escalated")),
         "received by parties: " + ", ".join(f"{k} {v}" for k, v in city.received.items()),

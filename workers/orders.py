@@ -18,6 +18,7 @@ its key, so the router's order history holds the whole life of each order.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from router.session import Reply
 log = logging.getLogger("workers.orders")
 
 INBOX = "svc:orders"
-OFFERS = Counter("router_dispatch_offers", "dispatch offers, by outcome", ["outcome"])
+OFFERS_METRIC = Counter("router_dispatch_offers", "dispatch offers, by outcome", ["outcome"])
 ORDERS = Counter("router_orders", "order state transitions", ["state"])
 
 
@@ -77,6 +78,7 @@ class OrderService:
         self.pending_requests: dict[int, str] = {}
         self.events: list[tuple[str, str]] = []  # (order id, event) for the live display
         self.offer_delays: list[float] = []  # seconds from an offer's TTL to the next offer
+        self.offers: collections.Counter[str] = collections.Counter()  # outcome -> count
 
     # ---- commands ---------------------------------------------------------------------------
 
@@ -106,7 +108,7 @@ class OrderService:
         now = time.monotonic()
         for o in self.orders.values():
             if o.offer_to and now >= o.offer_deadline:
-                OFFERS.labels("timed_out").inc()
+                self._offer("timed_out")
                 self._next_offer(o, refused=True, deadline=o.offer_deadline)
 
     def close(self) -> None:
@@ -127,13 +129,13 @@ class OrderService:
             self._request_dispatch(o)
         elif kind == "rider.accept" and ev.get("rider") == o.offer_to:
             o.rider, o.offer_to = o.offer_to, None
-            OFFERS.labels("accepted").inc()
+            self._offer("accepted")
             self._transition(o, "assigned")
             self.sender.join(o.channel, [o.rider])
             self._send(o, o.channel, "dispatch.accepted", {"order": o.id, "rider": o.rider},
                        channel=True)
         elif kind == "rider.reject" and ev.get("rider") == o.offer_to:
-            OFFERS.labels("rejected").inc()
+            self._offer("rejected")
             self._next_offer(o, refused=True)
         elif kind == "rider.picked_up" and o.state == "assigned":
             self._transition(o, "picked_up")
@@ -174,7 +176,7 @@ class OrderService:
                 self.offer_delays.append(time.monotonic() - deadline)
             if o.refusals >= self.max_offers and not o.escalated:
                 o.escalated = True
-                OFFERS.labels("escalated").inc()
+                self._offer("escalated")
                 self.events.append((o.id, "escalated"))
                 log.warning("order %s escalated after %d refusals", o.id, o.refusals)
         while o.candidates and o.candidates[0] in o.tried:
@@ -187,12 +189,16 @@ class OrderService:
         o.offer_to = rider
         o.offer_deadline = time.monotonic() + self.offer_ttl_ms / 1000
         if refused:
-            OFFERS.labels("reassigned").inc()
-        OFFERS.labels("sent").inc()
+            self._offer("reassigned")
+        self._offer("sent")
         self._send(o, rider, "dispatch.offer",
                    {"order": o.id, "pickup": o.merchant_pos, "dropoff": o.dropoff,
                     "ready_at": o.ready_at, "promised_at": o.promised_at,
                     "merchant": o.merchant}, cls=MsgClass.DISPATCH, ttl_ms=self.offer_ttl_ms)
+
+    def _offer(self, outcome: str) -> None:
+        self.offers[outcome] += 1
+        OFFERS_METRIC.labels(outcome).inc()
 
     def _send(self, o: OrderState, target: str, kind: str, body: dict, *,
               channel: bool = False, cls: MsgClass = MsgClass.ORDER, ttl_ms: int = 0) -> int:
