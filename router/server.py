@@ -41,13 +41,6 @@ class Router:
         self.context = context or zmq.Context.instance()
         self.socket = self._make_socket()
         self.endpoints: list[str] = []
-        for endpoint in settings.bind:
-            try:
-                self.socket.bind(endpoint)
-            except zmq.ZMQError as exc:
-                self.socket.close(linger=0)
-                raise OSError(f"cannot bind {endpoint}: {exc}; is another router there?") from exc
-            self.endpoints.append(self.socket.getsockopt_string(zmq.LAST_ENDPOINT))
         data = Path(settings.data_dir)
         self.store = FileStore(
             data / "journal", segment_bytes=settings.segment_bytes,
@@ -72,8 +65,11 @@ class Router:
             retry_max_ms=settings.retry_max_ms,
             max_attempts=settings.max_attempts,
             batch=settings.commit_batch,
+            dedup_capacity=settings.dedup_capacity,
         )
+        # Replay before binding: nobody connects to a router that is still recovering.
         self.recovery = self.store.open(self.core) if self.store else Recovery()
+        self._bind(settings.bind)
         self.broker = Broker(self.socket)
         self.metrics = None
         self._metrics_server = None
@@ -90,6 +86,15 @@ class Router:
         self._stop = threading.Event()
         self._last_summary = time.monotonic()
         self._last_stats = self.core.stats()
+
+    def _bind(self, endpoints: list[str]) -> None:
+        for endpoint in endpoints:
+            try:
+                self.socket.bind(endpoint)
+            except zmq.ZMQError as exc:
+                self.socket.close(linger=0)
+                raise OSError(f"cannot bind {endpoint}: {exc}; is another router there?") from exc
+            self.endpoints.append(self.socket.getsockopt_string(zmq.LAST_ENDPOINT))
 
     def _make_socket(self) -> zmq.Socket:
         s = self.settings
