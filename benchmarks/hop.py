@@ -202,7 +202,10 @@ def group_cpu_s(pgid: int) -> float:
 class Driver:
     """One sender or receiver process; talks JSON lines on stdout, 'go' on stdin."""
 
-    def __init__(self, role: str, cfg: dict, workdir: str, tag: str) -> None:
+    def __init__(self, role: str, cfg: dict, workdir: str, tag: str,
+                 script: str = DRIVERS) -> None:
+        """``script`` is the driver program, run as ``script role CONFIG.json``
+        (drivers.py here; benchmarks/durability.py passes its own)."""
         self.role = role
         self.tag = tag
         self.cfg_path = os.path.join(workdir, f"{tag}.json")
@@ -210,7 +213,7 @@ class Driver:
         with open(self.cfg_path, "w") as fh:
             json.dump(cfg, fh)
         self.proc = _spawn(
-            [sys.executable, DRIVERS, role, self.cfg_path],
+            [sys.executable, script, role, self.cfg_path],
             self.log_path,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -150,6 +150,16 @@ cdef struct Inbox:
     int64_t malformed
     int64_t other  # any other command (WELCOME, HEARTBEAT, ...)
     int in_multipart
+    # Per-message receipt times (run_sender(track_receipts=True)): index = msg id - base.
+    int64_t *t_acc  # first ACCEPTED receipt
+    int64_t *t_term  # first terminal receipt (DELIVERED, EXPIRED, REFUSED, FAILED)
+    uint8_t *st_term  # its status
+    uint64_t track_base
+    int64_t track_n
+    int64_t confirmed  # tracked messages with at least one receipt
+    int64_t untracked  # receipt entries whose id is outside the tracked range
+    int64_t repeated  # a second receipt of the same status for one tracked message
+    int64_t last_accepted_ns
 
 
 cdef void inbox_classify(Inbox *ib, const uint8_t *p, size_t n, int64_t now) noexcept nogil:
@@ -177,6 +187,10 @@ cdef void inbox_classify(Inbox *ib, const uint8_t *p, size_t n, int64_t now) noe
             ib.codes[code if code < MAX_CODE else 0] += 1
             if st != ST_ACCEPTED:
                 ib.terminal += 1
+            else:
+                ib.last_accepted_ns = now
+            if ib.track_n > 0:
+                inbox_track(ib, rd_be64(p + off), st, now)
             off += RECEIPT_SIZE
         ib.receipt_entries += count
         if count:
@@ -189,6 +203,25 @@ cdef void inbox_classify(Inbox *ib, const uint8_t *p, size_t n, int64_t now) noe
     else:
         ib.other += 1
 
+
+
+cdef inline void inbox_track(Inbox *ib, uint64_t mid, uint8_t st, int64_t now) noexcept nogil:
+    cdef uint64_t k = mid - ib.track_base  # wraps to a huge value below the base
+    if mid < ib.track_base or k >= <uint64_t>ib.track_n:
+        ib.untracked += 1
+        return
+    if ib.t_acc[k] == 0 and ib.t_term[k] == 0:
+        ib.confirmed += 1
+    if st == ST_ACCEPTED:
+        if ib.t_acc[k] == 0:
+            ib.t_acc[k] = now
+        else:
+            ib.repeated += 1
+    elif ib.t_term[k] == 0:
+        ib.t_term[k] = now
+        ib.st_term[k] = st
+    else:
+        ib.repeated += 1
 
 
 cdef int inbox_drain(void *s, Inbox *ib, zmq_msg_t *msg) noexcept nogil:
@@ -245,6 +278,7 @@ cdef object _inbox_dict(Inbox *ib):
         "errors": errors,
         "malformed_in": ib.malformed,
         "other_in": ib.other,
+        "last_accepted_ns": ib.last_accepted_ns,
     }
 
 
@@ -254,7 +288,8 @@ cdef object _inbox_dict(Inbox *ib):
 def run_sender(sock, headers, long long count, *, int payload_size=200, double rate=0.0,
                bint patch_id=True, unsigned long long first_id=1, bint drain=True,
                long long window=0, bint wait_terminal=False, double deadline_s=60.0,
-               double heartbeat_s=0.0):
+               double heartbeat_s=0.0, bint track_receipts=False,
+               bint window_confirmed=False, bint wait_confirmed=False):
     """Send ``count`` messages [header][payload] through the DEALER ``sock``.
 
     headers: prebuilt SEND header frames, used round-robin (message i takes
@@ -269,6 +304,17 @@ def run_sender(sock, headers, long long count, *, int payload_size=200, double r
         for every message sent.
     heartbeat_s: if > 0, send a HEARTBEAT frame when nothing was sent for this long.
     deadline_s: hard bound on the whole call.
+    track_receipts: keep per-message times (needs ``patch_id``; message i has id
+        ``first_id + i``): the result gets ``t_send_ns``, ``t_accepted_ns`` (first
+        ACCEPTED receipt) and ``t_terminal_ns`` (first terminal receipt), array('q') of
+        ``count`` CLOCK_MONOTONIC ns, 0 where none came, and ``terminal_status``
+        (array('B'), 0 where none came), plus the counters ``confirmed`` (messages with
+        any receipt), ``untracked_receipts``, ``repeated_receipts``.
+    window_confirmed: the window counts messages without any receipt yet (not yet
+        ACCEPTED or refused) instead of messages without a terminal receipt; needs
+        ``track_receipts``.
+    wait_confirmed: after the last send, wait (up to the deadline) until every message
+        has a receipt (ACCEPTED or a refusal); needs ``track_receipts``.
 
     Returns a dict: sent, t_first_ns, t_last_ns, t_end_ns (CLOCK_MONOTONIC), reason,
     eagain (times the socket pushed back), max_lag_ns (pacing), and the inbox counters.
@@ -281,6 +327,10 @@ def run_sender(sock, headers, long long count, *, int payload_size=200, double r
         raise ValueError("payload_size must be >= 16 (timestamp + index)")
     if count < 0:
         raise ValueError("count must be >= 0")
+    if (window_confirmed or wait_confirmed) and not track_receipts:
+        raise ValueError("window_confirmed/wait_confirmed need track_receipts=True")
+    if track_receipts and not patch_id:
+        raise ValueError("track_receipts needs patch_id (message i has id first_id + i)")
     cdef Py_ssize_t total = 0, maxlen = 0, i
     for h in headers:
         if not isinstance(h, bytes):
@@ -295,9 +345,21 @@ def run_sender(sock, headers, long long count, *, int payload_size=200, double r
     cdef uint8_t *hcur = <uint8_t *>malloc(maxlen)
     cdef uint8_t *pay = <uint8_t *>calloc(payload_size, 1)
     cdef Inbox *ib = <Inbox *>calloc(1, sizeof(Inbox))
+    cdef int64_t *t_send = NULL
     if not (hbuf and offs and lens and hcur and pay and ib):
         free(hbuf); free(offs); free(lens); free(hcur); free(pay); free(ib)
         raise MemoryError()
+    if track_receipts and count > 0:
+        t_send = <int64_t *>calloc(count, sizeof(int64_t))
+        ib.t_acc = <int64_t *>calloc(count, sizeof(int64_t))
+        ib.t_term = <int64_t *>calloc(count, sizeof(int64_t))
+        ib.st_term = <uint8_t *>calloc(count, 1)
+        ib.track_base = first_id
+        ib.track_n = count
+        if not (t_send and ib.t_acc and ib.t_term and ib.st_term):
+            free(t_send); free(ib.t_acc); free(ib.t_term); free(ib.st_term)
+            free(hbuf); free(offs); free(lens); free(hcur); free(pay); free(ib)
+            raise MemoryError()
     cdef Py_ssize_t pos = 0
     cdef const unsigned char *src
     for i, h in enumerate(headers):
@@ -347,7 +409,7 @@ def run_sender(sock, headers, long long count, *, int payload_size=200, double r
                     lag = now - target
                     if lag > max_lag:
                         max_lag = lag
-            if window > 0 and sent - ib.terminal >= window:
+            if window > 0 and sent - (ib.confirmed if window_confirmed else ib.terminal) >= window:
                 item.events = ZMQ_POLLIN
                 zmqapi.poll(&item, 1, 1)
                 rc = inbox_drain(s, ib, &msg)
@@ -389,6 +451,8 @@ def run_sender(sock, headers, long long count, *, int payload_size=200, double r
             if sent == 0:
                 t_first = ts
             t_last = ts
+            if t_send != NULL:
+                t_send[sent] = ts
             last_out = ts
             sent += 1
             if drain and (sent & 63) == 0:
@@ -404,7 +468,10 @@ def run_sender(sock, headers, long long count, *, int payload_size=200, double r
                 if rc < 0:
                     err = -rc
                     break
-                if not wait_terminal or ib.terminal >= sent:
+                if wait_terminal:
+                    if ib.terminal >= sent:
+                        break
+                elif not wait_confirmed or ib.confirmed >= sent:
                     break
                 now = now_ns()
                 if now >= deadline:
@@ -430,10 +497,27 @@ def run_sender(sock, headers, long long count, *, int payload_size=200, double r
         "heartbeats": heartbeats,
     }
     out.update(_inbox_dict(ib))
+    if track_receipts:
+        out["confirmed"] = ib.confirmed
+        out["untracked_receipts"] = ib.untracked
+        out["repeated_receipts"] = ib.repeated
+        out["t_send_ns"] = _int64_array(t_send, count)
+        out["t_accepted_ns"] = _int64_array(ib.t_acc, count)
+        out["t_terminal_ns"] = _int64_array(ib.t_term, count)
+        out["terminal_status"] = array.array("B", PyBytes_FromStringAndSize(
+            <char *>ib.st_term, count)) if count else array.array("B")
+    free(t_send); free(ib.t_acc); free(ib.t_term); free(ib.st_term)
     free(hbuf); free(offs); free(lens); free(hcur); free(pay); free(ib)
     if err:
         raise _zmq_error(err, f"sender after {sent} messages")
     return out
+
+
+cdef object _int64_array(int64_t *p, long long n):
+    arr = array.array("q")
+    if n > 0 and p != NULL:
+        arr.frombytes(PyBytes_FromStringAndSize(<char *>p, n * sizeof(int64_t)))
+    return arr
 
 
 def drain_inbox(sock, double wait_s=0.0):
