@@ -2,8 +2,10 @@
 
 The hot path only increments C counters and histogram buckets (ext/core.pyx). Between
 loop slices the router thread takes a snapshot (:meth:`RouterCollector.refresh`, once a
-second: it walks the address table for the queue gauges); the HTTP thread serves the
-latest snapshot, so a scrape never touches the core while it runs and never waits for it.
+second); the queue gauges come from a walk over the address table that advances at most
+100,000 addresses per snapshot, so a huge table is summed over several seconds rather
+than stalling the loop. The HTTP thread serves the latest snapshot, so a scrape never
+touches the core while it runs and never waits for it.
 
 Names follow Prometheus conventions: ``router_`` prefix, base units, ``_total`` for
 counters, ``_seconds``/``_bytes``; labels are bounded sets (class, status, role, kind,
