@@ -20,8 +20,8 @@ import zmq.asyncio
 from .client import FINAL, make_socket
 from .protocol import Delivery, MsgClass, Receipt, Role, Status
 from .session import (
-    COMPRESS_ABOVE, EndpointSession, Payload, RouterError, RouterUnavailable, SenderSession,
-    Session, Welcome,
+    COMPRESS_ABOVE, EndpointSession, Payload, Reply, RouterError, RouterUnavailable,
+    SenderSession, Session, Welcome,
 )
 
 __all__ = ["AsyncSender", "AsyncEndpoint"]
@@ -121,6 +121,7 @@ class AsyncSender(_AsyncClient):
         self._latest: dict[int, Receipt] = {}
         self._waiters: dict[int, list[tuple[Status, asyncio.Future]]] = {}
         self._queue: asyncio.Queue[Receipt] = asyncio.Queue()
+        self._replies: dict[int, asyncio.Future] = {}
 
     @classmethod
     async def connect(cls, endpoint: str, name: str, *, timeout: float = 5.0,
@@ -140,6 +141,20 @@ class AsyncSender(_AsyncClient):
             await self._send(frames)
         return mid
 
+    async def request(self, service: str, data: Payload, *, ttl_ms: int = 5000) -> Reply:
+        """Ask a service and wait for its reply (the broker answers by the TTL at the
+        latest, with NO_SERVICE or EXPIRED)."""
+        rid, frames = self.session.request(service, data, ttl_ms)
+        fut = asyncio.get_running_loop().create_future()
+        self._replies[rid] = fut
+        await self._send(frames)
+        try:
+            return await asyncio.wait_for(fut, ttl_ms / 1000 + 1)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"no reply from service {service!r}: is the router running?") from None
+        finally:
+            self._replies.pop(rid, None)
+
     async def join(self, channel: str, addresses: Iterable[str]) -> None:
         """Add addresses to a channel."""
         await self._send(self.session.join(channel, addresses))
@@ -148,7 +163,12 @@ class AsyncSender(_AsyncClient):
         """Remove addresses from a channel; with none, close it."""
         await self._send(self.session.join(channel, addresses, leave=True))
 
-    def _dispatch(self, r: Receipt) -> None:
+    def _dispatch(self, r: Receipt | Reply) -> None:
+        if isinstance(r, Reply):
+            fut = self._replies.get(r.request_id)
+            if fut is not None and not fut.done():
+                fut.set_result(r)
+            return
         self._latest.pop(r.msg_id, None)
         self._latest[r.msg_id] = r
         for until, fut in self._waiters.pop(r.msg_id, []):

@@ -66,3 +66,30 @@ def test_async_connect_times_out_clearly():
 
     with pytest.raises(RouterUnavailable, match="router serve"):
         asyncio.run(main())
+
+
+def test_async_request_to_a_service(router):
+    import threading
+
+    from workers.service import ServiceWorker
+
+    w = ServiceWorker(router.url, "upper", lambda b: b.upper())
+    stop = threading.Event()
+    t = threading.Thread(target=w.run, args=(stop.is_set,))
+    t.start()
+
+    async def main():
+        svc = await AsyncSender.connect(router.url, "client")
+        r = await svc.request("upper", b"no scallions", ttl_ms=3000)
+        missing = await svc.request("nobody", b"x", ttl_ms=200)
+        await svc.close()
+        return r, missing
+
+    try:
+        r, missing = asyncio.run(asyncio.wait_for(main(), 20))
+    finally:
+        stop.set()
+        t.join()
+        w.close()
+    assert r.payload == b"NO SCALLIONS"
+    assert missing.code.name == "NO_SERVICE"
