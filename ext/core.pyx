@@ -272,6 +272,7 @@ cdef class Core:
     def stats(self) -> dict:
         """A snapshot of the native counters and table sizes."""
         cdef int i
+        cdef Counters *c
         classes = ("order", "dispatch", "chat", "notice", "location")
         d = {
             "msgs_in": {classes[i]: self.c.msgs_in[i] for i in range(N_CLASSES)},
@@ -280,12 +281,16 @@ cdef class Core:
                 ("none", "accepted", "delivered", "expired", "refused", "failed"))},
             "errors": {i: self.c.errors[i] for i in range(32) if self.c.errors[i]},
         }
-        for name in ("bytes_in", "bytes_out", "fanout", "receipts_dropped", "acks_in",
-                     "errors_suppressed", "shed", "conflated", "expired", "blocked_sends",
-                     "peers_connected", "peers_lost", "queued", "loops", "dedup_hits",
-                     "redeliveries", "failed", "commits", "commit_failures",
-                     "journal_bytes", "replayed"):
-            d[name] = getattr(self, "_c_" + name)()
+        c = &self.c
+        d.update(bytes_in=c.bytes_in, bytes_out=c.bytes_out, fanout=c.fanout,
+                 receipts_dropped=c.receipts_dropped, acks_in=c.acks_in,
+                 errors_suppressed=c.errors_suppressed, shed=c.shed, conflated=c.conflated,
+                 expired=c.expired, blocked_sends=c.blocked_sends,
+                 peers_connected=c.peers_connected, peers_lost=c.peers_lost,
+                 queued=c.queued, loops=c.loops, dedup_hits=c.dedup_hits,
+                 redeliveries=c.redeliveries, failed=c.failed, commits=c.commits,
+                 commit_failures=c.commit_failures, journal_bytes=c.journal_bytes,
+                 replayed=c.replayed)
         d["peers"] = self.peer_by_id.size()
         d["addresses"] = self.addr_by_name.size()
         d["channels"] = self.channels.size()
@@ -341,27 +346,6 @@ cdef class Core:
                 self.walk[k] = 0
             self.walk_pos = 0
 
-    def _c_bytes_in(self): return self.c.bytes_in
-    def _c_bytes_out(self): return self.c.bytes_out
-    def _c_fanout(self): return self.c.fanout
-    def _c_receipts_dropped(self): return self.c.receipts_dropped
-    def _c_acks_in(self): return self.c.acks_in
-    def _c_errors_suppressed(self): return self.c.errors_suppressed
-    def _c_shed(self): return self.c.shed
-    def _c_conflated(self): return self.c.conflated
-    def _c_expired(self): return self.c.expired
-    def _c_blocked_sends(self): return self.c.blocked_sends
-    def _c_peers_connected(self): return self.c.peers_connected
-    def _c_peers_lost(self): return self.c.peers_lost
-    def _c_queued(self): return self.c.queued
-    def _c_loops(self): return self.c.loops
-    def _c_dedup_hits(self): return self.c.dedup_hits
-    def _c_redeliveries(self): return self.c.redeliveries
-    def _c_failed(self): return self.c.failed
-    def _c_commits(self): return self.c.commits
-    def _c_commit_failures(self): return self.c.commit_failures
-    def _c_journal_bytes(self): return self.c.journal_bytes
-    def _c_replayed(self): return self.c.replayed
 
     def drain_broker(self) -> list:
         """Service commands since the last call: ``(identity, header, payload)``."""

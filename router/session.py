@@ -154,13 +154,9 @@ class Session:
                 # One HELLO answers a burst of NOT_READY (one per message in flight).
                 if self.welcome is None and time.monotonic() - self._hello_at < 0.2:
                     return [], []
-                return self.not_ready(mid), [self.hello()]
+                return [], [self.hello()]
             return [RouterError(code, mid, text)], []
         return self.handle_command(command, frames)
-
-    def not_ready(self, msg_id: int) -> list[Event]:
-        """The router does not know us (it restarted): subclasses may resend."""
-        return []
 
     def handle_command(self, command: Command, frames: list[bytes]) -> tuple[list[Event], list[list[bytes]]]:
         """Commands specific to the client kind."""
