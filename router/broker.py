@@ -19,6 +19,7 @@ import logging
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 import zmq
 
@@ -78,8 +79,11 @@ class Service:
 class Broker:
     """Routes REQUEST/REPLY between clients and service workers over the router socket."""
 
-    def __init__(self, socket: zmq.Socket) -> None:
+    def __init__(self, socket: zmq.Socket,
+                 builtins: dict[str, Callable[[bytes], bytes]] | None = None) -> None:
         self.socket = socket
+        #: Services the router answers itself (``router.history``, ``router.presence``).
+        self.builtins = builtins or {}
         self.services: dict[str, Service] = {}
         self.workers: dict[bytes, Worker] = {}
         self.jobs: dict[int, Job] = {}
@@ -124,6 +128,9 @@ class Broker:
 
     def _on_request(self, identity: bytes, header: bytes, payload: bytes) -> None:
         rid, ttl_ms, service = P.decode_request(header)
+        if service in self.builtins:
+            self._answer_builtin(identity, rid, service, payload)
+            return
         deadline = time.monotonic() + ttl_ms / 1000 if ttl_ms else float("inf")
         job = Job(next(self._ids), identity, rid, service, payload, deadline)
         self.jobs[job.job_id] = job
@@ -145,6 +152,16 @@ class Broker:
         self._send(job.client, P.encode_reply(job.request_id, code), payload)
         if w:
             self._dispatch(self.services[w.service])
+
+    def _answer_builtin(self, identity: bytes, rid: int, service: str, payload: bytes) -> None:
+        self.counters["requests"] += 1
+        try:
+            body, code = self.builtins[service](payload), ErrorCode.NONE
+        except Exception as exc:  # a bad query must not take the router down
+            log.warning("%s request failed: %s", service, exc)
+            body, code = f"{service}: {exc}".encode(), ErrorCode.MALFORMED
+        self.counters["replies"] += 1
+        self._send(identity, P.encode_reply(rid, code), body)
 
     # ---- workers coming and going ---------------------------------------------------------
 

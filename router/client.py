@@ -23,9 +23,10 @@ import logging
 import time
 from typing import Callable, Iterable, Iterator
 
+import orjson
 import zmq
 
-from .protocol import Delivery, MsgClass, Receipt, Role, Status
+from .protocol import Delivery, ErrorCode, MsgClass, Receipt, Role, Status
 from .session import (
     COMPRESS_ABOVE, EndpointSession, Payload, Reply, RouterError, RouterUnavailable,
     SenderSession, Session, Welcome, payload_json,
@@ -188,6 +189,21 @@ class Sender(Client):
                                    "is the router running?")
             self._pump(min(left, 0.05))
         return self._replies.pop(rid)
+
+    def history(self, order_id: str, timeout: float = 5.0) -> list[dict]:
+        """The order's timeline from the router's history (the dispute record)."""
+        reply = self.request("router.history", str(order_id), ttl_ms=int(timeout * 1000))
+        if reply.code != ErrorCode.NONE:
+            raise RouterError(reply.code, 0, reply.payload.decode(errors="replace"))
+        return orjson.loads(reply.payload)
+
+    def presence(self, addresses: Iterable[str] = (), timeout: float = 5.0) -> dict:
+        """Which addresses are online: {address: online since (epoch seconds) or None};
+        with no addresses, every online one."""
+        reply = self.request("router.presence", list(addresses), ttl_ms=int(timeout * 1000))
+        if reply.code != ErrorCode.NONE:
+            raise RouterError(reply.code, 0, reply.payload.decode(errors="replace"))
+        return orjson.loads(reply.payload)
 
     def submit(self, service: str, data: Payload, *, ttl_ms: int = 5000) -> int:
         """Send a request without waiting; return its id for :meth:`take_reply`."""

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+import orjson
 import zmq
 
 from . import core as _native
@@ -70,7 +71,8 @@ class Router:
         # Replay before binding: nobody connects to a router that is still recovering.
         self.recovery = self.store.open(self.core) if self.store else Recovery()
         self._bind(settings.bind)
-        self.broker = Broker(self.socket)
+        self.broker = Broker(self.socket, {"router.history": self._history_query,
+                                           "router.presence": self._presence_query})
         self.metrics = None
         self._metrics_server = None
         if settings.metrics_port:
@@ -175,6 +177,25 @@ class Router:
     def stats(self) -> dict:
         """Native counters and table sizes (see Core.stats)."""
         return self.core.stats()
+
+    def _history_query(self, payload: bytes) -> bytes:
+        """router.history: an order id -> its timeline (JSON list, payloads as text)."""
+        if self.history is None:
+            raise ValueError("order history is off on this router (--history false)")
+        events = self.history.timeline(payload.decode().strip())
+        for e in events:
+            if e["payload"] is not None:
+                e["payload"] = bytes(e["payload"]).decode(errors="replace")
+        return orjson.dumps(events)
+
+    def _presence_query(self, payload: bytes) -> bytes:
+        """router.presence: JSON list of addresses -> {address: online since (epoch s)
+        or null}; an empty list asks for every online address."""
+        wanted = orjson.loads(payload or b"[]")
+        online = self.core.online()
+        if not wanted:
+            return orjson.dumps(online)
+        return orjson.dumps({a: online.get(a) for a in wanted})
 
     def _install_signals(self) -> None:
         def handler(signum: int, frame: FrameType | None) -> None:

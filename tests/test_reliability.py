@@ -264,10 +264,14 @@ def test_dead_peer_noticed_and_messages_kept(make_router):
     p = Peer(r.url)
     p.hello(Role.ENDPOINT, "silent-rider", [("rider:31", 0)])
     t0 = time.monotonic()
+    with Sender(r.url, "ops") as ops:
+        seen = ops.presence(["rider:31", "rider:nobody"])
+        assert seen["rider:nobody"] is None and abs(seen["rider:31"] - time.time()) < 5
     p.close()  # no BYE, no heartbeats: like a phone in a lift
     r.wait_for_log("peer disconnected: silent-rider")
     assert time.monotonic() - t0 < 2.0  # 3 x 200 ms plus a tick and a log slice
     with Sender(r.url, "orders") as s:
+        assert s.presence(["rider:31"]) == {"rider:31": None}  # offline now
         s.send("rider:31", b"kept")
         s.poll(0.2)
     with Endpoint(r.url, ["rider:31"]) as again:
@@ -404,6 +408,11 @@ def test_order_history_timeline(router):
     assert by_msg[expired][-1] == ("final", None, "EXPIRED")
     ts = [e["ts_us"] for e in events]
     assert ts == sorted(ts)
+    with Sender(router.url, "support-desk") as desk:  # the same record over the wire
+        remote = desk.history("1001")
+    assert [(e["event"], e["msg_id"]) for e in remote] == [
+        (e["event"], e["msg_id"]) for e in events]
+    assert any("no scallions" in (e["payload"] or "") for e in remote)
     out = subprocess.run([sys.executable, "-m", "router", "history", "1001", "--data-dir",
                           router.data_dir], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
