@@ -148,17 +148,32 @@ class Router:
                 self.history.close()
 
     def _housekeeping(self) -> None:
-        """Between slices: logs, journal maintenance, order history, summaries."""
+        """Between slices: logs, journal maintenance, order history, summaries. A
+        failure here (a full disk under the history database, say) is logged, never
+        allowed to stop the routing."""
         self._log_events()
         self.broker.tick()
+        blob = self.core.drain_history()
+        for what, step in (("journal maintenance", self._maintain_store),
+                           ("order history", lambda: self._record_history(blob)),
+                           ("metrics snapshot", self._refresh_metrics)):
+            try:
+                step()
+            except Exception:
+                log.exception("%s failed; routing goes on", what)
+        self._maybe_summary()
+
+    def _maintain_store(self) -> None:
         if self.store:
             self.store.maintain(self.core)
-        blob = self.core.drain_history()
+
+    def _record_history(self, blob: bytes) -> None:
         if self.history:
             self.history.record(blob)
+
+    def _refresh_metrics(self) -> None:
         if self.metrics:
             self.metrics.refresh()
-        self._maybe_summary()
 
     def _log_recovery(self) -> None:
         r = self.recovery
