@@ -77,8 +77,12 @@ class History:
             return 0
         rows = list(parse_events(blob))
         self.db.execute("BEGIN")
-        self.db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-        self.db.execute("COMMIT")
+        try:
+            self.db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self.db.execute("COMMIT")
+        except sqlite3.Error:
+            self.db.execute("ROLLBACK")  # leave no open transaction behind
+            raise
         self._maybe_prune()
         return len(rows)
 
