@@ -21,6 +21,8 @@ from libcpp.string cimport string
 from libcpp.vector cimport vector
 from libcpp.deque cimport deque
 from libcpp.unordered_map cimport unordered_map
+from libcpp.utility cimport pair
+from libcpp.algorithm cimport stable_sort
 from cython.operator cimport dereference as deref, preincrement as inc
 
 from zmqapi cimport *
@@ -821,8 +823,6 @@ cdef class Core:
                 m.refs += 1
                 self.c.queued += 1
                 return  # sent once the journal commit succeeds
-        elif self._idle(a) and self._send_now(ai, m):
-            return  # best effort to an idle, bound address: straight out, never queued
         elif m.cls == CLASS_NOTICE:
             if a.notices.size() >= self.max_queue or self.c.queued >= self.max_queued:
                 self.c.shed += 1  # best effort: the oldest notice makes room
@@ -1157,6 +1157,8 @@ cdef class Core:
             self.peers[self.blocked_peers[i]].blocked = False
         self.blocked_peers.clear()
         if not self.dirty.empty():
+            if self.dirty.size() > 1:
+                self._group_by_peer()
             for i in range(self.dirty.size()):
                 if self._flush_address(self.dirty[i]):
                     keep.push_back(self.dirty[i])
@@ -1169,6 +1171,22 @@ cdef class Core:
                 if not self._flush_receipts(self.receipt_peers[i]):
                     keep.push_back(self.receipt_peers[i])
             self.receipt_peers.swap(keep)
+
+    cdef void _group_by_peer(self) noexcept nogil:
+        """Order this pass's dirty addresses by peer, keeping arrival order within a
+        peer: consecutive sends then go down the same pipe, which libzmq batches; with
+        addresses of several gateways interleaved, each send would switch pipes."""
+        cdef vector[pair[int, int]] keyed
+        cdef size_t i
+        keyed.reserve(self.dirty.size())
+        for i in range(self.dirty.size()):
+            keyed.push_back(pair[int, int](self.addrs[self.dirty[i]].peer, <int>i))
+        stable_sort(keyed.begin(), keyed.end())
+        cdef vector[int] ordered
+        ordered.reserve(self.dirty.size())
+        for i in range(keyed.size()):
+            ordered.push_back(self.dirty[keyed[i].second])
+        self.dirty.swap(ordered)
 
     cdef bint _flush_address(self, int ai) noexcept nogil:
         """Send what the window allows; True if the address must be retried later."""
