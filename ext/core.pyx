@@ -166,6 +166,8 @@ cdef class Core:
     cdef size_t walk_pos
     cdef Counters c
     cdef uint64_t next_tick_ms
+    cdef uint64_t now_us       # monotonic clock, read once per pass (not per message)
+    cdef uint64_t wall_now_us  # wall clock, read with it
     cdef uint64_t next_hb_ms
     # settings, see router.config.Settings
     cdef uint32_t max_payload
@@ -237,6 +239,7 @@ cdef class Core:
         # Sized once: growing a hash table rehashes every entry in one step, which would
         # stop the loop for ~0.2 us per entry (100 ms at 500k entries).
         self.dedup.reserve(dedup_capacity)
+        self._clock()
         self.next_sweep_ms = mono_ms() + 1000
         self.next_tick_ms = mono_ms() + TICK_MS
         self.next_hb_ms = mono_ms() + heartbeat_ms
@@ -475,6 +478,7 @@ cdef class Core:
         cdef long wait
         cdef zmq_pollitem_t item
         while True:
+            self._clock()
             k = 0
             while k < self.batch:
                 r = self._recv_one()
@@ -487,6 +491,7 @@ cdef class Core:
             self.c.loops += 1
             if not self.jbuf.empty():
                 self._commit()
+            self._clock()
             self._flush()
             now = mono_ms()
             if now >= self.next_tick_ms:
@@ -507,6 +512,13 @@ cdef class Core:
                     break  # a signal: let Python run its handler
                 return -1
         return total
+
+    cdef inline void _clock(self) noexcept nogil:
+        """Read the clocks for this pass: messages received in one pass share a receive
+        time, which is when the router started reading them (hop latency includes the
+        time they waited in the socket)."""
+        self.now_us = mono_us()
+        self.wall_now_us = wall_us()
 
     cdef int _recv_one(self) noexcept nogil:
         """Receive and handle one message: 1 handled, 0 nothing waiting, -1 socket error."""
@@ -539,7 +551,7 @@ cdef class Core:
 
     cdef void _handle(self, zmq_msg_t *f, int n, int extra) noexcept nogil:
         cdef string ident = string(<char *>zmqapi.msg_data(&f[0]), zmqapi.msg_size(&f[0]))
-        cdef uint64_t now = mono_ms()
+        cdef uint64_t now = self.now_us // 1000
         cdef int pi = self._peer_slot(ident, now)
         if pi < 0:
             return  # peer table full: strangers are ignored until slots free up
@@ -749,11 +761,11 @@ cdef class Core:
                          else "router overloaded, retry later")
             return
         cdef Msg *m = new Msg()
-        m.recv_us = mono_us()
+        m.recv_us = self.now_us
         zmqapi.msg_init(&m.payload)
         zmqapi.msg_move(&m.payload, payload)
         m.msg_id = msg_id
-        m.accepted_us = wall_us()
+        m.accepted_us = self.wall_now_us
         m.expire_us = now + ttl_ms if ttl_ms else 0
         m.sender = pi
         m.sender_gen = self.peers[pi].gen
@@ -851,7 +863,7 @@ cdef class Core:
 
     cdef void _journal_msg(self, Address *a, Msg *m, uint64_t seq) noexcept nogil:
         """Append the MSG record of one (address, seq) delivery to this pass's batch."""
-        cdef const char *t = m.tmpl.data()
+        cdef const char *t = tmpl(m)
         cdef size_t lk = <uint8_t>t[29], lf = <uint8_t>t[30], lc = <uint8_t>t[31]
         cdef size_t start = rec_begin(self.jbuf, REC_MSG)
         cdef uint64_t expire_wall = 0
@@ -961,7 +973,7 @@ cdef class Core:
         cdef Dedup d
         if self.dedup_ms == 0 or self.replaying:
             return
-        d.expires_ms = mono_ms() + self.dedup_ms
+        d.expires_ms = self.now_us // 1000 + self.dedup_ms
         d.status = status
         d.code = code
         self.dedup[dkey] = d
@@ -976,7 +988,7 @@ cdef class Core:
         (ACCEPTED only)."""
         if self.replaying:
             return
-        cdef const char *t = m.tmpl.data()
+        cdef const char *t = tmpl(m)
         cdef size_t lk = <uint8_t>t[29], lf = <uint8_t>t[30], lc = <uint8_t>t[31]
         cdef uint8_t b[4]
         self.history.push_back(<char>kind)
@@ -1194,7 +1206,7 @@ cdef class Core:
         cdef int pi = a.peer
         cdef int rc
         cdef Msg *m
-        cdef uint64_t now = mono_ms()
+        cdef uint64_t now = self.now_us // 1000
         if pi < 0:
             return False
         cdef Peer *p = self.peers[pi]
@@ -1262,11 +1274,11 @@ cdef class Core:
     cdef int _deliver(self, Peer *p, Address *a, Msg *m, uint64_t seq) noexcept nogil:
         """Send one DELIVER: 0 sent, 1 peer's pipe full, -1 peer unreachable."""
         cdef char buf[DELIVER_FIXED + 4 * 255]
-        cdef size_t tl = m.tmpl.size()
+        cdef size_t tl = m.tmpl_len
         cdef size_t la = a.name.size()
         cdef zmq_msg_t body
         cdef int err
-        memcpy(buf, m.tmpl.data(), tl)
+        memcpy(buf, tmpl(m), tl)
         put64(<uint8_t *>buf + 4, seq)
         buf[32] = <char>la
         memcpy(buf + tl, a.name.data(), la)
@@ -1282,7 +1294,7 @@ cdef class Core:
             zmqapi.msg_close(&body)
         self.c.msgs_out[m.cls] += 1
         self.c.bytes_out += zmqapi.msg_size(&m.payload)
-        cdef uint64_t hop = mono_us() - m.recv_us
+        cdef uint64_t hop = self.now_us - m.recv_us if self.now_us > m.recv_us else 0
         observe(self.c.hop[m.cls], HOP_BOUNDS, 17, hop)
         self.c.hop_sum_us[m.cls] += hop
         return 0
@@ -1333,7 +1345,7 @@ cdef class Core:
             self.c.queued -= 1
         a.acked = seq
         a.attempts = 0  # progress: the redelivery backoff starts over
-        a.inflight_ms = mono_ms() if a.sent > 0 else 0
+        a.inflight_ms = self.now_us // 1000 if a.sent > 0 else 0
         if a.peer >= 0 and a.sent < a.rel.size():
             self._mark_dirty(ai)
 

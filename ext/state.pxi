@@ -7,9 +7,14 @@
 # freed when the last entry goes. Peers and addresses live in slot vectors and are named
 # by index; a peer slot is reused, so references to a peer carry its ``gen``.
 
+cdef enum:
+    TMPL_INLINE = 96        # most templates (33 bytes + kind + sender + channel) fit here
+
 cdef cppclass Msg:
     zmq_msg_t payload       # the payload frame as received, shared by zmq_msg_copy
-    string tmpl             # DELIVER header without seq and address (see fill_deliver)
+    char tmpl_short[TMPL_INLINE]  # DELIVER header without seq and address (build_template),
+    string tmpl_long        # ... here instead when longer than TMPL_INLINE
+    uint16_t tmpl_len
     uint64_t msg_id
     uint64_t accepted_us    # wall clock, microseconds, when the router took it
     uint64_t expire_us      # monotonic deadline, 0 = no TTL

@@ -85,11 +85,23 @@ cdef inline void build_template(Msg *m, uint8_t flags, const string &sender,
     fixed[29] = lk
     fixed[30] = <uint8_t>sender.size()
     fixed[31] = <uint8_t>channel.size()
-    m.tmpl.reserve(33 + lk + sender.size() + channel.size())
-    m.tmpl.assign(<const char *>fixed, 33)
-    m.tmpl.append(<const char *>kind, lk)
-    m.tmpl.append(sender)
-    m.tmpl.append(channel)
+    cdef size_t n = 33 + lk + sender.size() + channel.size()
+    cdef char *t = m.tmpl_short
+    if n > TMPL_INLINE:  # rare: long names; the common case costs no allocation
+        m.tmpl_long.resize(n)
+        t = &m.tmpl_long[0]
+    memcpy(t, fixed, 33)
+    memcpy(t + 33, kind, lk)
+    memcpy(t + 33 + lk, sender.data(), sender.size())
+    memcpy(t + 33 + lk + sender.size(), channel.data(), channel.size())
+    m.tmpl_len = <uint16_t>n
+
+
+cdef inline const char *tmpl(Msg *m) noexcept nogil:
+    """The message's DELIVER template (see build_template)."""
+    if m.tmpl_len <= TMPL_INLINE:
+        return <const char *>m.tmpl_short
+    return m.tmpl_long.data()
 
 
 cdef inline bint contains_int(vector[int] &v, int x) noexcept nogil:
