@@ -1354,7 +1354,7 @@ cdef class Core:
         """Drop one entry (TTL passed, or too many attempts); its seq is skipped, never
         reused, and the endpoint's next ack covers it."""
         cdef Msg *m = a.rel[idx].msg
-        a.rel.erase(a.rel.begin() + idx)
+        a.rel.erase_at(idx)
         if idx < a.sent:
             a.sent -= 1
         m.pending -= 1

@@ -7,6 +7,19 @@
 # freed when the last entry goes. Peers and addresses live in slot vectors and are named
 # by index; a peer slot is reused, so references to a peer carry its ``gen``.
 
+cdef extern from "fifo.h" nogil:
+    cdef cppclass Fifo[T]:
+        size_t size()
+        bint empty()
+        T &front()
+        T &back()
+        T &operator[](size_t)
+        void push_back(const T &)
+        void pop_back()
+        void pop_front()
+        void erase_at(size_t)
+        void clear()
+
 cdef enum:
     TMPL_INLINE = 96        # most templates (33 bytes + kind + sender + channel) fit here
 
@@ -49,10 +62,10 @@ cdef cppclass Address:
     uint64_t next_seq       # last sequence assigned
     uint64_t acked          # cumulative ack from the endpoint
     size_t sent             # entries at the front of `rel` already sent, unacked
-    deque[Entry] rel        # reliable entries, in seq order, not yet acked
-    deque[Msg*] notices     # best-effort entries
+    Fifo[Entry] rel         # reliable entries, in seq order, not yet acked
+    Fifo[Msg*] notices      # best-effort entries
     unordered_map[string, Msg*] latest   # conflated location per key
-    deque[string] latest_order           # keys in arrival order
+    Fifo[string] latest_order            # keys in arrival order
     bool dirty              # listed in Core.dirty
 
 cdef cppclass Peer:
