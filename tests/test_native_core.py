@@ -60,3 +60,12 @@ def test_core_refuses_a_non_router_socket():
             raise AssertionError("Core accepted a DEALER socket")
     finally:
         s.close(linger=0)
+
+
+def test_journal_crc_is_crc32c_in_hardware_and_table_alike():
+    from router import _core
+
+    assert _core._crc32c_check(b"123456789") == (0xE3069283, 0xE3069283)  # the check value
+    blob = bytes(range(256)) * 41 + b"tail"  # odd length: the 8-byte loop and the rest
+    hw, table = _core._crc32c_check(blob)
+    assert hw == table
