@@ -30,28 +30,22 @@ from proto import protocol as P  # noqa: E402
 WELCOME_FIELDS = (1000, 3, 1 << 20)
 
 
+def _addresses(frame: bytes, off: int, trailer: int = 0) -> list[bytes]:
+    """Addresses of a list: count, then [len][addr] entries each followed by ``trailer``
+    bytes (P.SEQ.size for a cursor list, 0 for an address list)."""
+    (count,) = P.COUNT.unpack_from(frame, off)
+    off += P.COUNT.size
+    out = []
+    for _ in range(count):
+        n = frame[off]
+        out.append(frame[off + 1 : off + 1 + n])
+        off += 1 + n + trailer
+    return out
+
+
 def _cursor_addresses(frame: bytes, off: int) -> list[bytes]:
     """Addresses of a cursor list (count, then [len][addr][u64 seq] entries)."""
-    (count,) = P.COUNT.unpack_from(frame, off)
-    off += P.COUNT.size
-    out = []
-    for _ in range(count):
-        n = frame[off]
-        out.append(frame[off + 1 : off + 1 + n])
-        off += 1 + n + P.SEQ.size
-    return out
-
-
-def _addresses(frame: bytes, off: int) -> list[bytes]:
-    """Addresses of an address list (count, then [len][addr] entries)."""
-    (count,) = P.COUNT.unpack_from(frame, off)
-    off += P.COUNT.size
-    out = []
-    for _ in range(count):
-        n = frame[off]
-        out.append(frame[off + 1 : off + 1 + n])
-        off += 1 + n
-    return out
+    return _addresses(frame, off, P.SEQ.size)
 
 
 class Stats:

@@ -13,7 +13,7 @@ metrics) is Python in the ``router`` package, which owns a :class:`Core`.
 import zmq  # loads libzmq into the process before we resolve its symbols
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 from libc.stdio cimport snprintf
 from libc.errno cimport EAGAIN, EINTR, EHOSTUNREACH
 from libcpp cimport bool
@@ -280,12 +280,12 @@ cdef class Core:
         """A snapshot of the native counters and table sizes."""
         cdef int i
         cdef Counters *c
-        classes = ("order", "dispatch", "chat", "notice", "location")
+        # Lists indexed by the protocol's numbers (MsgClass, Status, ErrorCode): names
+        # come from router.protocol, the one table, where they are shown.
         d = {
-            "msgs_in": {classes[i]: self.c.msgs_in[i] for i in range(N_CLASSES)},
-            "msgs_out": {classes[i]: self.c.msgs_out[i] for i in range(N_CLASSES)},
-            "receipts": {s: self.c.receipts[i] for i, s in enumerate(
-                ("none", "accepted", "delivered", "expired", "refused", "failed"))},
+            "msgs_in": [self.c.msgs_in[i] for i in range(N_CLASSES)],
+            "msgs_out": [self.c.msgs_out[i] for i in range(N_CLASSES)],
+            "receipts": [self.c.receipts[i] for i in range(6)],
             "errors": {i: self.c.errors[i] for i in range(32) if self.c.errors[i]},
         }
         c = &self.c
@@ -363,33 +363,17 @@ cdef class Core:
     def drain_events(self) -> list:
         """Connects, disconnects and errors since the last call, as tuples
         ``(kind, name, role, identity, code, naddrs)`` with kind in
-        ``"connect" | "disconnect" | "error" | "storage"``."""
+        ``"connect" | "disconnect" | "error" | "storage"``; for a disconnect ``code`` is
+        the reason: ``"bye" | "heartbeat timeout" | "unreachable"``."""
         kinds = {EV_CONNECT: "connect", EV_DISCONNECT: "disconnect", EV_ERROR: "error",
                  EV_STORAGE: "storage"}
+        reasons = {REASON_BYE: "bye", REASON_TIMEOUT: "heartbeat timeout",
+                   REASON_UNREACHABLE: "unreachable"}
         out = [(kinds[e.kind], e.name.decode(errors="replace"), e.role, bytes(e.identity),
-                e.code, e.naddrs) for e in self.events]
+                reasons[e.code] if e.kind == EV_DISCONNECT else e.code, e.naddrs)
+               for e in self.events]
         self.events.clear()
         return out
-
-    def address(self, name) -> dict | None:
-        """State of one address, or None if the router has never seen it."""
-        cdef string key = name.encode() if isinstance(name, str) else name
-        it = self.addr_by_name.find(key)
-        if it == self.addr_by_name.end():
-            return None
-        cdef Address *a = self.addrs[deref(it).second]
-        peer = None if a.peer < 0 else self.peers[a.peer].name.decode(errors="replace")
-        return {"peer": peer, "last_seq": a.next_seq, "acked": a.acked,
-                "unacked": a.rel.size(), "in_flight": a.sent,
-                "notices": a.notices.size(), "locations": a.latest.size()}
-
-    def channel(self, name) -> list | None:
-        """Member addresses of a channel, or None if it does not exist."""
-        cdef string key = name.encode() if isinstance(name, str) else name
-        it = self.channels.find(key)
-        if it == self.channels.end():
-            return None
-        return [self.addrs[i].name.decode() for i in deref(it).second]
 
     def online(self) -> dict:
         """Presence: bound address -> wall-clock seconds since it came online."""
@@ -552,9 +536,9 @@ cdef class Core:
         return 1
 
     cdef void _handle(self, zmq_msg_t *f, int n, int extra) noexcept nogil:
-        cdef string ident = string(<char *>zmqapi.msg_data(&f[0]), zmqapi.msg_size(&f[0]))
         cdef uint64_t now = self.now_us // 1000
-        cdef int pi = self._peer_slot(ident, now)
+        cdef int pi = self._peer_slot(<const char *>zmqapi.msg_data(&f[0]),
+                                      zmqapi.msg_size(&f[0]), now)
         if pi < 0:
             return  # peer table full: strangers are ignored until slots free up
         cdef Peer *p = self.peers[pi]
@@ -743,9 +727,9 @@ cdef class Core:
                 return
             targets = &deref(it).second
         else:
-            single.push_back(self._address_slot(pi, h + 20, lt))
+            single.push_back(self._address_of(pi, tname))  # validated above
             if single[0] < 0:
-                return  # _address_slot already refused
+                return  # _address_of already refused
         cdef string dkey
         if cls <= CLASS_CHAT:
             dkey = dedup_key(self.peers[pi].sender_id, msg_id)
@@ -1135,16 +1119,11 @@ cdef class Core:
         return True
 
     cdef int _restore_address(self, const string &name) noexcept nogil:
+        """Find or create an address named in the journal (no table limit at start-up)."""
         it = self.addr_by_name.find(name)
         if it != self.addr_by_name.end():
             return deref(it).second
-        cdef Address *a = new Address()
-        a.name = name
-        a.peer = -1
-        cdef int ai = <int>self.addrs.size()
-        self.addrs.push_back(a)
-        self.addr_by_name[name] = ai
-        return ai
+        return self._new_address(name)
 
     # ---- sending -----------------------------------------------------------------------
 
@@ -1411,9 +1390,8 @@ cdef class Core:
         cdef const uint8_t *e = <const uint8_t *>deref(it).second.data()
         cdef size_t i, n = deref(it).second.size() // 11
         cdef Peer *p = self.peers[pi]
-        for i in range(n):
-            self.c.receipts[e[i * 11 + 8]] -= 1  # counted once, when held
-            self._receipt_to(pi, p.gen, get64(e + i * 11), e[i * 11 + 8], get16(e + i * 11 + 9))
+        for i in range(n):  # counted when they were held
+            self._append_receipt(p, pi, get64(e + i * 11), e[i * 11 + 8], get16(e + i * 11 + 9))
         self.outbox.erase(it)
 
     cdef void _finish(self, Msg *m, uint8_t status, uint16_t code) noexcept nogil:
@@ -1429,16 +1407,27 @@ cdef class Core:
     cdef void _receipt_to(self, int pi, uint32_t gen, uint64_t msg_id, uint8_t status,
                           uint16_t code) noexcept nogil:
         cdef Peer *p = self.peers[pi]
-        cdef uint8_t entry[11]
         self.c.receipts[status] += 1
         if not p.live or p.gen != gen or p.gone:
             self.c.receipts_dropped += 1
             return
+        self._append_receipt(p, pi, msg_id, status, code)
+
+    cdef void _append_receipt(self, Peer *p, int pi, uint64_t msg_id, uint8_t status,
+                              uint16_t code) noexcept nogil:
+        """Add one entry to the peer's RECEIPT batch (flushed once per loop pass)."""
+        cdef uint8_t entry[11]
+        cdef uint8_t head[6]
         put64(entry, msg_id)
         entry[8] = status
         put16(entry + 9, code)
         if p.nreceipts == 0:
-            p.receipts.assign(<const char *>b"\xd5\x01\x13\x00\x00\x00", 6)
+            head[0] = SIGNATURE
+            head[1] = VERSION
+            head[2] = CMD_RECEIPT
+            head[3] = 0
+            put16(head + 4, 0)  # the count, set at flush
+            p.receipts.assign(<const char *>head, 6)
             self.receipt_peers.push_back(pi)
         p.receipts.append(<const char *>entry, 11)
         p.nreceipts += 1
@@ -1522,11 +1511,14 @@ cdef class Core:
 
     # ---- peers and addresses -------------------------------------------------------------
 
-    cdef int _peer_slot(self, const string &ident, uint64_t now) noexcept nogil:
+    cdef int _peer_slot(self, const char *ident, size_t n, uint64_t now) noexcept nogil:
         # Messages come in bursts from one peer: check the last one before hashing.
-        if self.last_pi >= 0 and self.peers[self.last_pi].identity == ident:
-            return self.last_pi
-        self.last_pi = self._find_or_add_peer(ident, now)
+        cdef Peer *last
+        if self.last_pi >= 0:
+            last = self.peers[self.last_pi]
+            if last.identity.size() == n and memcmp(last.identity.data(), ident, n) == 0:
+                return self.last_pi
+        self.last_pi = self._find_or_add_peer(string(ident, n), now)
         return self.last_pi
 
     cdef int _find_or_add_peer(self, const string &ident, uint64_t now) noexcept nogil:
@@ -1567,13 +1559,19 @@ cdef class Core:
             self._error(pi, E_BAD_ADDRESS, 0,
                         "addresses are 1..255 printable ASCII bytes without spaces")
             return -1
-        cdef string key = string(<const char *>name, ln)
+        return self._address_of(pi, string(<const char *>name, ln))
+
+    cdef int _address_of(self, int pi, const string &key) noexcept nogil:
+        """Find or create the address ``key`` (already validated); -1 if the table is full."""
         it = self.addr_by_name.find(key)
         if it != self.addr_by_name.end():
             return deref(it).second
         if self.addrs.size() >= self.max_addresses:
             self._error(pi, E_ADDRESS_LIMIT, 0, "the router's address table is full")
             return -1
+        return self._new_address(key)
+
+    cdef int _new_address(self, const string &key) noexcept nogil:
         cdef Address *a = new Address()
         a.name = key
         a.peer = -1

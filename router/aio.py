@@ -18,7 +18,7 @@ import zmq
 import zmq.asyncio
 
 from .client import FINAL, make_socket
-from .protocol import Delivery, MsgClass, Receipt, Role, Status
+from .protocol import Command, Delivery, MsgClass, Receipt, Role, Status, prefix
 from .session import (
     COMPRESS_ABOVE, EndpointSession, Payload, Reply, RouterError, RouterUnavailable,
     SenderSession, Session, Welcome,
@@ -96,7 +96,7 @@ class _AsyncClient:
         if not self.socket.closed:
             if bye:
                 try:
-                    await self._send([bytes((0xD5, 1, 0x31, 0))])
+                    await self._send([prefix(Command.BYE)])
                 except zmq.ZMQError:
                     pass
             self.socket.close(linger=100 if bye else 0)

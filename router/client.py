@@ -26,7 +26,9 @@ from typing import Callable, Iterable, Iterator
 import orjson
 import zmq
 
-from .protocol import Delivery, ErrorCode, MsgClass, Receipt, Role, Status
+from .protocol import (
+    Command, Delivery, ErrorCode, MsgClass, Receipt, Role, Status, prefix,
+)
 from .session import (
     COMPRESS_ABOVE, EndpointSession, Payload, Reply, RouterError, RouterUnavailable,
     SenderSession, Session, Welcome, payload_json,
@@ -125,7 +127,7 @@ class Client:
             return
         if bye:
             try:
-                self.socket.send(bytes((0xD5, 1, 0x31, 0)), zmq.DONTWAIT)
+                self.socket.send(prefix(Command.BYE), zmq.DONTWAIT)
             except zmq.ZMQError:
                 pass
         self.socket.close(linger=100 if bye else 0)

@@ -24,10 +24,7 @@ from prometheus_client.core import (
 )
 
 from . import core as _native
-from .protocol import ErrorCode, MsgClass
-
-CLASSES = [c.name.lower() for c in MsgClass]
-RELIABLE = CLASSES[:3]
+from .protocol import RELIABLE_CLASSES, ErrorCode, MsgClass, Status
 BOUNDS = _native.histogram_bounds()
 #: Seconds between snapshots of the core (a scrape sees data at most this old).
 REFRESH_SECONDS = 1.0
@@ -82,8 +79,8 @@ class RouterCollector:
                 ("router_messages_delivered", "msgs_out",
                  "DELIVER frames sent (fan-out and redeliveries included), by class")):
             fam = CounterMetricFamily(name, doc, labels=["class"])
-            for cls in CLASSES:
-                fam.add_metric([cls], s[key][cls])
+            for cls in MsgClass:
+                fam.add_metric([cls.name.lower()], s[key][cls])
             yield fam
         for name, key, doc in (
                 ("router_fanout_deliveries", "fanout", "extra deliveries made by channel fan-out"),
@@ -94,8 +91,8 @@ class RouterCollector:
     def _outcomes(self, s: dict) -> Iterator[Metric]:
         fam = CounterMetricFamily("router_receipts", "receipts issued, by status",
                                   labels=["status"])
-        for status in ("accepted", "delivered", "expired", "refused", "failed"):
-            fam.add_metric([status], s["receipts"][status])
+        for status in Status:
+            fam.add_metric([status.name.lower()], s["receipts"][status])
         yield fam
         for name, key, doc in (
                 ("router_redeliveries", "redeliveries", "in-flight windows sent again, no ack"),
@@ -128,15 +125,16 @@ class RouterCollector:
     def _latency(self, s: dict) -> Iterator[Metric]:
         fam = HistogramMetricFamily("router_hop_latency_seconds",
                                     "router receive to DELIVER send", labels=["class"])
-        for i, cls in enumerate(CLASSES):
-            fam.add_metric([cls], _buckets(s["hop"][i], BOUNDS["hop"]), s["hop_sum_us"][i] / 1e6)
+        for cls in MsgClass:
+            fam.add_metric([cls.name.lower()], _buckets(s["hop"][cls], BOUNDS["hop"]),
+                           s["hop_sum_us"][cls] / 1e6)
         yield fam
         fam = HistogramMetricFamily("router_delivery_latency_seconds",
                                     "accepted to recipient ack (reliable classes)",
                                     labels=["class"])
-        for i, cls in enumerate(RELIABLE):
-            fam.add_metric([cls], _buckets(s["delivery"][i], BOUNDS["delivery"]),
-                           s["delivery_sum_us"][i] / 1e6)
+        for cls in sorted(RELIABLE_CLASSES):
+            fam.add_metric([cls.name.lower()], _buckets(s["delivery"][cls], BOUNDS["delivery"]),
+                           s["delivery_sum_us"][cls] / 1e6)
         yield fam
 
     def _journal(self, s: dict) -> Iterator[Metric]:

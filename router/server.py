@@ -22,7 +22,7 @@ from .broker import Broker
 from .config import Settings
 from .history import History
 from .journal import FileStore, Recovery
-from .protocol import ErrorCode, Role
+from .protocol import ErrorCode, Role, Status
 
 log = logging.getLogger("router")
 
@@ -228,8 +228,7 @@ class Router:
             elif kind == "disconnect":
                 if role == Role.WORKER:
                     self.broker.worker_gone(ident)
-                why = {1: "bye", 2: "heartbeat timeout", 3: "unreachable"}.get(code, code)
-                log.info("peer disconnected: %s (%s, %s)", name or ident.hex(), role_name, why)
+                log.info("peer disconnected: %s (%s, %s)", name or ident.hex(), role_name, code)
             elif kind == "storage":
                 log.error("journal commit failed, sends refused with STORAGE_FAILED: %s",
                           self.core.store_error)
@@ -247,13 +246,14 @@ class Router:
         st = self.core.stats()
         dt = max(now - self._last_summary, 1e-9)
         prev = self._last_stats
-        rate_in = (sum(st["msgs_in"].values()) - sum(prev["msgs_in"].values())) / dt
-        rate_out = (sum(st["msgs_out"].values()) - sum(prev["msgs_out"].values())) / dt
+        rate_in = (sum(st["msgs_in"]) - sum(prev["msgs_in"])) / dt
+        rate_out = (sum(st["msgs_out"]) - sum(prev["msgs_out"])) / dt
         log.info(
             "%s: in %.0f/s out %.0f/s, peers %d, addresses %d, channels %d, queued %d, "
             "delivered %d, refused %d, expired %d, shed %d, errors %d",
             "final" if final else "summary", rate_in, rate_out, st["peers"], st["addresses"],
-            st["channels"], st["queued"], st["receipts"]["delivered"], st["receipts"]["refused"],
+            st["channels"], st["queued"], st["receipts"][Status.DELIVERED],
+            st["receipts"][Status.REFUSED],
             st["expired"], st["shed"], sum(st["errors"].values()),
         )
         self._last_summary, self._last_stats = now, st

@@ -192,7 +192,7 @@ class City:
             self._later(now + rng.uniform(5, 20), answer,
                         {"order": body["order"], "rider": party, "offer": body})
         elif kind == "dispatch.accepted" and party.startswith("rider:"):
-            o = self.service.orders.get(body["order"]) or self._find(body["order"])
+            o = self._find(body["order"])
             if o is not None:
                 r = self.riders[party]
                 r.stops.append((*o.merchant_pos, "pickup", o.id, o.ready_at, 0.0))
