@@ -292,13 +292,19 @@ def test_same_identity_reconnect_takes_over(router):
         first.close(bye=False)
 
 
-def test_corrupt_journal_tail_recovers_good_prefix(make_router):
-    r = make_router(*FAST)
+def journal_then_kill(r: RouterProcess, address: str, n: int) -> Path:
+    """Journal ``n`` numbered messages for ``address``, SIGKILL the router, and return
+    the segment file that holds them."""
     with Sender(r.url, "orders") as s:
-        ids = [s.send("merchant:7", str(i)) for i in range(50)]
+        ids = [s.send(address, str(i)) for i in range(n)]
         s.wait(ids[-1], Status.ACCEPTED, timeout=5)
     r.kill()
-    seg = sorted(Path(r.data_dir, "journal").glob("*.log"))[-1]
+    return sorted(Path(r.data_dir, "journal").glob("*.log"))[-1]
+
+
+def test_corrupt_journal_tail_recovers_good_prefix(make_router):
+    r = make_router(*FAST)
+    seg = journal_then_kill(r, "merchant:7", 50)
     data = seg.read_bytes()
     seg.write_bytes(data[:-7] + b"\xff" * 3)  # a torn, garbled last record
     r.restart()
@@ -314,11 +320,7 @@ def test_corrupt_journal_tail_recovers_good_prefix(make_router):
 
 def test_corrupt_record_in_the_middle_is_reported(make_router):
     r = make_router(*FAST)
-    with Sender(r.url, "orders") as s:
-        ids = [s.send("merchant:8", str(i)) for i in range(20)]
-        s.wait(ids[-1], Status.ACCEPTED, timeout=5)
-    r.kill()
-    seg = sorted(Path(r.data_dir, "journal").glob("*.log"))[-1]
+    seg = journal_then_kill(r, "merchant:8", 20)
     data = bytearray(seg.read_bytes())
     data[len(data) // 2] ^= 0xFF  # flip a byte: a CRC fails
     seg.write_bytes(bytes(data))
