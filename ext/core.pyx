@@ -10,6 +10,7 @@ zmq_msg_copy for every delivery. Everything else (configuration, sockets, loggin
 metrics) is Python in the ``router`` package, which owns a :class:`Core`.
 """
 
+import os
 import zmq  # loads libzmq into the process before we resolve its symbols
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
@@ -154,7 +155,7 @@ cdef class Core:
     cdef vector[int] free_peers
     cdef int last_pi           # the peer of the previous message (see _peer_slot)
     cdef vector[Address*] addrs
-    cdef unordered_map[string, int] addr_by_name
+    cdef NameIndex addr_by_name   # address name -> slot in addrs (ext/names.h)
     cdef unordered_map[string, vector[int]] channels
     cdef vector[int] dirty
     cdef vector[int] receipt_peers
@@ -240,6 +241,7 @@ cdef class Core:
         # Sized once: growing a hash table rehashes every entry in one step, which would
         # stop the loop for ~0.2 us per entry (100 ms at 500k entries).
         self.dedup.reserve(dedup_capacity)
+        self.addr_by_name.set_seed(int.from_bytes(os.urandom(8), "little"))
         self._clock()
         self.last_pi = -1
         self.next_sweep_ms = mono_ms() + 1000
@@ -645,10 +647,11 @@ cdef class Core:
         cdef uint16_t count = get16(h + 4)
         cdef size_t off = 6
         cdef uint16_t i
+        cdef int ai
         for i in range(count):
-            it = self.addr_by_name.find(string(<const char *>h + off + 1, h[off]))
-            if it != self.addr_by_name.end() and self.addrs[deref(it).second].peer == pi:
-                self._unbind(pi, deref(it).second)
+            ai = self.addr_by_name.find(<const char *>h + off + 1, h[off])
+            if ai >= 0 and self.addrs[ai].peer == pi:
+                self._unbind(pi, ai)
             off += 1 + h[off]
 
     cdef void _on_join(self, int pi, const uint8_t *h, size_t hlen, bint leave) noexcept nogil:
@@ -687,10 +690,11 @@ cdef class Core:
         cdef uint16_t count = get16(h + 4)
         cdef size_t off = 6
         cdef uint16_t i
+        cdef int ai
         for i in range(count):
-            it = self.addr_by_name.find(string(<const char *>h + off + 1, h[off]))
-            if it != self.addr_by_name.end():
-                self._ack_to(deref(it).second, get64(h + off + 1 + h[off]))
+            ai = self.addr_by_name.find(<const char *>h + off + 1, h[off])
+            if ai >= 0:
+                self._ack_to(ai, get64(h + off + 1 + h[off]))
             off += 1 + h[off] + 8
         self.c.acks_in += count
 
@@ -717,18 +721,20 @@ cdef class Core:
             self._refuse(pi, msg_id, cls, E_BAD_ADDRESS,
                          "target must be 1..255 printable ASCII bytes without spaces")
             return
-        cdef vector[int] single
-        cdef vector[int] *targets = &single
+        cdef int single
+        cdef const int *targets = &single    # one address, or a channel's members
+        cdef size_t ntargets = 1
         cdef string tname = string(<const char *>h + 20, lt)
         if flags & FLAG_CHANNEL:
             it = self.channels.find(tname)
             if it == self.channels.end():
                 self._refuse(pi, msg_id, cls, E_UNKNOWN_CHANNEL, "no such channel: JOIN first")
                 return
-            targets = &deref(it).second
+            targets = deref(it).second.data()
+            ntargets = deref(it).second.size()
         else:
-            single.push_back(self._address_of(pi, tname))  # validated above
-            if single[0] < 0:
+            single = self._address_of(pi, tname)  # validated above
+            if single < 0:
                 return  # _address_of already refused
         cdef string dkey
         if cls <= CLASS_CHAT:
@@ -740,7 +746,7 @@ cdef class Core:
                 self._receipt_to(pi, self.peers[pi].gen, msg_id, deref(dit).second.status,
                                  deref(dit).second.code)
                 return
-        cdef int code = self._admit(deref(targets), cls)
+        cdef int code = self._admit(targets, ntargets, cls)
         if code != 0:
             self._refuse(pi, msg_id, cls, code,
                          "recipient queue full, retry later" if code == E_QUEUE_FULL
@@ -774,14 +780,14 @@ cdef class Core:
                        tname if flags & FLAG_CHANNEL else string(), h + 20 + lt, lk)
         self.c.msgs_in[cls] += 1
         self.c.bytes_in += zmqapi.msg_size(&m.payload)
-        if deref(targets).size() > 1:
-            self.c.fanout += deref(targets).size() - 1
+        if ntargets > 1:
+            self.c.fanout += ntargets - 1
         if cls == CLASS_LOCATION and key.empty():
             key = self.peers[pi].name
         cdef size_t i
         m.refs = 1  # hold it while fanning out
-        for i in range(deref(targets).size()):
-            self._enqueue(deref(targets)[i], m, key)
+        for i in range(ntargets):
+            self._enqueue(targets[i], m, key)
         if cls <= CLASS_CHAT:
             self._remember(dkey, ST_ACCEPTED, 0)
             if self.store is not None:
@@ -792,16 +798,16 @@ cdef class Core:
                 self._accepted(m)
         self._release(m)
 
-    cdef int _admit(self, vector[int] &targets, uint8_t cls) noexcept nogil:
+    cdef int _admit(self, const int *targets, size_t ntargets, uint8_t cls) noexcept nogil:
         """0 to accept, or E_QUEUE_FULL / E_OVERLOADED to refuse a reliable message.
 
         Best-effort traffic is never refused: it is shed on enqueue instead."""
         cdef size_t i
         if cls > CLASS_CHAT:
             return 0
-        if self.c.queued + targets.size() > self.max_queued:
+        if self.c.queued + ntargets > self.max_queued:
             return E_OVERLOADED
-        for i in range(targets.size()):
+        for i in range(ntargets):
             if self.addrs[targets[i]].rel.size() >= self.max_queue:
                 return E_QUEUE_FULL
         return 0
@@ -1120,28 +1126,10 @@ cdef class Core:
 
     cdef int _restore_address(self, const string &name) noexcept nogil:
         """Find or create an address named in the journal (no table limit at start-up)."""
-        it = self.addr_by_name.find(name)
-        if it != self.addr_by_name.end():
-            return deref(it).second
-        return self._new_address(name)
+        cdef int ai = self.addr_by_name.find(name)
+        return ai if ai >= 0 else self._new_address(name)
 
     # ---- sending -----------------------------------------------------------------------
-
-    cdef inline bint _idle(self, Address *a) noexcept nogil:
-        """Bound, writable, and with nothing waiting: a message may skip the queue."""
-        return (a.peer >= 0 and not a.dirty and a.notices.empty() and a.latest.empty()
-                and a.sent == a.rel.size() and not self.peers[a.peer].blocked
-                and not self.peers[a.peer].gone)
-
-    cdef bint _send_now(self, int ai, Msg *m) noexcept nogil:
-        """Deliver a best-effort message at once; False (and the peer marked blocked or
-        gone) when it must be queued instead."""
-        cdef Address *a = self.addrs[ai]
-        cdef int rc = self._deliver(self.peers[a.peer], a, m, 0)
-        if rc == 0:
-            return True
-        self._send_failed(a.peer, rc)
-        return False
 
     cdef void _flush(self) noexcept nogil:
         cdef size_t i
@@ -1563,9 +1551,9 @@ cdef class Core:
 
     cdef int _address_of(self, int pi, const string &key) noexcept nogil:
         """Find or create the address ``key`` (already validated); -1 if the table is full."""
-        it = self.addr_by_name.find(key)
-        if it != self.addr_by_name.end():
-            return deref(it).second
+        cdef int ai = self.addr_by_name.find(key)
+        if ai >= 0:
+            return ai
         if self.addrs.size() >= self.max_addresses:
             self._error(pi, E_ADDRESS_LIMIT, 0, "the router's address table is full")
             return -1
@@ -1581,7 +1569,7 @@ cdef class Core:
         a.dirty = False
         cdef int ai = <int>self.addrs.size()
         self.addrs.push_back(a)
-        self.addr_by_name[key] = ai
+        self.addr_by_name.insert(&a.name)
         return ai
 
     cdef void _bind(self, int pi, int ai, uint64_t cursor) noexcept nogil:

@@ -20,6 +20,14 @@ cdef extern from "fifo.h" nogil:
         void erase_at(size_t)
         void clear()
 
+cdef extern from "names.h" nogil:
+    cdef cppclass NameIndex:
+        size_t size()
+        void set_seed(uint64_t)
+        int find(const char *, size_t)
+        int find(const string &)
+        void insert(const string *)
+
 cdef enum:
     TMPL_INLINE = 96        # most templates (33 bytes + kind + sender + channel) fit here
 
