@@ -100,6 +100,23 @@ def test_gateway_binds_thousands_of_addresses(router):
         assert all(payload_json(d)["to"] == d.address for d in got)
 
 
+
+def test_names_that_share_prefixes_route_to_their_own_gateway(router):
+    # Names of every length around the index's 8-byte hashing steps, sharing prefixes,
+    # split between two gateways: each message must reach the gateway that bound it.
+    names = [("r" * n) + suffix for n in range(1, 26) for suffix in ("", "x", "7")]
+    names = sorted(set(names))
+    first, second = names[0::2], names[1::2]
+    with Endpoint(router.url, first, role=Role.GATEWAY, name="gw-a") as a, \
+            Endpoint(router.url, second, role=Role.GATEWAY, name="gw-b") as b, \
+            Sender(router.url, "orders") as s:
+        for name in names:
+            s.send(name, {"to": name}, msg_class=MsgClass.NOTICE)
+        got_a, got_b = drain(a, len(first)), drain(b, len(second))
+        assert sorted(d.address for d in got_a) == sorted(first)
+        assert sorted(d.address for d in got_b) == sorted(second)
+        assert all(payload_json(d)["to"] == d.address for d in got_a + got_b)
+
 def test_gateway_bind_more_and_unbind(router):
     with Endpoint(router.url, ["user:1"], role=Role.GATEWAY, name="gw") as gw, \
             Sender(router.url, "svc") as s:
