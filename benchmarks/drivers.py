@@ -15,7 +15,8 @@ count, rate, payload, window, wait_terminal, deadline, connect_timeout, hwm, fir
 hold (print {"event": "sent"} and keep the connection open until "close" on stdin).
 
 Receiver config: endpoint, hello (null, or {"role": "ENDPOINT"|"GATEWAY", "name",
-"addresses"}), count, reliable, deadline, idle, ack_interval, lat_file (raw latencies as
+"addresses"}) or hellos (a list of those: one connection each, all served by this
+process), count, reliable, deadline, idle, ack_interval, lat_file (raw latencies as
 int64 ns are written there), index_space, connect_timeout, hwm.
 """
 
@@ -156,25 +157,30 @@ def run_sender(cfg: dict) -> None:
 
 
 def run_receiver(cfg: dict) -> None:
+    """Receive on one connection, or on several from this one process: ``hellos`` lists
+    one HELLO per connection (gateways), ``hello`` is the single-connection form."""
     ctx = zmq.Context()
     cfg.setdefault("linger_ms", 1000)
-    sock = make_socket(ctx, cfg)
-    welcome = None
-    hello = cfg.get("hello")
-    if hello is not None:
-        role = P.Role[hello.get("role", "ENDPOINT")]
-        cursors = [(a, 0) for a in hello.get("addresses", [])]
-        welcome = handshake(
-            sock, P.encode_hello(role, hello.get("name", "bench-receiver"), cursors),
-            float(cfg.get("connect_timeout", 30)),
-        )
+    hellos = cfg.get("hellos") or [cfg.get("hello")]
+    socks, welcome = [], None
+    for hello in hellos:
+        sock = make_socket(ctx, cfg)
+        socks.append(sock)
+        if hello is not None:
+            role = P.Role[hello.get("role", "ENDPOINT")]
+            cursors = [(a, 0) for a in hello.get("addresses", [])]
+            welcome = handshake(
+                sock, P.encode_hello(role, hello.get("name", "bench-receiver"), cursors),
+                float(cfg.get("connect_timeout", 30)),
+            )
     emit("ready", welcome=welcome)
     wait_go(float(cfg.get("go_timeout", 60)))
     count = int(cfg["count"])
     lat_file = cfg.get("lat_file")
+    n_addresses = sum(len((h or {}).get("addresses", [])) for h in hellos)
     cpu0 = time.process_time()
     res = loadgen.run_receiver(
-        sock,
+        socks if len(socks) > 1 else socks[0],
         count,
         deadline_s=float(cfg.get("deadline", 60)),
         idle_s=float(cfg.get("idle", 2.0)),
@@ -182,16 +188,18 @@ def run_receiver(cfg: dict) -> None:
         ack_interval_s=float(cfg.get("ack_interval", 0.001)),
         max_samples=count if lat_file else 0,
         index_space=int(cfg.get("index_space", 0)),
-        max_addresses=max(16, len((hello or {}).get("addresses", [])) * 2),
+        max_addresses=max(16, n_addresses * 2),
         heartbeat_s=heartbeat_s(welcome),
     )
     res["cpu_s"] = time.process_time() - cpu0
+    res["connections"] = len(socks)
     lat = res.pop("latencies")
     if lat_file:
         with open(lat_file, "wb") as fh:
             lat.tofile(fh)
     res["samples"] = len(lat)
-    sock.close()
+    for sock in socks:
+        sock.close()
     ctx.term()
     emit("result", **res)
 

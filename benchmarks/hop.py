@@ -13,7 +13,10 @@ Contenders (each its own process; sender and receivers are separate processes to
 
 Scenarios:
   throughput  best effort (NOTICE), one address, as fast as it goes
-  gateways    10,000 addresses bound through 4 GATEWAY connections, sender round-robins
+  gateways    10,000 addresses bound through 4 GATEWAY connections, sender round-robins;
+              the connections live in one receiver process (--gateway-procs 1, the
+              default) so the trial has the same driver processes as "throughput" and
+              the ratio measures the hop; --gateway-procs 4 gives each its own process
   reliable    ORDER class, receiver acks cumulatively, sender waits for DELIVERED receipts
   latency     p50/p99 at fixed offered rates (--rates), --duration seconds each
   fanout      SEND to channel order:1 with 3 members on 3 receivers, p99 at 5k msg/s
@@ -81,6 +84,7 @@ class Options:
     fanout_rate: int = 5000
     addresses: int = 10_000
     gateways: int = 4
+    gateway_procs: int = 1
     window: int = 20_000
     deadline: float = 60.0
     idle: float = 2.0
@@ -387,6 +391,12 @@ def gateway_addresses(n: int, gateways: int) -> list[list[str]]:
     return [[f"user:{i}" for i in range(g, n, gateways)] for g in range(gateways)]
 
 
+def spread(items: list, procs: int) -> list[list]:
+    """Deal ``items`` round-robin into at most ``procs`` non-empty groups."""
+    procs = max(1, min(procs, len(items)))
+    return [items[i::procs] for i in range(procs)]
+
+
 def expected_per_gateway(count: int, n: int, gateways: int) -> list[int]:
     full, rest = divmod(count, n)
     per = [len(range(g, n, gateways)) * full for g in range(gateways)]
@@ -420,11 +430,12 @@ def build_trial(scenario: str, hop: Hop, opts: Options, rate: float, tmp: str):
     elif scenario == "gateways":
         groups = gateway_addresses(opts.addresses, opts.gateways)
         sender["targets"] = [f"user:{i}" for i in range(opts.addresses)]
-        for g, (addrs, n) in enumerate(zip(groups, expected_per_gateway(
-                count, opts.addresses, opts.gateways))):
+        conns = [({"role": "GATEWAY", "name": f"bench-gw{g}", "addresses": addrs}, n)
+                 for g, (addrs, n) in enumerate(zip(groups, expected_per_gateway(
+                     count, opts.addresses, opts.gateways)))]
+        for share in spread(conns, opts.gateway_procs):
             receivers.append(dict(
-                recv, count=n, hello={"role": "GATEWAY", "name": f"bench-gw{g}",
-                                      "addresses": addrs},
+                recv, count=sum(n for _, n in share), hellos=[h for h, _ in share],
                 lat_file=None,
             ))
     elif scenario == "reliable":
@@ -785,7 +796,8 @@ def markdown(rows: list[dict], opts: Options, notes: list[str] = (),
     titles = {
         "throughput": f"Throughput, best effort (NOTICE), one address, {opts.count:,} messages",
         "gateways": f"{opts.addresses:,} addresses through {opts.gateways} gateway "
-                    f"connections, {opts.count:,} messages",
+                    f"connections in {min(opts.gateway_procs, opts.gateways)} receiver "
+                    f"process(es), {opts.count:,} messages",
         "reliable": f"Reliable (ORDER), cumulative acks, sender waits for receipts "
                     f"(window {opts.window:,}), {opts.count:,} messages",
         "latency": f"Latency at fixed offered rates, {opts.duration:g} s each",
@@ -845,6 +857,9 @@ def parse_args(argv=None):
     p.add_argument("--fanout-rate", type=int, default=5000)
     p.add_argument("--addresses", type=int, default=10_000)
     p.add_argument("--gateways", type=int, default=4)
+    p.add_argument("--gateway-procs", type=int, default=1,
+                   help="receiver processes the gateway connections are spread over "
+                        "(1: same driver processes as the single-address trial)")
     p.add_argument("--window", type=int, default=20_000,
                    help="reliable: max messages in flight without a terminal receipt")
     p.add_argument("--deadline", type=float, default=60.0, help="seconds per trial, at most")
@@ -873,7 +888,8 @@ def options_from(args) -> Options:
         count=args.count, payload=args.payload,
         rates=tuple(int(r) for r in args.rates.split(",") if r),
         duration=args.duration, fanout_rate=args.fanout_rate, addresses=args.addresses,
-        gateways=args.gateways, window=args.window, deadline=args.deadline, idle=args.idle,
+        gateways=args.gateways, gateway_procs=args.gateway_procs, window=args.window,
+        deadline=args.deadline, idle=args.idle,
         repeat=args.repeat, hwm=args.hwm, router_cmd=args.router_cmd, keep=args.keep,
         sender_hold=args.sender_hold,
         verbose=not args.quiet,

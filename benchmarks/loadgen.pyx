@@ -663,6 +663,10 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
     """Receive until ``count`` messages arrived, the deadline passed, or nothing came for
     ``idle_s`` after the first message.
 
+    ``sock`` is one socket, or a list of sockets served by this one process (several
+    gateway connections whose driver cost must match a single-connection trial's); each
+    is drained in turn and all are polled together when none has anything.
+
     A message is the final frame of a multipart (the payload); single-frame messages are
     control traffic (HEARTBEAT, ERROR, ...) and only counted. Latency = receive time minus
     the payload's timestamp, one sample per message, up to ``max_samples`` (-1: count).
@@ -676,7 +680,22 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
 
     Returns a dict with counters, CLOCK_MONOTONIC times and ``latencies`` (array('q'), ns).
     """
-    cdef void *s = handle_of(sock)
+    socks = list(sock) if isinstance(sock, (list, tuple)) else [sock]
+    cdef int nsock = len(socks), cur = 0, dry = 0, si
+    if nsock < 1:
+        raise ValueError("run_receiver needs at least one socket")
+    if reliable and nsock > 1:
+        raise ValueError("reliable receiving (acks) takes one socket")
+    cdef zmq_pollitem_t *items = <zmq_pollitem_t *>calloc(nsock, sizeof(zmq_pollitem_t))
+    cdef int64_t *last_idx = <int64_t *>malloc(nsock * sizeof(int64_t))
+    if items == NULL or last_idx == NULL:
+        free(items); free(last_idx)
+        raise MemoryError()
+    for si in range(nsock):
+        items[si].socket = handle_of(socks[si])
+        items[si].events = ZMQ_POLLIN
+        last_idx[si] = -1
+    cdef void *s = items[0].socket
     if max_samples < 0:
         max_samples = count
     cdef int64_t *lat = NULL
@@ -704,7 +723,7 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
     if ((max_samples > 0 and lat == NULL) or (index_space > 0 and bitmap == NULL)
             or (reliable and (tab == NULL or tab.slots == NULL or tab.dirty == NULL
                               or tab.frame == NULL))):
-        free(hdr); free(lat); free(bitmap)
+        free(hdr); free(lat); free(bitmap); free(items); free(last_idx)
         if tab != NULL:
             free(tab.slots); free(tab.dirty); free(tab.frame); free(tab)
         raise MemoryError()
@@ -717,14 +736,9 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
 
     cdef zmq_msg_t msg
     zmqapi.msg_init(&msg)
-    cdef zmq_pollitem_t item
-    item.socket = s
-    item.fd = 0
-    item.events = ZMQ_POLLIN
     cdef long long received = 0, frames = 0, control = 0, short_payload = 0, dups = 0
     cdef long long out_of_space = 0, not_deliver = 0, bad_deliver = 0, nsamples = 0
     cdef long long heartbeats = 0, frames_in_msg = 0, multi_frame_max = 0, out_of_order = 0
-    cdef int64_t last_idx = -1
     cdef int64_t t0, deadline, idle_ns, ack_ns, hb_ns, now, ts, t_first = 0, t_last = 0
     cdef int64_t last_ack, last_out, idx, tmo
     cdef uint64_t dseq, max_dseq = 0, min_dseq = <uint64_t>-1
@@ -742,12 +756,19 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
         last_out = t0
         deadline = t0 + <int64_t>(deadline_s * 1e9)
         while received < count:
-            rc = zmqapi.msg_recv(&msg, s, ZMQ_DONTWAIT)
+            rc = zmqapi.msg_recv(&msg, items[cur].socket, ZMQ_DONTWAIT)
             if rc < 0:
                 e = zmqapi.errno_()
                 if e != EAGAIN_ and e != EINTR_:
                     err = e
                     break
+                # A multipart message arrives whole, so a dry socket is between messages:
+                # try the next one, and wait only when every socket is dry.
+                cur = (cur + 1) % nsock
+                dry += 1
+                if dry < nsock:
+                    continue
+                dry = 0
                 now = now_ns()
                 if reliable and tab.ndirty and (ack_on_drain or now - last_ack >= ack_ns):
                     rc = ack_flush(s, tab)
@@ -757,8 +778,9 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
                     last_ack = now
                     last_out = now
                 if hb_ns > 0 and now - last_out >= hb_ns:
-                    if zmqapi.send(s, hb_ptr, hb_len, ZMQ_DONTWAIT) >= 0:
-                        heartbeats += 1
+                    for si in range(nsock):
+                        if zmqapi.send(items[si].socket, hb_ptr, hb_len, ZMQ_DONTWAIT) >= 0:
+                            heartbeats += 1
                     last_out = now
                 if now >= deadline:
                     reason = "deadline"
@@ -769,8 +791,9 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
                 tmo = 100
                 if reliable and tab.ndirty:
                     tmo = 1
-                zmqapi.poll(&item, 1, tmo)
+                zmqapi.poll(items, nsock, tmo)
                 continue
+            dry = 0
             frames += 1
             data = <const uint8_t *>zmqapi.msg_data(&msg)
             size = zmqapi.msg_size(&msg)
@@ -797,9 +820,9 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
             if size >= 16:
                 memcpy(&ts, data, 8)
                 memcpy(&idx, data + 8, 8)
-                if idx <= last_idx:
-                    out_of_order += 1
-                last_idx = idx
+                if idx <= last_idx[cur]:
+                    out_of_order += 1  # per connection: one sender, so order holds on each
+                last_idx[cur] = idx
                 if nsamples < max_samples:
                     lat[nsamples] = now - ts
                     nsamples += 1
@@ -847,8 +870,8 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
                     break
                 if tab.ndirty == 0 or now_ns() >= deadline:
                     break
-                item.events = ZMQ_POLLOUT
-                zmqapi.poll(&item, 1, 10)
+                items[0].events = ZMQ_POLLOUT
+                zmqapi.poll(items, 1, 10)
     zmqapi.msg_close(&msg)
     lat_arr = array.array("q")
     if nsamples:
@@ -883,7 +906,7 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
             "min_seq": min_dseq if received else 0,
         })
         free(tab.slots); free(tab.dirty); free(tab.frame); free(tab)
-    free(hdr); free(lat); free(bitmap)
+    free(hdr); free(lat); free(bitmap); free(items); free(last_idx)
     if err:
         raise _zmq_error(err, f"receiver after {received} messages")
     return out

@@ -248,10 +248,12 @@ class Router:
         prev = self._last_stats
         rate_in = (sum(st["msgs_in"]) - sum(prev["msgs_in"])) / dt
         rate_out = (sum(st["msgs_out"]) - sum(prev["msgs_out"])) / dt
+        passes = st["loops"] - prev["loops"]
         log.info(
-            "%s: in %.0f/s out %.0f/s, peers %d, addresses %d, channels %d, queued %d, "
-            "delivered %d, refused %d, expired %d, shed %d, errors %d",
-            "final" if final else "summary", rate_in, rate_out, st["peers"], st["addresses"],
+            "%s: in %.0f/s out %.0f/s (%.1f per loop pass), peers %d, addresses %d, "
+            "channels %d, queued %d, delivered %d, refused %d, expired %d, shed %d, errors %d",
+            "final" if final else "summary", rate_in, rate_out,
+            (rate_in * dt / passes) if passes else 0.0, st["peers"], st["addresses"],
             st["channels"], st["queued"], st["receipts"][Status.DELIVERED],
             st["receipts"][Status.REFUSED],
             st["expired"], st["shed"], sum(st["errors"].values()),
