@@ -13,7 +13,8 @@ Contenders (each its own process; sender and receivers are separate processes to
 
 Scenarios:
   throughput  best effort (NOTICE), one address, as fast as it goes
-  gateways    10,000 addresses bound through 4 GATEWAY connections, sender round-robins;
+  gateways    10,000 addresses bound through 4 GATEWAY connections, the sender cycles
+              over them in a fixed random order;
               the connections live in one receiver process (--gateway-procs 1, the
               default) so the trial has the same driver processes as "throughput" and
               the ratio measures the hop; --gateway-procs 4 gives each its own process
@@ -33,6 +34,7 @@ import array
 import json
 import os
 import platform
+import random
 import shlex
 import shutil
 import signal
@@ -397,11 +399,21 @@ def spread(items: list, procs: int) -> list[list]:
     return [items[i::procs] for i in range(procs)]
 
 
-def expected_per_gateway(count: int, n: int, gateways: int) -> list[int]:
-    full, rest = divmod(count, n)
-    per = [len(range(g, n, gateways)) * full for g in range(gateways)]
-    for i in range(rest):
-        per[i % gateways] += 1
+def gateway_targets(n: int) -> list[str]:
+    """The sender's cycle over the addresses: each once, in a fixed random order (traffic
+    to users is not sorted by user id, and a sorted walk would let the CPU's hardware
+    prefetcher hide the router's per-address memory cost)."""
+    targets = [f"user:{i}" for i in range(n)]
+    random.Random(42).shuffle(targets)
+    return targets
+
+
+def expected_per_gateway(count: int, targets: list[str], gateways: int) -> list[int]:
+    """Messages each gateway gets when the sender cycles over ``targets``."""
+    full, rest = divmod(count, len(targets))
+    per = [0] * gateways
+    for i, t in enumerate(targets):
+        per[int(t.split(":")[1]) % gateways] += full + (1 if i < rest else 0)
     return per
 
 
@@ -429,10 +441,10 @@ def build_trial(scenario: str, hop: Hop, opts: Options, rate: float, tmp: str):
         ))
     elif scenario == "gateways":
         groups = gateway_addresses(opts.addresses, opts.gateways)
-        sender["targets"] = [f"user:{i}" for i in range(opts.addresses)]
+        sender["targets"] = gateway_targets(opts.addresses)
         conns = [({"role": "GATEWAY", "name": f"bench-gw{g}", "addresses": addrs}, n)
                  for g, (addrs, n) in enumerate(zip(groups, expected_per_gateway(
-                     count, opts.addresses, opts.gateways)))]
+                     count, sender["targets"], opts.gateways)))]
         for share in spread(conns, opts.gateway_procs):
             receivers.append(dict(
                 recv, count=sum(n for _, n in share), hellos=[h for h, _ in share],

@@ -71,6 +71,24 @@ struct NameIndex {
 
     int find(const std::string &k) const { return find(k.data(), k.size()); }
 
+    /* Ask the CPU for the slot a name with hash h starts probing at. */
+    void prefetch(uint64_t h) const {
+        if (!slots.empty()) __builtin_prefetch(&slots[h & mask]);
+    }
+
+    /* The first slot whose tag matches h, name not compared: a hint for prefetching
+     * the address, or -1. */
+    int peek(uint64_t h) const {
+        if (slots.empty()) return -1;
+        uint32_t tag = static_cast<uint32_t>(h >> 32);
+        for (size_t i = h & mask;; i = (i + 1) & mask) {
+            uint64_t s = slots[i];
+            if (s == 0) return -1;
+            if (static_cast<uint32_t>(s >> 32) == tag)
+                return static_cast<int>(static_cast<uint32_t>(s) - 1);
+        }
+    }
+
     /* Add a name not present yet, as the next slot number (names.size()). */
     void insert(const std::string *name) {
         if ((names.size() + 1) * 2 > slots.size()) grow();

@@ -27,6 +27,9 @@ cdef extern from "names.h" nogil:
         int find(const char *, size_t)
         int find(const string &)
         void insert(const string *)
+        uint64_t hash(const char *, size_t)
+        void prefetch(uint64_t)
+        int peek(uint64_t)
 
 cdef enum:
     TMPL_INLINE = 96        # most templates (33 bytes + kind + sender + channel) fit here

@@ -1,6 +1,15 @@
 # Byte-level helpers for the wire format (docs/PROTOCOL.md), included by core.pyx.
 # All integers are big-endian; the compiler turns these shifts into bswap.
 
+cdef extern from *:
+    """
+    static inline void prefetch_lines(const void *p, int lines) {
+        for (int i = 0; i < lines; ++i) __builtin_prefetch((const char *)p + 64 * i);
+    }
+    """
+    void prefetch_lines(const void *p, int lines) nogil
+
+
 cdef inline uint16_t get16(const uint8_t *p) noexcept nogil:
     return (<uint16_t>p[0] << 8) | p[1]
 
