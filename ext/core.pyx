@@ -22,8 +22,6 @@ from libcpp.string cimport string
 from libcpp.vector cimport vector
 from libcpp.deque cimport deque
 from libcpp.unordered_map cimport unordered_map
-from libcpp.utility cimport pair
-from libcpp.algorithm cimport stable_sort
 from cython.operator cimport dereference as deref, preincrement as inc
 
 from zmqapi cimport *
@@ -162,6 +160,7 @@ cdef class Core:
     cdef NameIndex addr_by_name   # address name -> slot in addrs (ext/names.h)
     cdef unordered_map[string, vector[int]] channels
     cdef vector[int] dirty
+    cdef vector[int] flush_peers   # _group_by_peer: peers with dirty addresses this pass
     cdef vector[int] receipt_peers
     cdef vector[int] blocked_peers
     cdef vector[Event] events
@@ -1211,17 +1210,30 @@ cdef class Core:
     cdef void _group_by_peer(self) noexcept nogil:
         """Order this pass's dirty addresses by peer, keeping arrival order within a
         peer: consecutive sends then go down the same pipe, which libzmq batches; with
-        addresses of several gateways interleaved, each send would switch pipes."""
-        cdef vector[pair[int, int]] keyed
-        cdef size_t i
-        keyed.reserve(self.dirty.size())
-        for i in range(self.dirty.size()):
-            keyed.push_back(pair[int, int](self.addrs[self.dirty[i]].peer, <int>i))
-        stable_sort(keyed.begin(), keyed.end())
+        addresses of several gateways interleaved, each send would switch pipes.
+        Linear: each peer collects its addresses, then the peers are walked in the
+        order they first appeared (offline addresses go first; they send nothing)."""
         cdef vector[int] ordered
+        cdef size_t i, j
+        cdef int ai, pi
+        cdef Peer *p
         ordered.reserve(self.dirty.size())
-        for i in range(keyed.size()):
-            ordered.push_back(self.dirty[keyed[i].second])
+        for i in range(self.dirty.size()):
+            ai = self.dirty[i]
+            pi = self.addrs[ai].peer
+            if pi < 0:
+                ordered.push_back(ai)
+                continue
+            p = self.peers[pi]
+            if p.flushq.empty():
+                self.flush_peers.push_back(pi)
+            p.flushq.push_back(ai)
+        for i in range(self.flush_peers.size()):
+            p = self.peers[self.flush_peers[i]]
+            for j in range(p.flushq.size()):
+                ordered.push_back(p.flushq[j])
+            p.flushq.clear()
+        self.flush_peers.clear()
         self.dirty.swap(ordered)
 
     cdef bint _flush_address(self, int ai) noexcept nogil:

@@ -88,6 +88,7 @@ cdef cppclass Peer:
     bool live
     uint64_t last_seen_ms
     vector[int] addrs       # bound address slots
+    vector[int] flushq      # this pass's dirty addresses of this peer (_group_by_peer)
     string receipts         # pending RECEIPT entries, flushed per loop pass
     uint32_t nreceipts
     uint64_t err_window_ms  # error rate limit window start
