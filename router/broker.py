@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import struct
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -105,7 +106,8 @@ class Broker:
                 self._on_request(identity, header, payload)
             elif command == Command.REPLY:
                 self._on_reply(identity, header, payload)
-        except (P.ProtocolError, ValueError, IndexError) as exc:
+        except (P.ProtocolError, ValueError, IndexError, struct.error) as exc:
+            # struct.error: a header too short for its fixed fields (found by fuzzing)
             code = exc.code if isinstance(exc, P.ProtocolError) else ErrorCode.MALFORMED
             self._error(identity, code, f"bad service command: {exc}")
 

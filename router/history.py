@@ -35,6 +35,15 @@ CREATE INDEX IF NOT EXISTS events_by_order ON events (order_ref, ts_us);
 """
 
 
+def _signed(v: int) -> int:
+    """SQLite integers are 64-bit signed; message ids and sequences use all 64 bits."""
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _unsigned(v: int) -> int:
+    return v + (1 << 64) if v < 0 else v
+
+
 def parse_events(blob: bytes) -> Iterator[tuple]:
     """Rows from the core's history buffer (layout in ext/core.pyx, Core._hist)."""
     off, n = 0, len(blob)
@@ -52,9 +61,7 @@ def parse_events(blob: bytes) -> Iterator[tuple]:
         order, sender, address, mkind, channel = names
         status = Status(st).name if st else None
         ecode = ErrorCode(code).name if code else None
-        # signed: SQLite integers are 64-bit signed, message ids use all 64 bits
-        mid_s = mid - (1 << 64) if mid >= 1 << 63 else mid
-        yield (order, ts, EVENTS.get(kind, str(kind)), mid_s, seq, status, ecode,
+        yield (order, ts, EVENTS.get(kind, str(kind)), _signed(mid), _signed(seq), status, ecode,
                MsgClass(cls).name, sender, address or None, mkind, channel or None, payload)
 
 
@@ -80,8 +87,8 @@ class History:
         try:
             self.db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
             self.db.execute("COMMIT")
-        except sqlite3.Error:
-            self.db.execute("ROLLBACK")  # leave no open transaction behind
+        except BaseException:
+            self.db.execute("ROLLBACK")  # leave no open transaction behind, whatever failed
             raise
         self._maybe_prune()
         return len(rows)
@@ -104,8 +111,7 @@ class History:
         out = []
         for row in cur:
             d = dict(zip(cols, row))
-            if d["msg_id"] < 0:
-                d["msg_id"] += 1 << 64
+            d["msg_id"], d["seq"] = _unsigned(d["msg_id"]), _unsigned(d["seq"])
             out.append(d)
         return out
 

@@ -132,7 +132,7 @@ class Router:
             while not self._stop.is_set():
                 self.core.run(SLICE_MS)  # returns early when service traffic arrived
                 for identity, header, payload in self.core.drain_broker():
-                    self.broker.handle(identity, header, payload)
+                    self._to_broker(identity, header, payload)
                 if time.monotonic() >= next_housekeeping:
                     next_housekeeping = time.monotonic() + SLICE_MS / 1000
                     self._housekeeping()
@@ -146,6 +146,16 @@ class Router:
                 self.store.close()
             if self.history:
                 self.history.close()
+
+    def _to_broker(self, identity: bytes, header: bytes, payload: bytes) -> None:
+        """Hand one service command to the broker. The broker answers bad input with an
+        ERROR itself; anything else it raises is a bug on one peer's input, logged with
+        the peer, never allowed to stop the routing for everyone."""
+        try:
+            self.broker.handle(identity, header, payload)
+        except Exception:
+            log.exception("service command from %s failed (header %s); routing goes on",
+                          identity.hex(), header[:32].hex())
 
     def _housekeeping(self) -> None:
         """Between slices: logs, journal maintenance, order history, summaries. A

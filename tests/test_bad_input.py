@@ -191,3 +191,22 @@ def test_garbage_flood_does_not_starve_other_peers(router):
         t.join()
     assert sent[0] > 1000
     assert router.proc.poll() is None  # still serving
+
+
+@pytest.mark.parametrize("header", [
+    P.prefix(Command.READY) + b"\x00\x01",              # READY cut inside its fixed fields
+    P.prefix(Command.REQUEST) + b"\x00" * 5,           # REQUEST too short for id + TTL
+    P.prefix(Command.REPLY) + b"\x01",                 # REPLY without its job id
+])
+def test_truncated_service_commands(router, header):
+    # Found by tests/test_fuzz.py: a READY shorter than its fixed fields raised out of the
+    # broker and stopped the router.
+    frames = [header] if header[2] == Command.READY else [header, b"body"]
+    with Peer(router.url) as w:
+        w.hello(Role.WORKER, "short-frames")
+        w.send(*frames)
+        code, _, text = error_of(w)
+        assert code == ErrorCode.MALFORMED, text
+    with Endpoint(router.url, ["merchant:2"]) as m, Sender(router.url, "orders") as s:
+        s.send("merchant:2", {"still": "serving"})
+        assert m.recv(timeout=2) is not None

@@ -380,6 +380,26 @@ def test_real_full_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)])
 
 
+def test_history_keeps_sequences_above_two_to_the_63(router):
+    # Sequences are unsigned 64-bit; SQLite stores signed ones. An endpoint resuming with
+    # a cursor above 2**63 once left the history writer in an open transaction (found by
+    # tests/test_fuzz.py), and every later event of every order was lost.
+    cursor = (1 << 63) + 5
+    with Endpoint(router.url, ["user:big"], cursors={"user:big": cursor}) as u, \
+            Sender(router.url, "orders") as s:
+        mid = s.send("user:big", {"status": "on the way"}, key="order:2002")
+        assert drain(u, 1)[0].seq == cursor + 1
+        s.wait(mid, Status.DELIVERED, timeout=5)
+        later = s.send("user:big", {"status": "delivered"}, key="order:2003")
+        drain(u, 1)
+        s.wait(later, Status.DELIVERED, timeout=5)
+    time.sleep(0.3)  # one housekeeping slice writes the history
+    db = History(Path(router.data_dir) / "history.db")
+    assert [e["seq"] for e in db.timeline("2002") if e["event"] == "sent"] == [cursor + 1]
+    assert [e["event"] for e in db.timeline("2003")][-1] == "final"
+    assert "order history failed" not in router.log()
+
+
 def test_order_history_timeline(router):
     with Endpoint(router.url, ["user:7"]) as u, Endpoint(router.url, ["merchant:881"]) as m, \
             Sender(router.url, "orders") as s:
