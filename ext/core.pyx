@@ -67,6 +67,21 @@ cdef enum:
     MSG_POOL = 4096           # released Msgs kept for reuse (~1.3 MB)
     ADDRESS_LINES = 5         # cache lines of an Address (sizeof ~ 300 bytes)
 
+cdef inline const char *admit_text(int code) noexcept nogil:
+    """The human message of a refusal by Core._admit."""
+    if code == E_QUEUE_FULL:
+        return "recipient queue full, retry later"
+    if code == E_SENDER_QUOTA:
+        return ("this sender has max_queued_per_sender messages waiting"
+                " (recipients offline?), retry later")
+    return "router overloaded, retry later"
+
+
+cdef inline bint is_load_refusal(int code) noexcept nogil:
+    """Refusals that say "retry later" (not a fault of the peer): not logged as errors."""
+    return code == E_QUEUE_FULL or code == E_OVERLOADED or code == E_SENDER_QUOTA
+
+
 # Histogram bucket upper bounds, microseconds (router/metrics.py exports them in seconds).
 cdef uint64_t HOP_BOUNDS[17]
 cdef uint64_t DELIVERY_BOUNDS[15]
@@ -186,6 +201,8 @@ cdef class Core:
     cdef uint32_t liveness
     cdef uint32_t errors_per_second
     cdef uint64_t max_queued
+    cdef uint64_t max_queued_per_sender
+    cdef vector[uint64_t] sender_queued  # queue entries held per sender id (_intern)
     cdef uint64_t dedup_ms
     cdef int batch             # messages drained per pass (= at most per group commit)
     cdef uint32_t retry_ms
@@ -217,7 +234,8 @@ cdef class Core:
                   uint32_t max_queue=100000, uint32_t max_addresses=1000000,
                   uint32_t max_peers=100000, uint32_t heartbeat_ms=1000,
                   uint32_t liveness=3, uint32_t errors_per_second=20,
-                  uint64_t max_queued=5000000, store=None, uint32_t dedup_ms=120000,
+                  uint64_t max_queued=5000000, uint64_t max_queued_per_sender=1000000,
+                  store=None, uint32_t dedup_ms=120000,
                   uint32_t retry_ms=1000, uint32_t retry_max_ms=30000,
                   uint32_t max_attempts=20, int batch=512, size_t dedup_capacity=2000000):
         if socket.type != zmq.ROUTER:
@@ -236,6 +254,7 @@ cdef class Core:
         self.liveness = liveness
         self.errors_per_second = errors_per_second
         self.max_queued = max_queued
+        self.max_queued_per_sender = max_queued_per_sender
         self.store = store
         self.dedup_ms = dedup_ms
         self.retry_ms = max(retry_ms, 1)
@@ -243,6 +262,7 @@ cdef class Core:
         self.max_attempts = max_attempts
         self.batch = max(batch, 1)
         self.seg_live.push_back(0)
+        self.sender_queued.push_back(0)  # sender id 0: no sender (never interned)
         # Sized once: growing a hash table rehashes every entry in one step, which would
         # stop the loop for ~0.2 us per entry (100 ms at 500k entries).
         self.dedup.reserve(dedup_capacity)
@@ -804,11 +824,9 @@ cdef class Core:
                 self._receipt_to(pi, self.peers[pi].gen, msg_id, deref(dit).second.status,
                                  deref(dit).second.code)
                 return
-        cdef int code = self._admit(targets, ntargets, cls)
+        cdef int code = self._admit(targets, ntargets, cls, self.peers[pi].sender_id)
         if code != 0:
-            self._refuse(pi, msg_id, cls, code,
-                         "recipient queue full, retry later" if code == E_QUEUE_FULL
-                         else "router overloaded, retry later")
+            self._refuse(pi, msg_id, cls, code, admit_text(code))
             return
         cdef Msg *m = self._new_msg()
         m.recv_us = self.now_us
@@ -856,13 +874,17 @@ cdef class Core:
                 self._accepted(m)
         self._release(m)
 
-    cdef int _admit(self, const int *targets, size_t ntargets, uint8_t cls) noexcept nogil:
-        """0 to accept, or E_QUEUE_FULL / E_OVERLOADED to refuse a reliable message.
+    cdef int _admit(self, const int *targets, size_t ntargets, uint8_t cls,
+                    uint32_t sid) noexcept nogil:
+        """0 to accept, or E_QUEUE_FULL / E_SENDER_QUOTA / E_OVERLOADED to refuse a
+        reliable message.
 
         Best-effort traffic is never refused: it is shed on enqueue instead."""
         cdef size_t i
         if cls > CLASS_CHAT:
             return 0
+        if self.sender_queued[sid] + ntargets > self.max_queued_per_sender:
+            return E_SENDER_QUOTA  # one sender cannot take the whole queue from the rest
         if self.c.queued + ntargets > self.max_queued:
             return E_OVERLOADED
         for i in range(ntargets):
@@ -883,31 +905,44 @@ cdef class Core:
                 self._journal_msg(a, m, e.seq)
                 self.uncommitted_addrs.push_back(ai)
                 m.refs += 1
-                self.c.queued += 1
+                self._queued(m)
                 return  # sent once the journal commit succeeds
         elif m.cls == CLASS_NOTICE:
+            if self.sender_queued[m.sender_id] >= self.max_queued_per_sender:
+                self.c.shed += 1  # this sender's backlog is at its quota: drop its newest
+                return
             if a.notices.size() >= self.max_queue or self.c.queued >= self.max_queued:
                 self.c.shed += 1  # best effort: the oldest notice makes room
                 if a.notices.empty():
                     return
+                self._unqueued(a.notices.front())
                 self._release(a.notices.front())
                 a.notices.pop_front()
-                self.c.queued -= 1
             a.notices.push_back(m)
         else:
             it = a.latest.find(key)
             if it != a.latest.end():
+                self._unqueued(deref(it).second)
                 self._release(deref(it).second)  # conflate: newest position wins
                 deref(it).second = m
                 self.c.conflated += 1
-                self.c.queued -= 1
             else:
                 a.latest[key] = m
                 a.latest_order.push_back(key)
         m.refs += 1
-        self.c.queued += 1
+        self._queued(m)
         if a.peer >= 0:
             self._mark_dirty(ai)
+
+    cdef inline void _queued(self, Msg *m) noexcept nogil:
+        """Count one more queue entry of ``m``: in all, and against its sender's quota."""
+        self.c.queued += 1
+        self.sender_queued[m.sender_id] += 1
+
+    cdef inline void _unqueued(self, Msg *m) noexcept nogil:
+        """Count one queue entry of ``m`` gone (call before releasing it)."""
+        self.c.queued -= 1
+        self.sender_queued[m.sender_id] -= 1
 
     # ---- durability ----------------------------------------------------------------------
 
@@ -999,7 +1034,7 @@ cdef class Core:
             a.rel.pop_back()
             a.next_seq -= 1
             m.pending -= 1
-            self.c.queued -= 1
+            self._unqueued(m)
             self._release(m)
         for i in range(self.uncommitted.size()):
             m = self.uncommitted[i]
@@ -1179,7 +1214,7 @@ cdef class Core:
         a.rel.push_back(e)
         m.pending += 1
         m.refs += 1
-        self.c.queued += 1
+        self._queued(m)
         return True
 
     cdef int _restore_address(self, const string &name) noexcept nogil:
@@ -1272,9 +1307,9 @@ cdef class Core:
             rc = self._deliver(p, a, a.notices.front(), 0)
             if rc != 0:
                 return self._send_failed(pi, rc)
+            self._unqueued(a.notices.front())
             self._release(a.notices.front())
             a.notices.pop_front()
-            self.c.queued -= 1
         while not a.latest_order.empty():
             it = a.latest.find(a.latest_order.front())
             m = deref(it).second
@@ -1283,8 +1318,8 @@ cdef class Core:
                 return self._send_failed(pi, rc)
             a.latest.erase(it)
             a.latest_order.pop_front()
+            self._unqueued(m)
             self._release(m)
-            self.c.queued -= 1
         return False
 
     cdef bint _send_failed(self, int pi, int rc) noexcept nogil:
@@ -1381,8 +1416,8 @@ cdef class Core:
             if m.pending == 0 and not m.finished:
                 m.finished = True
                 self._receipt(m, ST_DELIVERED, 0)
+            self._unqueued(m)
             self._release(m)
-            self.c.queued -= 1
         a.acked = seq
         a.attempts = 0  # progress: the redelivery backoff starts over
         a.inflight_ms = self.now_us // 1000 if a.sent > 0 else 0
@@ -1403,7 +1438,7 @@ cdef class Core:
             self._receipt(m, status, code)
         if status == ST_EXPIRED:
             self.c.expired += 1
-        self.c.queued -= 1
+        self._unqueued(m)
         self._release(m)
 
     cdef void _receipt(self, Msg *m, uint8_t status, uint16_t code) noexcept nogil:
@@ -1551,7 +1586,7 @@ cdef class Core:
             return
         zmqapi.send(self.sock, hdr, 14, ZMQ_SNDMORE)
         zmqapi.send(self.sock, text, tl, 0)
-        if p.errs == 1 and code != E_QUEUE_FULL and code != E_OVERLOADED:
+        if p.errs == 1 and not is_load_refusal(code):
             self._event(EV_ERROR, pi, code)  # one log line per peer per second at most
 
     cdef void _welcome(self, int pi) noexcept nogil:
@@ -1705,6 +1740,7 @@ cdef class Core:
             return deref(it).second
         cdef uint32_t sid = <uint32_t>self.sender_ids.size() + 1
         self.sender_ids[name] = sid
+        self.sender_queued.resize(sid + 1, 0)
         return sid
 
     cdef void _forget_name(self, int pi) noexcept nogil:

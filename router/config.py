@@ -34,6 +34,10 @@ class Settings:
     max_queue: int = 100_000
     #: Messages held in all queues before reliable sends get OVERLOADED.
     max_queued: int = 5_000_000
+    #: Messages one sender (by HELLO name) may have held in all queues before its
+    #: reliable sends get SENDER_QUOTA and its best-effort ones are shed: one service
+    #: flooding offline recipients cannot take the whole queue from the others.
+    max_queued_per_sender: int = 1_000_000
     #: Addresses the route table may hold.
     max_addresses: int = 1_000_000
     #: Connected peers (connections) the router tracks.
@@ -86,7 +90,8 @@ class Settings:
         """Check ranges; raise ValueError naming the field and what is allowed."""
         if not self.bind:
             raise ValueError("bind: give at least one endpoint, e.g. tcp://127.0.0.1:5555")
-        for name in ("max_payload", "window", "max_queue", "max_queued", "max_addresses",
+        for name in ("max_payload", "window", "max_queue", "max_queued",
+                     "max_queued_per_sender", "max_addresses",
                      "max_peers", "heartbeat_ms", "liveness", "errors_per_second",
                      "segment_bytes", "commit_batch", "retry_ms", "retry_max_ms"):
             if getattr(self, name) <= 0:

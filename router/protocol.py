@@ -110,6 +110,7 @@ class ErrorCode(enum.IntEnum):
     MAX_ATTEMPTS = 17  #: redelivered the maximum number of times without an ack
     NO_SERVICE = 18  #: no worker served the request's service before its TTL
     WORKER_FAILED = 19  #: the request's workers kept dying; given up after max attempts
+    SENDER_QUOTA = 20  #: this sender's messages waiting in the router are at its quota
 
 
 #: Common prefix of every header frame: signature, version, command, flags.

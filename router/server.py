@@ -55,6 +55,7 @@ class Router:
             window=settings.window,
             max_queue=settings.max_queue,
             max_queued=settings.max_queued,
+            max_queued_per_sender=settings.max_queued_per_sender,
             max_addresses=settings.max_addresses,
             max_peers=settings.max_peers,
             heartbeat_ms=settings.heartbeat_ms,

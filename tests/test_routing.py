@@ -195,6 +195,29 @@ def test_queue_full_refuses_with_clear_code(make_router):
         assert {(x.status, x.code) for x in results[10:]} == {(Status.REFUSED, ErrorCode.QUEUE_FULL)}
 
 
+def test_one_sender_cannot_take_the_whole_queue(make_router):
+    # A service flooding offline recipients (here over a 3-member channel: each SEND
+    # holds 3 entries) reaches its own quota; other senders still get through.
+    r = make_router("--max-queued-per-sender", "30", "--max-queued", "1000")
+    with Sender(r.url, "flooder") as f, Sender(r.url, "orders") as s:
+        f.join("order:77", ["user:gone-1", "user:gone-2", "user:gone-3"])
+        ids = [f.send("order:77", {"i": i}, channel=True) for i in range(12)]
+        results = [f.wait(mid, Status.ACCEPTED, timeout=2) for mid in ids]
+        assert [x.status for x in results[:10]] == [Status.ACCEPTED] * 10
+        assert {(x.status, x.code) for x in results[10:]} == {
+            (Status.REFUSED, ErrorCode.SENDER_QUOTA)}
+        f.send("user:gone-1", b"best effort", msg_class=MsgClass.NOTICE)  # shed, counted
+        with Endpoint(r.url, ["merchant:9"]) as m:
+            mid = s.send("merchant:9", {"order": 1})
+            assert payload_json(drain(m, 1)[0]) == {"order": 1}
+            assert s.wait(mid, Status.DELIVERED, timeout=2).status == Status.DELIVERED
+        with Endpoint(r.url, ["user:gone-1", "user:gone-2", "user:gone-3"]) as u:
+            drain(u, 30)  # the flooder's backlog drains and acks: its quota frees up
+            again = f.send("order:77", {"i": "after"}, channel=True)
+            assert f.wait(again, Status.ACCEPTED, timeout=2).status == Status.ACCEPTED
+    r.wait_for_log("shed 1,", timeout=3)  # the NOTICE over quota, in the 1 s summary
+
+
 def test_ttl_expired_while_queued(router):
     with Sender(router.url, "dispatch") as s:
         mid = s.send("rider:77", b"offer", msg_class=MsgClass.DISPATCH, ttl_ms=200)
