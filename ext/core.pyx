@@ -177,6 +177,7 @@ cdef class Core:
     cdef unordered_map[string, vector[int]] channels
     cdef vector[int] dirty
     cdef vector[int] flush_peers   # _group_by_peer: peers with dirty addresses this pass
+    cdef vector[int] offline       # addresses that may hold reliable entries while unbound
     cdef vector[Msg*] msg_pool     # released Msgs kept for reuse (_new_msg)
     cdef vector[int] receipt_peers
     cdef vector[int] blocked_peers
@@ -901,6 +902,8 @@ cdef class Core:
             e.msg = m
             a.rel.push_back(e)
             m.pending += 1
+            if a.peer < 0:
+                self._note_offline(ai)
             if self.store is not None:
                 self._journal_msg(a, m, e.seq)
                 self.uncommitted_addrs.push_back(ai)
@@ -1212,6 +1215,7 @@ cdef class Core:
         e.seq = seq
         e.msg = m
         a.rel.push_back(e)
+        self._note_offline(ai)  # nobody is bound during replay
         m.pending += 1
         m.refs += 1
         self._queued(m)
@@ -1673,6 +1677,7 @@ cdef class Core:
         a.acked = 0
         a.sent = 0
         a.dirty = False
+        a.swept = False
         cdef int ai = <int>self.addrs.size()
         self.addrs.push_back(a)
         self.addr_by_name.insert(&a.name)
@@ -1702,6 +1707,14 @@ cdef class Core:
         remove_int(self.peers[pi].addrs, ai)
         a.peer = -1
         a.sent = 0
+        self._note_offline(ai)
+
+    cdef inline void _note_offline(self, int ai) noexcept nogil:
+        """List an unbound address with reliable entries for the TTL sweep (_sweep), once."""
+        cdef Address *a = self.addrs[ai]
+        if not a.swept and not a.rel.empty():
+            a.swept = True
+            self.offline.push_back(ai)
 
     cdef void _unbind_all(self, int pi) noexcept nogil:
         cdef Peer *p = self.peers[pi]
@@ -1712,6 +1725,7 @@ cdef class Core:
             if a.peer == pi:
                 a.peer = -1
                 a.sent = 0
+                self._note_offline(p.addrs[i])
         p.addrs.clear()
 
     cdef void _drop_peer(self, int pi, int reason) noexcept nogil:
@@ -1793,19 +1807,28 @@ cdef class Core:
             n += 1
 
     cdef void _sweep(self, uint64_t now) noexcept nogil:
-        """Once a second: expire TTLs of offline addresses' queues."""
+        """Once a second: expire TTLs in the queues of unbound addresses. Only those
+        listed in ``offline`` are visited (not the whole table: with a million
+        addresses that walk stalled the loop ~40 ms a second); an address leaves the
+        list once it is bound again or its queue is empty."""
         cdef size_t i, j
+        cdef int ai
         cdef Address *a
-        for i in range(self.addrs.size()):
-            a = self.addrs[i]
+        cdef vector[int] keep
+        for i in range(self.offline.size()):
+            ai = self.offline[i]
+            a = self.addrs[ai]
             if a.peer >= 0 or a.rel.empty():
+                a.swept = False
                 continue
+            keep.push_back(ai)
             j = 0
             while j < a.rel.size():
                 if a.rel[j].msg.expire_us and now >= a.rel[j].msg.expire_us:
                     self._expire_entry(a, j, ST_EXPIRED, E_EXPIRED)
                 else:
                     j += 1
+        self.offline.swap(keep)
 
     cdef void _tick(self, uint64_t now) noexcept nogil:
         """Liveness and heartbeats, every TICK_MS."""

@@ -78,6 +78,7 @@ cdef cppclass Address:
     unordered_map[string, Msg*] latest   # conflated location per key
     Fifo[string] latest_order            # keys in arrival order
     bool dirty              # listed in Core.dirty
+    bool swept              # listed in Core.offline (TTL sweep of unbound addresses)
 
 cdef cppclass Peer:
     string identity         # ROUTER routing id

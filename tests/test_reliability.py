@@ -250,6 +250,18 @@ def test_unacked_delivery_is_retried_with_backoff_then_fails(make_router):
         assert (rec.status, rec.code) == (Status.FAILED, ErrorCode.MAX_ATTEMPTS)
 
 
+def test_ttl_expires_after_the_endpoint_leaves_with_it_unacked(router):
+    # The sweep visits only unbound addresses with queued entries: an address must join
+    # that list when its endpoint leaves, not only when a message arrives while unbound.
+    with Sender(router.url, "dispatch") as s:
+        r = Endpoint(router.url, ["rider:88"])
+        mid = s.send("rider:88", b"offer", msg_class=MsgClass.DISPATCH, ttl_ms=600)
+        assert drain(r, 1, ack=False)[0].payload == b"offer"
+        r.close(bye=True)
+        rec = s.wait(mid, Status.EXPIRED, timeout=5)
+        assert (rec.status, rec.code) == (Status.EXPIRED, ErrorCode.EXPIRED)
+
+
 def test_ttl_expires_while_endpoint_offline(router):
     with Sender(router.url, "dispatch") as s:
         mid = s.send("rider:66", b"offer", msg_class=MsgClass.DISPATCH, ttl_ms=300)
