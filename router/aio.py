@@ -43,7 +43,7 @@ class _AsyncClient:
         self._reader: asyncio.Task | None = None
 
     async def _start(self, timeout: float) -> None:
-        await self._send(self.session.hello())
+        await self._send_all(self.session.hello())
         self._reader = asyncio.create_task(self._read_loop())
         try:
             await asyncio.wait_for(self._welcomed.wait(), timeout)
@@ -56,6 +56,10 @@ class _AsyncClient:
     async def _send(self, frames: list[bytes]) -> None:
         await self.socket.send_multipart(frames, copy=False)
         self.session.sent()
+
+    async def _send_all(self, messages: list[list[bytes]]) -> None:
+        for frames in messages:
+            await self._send(frames)
 
     async def _read_loop(self) -> None:
         while True:
@@ -236,11 +240,11 @@ class AsyncEndpoint(_AsyncClient):
 
     async def bind(self, addresses: Iterable[str]) -> None:
         """Bind more addresses."""
-        await self._send(self.session.bind(addresses))
+        await self._send_all(self.session.bind(addresses))
 
     async def unbind(self, addresses: Iterable[str]) -> None:
         """Release addresses."""
-        await self._send(self.session.unbind(addresses))
+        await self._send_all(self.session.unbind(addresses))
 
     def ack(self, delivery: Delivery) -> None:
         """Ack ``delivery`` and everything before it on its address."""
@@ -248,9 +252,7 @@ class AsyncEndpoint(_AsyncClient):
 
     async def flush(self) -> None:
         """Send pending acks now."""
-        frames = self.session.take_acks()
-        if frames:
-            await self._send(frames)
+        await self._send_all(self.session.take_acks())
 
     async def recv(self, timeout: float | None = None) -> Delivery | None:
         """The next delivery, or None after ``timeout`` s."""

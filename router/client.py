@@ -71,7 +71,7 @@ class Client:
         self.context = context or zmq.Context.instance()
         self.socket = make_socket(self.context, endpoint, identity)
         self.errors: collections.deque[RouterError] = collections.deque(maxlen=1000)
-        self._send(session.hello())
+        self._send_all(session.hello())
         deadline = time.monotonic() + timeout
         while session.welcome is None:
             left = deadline - time.monotonic()
@@ -85,6 +85,10 @@ class Client:
     def _send(self, frames: list[bytes]) -> None:
         self.socket.send_multipart(frames, copy=False)
         self.session.sent()
+
+    def _send_all(self, messages: list[list[bytes]]) -> None:
+        for frames in messages:
+            self._send(frames)
 
     def _pump(self, timeout: float | None) -> int:
         """Send housekeeping, wait up to ``timeout`` s for input, handle all that came;
@@ -305,11 +309,11 @@ class Endpoint(Client):
 
     def bind(self, addresses: Iterable[str]) -> None:
         """Bind more addresses on this connection."""
-        self._send(self.session.bind(addresses))
+        self._send_all(self.session.bind(addresses))
 
     def unbind(self, addresses: Iterable[str]) -> None:
         """Release addresses; their messages wait at the router for the next binder."""
-        self._send(self.session.unbind(addresses))
+        self._send_all(self.session.unbind(addresses))
 
     def ack(self, delivery: Delivery) -> None:
         """Ack ``delivery`` and all before it on its address (sent with the next I/O)."""
@@ -317,9 +321,7 @@ class Endpoint(Client):
 
     def flush(self) -> None:
         """Send pending acks now."""
-        frames = self.session.take_acks()
-        if frames:
-            self._send(frames)
+        self._send_all(self.session.take_acks())
 
     def recv(self, timeout: float | None = None) -> Delivery | None:
         """The next delivery, or None after ``timeout`` s (None: wait forever)."""

@@ -23,6 +23,9 @@ VERSION = 1
 
 #: Upper bound on any length-prefixed name on the wire (address, channel, kind, key).
 MAX_NAME = 255
+#: Entries in one address or cursor list (its count is 16 bits). More addresses go in
+#: further BIND/UNBIND/ACK messages: the SDK splits long lists itself (see chunks()).
+MAX_LIST = 0xFFFF
 
 
 class Command(enum.IntEnum):
@@ -189,9 +192,22 @@ def _short(value: str | bytes, what: str) -> bytes:
     return raw
 
 
+def chunks(items: Iterable, size: int = MAX_LIST) -> list[list]:
+    """``items`` in lists of at most ``size`` (one list, maybe empty, if it is short)."""
+    items = list(items)
+    return [items[i:i + size] for i in range(0, len(items), size)] or [[]]
+
+
+def _check_list(n: int) -> None:
+    if n > MAX_LIST:
+        raise ValueError(f"one message lists at most {MAX_LIST:,} addresses, got {n:,}: "
+                         "split the list over several messages (protocol.chunks)")
+
+
 def encode_cursors(cursors: Iterable[tuple[str, int]]) -> bytes:
     """Encode a cursor list: count, then (address, last sequence held) entries."""
     items = list(cursors)
+    _check_list(len(items))
     out = bytearray(COUNT.pack(len(items)))
     for address, seq in items:
         raw = _name(address, "address")
@@ -202,6 +218,7 @@ def encode_cursors(cursors: Iterable[tuple[str, int]]) -> bytes:
 def encode_addresses(addresses: Iterable[str]) -> bytes:
     """Encode an address list: count, then length-prefixed names."""
     items = [_name(a, "address") for a in addresses]
+    _check_list(len(items))
     out = bytearray(COUNT.pack(len(items)))
     for raw in items:
         out += bytes((len(raw),)) + raw

@@ -108,11 +108,14 @@ class Session:
         self._resend_due = False
         self._hello_at = 0.0
 
-    def hello(self) -> list[bytes]:
-        """Frames of the HELLO to (re)send."""
+    def hello(self) -> list[list[bytes]]:
+        """Messages of the HELLO to (re)send: the HELLO, then a BIND for each further
+        MAX_LIST addresses when there are more than one list holds."""
         self.welcome = None
         self._hello_at = time.monotonic()
-        return [P.encode_hello(self.role, self.name, self.cursor_list())]
+        first, *rest = P.chunks(self.cursor_list())
+        return [[P.encode_hello(self.role, self.name, first)]] + [
+            [P.encode_bind(part)] for part in rest]
 
     def cursor_list(self) -> list[tuple[str, int]]:
         """Addresses to bind in HELLO with the last sequence held (none for a sender)."""
@@ -129,7 +132,7 @@ class Session:
         silence = (now - self.last_heard) * 1000
         if silence > self.heartbeat_ms * self.liveness:
             self.last_heard = now
-            return [self.hello()]
+            return self.hello()
         if (now - self.last_sent) * 1000 >= self.heartbeat_ms / 2:
             return [[P.prefix(Command.HEARTBEAT)]]
         return []
@@ -154,7 +157,7 @@ class Session:
                 # One HELLO answers a burst of NOT_READY (one per message in flight).
                 if self.welcome is None and time.monotonic() - self._hello_at < 0.2:
                     return [], []
-                return [], [self.hello()]
+                return [], self.hello()
             return [RouterError(code, mid, text)], []
         return self.handle_command(command, frames)
 
@@ -222,7 +225,7 @@ class SenderSession(Session):
         """Frames of a JOIN (or LEAVE)."""
         return [P.encode_join(channel, addresses, leave)]
 
-    def hello(self) -> list[bytes]:
+    def hello(self) -> list[list[bytes]]:
         # Resend what the router never confirmed right after the HELLO, in send order.
         self._resend_due = True
         return super().hello()
@@ -283,19 +286,19 @@ class EndpointSession(Session):
     def cursor_list(self) -> list[tuple[str, int]]:
         return [(a, seq) for a, seq in self.cursors.items() if a not in self.unbound]
 
-    def bind(self, addresses: Iterable[str]) -> list[bytes]:
-        """Frames of a BIND for more addresses."""
+    def bind(self, addresses: Iterable[str]) -> list[list[bytes]]:
+        """Messages of the BINDs for more addresses (one per MAX_LIST of them)."""
         new = [(a, self.cursors.setdefault(a, 0)) for a in addresses]
         for a, seq in new:
             self.acked.setdefault(a, seq)
             self.unbound.discard(a)
-        return [P.encode_bind(new)]
+        return [[P.encode_bind(part)] for part in P.chunks(new)]
 
-    def unbind(self, addresses: Iterable[str]) -> list[bytes]:
-        """Frames of an UNBIND."""
+    def unbind(self, addresses: Iterable[str]) -> list[list[bytes]]:
+        """Messages of the UNBINDs (one per MAX_LIST addresses)."""
         names = list(addresses)
         self.unbound.update(names)  # cursors stay: a later BIND resumes after them
-        return [P.encode_unbind(names)]
+        return [[P.encode_unbind(part)] for part in P.chunks(names)]
 
     def ack(self, delivery: Delivery) -> None:
         """Mark ``delivery`` (and everything before it on its address) as processed."""
@@ -304,13 +307,14 @@ class EndpointSession(Session):
         if delivery.seq > self.acked.get(delivery.address, 0):
             self.acked[delivery.address] = delivery.seq
 
-    def take_acks(self) -> list[bytes] | None:
-        """Frames of one cumulative ACK for everything marked since the last call."""
+    def take_acks(self) -> list[list[bytes]]:
+        """Messages of the cumulative ACK for everything marked since the last call
+        (none if nothing was; one per MAX_LIST addresses)."""
         if not self._acks:
-            return None
-        frame = P.encode_ack(self._acks.items())
+            return []
+        out = [[P.encode_ack(part)] for part in P.chunks(self._acks.items())]
         self._acks.clear()
-        return [frame]
+        return out
 
     def handle_command(self, command: Command, frames: list[bytes]) -> tuple[list[Event], list[list[bytes]]]:
         if command == Command.REQUEST and len(frames) == 2 and self.role == Role.WORKER:

@@ -242,3 +242,15 @@ def test_window_bounds_inflight_and_acks_open_it(make_router):
             m.ack(d)
         rest = drain(m, 12)
         assert [int(d.payload) for d in first + rest] == list(range(20))
+
+
+def test_gateway_binds_more_addresses_than_one_hello_lists(router):
+    # HELLO lists at most 65,535 addresses; the SDK binds the rest with BINDs.
+    addrs = [f"user:{i}" for i in range(70_000)]
+    with Endpoint(router.url, addrs, role=Role.GATEWAY, name="gw-big") as gw, \
+            Sender(router.url, "orders") as s:
+        for a in ("user:0", "user:65534", "user:65535", "user:69999"):
+            s.send(a, {"to": a})
+        got = drain(gw, 4)
+        assert sorted(d.address for d in got) == sorted(
+            ["user:0", "user:65534", "user:65535", "user:69999"])
