@@ -106,6 +106,40 @@ cdef inline void observe(uint64_t *buckets, const uint64_t *bounds, int n,
     buckets[i] += 1
 
 
+def _dedup_check(int ops, int keys, uint64_t seed) -> int:
+    """Random upserts, lookups and erasures on a DedupTable (ext/dedup.h) checked against
+    a dict; returns the number of disagreements (a test expects 0). Few keys in a small
+    table force collisions, probe runs that wrap around, erasures inside runs, growth."""
+    import random
+    cdef DedupTable *t = new DedupTable()
+    cdef DedupEntry *e
+    cdef uint32_t sender
+    cdef uint64_t mid
+    cdef int i, bad = 0
+    rng = random.Random(seed)
+    ref = {}
+    t.reserve(16)
+    for i in range(ops):
+        sender = rng.randrange(1, 4)
+        mid = rng.randrange(keys)
+        e = t.find(sender, mid)
+        if (e != NULL) != ((sender, mid) in ref) or (e != NULL and e.status != ref[sender, mid]):
+            bad += 1
+        if rng.random() < 0.55:
+            e = t.upsert(sender, mid)
+            e.status = i & 0xFF
+            ref[sender, mid] = i & 0xFF
+        elif e != NULL:
+            t.erase(e)
+            del ref[sender, mid]
+    for (sender, mid), v in ref.items():
+        e = t.find(sender, mid)
+        bad += e == NULL or e.status != v
+    bad += t.size() != len(ref)
+    del t
+    return bad
+
+
 def histogram_bounds() -> dict:
     """Bucket upper bounds in seconds, as the core counts them."""
     return {"hop": [HOP_BOUNDS[i] / 1e6 for i in range(17)],
@@ -215,15 +249,15 @@ cdef class Core:
     cdef string jbuf
     cdef bint jsync
     cdef bint replaying
-    cdef string replay_key
+    cdef uint32_t replay_sid        # sender and id of replay_msg: the next records of
+    cdef uint64_t replay_id         # the same channel send share its Msg
     cdef Msg *replay_msg
     cdef vector[Msg*] uncommitted
     cdef vector[int] uncommitted_addrs
     cdef uint32_t segment
     cdef vector[int64_t] seg_live
-    cdef unordered_map[string, Dedup] dedup
-    cdef deque[uint64_t] dedup_exp_ms
-    cdef deque[string] dedup_exp_key
+    cdef DedupTable dedup           # (sender, msg id) -> latest receipt (ext/dedup.h)
+    cdef deque[DedupExp] dedup_exp  # windows in the order they end
     cdef unordered_map[string, int] peer_by_name
     cdef unordered_map[string, uint32_t] sender_ids  # interned sender names (dedup keys)
     cdef unordered_map[string, string] outbox   # receipts for senders not connected now
@@ -267,6 +301,7 @@ cdef class Core:
         # Sized once: growing a hash table rehashes every entry in one step, which would
         # stop the loop for ~0.2 us per entry (100 ms at 500k entries).
         self.dedup.reserve(dedup_capacity)
+        self.dedup.set_seed(int.from_bytes(os.urandom(8), "little"))
         self.addr_by_name.set_seed(int.from_bytes(os.urandom(8), "little"))
         self._clock()
         self.last_pi = -1
@@ -456,7 +491,7 @@ cdef class Core:
         if n == 0:
             return (0, 0)
         self.set_segment(segment)
-        self.replay_key.clear()
+        self.replay_sid = 0
         self.replay_msg = NULL
         self.replaying = True
         try:
@@ -815,15 +850,13 @@ cdef class Core:
             single = self._address_of(pi, tname)  # validated above
             if single < 0:
                 return  # _address_of already refused
-        cdef string dkey
+        cdef DedupEntry *seen
         if cls <= CLASS_CHAT:
-            dkey = dedup_key(self.peers[pi].sender_id, msg_id)
-            dit = self.dedup.find(dkey)
-            if dit != self.dedup.end():
+            seen = self.dedup.find(self.peers[pi].sender_id, msg_id)
+            if seen != NULL:
                 # a repeat inside the window: same receipt, nothing delivered twice
                 self.c.dedup_hits += 1
-                self._receipt_to(pi, self.peers[pi].gen, msg_id, deref(dit).second.status,
-                                 deref(dit).second.code)
+                self._receipt_to(pi, self.peers[pi].gen, msg_id, seen.status, seen.code)
                 return
         cdef int code = self._admit(targets, ntargets, cls, self.peers[pi].sender_id)
         if code != 0:
@@ -866,7 +899,7 @@ cdef class Core:
         for i in range(ntargets):
             self._enqueue(targets[i], m, key)
         if cls <= CLASS_CHAT:
-            self._remember(dkey, ST_ACCEPTED, 0)
+            self._remember(m.sender_id, msg_id, self.now_us // 1000 + self.dedup_ms)
             if self.store is not None:
                 self.seg_live[self.segment] += 1
                 m.refs += 1  # held by `uncommitted` until _commit
@@ -1042,7 +1075,9 @@ cdef class Core:
         for i in range(self.uncommitted.size()):
             m = self.uncommitted[i]
             m.finished = True
-            self.dedup.erase(dedup_key(m.sender_id, m.msg_id))
+            seen = self.dedup.find(m.sender_id, m.msg_id)
+            if seen != NULL:
+                self.dedup.erase(seen)
             self._receipt(m, ST_REFUSED, E_STORAGE_FAILED)
             if m.sender >= 0 and self.peers[m.sender].live and self.peers[m.sender].gen == m.sender_gen:
                 self._error(m.sender, E_STORAGE_FAILED, m.msg_id,
@@ -1056,17 +1091,22 @@ cdef class Core:
         if not m.order.empty():
             self._hist(H_ACCEPTED, m, string(), 0, ST_ACCEPTED, 0)
 
-    cdef void _remember(self, const string &dkey, uint8_t status, uint16_t code) noexcept nogil:
-        """Start the dedup window of a reliable message id."""
-        cdef Dedup d
-        if self.dedup_ms == 0 or self.replaying:
+    cdef void _remember(self, uint32_t sender, uint64_t msg_id,
+                        uint64_t expires_ms) noexcept nogil:
+        """Start the dedup window of a reliable message id (status ACCEPTED), ending at
+        ``expires_ms`` (monotonic)."""
+        cdef DedupEntry *e
+        cdef DedupExp x
+        if self.dedup_ms == 0:
             return
-        d.expires_ms = self.now_us // 1000 + self.dedup_ms
-        d.status = status
-        d.code = code
-        self.dedup[dkey] = d
-        self.dedup_exp_ms.push_back(d.expires_ms)
-        self.dedup_exp_key.push_back(dkey)
+        e = self.dedup.upsert(sender, msg_id)
+        e.status = ST_ACCEPTED
+        e.code = 0
+        e.stamp = stamp_of(expires_ms)
+        x.expires_ms = expires_ms
+        x.msg_id = msg_id
+        x.sender = sender
+        self.dedup_exp.push_back(x)
 
     cdef void _hist(self, uint8_t kind, Msg *m, const string &address, uint64_t seq,
                     uint8_t status, uint16_t code) noexcept nogil:
@@ -1131,10 +1171,10 @@ cdef class Core:
             if p == NULL or p != end:
                 return False
             if kind == REC_FIN:
-                it = self.dedup.find(dedup_key(self._intern(addr), seq))
-                if it != self.dedup.end():
-                    deref(it).second.status = <uint8_t>(v2 & 0xFF)
-                    deref(it).second.code = <uint16_t>(v2 >> 8)
+                seen = self.dedup.find(self._intern(addr), seq)
+                if seen != NULL:
+                    seen.status = <uint8_t>(v2 & 0xFF)
+                    seen.code = <uint8_t>(v2 >> 8)
                 return True
             ai = self._restore_address(addr)
             if kind == REC_CURSOR:
@@ -1169,21 +1209,17 @@ cdef class Core:
         cdef Address *a = self.addrs[ai]
         cdef uint64_t now_wall = wall_us()
         cdef uint32_t sid = self._intern(sender)
-        cdef string dkey = dedup_key(sid, msg_id)
-        cdef Dedup d
-        if self.dedup_ms and acc + self.dedup_ms * 1000 > now_wall and not self.dedup.count(dkey):
-            d.expires_ms = mono_ms() + (acc + self.dedup_ms * 1000 - now_wall) // 1000
-            d.status = ST_ACCEPTED
-            d.code = 0
-            self.dedup[dkey] = d
-            self.dedup_exp_ms.push_back(d.expires_ms)
-            self.dedup_exp_key.push_back(dkey)
+        if (self.dedup_ms and acc + self.dedup_ms * 1000 > now_wall
+                and self.dedup.find(sid, msg_id) == NULL):
+            # the rest of its window, counted from when it was first accepted
+            self._remember(sid, msg_id,
+                           mono_ms() + (acc + self.dedup_ms * 1000 - now_wall) // 1000)
         if seq > a.next_seq:
             a.next_seq = seq
         if seq <= a.acked or (not a.rel.empty() and seq <= a.rel.back().seq):
             return True  # already acked, or a repeated record
         cdef Msg *m
-        if self.replay_msg != NULL and self.replay_key == dkey:
+        if self.replay_msg != NULL and self.replay_sid == sid and self.replay_id == msg_id:
             m = self.replay_msg  # another member of the same channel send
         else:
             m = self._new_msg()
@@ -1208,7 +1244,8 @@ cdef class Core:
             build_template(m, flags, sender, chan, <const uint8_t *>kind.data(),
                            <uint8_t>kind.size())
             self.seg_live[self.segment] += 1
-            self.replay_key = dkey
+            self.replay_sid = sid
+            self.replay_id = msg_id
             self.replay_msg = m
             self.c.replayed += 1
         cdef Entry e
@@ -1494,10 +1531,10 @@ cdef class Core:
 
     cdef void _finish(self, Msg *m, uint8_t status, uint16_t code) noexcept nogil:
         """Record a final outcome: dedup replies, the journal, the order's history."""
-        it = self.dedup.find(dedup_key(m.sender_id, m.msg_id))
-        if it != self.dedup.end():
-            deref(it).second.status = status
-            deref(it).second.code = code
+        cdef DedupEntry *seen = self.dedup.find(m.sender_id, m.msg_id)
+        if seen != NULL:
+            seen.status = status
+            seen.code = <uint8_t>code
         self._journal_small(REC_FIN, m.msg_id, m.sender_name, status, code)
         if not m.order.empty():
             self._hist(H_FINAL, m, string(), 0, status, code)
@@ -1797,13 +1834,15 @@ cdef class Core:
         """End dedup windows that are over, at most DEDUP_EXPIRE_PER_TICK per tick, so
         expiry is spread over the ticks instead of stopping the loop once a second."""
         cdef int n = 0
-        while (n < DEDUP_EXPIRE_PER_TICK and not self.dedup_exp_ms.empty()
-               and self.dedup_exp_ms.front() <= now):
-            it = self.dedup.find(self.dedup_exp_key.front())
-            if it != self.dedup.end() and deref(it).second.expires_ms <= now:
-                self.dedup.erase(it)
-            self.dedup_exp_ms.pop_front()
-            self.dedup_exp_key.pop_front()
+        cdef DedupEntry *e
+        while (n < DEDUP_EXPIRE_PER_TICK and not self.dedup_exp.empty()
+               and self.dedup_exp.front().expires_ms <= now):
+            e = self.dedup.find(self.dedup_exp.front().sender, self.dedup_exp.front().msg_id)
+            # the entry may have been remembered again since (refused, then resent):
+            # only the window this record opened ends here
+            if e != NULL and e.stamp == stamp_of(self.dedup_exp.front().expires_ms):
+                self.dedup.erase(e)
+            self.dedup_exp.pop_front()
             n += 1
 
     cdef void _sweep(self, uint64_t now) noexcept nogil:

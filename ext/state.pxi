@@ -58,10 +58,25 @@ cdef struct Entry:
     uint64_t seq
     Msg *msg
 
-cdef struct Dedup:
+cdef extern from "dedup.h" nogil:
+    cdef struct DedupEntry:
+        uint64_t msg_id
+        uint32_t sender
+        uint16_t stamp      # window end, seconds mod 2**16 (stamp_of)
+        uint8_t status      # latest receipt status given for the id
+        uint8_t code
+    cdef cppclass DedupTable:
+        size_t size()
+        void set_seed(uint64_t)
+        void reserve(size_t)
+        DedupEntry *find(uint32_t, uint64_t)
+        DedupEntry *upsert(uint32_t, uint64_t)
+        void erase(DedupEntry *)
+
+cdef struct DedupExp:
     uint64_t expires_ms     # monotonic end of the dedup window
-    uint8_t status          # latest receipt status given for the id
-    uint16_t code
+    uint64_t msg_id
+    uint32_t sender
 
 cdef cppclass Address:
     string name

@@ -130,13 +130,10 @@ cdef inline void remove_int(vector[int] &v, int x) noexcept nogil:
             return
 
 
-cdef inline string dedup_key(uint32_t sender_id, uint64_t msg_id) noexcept nogil:
-    """Dedup scope: the sender (its interned name) and its message id; 12 bytes, so the
-    key lives inside std::string's small buffer and costs no allocation."""
-    cdef uint8_t b[12]
-    put32(b, sender_id)
-    put64(b + 4, msg_id)
-    return string(<const char *>b, 12)
+cdef inline uint16_t stamp_of(uint64_t expires_ms) noexcept nogil:
+    """A dedup window's end as stored in its entry: seconds, modulo 2**16 (18 hours,
+    far beyond any window), enough to tell which remember a FIFO record belongs to."""
+    return <uint16_t>(expires_ms // 1000)
 
 
 cdef inline bint is_order(const string &name) noexcept nogil:
