@@ -66,7 +66,8 @@ class Settings:
     #: A repeated message id from the same sender within this window is not redelivered.
     dedup_seconds: float = 120.0
     #: Reliable messages expected per dedup window (peak rate x window): the dedup table
-    #: is sized for it once; beyond it, growing the table pauses the router briefly.
+    #: is sized for it once (16 bytes a slot, 4/3 slots an id rounded up to a power of
+    #: two: 64 MB for the default); beyond it, growing the table pauses the router briefly.
     dedup_capacity: int = 2_000_000
     #: First redelivery of an unacked window after this many ms; doubles up to the cap.
     retry_ms: int = 1000
