@@ -390,6 +390,8 @@ cdef class Core:
                                "location": self.gauges[2]},
             "offline_backlog": self.gauges[3],
             "bound_addresses": self.gauges[4],
+            "addresses": self.addrs.size(),
+            "address_limit": self.max_addresses,
             "peers_by_role": {"sender": roles[1], "endpoint": roles[2], "gateway": roles[3],
                               "worker": roles[4]},
         })

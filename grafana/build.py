@@ -250,6 +250,11 @@ def overview() -> dict:
         target(f"sum by (role) (router_peers{{{s}}})", "{{role}}"),
         target(f"sum(router_bound_addresses{{{s}}})", "bound addresses")],
         description="Live connections by declared role, and addresses bound to a live peer.")
+    L.timeseries("Address table", [
+        target(f"sum(router_addresses{{{s}}})", "addresses in the table"),
+        target(f"sum(router_address_limit{{{s}}})", "limit (max_addresses)")],
+        description="The table keeps every address seen while the router runs; at the limit "
+        "new addresses are refused ADDRESS_LIMIT (alert RouterAddressTableFilling at 80%).")
 
     L.row("Journal")
     L.timeseries("Journal commit latency",

@@ -51,7 +51,8 @@ class Scrape:
             return None
         by_class, buckets = {}, {}
         vals = {"router_messages_delivered_total": 0.0, "router_redeliveries_total": 0.0,
-                "router_offline_backlog_messages": 0.0, "router_queued_messages": 0.0}
+                "router_offline_backlog_messages": 0.0, "router_queued_messages": 0.0,
+                "router_metrics_snapshot_age_seconds": 0.0}
         for fam in text_string_to_metric_families(text):
             for s in fam.samples:
                 if s.name == "router_messages_received_total":
@@ -61,7 +62,9 @@ class Scrape:
                     buckets[le] = buckets.get(le, 0.0) + s.value
                 elif s.name in vals:
                     vals[s.name] += s.value
-        return cls(time.monotonic(), by_class, vals["router_messages_delivered_total"],
+        # the time the router took these figures, so rates divide by the right interval
+        taken = time.monotonic() - vals["router_metrics_snapshot_age_seconds"]
+        return cls(taken, by_class, vals["router_messages_delivered_total"],
                    vals["router_redeliveries_total"], vals["router_offline_backlog_messages"],
                    vals["router_queued_messages"], sorted(buckets.items()))
 

@@ -26,8 +26,9 @@ from prometheus_client.core import (
 from . import core as _native
 from .protocol import RELIABLE_CLASSES, ErrorCode, MsgClass, Status
 BOUNDS = _native.histogram_bounds()
-#: Seconds between snapshots of the core (a scrape sees data at most this old).
-REFRESH_SECONDS = 1.0
+#: Seconds between snapshots of the core (a scrape sees data at most this old; twice a
+#: second, so consecutive once-a-second scrapes never see the same snapshot).
+REFRESH_SECONDS = 0.5
 
 
 def _buckets(counts: list[int], bounds: list[float]) -> list[tuple[str, float]]:
@@ -121,6 +122,13 @@ class RouterCollector:
         yield fam
         yield GaugeMetricFamily("router_bound_addresses", "addresses bound to a connection",
                                 value=s["bound_addresses"])
+        yield GaugeMetricFamily("router_addresses", "addresses in the table (it only grows)",
+                                value=s["addresses"])
+        yield GaugeMetricFamily("router_address_limit", "max_addresses: beyond it, new "
+                                "addresses are refused ADDRESS_LIMIT", value=s["address_limit"])
+        yield GaugeMetricFamily("router_metrics_snapshot_age_seconds",
+                                "how old the figures of this scrape are",
+                                value=time.monotonic() - self._taken)
 
     def _latency(self, s: dict) -> Iterator[Metric]:
         fam = HistogramMetricFamily("router_hop_latency_seconds",
