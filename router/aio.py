@@ -271,6 +271,7 @@ class AsyncEndpoint(_AsyncClient):
                 await self.flush()
 
     async def close(self, bye: bool = True) -> None:
+        """Send pending acks, then close (with BYE unless ``bye`` is False)."""
         if not self.socket.closed:
             try:
                 await self.flush()

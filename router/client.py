@@ -346,6 +346,7 @@ class Endpoint(Client):
                 self.ack(d)
 
     def close(self, bye: bool = True) -> None:
+        """Send pending acks, then close (with BYE unless ``bye`` is False)."""
         if not self.socket.closed:
             self.flush()
         super().close(bye)

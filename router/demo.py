@@ -45,6 +45,7 @@ class Scrape:
 
     @classmethod
     def take(cls, url: str) -> "Scrape | None":
+        """Scrape ``url`` once; None if the router does not answer."""
         try:
             text = urllib.request.urlopen(url, timeout=0.5).read().decode()
         except OSError:
@@ -97,6 +98,7 @@ class Demo:
         self.worker_metrics: list[int] = []
 
     def start(self) -> City:
+        """Start the router and the dispatch workers; return the simulated city on them."""
         env = {**os.environ}
         log = open(os.path.join(self.data_dir, "router.log"), "ab")
         self.procs.append(subprocess.Popen(
@@ -117,6 +119,7 @@ class Demo:
         return City(self.url, self.cfg)
 
     def stop(self) -> None:
+        """SIGTERM every process started (SIGKILL after 10 s), remove the scratch dir."""
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)

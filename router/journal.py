@@ -101,6 +101,7 @@ class FileStore:
         return sum(self._sizes.values())
 
     def open(self, core) -> Recovery:
+        """Replay every segment into ``core`` and open a new segment for appends."""
         t0 = time.monotonic()
         rec = Recovery()
         segs = self.segments()
@@ -146,6 +147,7 @@ class FileStore:
                 os.close(dfd)
 
     def commit(self, records: bytes, sync: bool) -> None:
+        """Append ``records``; fdatasync when ``sync`` and fsync is on (raises OSError)."""
         if self.max_bytes and self.total_bytes + len(records) > self.max_bytes:
             raise OSError(errno.ENOSPC, f"journal would exceed its budget of {self.max_bytes} "
                           "bytes (max_journal_bytes)")
@@ -170,6 +172,7 @@ class FileStore:
             self._sizes[self._seg] = self._size
 
     def maintain(self, core) -> None:
+        """Roll a full segment; delete closed ones with nothing live past the retention."""
         if self._size >= self.segment_bytes:
             self._start_segment(core, self._seg + 1)
         now = time.monotonic()
@@ -185,6 +188,7 @@ class FileStore:
             log.debug("journal: reclaimed segment %d", seg)
 
     def close(self) -> None:
+        """Sync and close the open segment."""
         if self._fd >= 0:
             if self.fsync:
                 os.fsync(self._fd)

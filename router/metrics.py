@@ -61,9 +61,11 @@ class RouterCollector:
         self._snapshot, self._taken = snap, now
 
     def describe(self) -> list:
+        """No fixed description: prometheus_client then does not collect at registration."""
         return []
 
     def collect(self) -> Iterator[Metric]:
+        """Every router metric family, from the latest snapshot."""
         s = self._snapshot
         if s is None:
             return

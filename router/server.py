@@ -225,6 +225,7 @@ class Router:
 
     def _install_signals(self) -> None:
         def handler(signum: int, frame: FrameType | None) -> None:
+            """SIGTERM/SIGINT: finish the current slice, then stop."""
             log.info("received %s, stopping", signal.Signals(signum).name)
             self.stop()
 

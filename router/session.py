@@ -226,17 +226,20 @@ class SenderSession(Session):
         return [P.encode_join(channel, addresses, leave)]
 
     def hello(self) -> list[list[bytes]]:
-        # Resend what the router never confirmed right after the HELLO, in send order.
+        """As Session.hello; what the router never confirmed is resent after its WELCOME,
+        in send order."""
         self._resend_due = True
         return super().hello()
 
     def due(self) -> list[list[bytes]]:
+        """As Session.due, plus the resend of unconfirmed messages after a HELLO."""
         out = super().due()
         if not self._resend_due and self.unconfirmed:
             out.extend(self._resend(time.monotonic(), self.resend_after))
         return out
 
     def handle(self, frames: list[bytes]) -> tuple[list[Event], list[list[bytes]]]:
+        """As Session.handle; the WELCOME that answers a HELLO starts the resend."""
         events, replies = super().handle(frames)
         if self._resend_due and self.welcome is not None:
             # WELCOME after a (re-)HELLO: everything unconfirmed goes again, in order,
@@ -254,6 +257,7 @@ class SenderSession(Session):
         return frames
 
     def handle_command(self, command: Command, frames: list[bytes]) -> tuple[list[Event], list[list[bytes]]]:
+        """Commands this kind of session understands; the rest go to the base."""
         if command == Command.REPLY and len(frames) == 2:
             rid, code = P.decode_reply(frames[0])
             return [Reply(rid, code, frames[1])], []
@@ -284,6 +288,7 @@ class EndpointSession(Session):
         self.duplicates = 0
 
     def cursor_list(self) -> list[tuple[str, int]]:
+        """Bound addresses with the last sequence held."""
         return [(a, seq) for a, seq in self.cursors.items() if a not in self.unbound]
 
     def bind(self, addresses: Iterable[str]) -> list[list[bytes]]:
@@ -317,6 +322,7 @@ class EndpointSession(Session):
         return out
 
     def handle_command(self, command: Command, frames: list[bytes]) -> tuple[list[Event], list[list[bytes]]]:
+        """Commands this kind of session understands; the rest go to the base."""
         if command == Command.REQUEST and len(frames) == 2 and self.role == Role.WORKER:
             job_id, ttl, service = P.decode_request(frames[0])
             return [Request(job_id, service, ttl, frames[1])], []

@@ -62,6 +62,7 @@ class OrderState:
 
     @property
     def channel(self) -> str:
+        """The order's channel: its user, merchant and rider."""
         return f"order:{self.id}"
 
 

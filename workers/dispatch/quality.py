@@ -75,6 +75,7 @@ def policy_for(name: str, weights: Weights = DEFAULT_WEIGHTS,
     """``"rank"`` (best-ranked rider) or ``"greedy"`` (nearest idle rider)."""
     if name == "rank":
         def by_rank(order: Order, index: RiderIndex, now: float) -> Candidate | None:
+            """The best-ranked rider for ``order``, or None."""
             best = rank(order, index, now, weights, travel=travel, limit=1)
             return best[0] if best else None
         return Policy(name, by_rank)

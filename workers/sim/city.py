@@ -32,6 +32,7 @@ ROUTE_FACTOR = 1.3       # streets are not straight lines
 def demand_per_min(hour: float, base: float) -> float:
     """Orders per minute at ``hour`` (0-24): base, x6 at lunch, x8 at dinner, with ramps."""
     def bump(center: float, half_width: float, height: float) -> float:
+        """A plateau of ``height`` around ``center`` that fades out over 45 minutes."""
         d = abs(hour - center)
         return height if d <= half_width else height * max(0.0, 1 - (d - half_width) / 0.75)
 
@@ -48,6 +49,7 @@ class Clock:
         return self.start + (time.monotonic() - self.t0) * self.speed
 
     def label(self) -> str:
+        """The simulated time of day as HH:MM."""
         s = int(self()) % 86400
         return f"{s // 3600:02d}:{s % 3600 // 60:02d}"
 
@@ -67,6 +69,7 @@ class SimRider:
 
     @property
     def load(self) -> int:
+        """Orders this rider carries or is on the way to pick up."""
         return len({s[3] for s in self.stops})
 
 
@@ -135,6 +138,7 @@ class City:
             time.sleep(step_s)
 
     def open_orders(self) -> int:
+        """Orders not yet delivered or given up."""
         return len(self.service.orders)
 
     def close(self) -> None:
