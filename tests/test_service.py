@@ -130,3 +130,30 @@ def test_handler_error_is_a_reply_not_a_crash(router):
         stop.set()
         t.join()
         w.close()
+
+
+def test_worker_acks_reliable_deliveries_it_handles(router):
+    # A worker that also binds addresses acks what on_delivery handled; the sender then
+    # sees DELIVERED (an ack of a reliable delivery once crashed the worker's loop).
+    from router.protocol import MsgClass, Status
+    got = []
+    w = ServiceWorker(router.url, "dispatch", lambda body: body, addresses=["zone:9"],
+                      on_delivery=got.append)
+    try:
+        with Sender(router.url, "orders") as s:
+            mid = s.send("zone:9", {"order": 5}, msg_class=MsgClass.DISPATCH)
+            deadline = time.monotonic() + 5
+            while not got and time.monotonic() < deadline:
+                w.serve_once(0.05)
+            assert [d.seq for d in got] == [1]
+            rec = None
+            while time.monotonic() < deadline:
+                w.serve_once(0.05)
+                try:
+                    rec = s.wait(mid, Status.DELIVERED, timeout=0.05)
+                    break
+                except TimeoutError:
+                    continue
+            assert rec is not None and rec.status == Status.DELIVERED
+    finally:
+        w.close()

@@ -73,9 +73,7 @@ class ServiceWorker(Client):
             elif isinstance(ev, Delivery) and self.on_delivery:
                 self.on_delivery(ev)
                 self.session.ack(ev)
-        acks = self.session.take_acks()
-        if acks:
-            self._send(acks)
+        self._send_all(self.session.take_acks())
         self.served += served
         return served
 
