@@ -29,8 +29,10 @@ __all__ = ["AsyncSender", "AsyncEndpoint"]
 log = logging.getLogger("router.aio")
 
 
-class _AsyncClient:
-    """A zmq.asyncio DEALER carrying one session, with a reader task."""
+class AsyncClient:
+    """A zmq.asyncio DEALER carrying one session, with a reader task: the base of
+    AsyncSender, AsyncEndpoint and workers.service_aio.AsyncServiceWorker (subclasses
+    take events in :meth:`_dispatch`)."""
 
     def __init__(self, session: Session, endpoint: str,
                  context: zmq.asyncio.Context | None) -> None:
@@ -112,7 +114,7 @@ class _AsyncClient:
         await self.close()
 
 
-class AsyncSender(_AsyncClient):
+class AsyncSender(AsyncClient):
     """asyncio twin of :class:`router.client.Sender`; create with :meth:`connect`."""
 
     def __init__(self, endpoint: str, name: str, *, context=None,
@@ -207,7 +209,7 @@ class AsyncSender(_AsyncClient):
             yield await self._queue.get()
 
 
-class AsyncEndpoint(_AsyncClient):
+class AsyncEndpoint(AsyncClient):
     """asyncio twin of :class:`router.client.Endpoint`; create with :meth:`connect`."""
 
     def __init__(self, endpoint: str, addresses: Iterable[str], *, name: str | None = None,

@@ -93,3 +93,40 @@ def test_async_request_to_a_service(router):
         w.close()
     assert r.payload == b"NO SCALLIONS"
     assert missing.code.name == "NO_SERVICE"
+
+
+def test_async_worker_serves_concurrently_and_acks_deliveries(router):
+    from router.protocol import MsgClass, Status
+    from workers.service_aio import AsyncServiceWorker
+
+    async def handler(body: bytes) -> bytes:
+        if body == b"slow":
+            await asyncio.sleep(0.5)  # holds one credit; the other requests go on
+        if body == b"bad":
+            raise ValueError("no such dish")
+        return body.upper()
+
+    async def main():
+        seen = []
+        w = await AsyncServiceWorker.connect(router.url, "menu", handler, credit=4,
+                                             addresses=["zone:3"], on_delivery=seen.append)
+        svc = await AsyncSender.connect(router.url, "client")
+        t0 = asyncio.get_running_loop().time()
+        slow = asyncio.create_task(svc.request("menu", b"slow", ttl_ms=3000))
+        await asyncio.sleep(0.05)
+        fast = await svc.request("menu", b"noodles", ttl_ms=3000)
+        fast_at = asyncio.get_running_loop().time() - t0
+        bad = await svc.request("menu", b"bad", ttl_ms=3000)
+        mid = await svc.send("zone:3", {"rider": 42}, msg_class=MsgClass.DISPATCH)
+        delivered = await svc.wait(mid, Status.DELIVERED, timeout=5)
+        replies = (await slow, fast, bad)
+        await svc.close()
+        await w.close()
+        return replies, fast_at, seen, delivered
+
+    (slow, fast, bad), fast_at, seen, delivered = asyncio.run(asyncio.wait_for(main(), 20))
+    assert (slow.payload, fast.payload) == (b"SLOW", b"NOODLES")
+    assert fast_at < 0.4  # answered while the slow one was still running
+    assert bad.code.name == "MALFORMED" and b"no such dish" in bad.payload
+    assert [d.seq for d in seen] == [1]
+    assert delivered.status == Status.DELIVERED
