@@ -3,6 +3,7 @@ and a short seeded city where every order is delivered and its history is comple
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from router.client import Endpoint, Sender
+from router.client import Endpoint, Sender, payload_json as payload_of
 from router.history import History
 from router.protocol import MsgClass, Role
 from workers.dispatch.worker import RIDER_CHANNEL
@@ -104,3 +105,71 @@ def test_seeded_city_delivers_every_order_with_complete_history(router, dispatch
         finals = [e for e in hist.timeline(order.id) if e["event"] == "final"
                   and e["kind"] == "order.delivered"]
         assert finals and finals[-1]["status"] == "DELIVERED"
+
+
+def wait_for(ep: Endpoint, kind: str, svc: OrderService, seconds: float = 5.0):
+    """The next delivery of ``kind`` to ``ep`` (acked), stepping the service meanwhile."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        svc.step(0.01)
+        d = ep.recv(timeout=0)
+        if d is not None:
+            ep.ack(d)
+            if d.kind == kind:
+                return d
+    raise AssertionError(f"no {kind} for {ep.session.name} within {seconds}s")
+
+
+@contextlib.contextmanager
+def offered_order(url: str, n: int, offer_ttl_ms: int):
+    """Order ``n``: placed by user:<n> at merchant:<n>, confirmed, and offered to
+    rider:<n> (the only rider). Yields the service and the parties' connections."""
+    publish_riders(url, {f"rider:{n}": (100.0, 0.0)})
+    time.sleep(0.3)
+    parties = [Endpoint(url, [f"{who}:{n}"]) for who in ("rider", "merchant", "user")]
+    rider, merchant, user = parties
+    svc = OrderService(url, offer_ttl_ms=offer_ttl_ms, clock=time.time)
+    apps = Sender(url, "apps")
+    try:
+        now = time.time()
+        svc.place(OrderState(str(n), f"user:{n}", f"merchant:{n}", (0.0, 0.0),
+                             (500.0, 500.0), now + 600, now + 1800), ["dumplings"])
+        wait_for(merchant, "order.created", svc)
+        apps.send(INBOX, {"type": "merchant.confirmed", "order": str(n)})
+        wait_for(rider, "dispatch.offer", svc)
+        yield svc, apps, rider, merchant, user
+    finally:
+        for c in (*parties, apps):
+            c.close()
+        svc.close()
+
+
+def test_cancel_before_pickup_withdraws_the_offer_and_tells_every_party(
+        router, dispatch_worker):
+    with offered_order(router.url, 77, offer_ttl_ms=1000) as (svc, apps, rider, merchant, user):
+        apps.send(INBOX, {"type": "user.cancel", "order": "77", "reason": "ordered twice"})
+        assert payload_of(wait_for(rider, "dispatch.offer_withdrawn", svc)) == {"order": "77"}
+        for party in (user, merchant):
+            d = wait_for(party, "order.cancelled", svc)
+            assert payload_of(d) == {"order": "77", "by": "user", "reason": "ordered twice"}
+        assert svc.orders["77"].state == "cancelled"
+        apps.send(INBOX, {"type": "rider.accept", "order": "77", "rider": "rider:77"})
+        wait_for(rider, "order.cancelled", svc)  # a late accept is told, not assigned
+        end = time.monotonic() + 1.5  # past the offer TTL: no new offer goes out
+        while time.monotonic() < end:
+            svc.step(0.01)
+            d = rider.recv(timeout=0)
+            assert d is None or d.kind != "dispatch.offer", d
+        assert svc.orders["77"].rider is None
+
+
+def test_cancel_after_pickup_is_refused(router, dispatch_worker):
+    with offered_order(router.url, 78, offer_ttl_ms=3000) as (svc, apps, rider, merchant, user):
+        apps.send(INBOX, {"type": "rider.accept", "order": "78", "rider": "rider:78"})
+        wait_for(rider, "dispatch.accepted", svc)
+        apps.send(INBOX, {"type": "rider.picked_up", "order": "78"})
+        wait_for(user, "order.picked_up", svc)
+        apps.send(INBOX, {"type": "user.cancel", "order": "78"})
+        assert payload_of(wait_for(user, "order.cancel_refused", svc)) == {
+            "order": "78", "state": "picked_up"}
+        assert svc.orders["78"].state == "picked_up"

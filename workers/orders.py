@@ -8,7 +8,13 @@ user) -> dispatch request -> rider offered (dispatch.offer, with a TTL) -> rider
 Parties answer by sending events to the address ``svc:orders``::
 
     {"type": "merchant.confirmed" | "rider.accept" | "rider.reject" | "rider.picked_up"
-             | "rider.delivered", "order": id, "rider": id?}
+             | "rider.delivered" | "user.cancel" | "merchant.cancel",
+     "order": id, "rider": id?, "reason": text?}
+
+Until pickup the user or the merchant can cancel: the order's channel gets
+order.cancelled (who, why), an outstanding offer is withdrawn from its rider
+(dispatch.offer_withdrawn) and no further offer is made; a rider who accepts after that
+is told order.cancelled. After pickup a cancel is answered order.cancel_refused.
 
 An offer nobody accepts within its TTL (or that is rejected) goes to the next candidate
 at the next step (steps run every few tens of ms, well inside the 1 s promise); after
@@ -58,6 +64,7 @@ class OrderState:
     refusals: int = 0
     request_id: int | None = None
     escalated: bool = False
+    cancelled_by: str | None = None
     times: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -124,7 +131,15 @@ class OrderService:
         if o is None:
             return
         kind = ev.get("type")
-        if kind == "merchant.confirmed" and o.state == "placed":
+        if o.state == "cancelled":
+            if kind == "rider.accept" and ev.get("rider"):
+                # accepted an offer withdrawn meanwhile: make sure that rider knows
+                self._send(o, str(ev["rider"]), "order.cancelled",
+                           {"order": o.id, "by": o.cancelled_by}, cls=MsgClass.DISPATCH)
+            return
+        if kind in ("user.cancel", "merchant.cancel"):
+            self._cancel(o, kind.split(".")[0], str(ev.get("reason", "")))
+        elif kind == "merchant.confirmed" and o.state == "placed":
             self._transition(o, "confirmed")
             self._send(o, o.user, "order.accepted", {"order": o.id, "ready_at": o.ready_at})
             self._request_dispatch(o)
@@ -147,6 +162,23 @@ class OrderService:
             # Close the channel on the same connection: the router handles the SEND first.
             self.sender.leave(o.channel)
 
+    def _cancel(self, o: OrderState, by: str, reason: str) -> None:
+        """Cancel ``o`` for its user or merchant (``by``), unless the food is picked up."""
+        if o.state in ("picked_up", "delivered"):
+            self._send(o, o.user if by == "user" else o.merchant, "order.cancel_refused",
+                       {"order": o.id, "state": o.state})
+            return
+        if o.offer_to:
+            self._send(o, o.offer_to, "dispatch.offer_withdrawn", {"order": o.id},
+                       cls=MsgClass.DISPATCH)
+            o.offer_to = None
+        o.candidates = []
+        o.cancelled_by = by
+        self._transition(o, "cancelled")
+        self._send(o, o.channel, "order.cancelled", {"order": o.id, "by": by, "reason": reason},
+                   channel=True)
+        self.sender.leave(o.channel)  # after the SEND, on the same connection
+
     def _transition(self, o: OrderState, state: str) -> None:
         o.state = state
         o.times[state] = self.clock()
@@ -162,6 +194,8 @@ class OrderService:
 
     def _on_candidates(self, order_id: str, reply: Reply) -> None:
         o = self.orders[order_id]
+        if o.state == "cancelled":
+            return  # cancelled while dispatch was thinking
         if reply.code != ErrorCode.NONE:
             log.warning("dispatch for order %s failed: %s", o.id, reply.code.name)
             self._request_dispatch(o)
