@@ -162,7 +162,8 @@ def summary(city: City, seconds: float) -> str:
     offers = city.service.offers
     lines = [
         f"ran {seconds:.0f} s real, until simulated {city.clock.label()}",
-        f"orders placed {city.placed}, delivered {len(done)}, still open {city.open_orders()}",
+        f"orders placed {city.placed}, delivered {len(done)}, cancelled {len(city.cancelled)}, "
+        f"still open {city.open_orders()}",
         f"delivery time (simulated) mean {sum(mins) / len(mins):.1f} min, late {late}"
         if mins else "no order finished yet",
         "offers: " + ", ".join(f"{k} {offers[k]}" for k in

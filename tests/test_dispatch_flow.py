@@ -79,7 +79,7 @@ def test_silent_rider_offer_moves_to_next_within_a_second_of_ttl(router, dispatc
 
 
 def test_seeded_city_delivers_every_order_with_complete_history(router, dispatch_worker):
-    cfg = Config(seed=5, merchants=10, riders=25, users=50, size_m=3000, base_per_min=6,
+    cfg = Config(seed=5, cancel=0.0, merchants=10, riders=25, users=50, size_m=3000, base_per_min=6,
                  speed=120, late_confirm=0.0, weak_network=0.0, offer_ttl_ms=2000,
                  max_orders=8)
     city = City(router.url, cfg)

@@ -90,6 +90,7 @@ class Config:
     report_every_s: float = 10.0      # simulated seconds between rider state reports
     offer_ttl_ms: int = 3000
     max_orders: int = 0               # stop placing after this many (0 = never)
+    cancel: float = 0.02              # users who cancel after confirmation, before pickup
 
 
 class City:
@@ -111,6 +112,7 @@ class City:
         self.placed = 0
         self.next_order_at = self.clock()
         self.delivered: list[OrderState] = []
+        self.cancelled: list[OrderState] = []
         self.received = {"order": 0, "dispatch": 0, "chat": 0, "notice": 0, "location": 0}
         self.last = self.clock()
 
@@ -127,8 +129,10 @@ class City:
         self._weak_network(now, dt)
         self.service.step(0)
         self.apps.poll(0)
-        for o in [o for o in self.service.orders.values() if o.state == "delivered"]:
-            self.delivered.append(self.service.orders.pop(o.id))
+        for o in [o for o in self.service.orders.values()
+                  if o.state in ("delivered", "cancelled")]:
+            done = self.delivered if o.state == "delivered" else self.cancelled
+            done.append(self.service.orders.pop(o.id))
 
     def run(self, seconds: float, step_s: float = 0.02) -> None:
         """Step for ``seconds`` of real time."""
@@ -201,10 +205,15 @@ class City:
                 r = self.riders[party]
                 r.stops.append((*o.merchant_pos, "pickup", o.id, o.ready_at, 0.0))
                 r.stops.append((*o.dropoff, "dropoff", o.id, 0.0, o.promised_at))
+        elif kind == "order.accepted" and rng.random() < self.cfg.cancel:
+            self._later(now + rng.uniform(30, 240), "user.cancel", {"order": body["order"]})
         elif kind == "order.accepted" and rng.random() < 0.2 and self._find(body["order"]):
             self.apps.send(f"order:{body['order']}", {"from": party, "text": "where is my food?"},
                            kind="chat", msg_class=MsgClass.CHAT, channel=True,
                            key=f"order:{body['order']}")
+        elif kind == "order.cancelled" and party.startswith("rider:"):
+            r = self.riders[party]
+            r.stops = [s for s in r.stops if s[3] != str(body["order"])]
 
     def _find(self, order_id: str) -> OrderState | None:
         return self.service.orders.get(str(order_id))
