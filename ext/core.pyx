@@ -365,6 +365,7 @@ cdef class Core:
                  replayed=c.replayed)
         d["peers"] = self.peer_by_id.size()
         d["addresses"] = self.addr_by_name.size()
+        d["sender_names"] = self.sender_ids.size()
         d["channels"] = self.channels.size()
         return d
 
@@ -727,7 +728,9 @@ cdef class Core:
         if not p.name.empty():
             self._forget_name(pi)
         p.name = string(<const char *>h + 6, h[5])
-        p.sender_id = self._intern(p.name)
+        # interned at the peer's first SEND: most peers (users', riders', merchants'
+        # endpoints) never send, and interned names are kept for the router's life
+        p.sender_id = 0
         self.peer_by_name[p.name] = pi  # receipts for this name now come here
         if not self._bind_cursors(pi, h, hlen, 6 + h[5]):
             return
@@ -853,6 +856,8 @@ cdef class Core:
             if single < 0:
                 return  # _address_of already refused
         cdef DedupEntry *seen
+        if self.peers[pi].sender_id == 0:
+            self.peers[pi].sender_id = self._intern(self.peers[pi].name)
         if cls <= CLASS_CHAT:
             seen = self.dedup.find(self.peers[pi].sender_id, msg_id)
             if seen != NULL:

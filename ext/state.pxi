@@ -98,7 +98,7 @@ cdef cppclass Address:
 cdef cppclass Peer:
     string identity         # ROUTER routing id
     string name             # from HELLO; senders' dedup scope
-    uint32_t sender_id      # the name interned
+    uint32_t sender_id      # the name interned at its first SEND (0 until then)
     uint8_t role            # 0 until HELLO
     uint32_t gen
     bool live

@@ -78,3 +78,41 @@ def test_dedup_table_agrees_with_a_dict(keys):
     # ids (a repeat delivered twice) or keeps dead ones. Checked against a dict.
     from router import _core
     assert _core._dedup_check(100_000, keys, 7) == 0
+
+
+def test_only_peers_that_send_are_interned_as_senders():
+    # Interned sender names stay for the router's life; endpoints (one per user, rider,
+    # merchant) never send, so they must not be interned.
+    from router import protocol as P
+    ctx = zmq.Context.instance()
+    router_sock = ctx.socket(zmq.ROUTER)
+    router_sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    router_sock.bind("inproc://intern-test")
+    c = core.Core(router_sock, dedup_capacity=1000)
+    peers = []
+    try:
+        for i in range(20):
+            p = ctx.socket(zmq.DEALER)
+            p.connect("inproc://intern-test")
+            p.send(P.encode_hello(P.Role.ENDPOINT, f"user:{i}", [(f"user:{i}", 0)]))
+            peers.append(p)
+        s = ctx.socket(zmq.DEALER)
+        s.connect("inproc://intern-test")
+        peers.append(s)
+        s.send(P.encode_hello(P.Role.SENDER, "orders"))
+        for _ in range(5):
+            c.run(10)
+        assert c.stats()["sender_names"] == 0
+        s.send_multipart([P.encode_send("user:3", 1, P.MsgClass.ORDER), b"{}"])
+        for _ in range(5):
+            c.run(10)
+        assert c.stats()["sender_names"] == 1
+        got = []
+        while peers[3].poll(500):
+            got.append(peers[3].recv_multipart()[0][2])
+        assert got[:2] == [P.Command.WELCOME, P.Command.DELIVER], got
+    finally:
+        for p in peers:
+            p.close(linger=0)
+        del c
+        router_sock.close(linger=0)
