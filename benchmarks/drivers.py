@@ -156,6 +156,22 @@ def run_sender(cfg: dict) -> None:
     emit("result", **res)
 
 
+def receiver_options(cfg: dict, count: int, n_addresses: int, heartbeat: float, *,
+                     reliable: bool = False, deadline: float = 60.0) -> dict:
+    """Keyword arguments of ``loadgen.run_receiver`` from a receiver config (the keys in
+    this module's docstring); ``reliable`` and ``deadline`` are the defaults."""
+    return dict(
+        deadline_s=float(cfg.get("deadline", deadline)),
+        idle_s=float(cfg.get("idle", 2.0)),
+        reliable=bool(cfg.get("reliable", reliable)),
+        ack_interval_s=float(cfg.get("ack_interval", 0.001)),
+        max_samples=count if cfg.get("lat_file") else 0,
+        index_space=int(cfg.get("index_space", 0)),
+        max_addresses=max(16, n_addresses * 2),
+        heartbeat_s=heartbeat,
+    )
+
+
 def run_receiver(cfg: dict) -> None:
     """Receive on one connection, or on several from this one process: ``hellos`` lists
     one HELLO per connection (gateways), ``hello`` is the single-connection form."""
@@ -179,18 +195,8 @@ def run_receiver(cfg: dict) -> None:
     lat_file = cfg.get("lat_file")
     n_addresses = sum(len((h or {}).get("addresses", [])) for h in hellos)
     cpu0 = time.process_time()
-    res = loadgen.run_receiver(
-        socks if len(socks) > 1 else socks[0],
-        count,
-        deadline_s=float(cfg.get("deadline", 60)),
-        idle_s=float(cfg.get("idle", 2.0)),
-        reliable=bool(cfg.get("reliable", False)),
-        ack_interval_s=float(cfg.get("ack_interval", 0.001)),
-        max_samples=count if lat_file else 0,
-        index_space=int(cfg.get("index_space", 0)),
-        max_addresses=max(16, n_addresses * 2),
-        heartbeat_s=heartbeat_s(welcome),
-    )
+    res = loadgen.run_receiver(socks if len(socks) > 1 else socks[0], count,
+                               **receiver_options(cfg, count, n_addresses, heartbeat_s(welcome)))
     res["cpu_s"] = time.process_time() - cpu0
     res["connections"] = len(socks)
     lat = res.pop("latencies")

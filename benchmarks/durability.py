@@ -219,17 +219,8 @@ def _run_receiver(D, cfg: dict) -> None:
     t_hello = time.monotonic_ns()
     if cfg.get("hello_on_go"):
         sock.send(hello)
-    res = loadgen.run_receiver(
-        sock, count,
-        deadline_s=float(cfg.get("deadline", 120)),
-        idle_s=float(cfg.get("idle", 2.0)),
-        reliable=bool(cfg.get("reliable", True)),
-        ack_interval_s=float(cfg.get("ack_interval", 0.001)),
-        max_samples=count if lat_file else 0,
-        index_space=int(cfg.get("index_space", 0)),
-        max_addresses=max(16, len(addresses) * 2),
-        heartbeat_s=hb,
-    )
+    res = loadgen.run_receiver(sock, count, **D.receiver_options(
+        cfg, count, len(addresses), hb, reliable=True, deadline=120.0))
     t_done = time.monotonic_ns()
     res["cpu_s"] = time.process_time() - cpu0
     res["t_hello_ns"] = t_hello

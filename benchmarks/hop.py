@@ -408,12 +408,14 @@ def gateway_targets(n: int) -> list[str]:
     return targets
 
 
-def expected_per_gateway(count: int, targets: list[str], gateways: int) -> list[int]:
-    """Messages each gateway gets when the sender cycles over ``targets``."""
+def expected_per_gateway(count: int, targets: list[str], groups: list[list[str]]) -> list[int]:
+    """Messages each gateway (``groups``: its addresses) gets when the sender cycles over
+    ``targets``."""
     full, rest = divmod(count, len(targets))
-    per = [0] * gateways
+    gateway_of = {a: g for g, addrs in enumerate(groups) for a in addrs}
+    per = [0] * len(groups)
     for i, t in enumerate(targets):
-        per[int(t.split(":")[1]) % gateways] += full + (1 if i < rest else 0)
+        per[gateway_of[t]] += full + (1 if i < rest else 0)
     return per
 
 
@@ -444,7 +446,7 @@ def build_trial(scenario: str, hop: Hop, opts: Options, rate: float, tmp: str):
         sender["targets"] = gateway_targets(opts.addresses)
         conns = [({"role": "GATEWAY", "name": f"bench-gw{g}", "addresses": addrs}, n)
                  for g, (addrs, n) in enumerate(zip(groups, expected_per_gateway(
-                     count, sender["targets"], opts.gateways)))]
+                     count, sender["targets"], groups)))]
         for share in spread(conns, opts.gateway_procs):
             receivers.append(dict(
                 recv, count=sum(n for _, n in share), hellos=[h for h, _ in share],

@@ -243,28 +243,23 @@ cdef int inbox_drain(void *s, Inbox *ib, zmq_msg_t *msg) noexcept nogil:
             inbox_classify(ib, <const uint8_t *>zmqapi.msg_data(msg), zmqapi.msg_size(msg), now)
 
 
+cdef dict _by_name(const int64_t *counts, int n, enum, str unknown, int first=0):
+    """{enum member name (or unknown_<i>): count} for the non-zero counts from ``first``."""
+    out = {}
+    cdef int i
+    for i in range(first, n):
+        if counts[i]:
+            try:
+                out[enum(i).name] = counts[i]
+            except ValueError:
+                out[f"{unknown}_{i}"] = counts[i]
+    return out
+
+
 cdef object _inbox_dict(Inbox *ib):
-    statuses = {}
-    for i in range(MAX_STATUS):
-        if ib.status[i]:
-            try:
-                statuses[_P.Status(i).name] = ib.status[i]
-            except ValueError:
-                statuses[f"status_{i}"] = ib.status[i]
-    codes = {}
-    for i in range(MAX_CODE):
-        if ib.codes[i] and i != 0:
-            try:
-                codes[_P.ErrorCode(i).name] = ib.codes[i]
-            except ValueError:
-                codes[f"code_{i}"] = ib.codes[i]
-    errors = {}
-    for i in range(MAX_CODE):
-        if ib.error_codes[i]:
-            try:
-                errors[_P.ErrorCode(i).name] = ib.error_codes[i]
-            except ValueError:
-                errors[f"code_{i}"] = ib.error_codes[i]
+    statuses = _by_name(ib.status, MAX_STATUS, _P.Status, "status")
+    codes = _by_name(ib.codes, MAX_CODE, _P.ErrorCode, "code", 1)  # 0: no code
+    errors = _by_name(ib.error_codes, MAX_CODE, _P.ErrorCode, "code")
     return {
         "frames_in": ib.frames,
         "messages_in": ib.messages,
