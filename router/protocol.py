@@ -114,6 +114,7 @@ class ErrorCode(enum.IntEnum):
     NO_SERVICE = 18  #: no worker served the request's service before its TTL
     WORKER_FAILED = 19  #: the request's workers kept dying; given up after max attempts
     SENDER_QUOTA = 20  #: this sender's messages waiting in the router are at its quota
+    ADDRESS_TAKEN = 21  #: another connection bound this address; it no longer comes here
 
 
 #: Common prefix of every header frame: signature, version, command, flags.

@@ -241,6 +241,9 @@ class Router:
                 if role == Role.WORKER:
                     self.broker.worker_gone(ident)
                 log.info("peer disconnected: %s (%s, %s)", name or ident.hex(), role_name, code)
+            elif kind == "takeover":
+                log.warning("address taken over: %s (was held by %s); the old holder was "
+                            "told with ADDRESS_TAKEN", code, name or ident.hex())
             elif kind == "storage":
                 log.error("journal commit failed, sends refused with STORAGE_FAILED: %s",
                           self.core.store_error)

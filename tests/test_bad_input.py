@@ -69,14 +69,19 @@ def test_truncated_header(sender_peer):
 
 
 def test_missing_payload_frame(sender_peer):
+    """A SEND whose header is readable is refused by its id, like any other refusal."""
     sender_peer.send(P.encode_send("user:1", 8, MsgClass.ORDER))
-    assert error_of(sender_peer)[0] == ErrorCode.MALFORMED
+    receipts, (code, mid, _) = refusal_of(sender_peer)
+    assert code == ErrorCode.MALFORMED and mid == 8
+    assert [(r.msg_id, r.status, r.code) for r in receipts] == [
+        (8, Status.REFUSED, ErrorCode.MALFORMED)]
 
 
 def test_extra_frames(sender_peer):
     sender_peer.send(P.encode_send("user:1", 9, MsgClass.ORDER), b"payload", b"extra", b"more")
-    code, _, text = error_of(sender_peer)
-    assert code == ErrorCode.MALFORMED and "payload frame" in text
+    receipts, (code, mid, text) = refusal_of(sender_peer)
+    assert code == ErrorCode.MALFORMED and mid == 9 and "payload frame" in text
+    assert [(r.msg_id, r.status) for r in receipts] == [(9, Status.REFUSED)]
     sender_peer.send(P.prefix(Command.HEARTBEAT), b"extra")
     assert error_of(sender_peer)[0] == ErrorCode.MALFORMED
 
