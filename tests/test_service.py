@@ -112,24 +112,53 @@ def test_request_waits_for_a_worker_that_joins_later(router):
             w.wait()
 
 
-def test_handler_error_is_a_reply_not_a_crash(router):
-    def boom(body: bytes) -> bytes:
-        raise ValueError("no rider in range")
+FRAGILE_WORKER = """
+import logging, sys
+sys.path.insert(0, {root!r})
+from workers.service import BadRequest, ServiceWorker
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+def handle(body):
+    if body == b"bad":
+        raise BadRequest("order id must be a number")
+    if body == b"dict":
+        return {{"not": "bytes"}}
+    if body.startswith(b"boom"):
+        raise ValueError("no rider in range" + " x" * 2000 * body.count(b"long"))
+    return b"ok:" + body
+w = ServiceWorker({url!r}, "fragile", handle)
+print("ready", flush=True)
+w.run()
+"""
 
-    w = ServiceWorker(router.url, "fragile", boom)
-    stop = threading.Event()
-    t = threading.Thread(target=w.run, args=(stop.is_set,))
-    t.start()
+
+def test_handler_exception_is_worker_failed_with_a_short_text(router):
+    # A handler that raises answers WORKER_FAILED (the worker's fault, not the client's),
+    # with the exception's type and message and no traceback; the worker logs the
+    # traceback and keeps serving.
+    p = subprocess.Popen([sys.executable, "-c", FRAGILE_WORKER.format(root=str(ROOT),
+                                                                      url=router.url)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        assert p.stdout.readline().strip() == "ready"
         with Sender(router.url, "client") as c:
-            r = c.request("fragile", b"x", ttl_ms=2000)
-            assert r.code == ErrorCode.MALFORMED and b"no rider in range" in r.payload
-            r = c.request("fragile", b"y", ttl_ms=2000)
+            r = c.request("fragile", b"boom", ttl_ms=3000)
+            assert r.code == ErrorCode.WORKER_FAILED, r
+            assert r.payload == b"fragile: ValueError: no rider in range"
+            r = c.request("fragile", b"boom long", ttl_ms=3000)
+            assert r.code == ErrorCode.WORKER_FAILED and len(r.payload) <= 520
+            assert b"Traceback" not in r.payload
+            r = c.request("fragile", b"bad", ttl_ms=3000)  # the request itself was wrong
             assert r.code == ErrorCode.MALFORMED
+            assert r.payload == b"fragile: BadRequest: order id must be a number"
+            r = c.request("fragile", b"dict", ttl_ms=3000)  # a handler returning a dict
+            assert r.code == ErrorCode.WORKER_FAILED and b"TypeError" in r.payload
+            r = c.request("fragile", b"fine", ttl_ms=3000)  # still serving
+            assert (r.code, r.payload) == (ErrorCode.NONE, b"ok:fine")
     finally:
-        stop.set()
-        t.join()
-        w.close()
+        p.kill()
+        _, err = p.communicate(timeout=10)
+    assert "Traceback (most recent call last)" in err and "ValueError: no rider in range" in err
+    assert "handler failed for fragile job" in err
 
 
 def test_worker_acks_reliable_deliveries_it_handles(router):
