@@ -73,7 +73,8 @@ class Router:
         self.recovery = self.store.open(self.core) if self.store else Recovery()
         self._bind(settings.bind)
         self.broker = Broker(self.socket, {"router.history": self._history_query,
-                                           "router.presence": self._presence_query})
+                                           "router.presence": self._presence_query},
+                             errors_per_second=settings.errors_per_second)
         self.metrics = None
         self._metrics_server = None
         if settings.metrics_port:
@@ -132,6 +133,7 @@ class Router:
         try:
             while not self._stop.is_set():
                 self.core.run(SLICE_MS)  # returns early when service traffic arrived
+                self._log_events()  # connects first: the broker learns roles before READYs
                 for identity, header, payload in self.core.drain_broker():
                     self._to_broker(identity, header, payload)
                 if time.monotonic() >= next_housekeeping:
@@ -236,10 +238,10 @@ class Router:
         for kind, name, role, ident, code, naddrs in self.core.drain_events():
             role_name = Role(role).name.lower() if role else "unknown"
             if kind == "connect":
+                self.broker.peer_connected(ident, role)
                 log.info("peer connected: %s (%s, %d addresses)", name, role_name, naddrs)
             elif kind == "disconnect":
-                if role == Role.WORKER:
-                    self.broker.worker_gone(ident)
+                self.broker.peer_gone(ident)
                 log.info("peer disconnected: %s (%s, %s)", name or ident.hex(), role_name, code)
             elif kind == "takeover":
                 log.warning("address taken over: %s (was held by %s); the old holder was "
