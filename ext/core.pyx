@@ -1693,8 +1693,11 @@ cdef class Core:
             self._event(EV_ERROR, pi, code)  # one log line per peer per second at most
 
     cdef void _welcome(self, int pi) noexcept nogil:
+        """WELCOME: heartbeat, liveness and payload cap, then the extension (layout 1,
+        router/protocol.py WELCOME_EXT) with the tunables a client needs to behave:
+        window, retry interval and cap, max attempts, dedup window, error rate."""
         cdef Peer *p = self.peers[pi]
-        cdef uint8_t hdr[13]
+        cdef uint8_t hdr[38]
         hdr[0] = SIGNATURE
         hdr[1] = VERSION
         hdr[2] = CMD_WELCOME
@@ -1702,9 +1705,16 @@ cdef class Core:
         put32(hdr + 4, self.hb_ms)
         hdr[8] = <uint8_t>self.liveness
         put32(hdr + 9, self.max_payload)
+        hdr[13] = WELCOME_EXT_VERSION
+        put32(hdr + 14, self.window)
+        put32(hdr + 18, self.retry_ms)
+        put32(hdr + 22, self.retry_max_ms)
+        put32(hdr + 26, self.max_attempts)
+        put32(hdr + 30, <uint32_t>self.dedup_ms)
+        put32(hdr + 34, self.errors_per_second)
         if zmqapi.send(self.sock, p.identity.data(), p.identity.size(),
                        ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0:
-            zmqapi.send(self.sock, hdr, 13, 0)
+            zmqapi.send(self.sock, hdr, 38, 0)
 
     # ---- peers and addresses -------------------------------------------------------------
 
