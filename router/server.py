@@ -107,8 +107,12 @@ class Router:
         # Unroutable sends fail (EHOSTUNREACH) instead of vanishing, and a full pipe
         # says EAGAIN, so the core keeps the message queued for that peer.
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # A peer reconnecting with the same identity takes over from its stale pipe.
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # No handover by routing id: libzmq 4.3.5 aborts the process (assertion
+        # !_io_error in stream_engine_base.cpp) when ROUTER_HANDOVER moves an id between
+        # two live connections, and a peer chooses its id. A connection claiming an id
+        # in use is refused by libzmq; a reconnecting client gets a new id and moves its
+        # addresses with HELLO (docs/PROTOCOL.md, "Connections and routing ids").
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
         sock.setsockopt(zmq.SNDHWM, s.sndhwm)
         sock.setsockopt(zmq.RCVHWM, s.rcvhwm)
         # Transport-level liveness (ZMTP PING/PONG) under the protocol heartbeats.
