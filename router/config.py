@@ -133,7 +133,10 @@ class Settings:
         if not self.bind:
             raise ValueError("bind: give at least one endpoint, e.g. tcp://127.0.0.1:5555")
         for endpoint in self.bind:
-            check_endpoint(endpoint, bind=True)
+            try:
+                check_endpoint(endpoint, bind=True)
+            except ValueError as exc:
+                raise ValueError(f"bind: {exc}") from None
         for name in ("max_payload", "window", "max_queue", "max_queued",
                      "max_queued_per_sender", "max_addresses",
                      "max_peers", "heartbeat_ms", "liveness", "errors_per_second",
