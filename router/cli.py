@@ -59,14 +59,15 @@ _address = _arg_type(check_address, "address")
 _channel = _arg_type(check_channel, "channel")
 
 
-def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
+def _int_in(low: int, high: int, unit: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer in low..high (argparse names the flag)."""
     def convert(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be an integer, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{what} must be {low}..{high}, got {value}")
+            raise argparse.ArgumentTypeError(f"must be {low}..{high}{unit}, got {value}")
         return value
 
     return convert
@@ -153,7 +154,7 @@ def _add_send(sub) -> None:
                    help="message class: order, dispatch and chat are reliable (journaled, "
                    "acked, receipted); notice and location are best effort "
                    "(default %(default)s)")
-    p.add_argument("--ttl-ms", type=_int_in(0, MAX_TTL_MS, "--ttl-ms"), default=0, metavar="MS",
+    p.add_argument("--ttl-ms", type=_int_in(0, MAX_TTL_MS, " ms"), default=0, metavar="MS",
                    help="time to live: not acked by then, the message EXPIREs "
                    "(default 0 = no TTL)")
     p.add_argument("--order", default="", metavar="ID",
@@ -176,7 +177,7 @@ def _add_listen(sub) -> None:
     p.add_argument("addresses", nargs="+", type=_address, metavar="ADDRESS",
                    help="<kind>:<id>, for example merchant:881")
     _add_client(p, name=None)
-    p.add_argument("--count", type=_int_in(0, 2**63, "--count"), default=0,
+    p.add_argument("--count", type=_int_in(0, 2**63), default=0,
                    help="exit after N deliveries (0 = never)")
     p.add_argument("--timeout", type=_seconds, default=0,
                    help="exit after N idle seconds (0 = never)")

@@ -91,7 +91,8 @@ class Settings:
     sndhwm: int = 100_000
     #: libzmq receive high-water mark (messages queued per peer) of the ROUTER socket.
     rcvhwm: int = 100_000
-    #: Directory of the journal segments and the order-history database.
+    #: Directory of the journal segments and the order-history database; one router
+    #: per directory (a second one refuses to start while the first holds its lock).
     data_dir: str = "router-data"
     #: Journal reliable messages before ACCEPTED (off: in memory only, lost on crash).
     journal: bool = True
