@@ -404,22 +404,22 @@ def _listen(args: argparse.Namespace) -> int:
     return 0
 
 
-def _round_trip(s, addresses: list[str], timeout: float) -> None:
+def _round_trip(s, addresses: list[str], timeout: float) -> bool:
     """Wait until the router has handled what this sender sent before (JOIN and LEAVE
-    have no reply: a presence request behind them answers after them), and fail with
-    the router's ERRORs if it refused any."""
+    have no reply: a presence request behind them is answered after them); False if
+    the router refused any of it (its ERRORs were printed by the on_error callback)."""
     s.presence(addresses, timeout=timeout)
     s.poll(0)
-    if s.errors:
-        raise CliError(str(s.errors[-1]))
+    return not s.errors
 
 
 def _join(args: argparse.Namespace) -> int:
     from .client import Sender
 
-    with Sender(args.router, args.name, timeout=args.timeout) as s:
+    with Sender(args.router, args.name, timeout=args.timeout, on_error=_report("join")) as s:
         s.join(args.channel, args.addresses)
-        _round_trip(s, args.addresses, args.timeout)
+        if not _round_trip(s, args.addresses, args.timeout):
+            return 1
     print(f"{args.channel}: joined {' '.join(args.addresses)}")
     return 0
 
@@ -427,9 +427,10 @@ def _join(args: argparse.Namespace) -> int:
 def _leave(args: argparse.Namespace) -> int:
     from .client import Sender
 
-    with Sender(args.router, args.name, timeout=args.timeout) as s:
+    with Sender(args.router, args.name, timeout=args.timeout, on_error=_report("leave")) as s:
         s.leave(args.channel, args.addresses)
-        _round_trip(s, args.addresses, args.timeout)
+        if not _round_trip(s, args.addresses, args.timeout):
+            return 1
     print(f"{args.channel}: " + (f"left {' '.join(args.addresses)}" if args.addresses
                                  else "closed"))
     return 0
@@ -453,7 +454,8 @@ def _presence(args: argparse.Namespace) -> int:
 
     from .client import Sender
 
-    with Sender(args.router, args.name, timeout=args.timeout) as s:
+    with Sender(args.router, args.name, timeout=args.timeout,
+                on_error=_report("presence")) as s:
         online = s.presence(args.addresses, timeout=args.timeout)
     if args.json:
         print(orjson.dumps(online).decode())

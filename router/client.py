@@ -363,7 +363,7 @@ class Endpoint(Client):
         this endpoint's next call); otherwise batched with the acks of the deliveries
         still waiting, and sent by the :meth:`recv` that finds none left."""
         self.session.ack(delivery)
-        if not self._ready:
+        if not self._ready and not self.socket.closed:
             self.flush()
 
     def flush(self) -> None:

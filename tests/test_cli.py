@@ -280,7 +280,8 @@ def test_join_send_presence_leave(router):
 def test_join_reports_the_routers_refusal(make_router):
     router = make_router("--max-addresses", "1")
     out = run_cli("join", "order:5", "user:1", "user:2", "--router", router.url)
-    assert_clean_failure(out, "ADDRESS_LIMIT")
+    assert_clean_failure(out, "router join: router error ADDRESS_LIMIT")
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
 # ---- help, settings log, `router config` ------------------------------------------------
