@@ -40,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def _arg_type(check: Callable[[str], object], name: str) -> Callable[[str], str]:
+def _arg_type(check: Callable[[str], object]) -> Callable[[str], str]:
     """An argparse type that runs ``check`` and turns its ValueError into a usage error."""
 
     def convert(text: str) -> str:
@@ -50,13 +50,12 @@ def _arg_type(check: Callable[[str], object], name: str) -> Callable[[str], str]
             raise argparse.ArgumentTypeError(str(exc)) from None
         return text
 
-    convert.__name__ = name  # argparse names the type in its messages
     return convert
 
 
-_endpoint = _arg_type(config.check_endpoint, "endpoint")
-_address = _arg_type(check_address, "address")
-_channel = _arg_type(check_channel, "channel")
+_endpoint = _arg_type(config.check_endpoint)
+_address = _arg_type(check_address)
+_channel = _arg_type(check_channel)
 
 
 def _int_in(low: int, high: int, unit: str = "") -> Callable[[str], int]:
