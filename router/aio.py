@@ -11,6 +11,7 @@ client reads the socket, answers housekeeping and fans events out to waiters::
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from typing import AsyncIterator, Callable, Iterable
 
@@ -32,16 +33,23 @@ log = logging.getLogger("router.aio")
 class AsyncClient:
     """A zmq.asyncio DEALER carrying one session, with a reader task: the base of
     AsyncSender, AsyncEndpoint and workers.service_aio.AsyncServiceWorker (subclasses
-    take events in :meth:`_dispatch`)."""
+    take events in :meth:`_dispatch`).
+
+    As in the blocking SDK, an ERROR instead of WELCOME fails the connect with that
+    :class:`RouterError`; later ERRORs are kept in :attr:`errors` (the latest 1000) and
+    handed to ``on_error`` (default: logged as a warning)."""
 
     def __init__(self, session: Session, endpoint: str,
-                 context: zmq.asyncio.Context | None) -> None:
+                 context: zmq.asyncio.Context | None, *,
+                 on_error: Callable[[RouterError], None] | None = None) -> None:
         self.session = session
         self.endpoint = endpoint
         self.context = context or zmq.asyncio.Context.instance()
         self.socket = make_socket(self.context, endpoint, None)
-        self.errors: list[RouterError] = []
+        self.errors: collections.deque[RouterError] = collections.deque(maxlen=1000)
+        self.on_error = on_error
         self._welcomed = asyncio.Event()
+        self._refused: RouterError | None = None
         self._reader: asyncio.Task | None = None
 
     async def _start(self, timeout: float) -> None:
@@ -54,6 +62,9 @@ class AsyncClient:
             raise RouterUnavailable(
                 f"no WELCOME from the router at {self.endpoint} within {timeout}s: "
                 "is `router serve` running there?") from None
+        if self._refused is not None:
+            await self.close(bye=False)
+            raise self._refused
 
     async def _send(self, frames: list[bytes]) -> None:
         await self.socket.send_multipart(frames, copy=False)
@@ -79,10 +90,21 @@ class AsyncClient:
                 if isinstance(ev, Welcome):
                     self._welcomed.set()
                 elif isinstance(ev, RouterError):
-                    self.errors.append(ev)
-                    log.warning("%s", ev)
+                    self._router_error(ev)
                 else:
                     self._dispatch(ev)
+
+    def _router_error(self, err: RouterError) -> None:
+        """Before WELCOME, an ERROR refuses the connection (``_start`` raises it)."""
+        if not self._welcomed.is_set():
+            self._refused = err
+            self._welcomed.set()  # wakes _start, which sees the refusal
+            return
+        self.errors.append(err)
+        if self.on_error is not None:
+            self.on_error(err)
+        else:
+            log.warning("%s", err)
 
     async def _before_wait(self) -> None:
         """Hook: flush batched work before the reader waits."""
@@ -120,8 +142,10 @@ class AsyncSender(AsyncClient):
     def __init__(self, endpoint: str, name: str, *, context=None,
                  compress_above: int = COMPRESS_ABOVE,
                  on_receipt: Callable[[Receipt], None] | None = None,
-                 keep_receipts: int = 100_000) -> None:
-        super().__init__(SenderSession(name, compress_above), endpoint, context)
+                 keep_receipts: int = 100_000,
+                 on_error: Callable[[RouterError], None] | None = None) -> None:
+        super().__init__(SenderSession(name, compress_above), endpoint, context,
+                         on_error=on_error)
         self.on_receipt = on_receipt
         self._keep = keep_receipts
         self._latest: dict[int, Receipt] = {}
@@ -138,11 +162,15 @@ class AsyncSender(AsyncClient):
         return self
 
     async def send(self, target: str, data: Payload, *, kind: str = "",
-                   msg_class: MsgClass = MsgClass.ORDER, ttl_ms: int = 0, key: str = "",
-                   channel: bool = False, msg_id: int | None = None) -> int:
-        """Send ``data`` to an address or channel; return the message id."""
+                   msg_class: MsgClass = MsgClass.ORDER, ttl_ms: int = 0,
+                   order: str | int = "", key: str = "", channel: bool = False,
+                   msg_id: int | None = None) -> int:
+        """Send ``data`` to an address or channel; return the message id. ``order``
+        (``1002`` or ``order:1002``) ties a reliable message to that order's history;
+        the rest as :meth:`router.client.Sender.send`."""
         mid, frames = self.session.send(target, data, kind=kind, msg_class=msg_class,
-                                        ttl_ms=ttl_ms, key=key, channel=channel, msg_id=msg_id)
+                                        ttl_ms=ttl_ms, key=key, channel=channel, msg_id=msg_id,
+                                        order=order)
         if frames:
             await self._send(frames)
         return mid
@@ -214,11 +242,13 @@ class AsyncEndpoint(AsyncClient):
 
     def __init__(self, endpoint: str, addresses: Iterable[str], *, name: str | None = None,
                  role: Role = Role.ENDPOINT, cursors: dict[str, int] | None = None,
-                 context=None) -> None:
+                 context=None, on_error: Callable[[RouterError], None] | None = None) -> None:
         addresses = list(addresses)
         name = name or (addresses[0] if addresses else "endpoint")
-        super().__init__(EndpointSession(name, addresses, role, cursors), endpoint, context)
+        super().__init__(EndpointSession(name, addresses, role, cursors), endpoint, context,
+                         on_error=on_error)
         self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
+        self._flushing: asyncio.Task | None = None
 
     @classmethod
     async def connect(cls, endpoint: str, addresses: Iterable[str], *, timeout: float = 5.0,
@@ -249,8 +279,26 @@ class AsyncEndpoint(AsyncClient):
         await self._send_all(self.session.unbind(addresses))
 
     def ack(self, delivery: Delivery) -> None:
-        """Ack ``delivery`` and everything before it on its address."""
+        """Ack ``delivery`` and everything before it on its address.
+
+        As in the blocking Endpoint: batched while received deliveries still wait in
+        this endpoint, sent at once (by a task, since this call does not await) when
+        none does."""
         self.session.ack(delivery)
+        if self._queue.empty() and self._flushing is None and not self.socket.closed:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # called outside the loop: the reader flushes it
+                return
+            self._flushing = loop.create_task(self._flush_now())
+
+    async def _flush_now(self) -> None:
+        try:
+            await self.flush()
+        except zmq.ZMQError:
+            pass  # closed meanwhile: close() flushed what was pending
+        finally:
+            self._flushing = None
 
     async def flush(self) -> None:
         """Send pending acks now."""
@@ -265,15 +313,17 @@ class AsyncEndpoint(AsyncClient):
             return None
 
     async def __aiter__(self) -> AsyncIterator[Delivery]:
+        """Deliveries forever; each is acked (as :meth:`ack` says) when the loop asks
+        for the next one."""
         while True:
             d = await self._queue.get()
             yield d
             self.ack(d)
-            if self._queue.empty():
-                await self.flush()
 
     async def close(self, bye: bool = True) -> None:
         """Send pending acks, then close (with BYE unless ``bye`` is False)."""
+        if self._flushing is not None:
+            await self._flushing
         if not self.socket.closed:
             try:
                 await self.flush()

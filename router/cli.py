@@ -1,14 +1,85 @@
-"""The `router` command: serve, send, listen, and --version."""
+"""The `router` command: serve, config, send, listen, join, leave, presence, history,
+demo and --version.
+
+A user's mistake (a bad endpoint, address or value, no router running, a busy port, a
+data directory that cannot be written) ends the command with one line on stderr that
+says what was wrong and what to do, and a non-zero exit; never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import signal
 import sys
-from typing import Sequence
+import tempfile
+from pathlib import Path
+from typing import Callable, NoReturn, Sequence
 
 from . import __version__, config
 from .protocol import MsgClass, Status
+from .session import MAX_TTL_MS, RouterError, RouterUnavailable, check_address, check_channel, \
+    order_ref
+
+log = logging.getLogger("router")
+
+
+class CliError(Exception):
+    """A user's mistake or an environment problem: printed as one line, exit ``code``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line that point at --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _arg_type(check: Callable[[str], object]) -> Callable[[str], str]:
+    """An argparse type that runs ``check`` and turns its ValueError into a usage error."""
+
+    def convert(text: str) -> str:
+        try:
+            check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    return convert
+
+
+_endpoint = _arg_type(config.check_endpoint)
+_address = _arg_type(check_address)
+_channel = _arg_type(check_channel)
+
+
+def _int_in(low: int, high: int, unit: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer in low..high (argparse names the flag)."""
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}..{high}{unit}, got {value}")
+        return value
+
+    return convert
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"seconds must be 0 or more, got {text}")
+    return value
 
 
 def _versions() -> str:
@@ -30,43 +101,114 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+def _add_settings(p: argparse.ArgumentParser) -> None:
+    """--config and one flag per Settings field, documented by config.py's comments."""
+    p.add_argument("--config", metavar="FILE",
+                   help="TOML file of settings (or ROUTER_CONFIG); `router config` writes one")
+    for name, default, kind, doc in config.describe():
+        flag = "--" + name.replace("_", "-")
+        doc = doc.replace("%", "%%")  # argparse formats help with %
+        if name == "bind":
+            p.add_argument(flag, action="append", metavar="ENDPOINT",
+                           help=f"{doc} Repeatable. (default {default[0]})")
+        else:
+            p.add_argument(flag, type={"int": int, "float": float}.get(kind, str),
+                           metavar=kind.upper(), help=f"{doc} (default {default})")
+
+
 def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="run the router",
                        description="Run the router. Every flag can also come from "
-                       "ROUTER_<NAME> in the environment or a TOML file (--config).")
-    p.add_argument("--config", help="TOML file of settings (or ROUTER_CONFIG)")
-    for name, default, kind in config.describe():
-        flag = "--" + name.replace("_", "-")
-        if name == "bind":
-            p.add_argument(flag, action="append", metavar="ENDPOINT",
-                           help=f"endpoint to bind, repeatable (default {default[0]})")
-        else:
-            p.add_argument(flag, type={"int": int, "float": float}.get(kind, str),
-                           metavar=kind.upper(), help=f"default {default}")
+                       "ROUTER_<NAME> in the environment or a TOML file (--config); flags "
+                       "win over the environment, which wins over the file.")
+    _add_settings(p)
+
+
+def _add_config(sub) -> None:
+    p = sub.add_parser("config", help="print the effective settings as a commented TOML file",
+                       description="Print the settings `router serve` would run with (the "
+                       "same flags, environment and --config file) as a TOML file with each "
+                       "key's documentation: a starting point for --config.")
+    _add_settings(p)
+
+
+def _add_client(p: argparse.ArgumentParser, name: str | None = "cli") -> None:
+    """The flags every command that connects to a router takes."""
+    p.add_argument("--router", default=config.DEFAULT_BIND, type=_endpoint, metavar="ENDPOINT",
+                   help="the router's endpoint, tcp://host:port or ipc:///path "
+                   "(default %(default)s)")
+    if name:
+        p.add_argument("--name", default=name,
+                       help="this client's name, scoping its message ids (default %(default)s)")
 
 
 def _add_send(sub) -> None:
     p = sub.add_parser("send", help="send one message and wait for its receipt")
     p.add_argument("target", help="address (rider:42) or channel with --channel (order:1)")
     p.add_argument("payload", help="payload text (JSON or anything)")
-    p.add_argument("--router", default=config.DEFAULT_BIND, help="router endpoint")
+    _add_client(p)
     p.add_argument("--kind", default="", help="message kind, e.g. order.created")
     p.add_argument("--class", dest="msg_class", default="order",
-                   choices=[c.name.lower() for c in MsgClass])
-    p.add_argument("--ttl-ms", type=int, default=0)
-    p.add_argument("--order", default="", help="order:<id> this message belongs to (history)")
+                   choices=[c.name.lower() for c in MsgClass],
+                   help="message class: order, dispatch and chat are reliable (journaled, "
+                   "acked, receipted); notice and location are best effort "
+                   "(default %(default)s)")
+    p.add_argument("--ttl-ms", type=_int_in(0, MAX_TTL_MS, " ms"), default=0, metavar="MS",
+                   help="time to live: not acked by then, the message EXPIREs "
+                   "(default 0 = no TTL)")
+    p.add_argument("--order", default="", metavar="ID",
+                   help="the order this message belongs to, 1002 or order:1002: it is "
+                   "recorded in that order's history (`router history 1002`)")
     p.add_argument("--channel", action="store_true", help="target is a channel")
-    p.add_argument("--name", default="cli", help="sender name")
-    p.add_argument("--wait", choices=["accepted", "delivered", "none"], default="accepted")
-    p.add_argument("--timeout", type=float, default=5.0)
+    p.add_argument("--wait", choices=["accepted", "delivered", "none"], default="accepted",
+                   help="receipt to wait for: accepted (the router holds it, journaled), "
+                   "delivered (every recipient acked it) or none (default %(default)s)")
+    p.add_argument("--timeout", type=_seconds, default=5.0, metavar="SECONDS",
+                   help="how long to wait for the router and for the receipt "
+                   "(default %(default)s)")
 
 
 def _add_listen(sub) -> None:
-    p = sub.add_parser("listen", help="bind addresses and print deliveries")
-    p.add_argument("addresses", nargs="+")
-    p.add_argument("--router", default=config.DEFAULT_BIND, help="router endpoint")
-    p.add_argument("--count", type=int, default=0, help="exit after N deliveries (0 = never)")
-    p.add_argument("--timeout", type=float, default=0, help="exit after N idle seconds (0 = never)")
+    p = sub.add_parser("listen", help="bind addresses and print deliveries",
+                       description="Bind addresses and print each delivery (one line), "
+                       "acking it; router errors go to stderr. SIGTERM or Ctrl-C leaves "
+                       "cleanly (BYE) with exit 0.")
+    p.add_argument("addresses", nargs="+", type=_address, metavar="ADDRESS",
+                   help="<kind>:<id>, for example merchant:881")
+    _add_client(p, name=None)
+    p.add_argument("--count", type=_int_in(0, 2**63), default=0,
+                   help="exit after N deliveries (0 = never)")
+    p.add_argument("--timeout", type=_seconds, default=0,
+                   help="exit after N idle seconds (0 = never)")
+
+
+def _add_join(sub) -> None:
+    p = sub.add_parser("join", help="add addresses to a channel (created on first join)")
+    p.add_argument("channel", type=_channel, help="the channel, for example order:1001")
+    p.add_argument("addresses", nargs="+", type=_address, metavar="ADDRESS")
+    _add_client(p)
+    p.add_argument("--timeout", type=_seconds, default=5.0, metavar="SECONDS",
+                   help="how long to wait for the router (default %(default)s)")
+
+
+def _add_leave(sub) -> None:
+    p = sub.add_parser("leave", help="remove addresses from a channel (none: close it)")
+    p.add_argument("channel", type=_channel)
+    p.add_argument("addresses", nargs="*", type=_address, metavar="ADDRESS",
+                   help="addresses to remove; with none, the channel is closed")
+    _add_client(p)
+    p.add_argument("--timeout", type=_seconds, default=5.0, metavar="SECONDS",
+                   help="how long to wait for the router (default %(default)s)")
+
+
+def _add_presence(sub) -> None:
+    p = sub.add_parser("presence", help="which addresses are online")
+    p.add_argument("addresses", nargs="*", type=_address, metavar="ADDRESS",
+                   help="addresses to ask about; with none, every online address")
+    _add_client(p)
+    p.add_argument("--timeout", type=_seconds, default=5.0, metavar="SECONDS",
+                   help="how long to wait for the router (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the router's JSON answer")
 
 
 def _add_history(sub) -> None:
@@ -94,71 +236,234 @@ def _add_demo(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of the `router` command."""
-    parser = argparse.ArgumentParser(prog="router", description="Order-notification router")
+    parser = _Parser(prog="router", description="Order-notification router")
     parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
+    _add_config(sub)
     _add_send(sub)
     _add_listen(sub)
+    _add_join(sub)
+    _add_leave(sub)
+    _add_presence(sub)
     _add_history(sub)
     _add_demo(sub)
     return parser
 
 
-def _serve(args: argparse.Namespace) -> int:
-    overrides = {name: getattr(args, name) for name, _, _ in config.describe()}
+def _settings(args: argparse.Namespace) -> config.Settings:
+    """Settings from --config, the environment and the flags (exit 2 if invalid)."""
+    overrides = {name: getattr(args, name) for name, *_ in config.describe()}
     try:
-        settings = config.load(args.config, overrides=overrides)
-    except (ValueError, OSError) as exc:
-        print(f"router serve: {exc}", file=sys.stderr)
-        return 2
+        return config.load(args.config, overrides=overrides)
+    except ValueError as exc:
+        raise CliError(str(exc), 2) from None
+
+
+def _check_data_dir(path: str) -> None:
+    """Fail early, and clearly, when the data directory cannot be created or written."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise CliError(f"cannot use data directory {path}: {exc.strerror or exc}; give a "
+                       "directory this user can write with --data-dir (or ROUTER_DATA_DIR)")
+
+
+#: What a bind failure's errno means, and what to do about it.
+_BIND_CAUSES = {
+    errno.EADDRINUSE: "the address is already in use: another router (or another program) "
+                      "listens there; stop it or bind another port",
+    errno.EACCES: "permission denied: ports below 1024 need root, and an ipc socket a "
+                  "directory this user can write",
+    errno.EPERM: "permission denied",
+    errno.EADDRNOTAVAIL: "no interface of this machine has that address: bind 0.0.0.0 "
+                         "(every interface), 127.0.0.1 or one of its own addresses",
+    errno.ENODEV: "no such interface or host name: give an IP address, an interface name "
+                  "or * (every interface)",
+    errno.ENOENT: "the ipc socket's directory does not exist: create it first",
+    errno.EINVAL: "not a valid endpoint: write tcp://host:port or ipc:///path",
+}
+
+
+def _startup_error(exc: OSError, settings: config.Settings) -> str:
+    """One line for an OSError raised while the router starts."""
+    import zmq
+
+    cause = exc.__cause__
+    if isinstance(cause, zmq.ZMQError) and str(exc).startswith("cannot bind "):
+        endpoint = next((e for e in settings.bind if str(exc).startswith(f"cannot bind {e}:")),
+                        "the endpoint")
+        reason = _BIND_CAUSES.get(cause.errno, zmq.strerror(cause.errno))
+        return f"cannot bind {endpoint}: {reason}"
+    return str(exc)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("router %s settings: %s", __version__, config.summary(settings))
+    if settings.journal or settings.history:
+        _check_data_dir(settings.data_dir)
     from .server import Router
 
     try:
         router = Router(settings)
     except OSError as exc:
-        print(f"router serve: {exc}", file=sys.stderr)
-        return 1
+        raise CliError(_startup_error(exc, settings)) from None
     router.serve()
     return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    print(config.to_toml(_settings(args)), end="")
+    return 0
+
+
+def _report(command: str) -> Callable[[RouterError], None]:
+    """An on_error callback printing each router ERROR as one line on stderr."""
+    def report(err: RouterError) -> None:
+        print(f"router {command}: {err}", file=sys.stderr, flush=True)
+
+    return report
+
+
+def _check(check: Callable[[str], object], value: str) -> None:
+    try:
+        check(value)
+    except ValueError as exc:
+        raise CliError(str(exc), 2) from None
 
 
 def _send(args: argparse.Namespace) -> int:
     from .client import Sender
 
-    with Sender(args.router, args.name, timeout=args.timeout) as s:
-        mid = s.send(args.target, args.payload, kind=args.kind, ttl_ms=args.ttl_ms, key=args.order,
-                     msg_class=MsgClass[args.msg_class.upper()], channel=args.channel)
-        if args.wait == "none" or MsgClass[args.msg_class.upper()] > MsgClass.CHAT:
+    _check(check_channel if args.channel else lambda t: check_address(t, "target"), args.target)
+    if args.order:
+        _check(order_ref, args.order)
+    msg_class = MsgClass[args.msg_class.upper()]
+    with Sender(args.router, args.name, timeout=args.timeout, on_error=_report("send")) as s:
+        mid = s.send(args.target, args.payload, kind=args.kind, ttl_ms=args.ttl_ms,
+                     order=args.order, msg_class=msg_class, channel=args.channel)
+        if args.wait == "none" or msg_class not in (MsgClass.ORDER, MsgClass.DISPATCH,
+                                                     MsgClass.CHAT):
             s.poll(0.2)
             print(f"sent {mid}")
             return 1 if s.errors else 0
         try:
             r = s.wait(mid, Status[args.wait.upper()], timeout=args.timeout)
         except TimeoutError as exc:
-            print(f"router send: {exc}", file=sys.stderr)
-            return 1
+            raise CliError(str(exc)) from None
         print(f"{mid} {r.status.name}" + (f" {r.code.name}" if r.code else ""))
         return 0 if r.status in (Status.ACCEPTED, Status.DELIVERED) else 1
 
 
+class _Stop:
+    """SIGTERM and SIGINT set a flag instead of killing the process, so a loop can
+    leave cleanly (BYE, close) between two polls."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame) -> None:
+        self.signal = signum
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+
 def _listen(args: argparse.Namespace) -> int:
+    import time
+
     from .client import Endpoint
 
+    stop = _Stop()
     n = 0
-    with Endpoint(args.router, args.addresses, name="listen") as ep:
-        while True:
-            d = ep.recv(timeout=args.timeout or None)
+    with Endpoint(args.router, args.addresses, name="listen", on_error=_report("listen")) as ep:
+        idle_since = time.monotonic()
+        while not stop:
+            # Short slices: a signal is noticed within one, and BYE goes out on the way
+            # out of the `with`.
+            d = ep.recv(timeout=0.2)
             if d is None:
-                return 0
+                if args.timeout and time.monotonic() - idle_since >= args.timeout:
+                    return 0
+                continue
             print(f"{d.address} seq={d.seq} kind={d.kind} from={d.sender} "
                   f"{d.payload.decode(errors='replace')}", flush=True)
             ep.ack(d)
+            idle_since = time.monotonic()
             n += 1
             if args.count and n >= args.count:
                 return 0
+    return 0
+
+
+def _round_trip(s, addresses: list[str], timeout: float) -> bool:
+    """Wait until the router has handled what this sender sent before (JOIN and LEAVE
+    have no reply: a presence request behind them is answered after them); False if
+    the router refused any of it (its ERRORs were printed by the on_error callback)."""
+    s.presence(addresses, timeout=timeout)
+    s.poll(0)
+    return not s.errors
+
+
+def _join(args: argparse.Namespace) -> int:
+    from .client import Sender
+
+    with Sender(args.router, args.name, timeout=args.timeout, on_error=_report("join")) as s:
+        s.join(args.channel, args.addresses)
+        if not _round_trip(s, args.addresses, args.timeout):
+            return 1
+    print(f"{args.channel}: joined {' '.join(args.addresses)}")
+    return 0
+
+
+def _leave(args: argparse.Namespace) -> int:
+    from .client import Sender
+
+    with Sender(args.router, args.name, timeout=args.timeout, on_error=_report("leave")) as s:
+        s.leave(args.channel, args.addresses)
+        if not _round_trip(s, args.addresses, args.timeout):
+            return 1
+    print(f"{args.channel}: " + (f"left {' '.join(args.addresses)}" if args.addresses
+                                 else "closed"))
+    return 0
+
+
+def _presence_line(address: str, value) -> str:
+    import time
+
+    if value is None:
+        return f"{address} offline"
+    # router.presence answers with the Unix time the address came online; a value this
+    # small can only be a duration (seconds online), which the protocol may move to.
+    if value > 1e9:
+        since = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(value))
+        return f"{address} online since {since} ({max(time.time() - value, 0):.0f} s)"
+    return f"{address} online for {value:.0f} s"
+
+
+def _presence(args: argparse.Namespace) -> int:
+    import orjson
+
+    from .client import Sender
+
+    with Sender(args.router, args.name, timeout=args.timeout,
+                on_error=_report("presence")) as s:
+        online = s.presence(args.addresses, timeout=args.timeout)
+    if args.json:
+        print(orjson.dumps(online).decode())
+    elif not online:
+        print("no address is online")
+    else:
+        for address in sorted(online):
+            print(_presence_line(address, online[address]))
+    return 0
 
 
 def _history(args: argparse.Namespace) -> int:
@@ -168,6 +473,7 @@ def _history(args: argparse.Namespace) -> int:
 
     from .history import History, format_timeline
 
+    _check(order_ref, args.order)
     path = Path(args.data_dir) / "history.db"
     if not path.exists():
         print(f"router history: no history database at {path}; is --data-dir the "
@@ -205,12 +511,20 @@ def _demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `router` command."""
     args = build_parser().parse_args(argv)
-    handler = {"serve": _serve, "send": _send, "listen": _listen,
+    handler = {"serve": _serve, "config": _config, "send": _send, "listen": _listen,
+               "join": _join, "leave": _leave, "presence": _presence,
                "history": _history, "demo": _demo}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
         return 130
+    except CliError as exc:
+        print(f"router {args.command}: {exc}", file=sys.stderr)
+        return exc.code
+    except (RouterUnavailable, RouterError) as exc:
+        # No router there, or it refused us (HELLO with an address it does not take).
+        print(f"router {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Blocking SDK: :class:`Sender` for backend services, :class:`Endpoint` for parties.
 
-Example::
+Example (against `router serve` on its default endpoint)::
 
     from router.client import Sender, Endpoint
     from router.protocol import MsgClass, Status
@@ -11,6 +11,10 @@ Example::
         d = merchant.recv(timeout=1.0)
         merchant.ack(d)
         assert orders.wait(mid, Status.DELIVERED, timeout=1.0).status == Status.DELIVERED
+
+These classes do their I/O when called (``recv``, ``wait``, ``poll``, ``ack``): a
+process that holds a connection and stops calling for longer than the router's
+heartbeat timeout (3 s by default) is dropped, and reconnects on the next call.
 
 The asyncio twins are in :mod:`router.aio`. Protocol state lives in
 :mod:`router.session`; these classes only move frames.
@@ -29,6 +33,7 @@ import zmq
 from .protocol import (
     Command, Delivery, ErrorCode, MsgClass, Receipt, Role, Status, prefix,
 )
+from .config import check_endpoint
 from .session import (
     COMPRESS_ABOVE, EndpointSession, Payload, Reply, RouterError, RouterUnavailable,
     SenderSession, Session, Welcome, payload_json,
@@ -45,7 +50,9 @@ FINAL = frozenset({Status.DELIVERED, Status.EXPIRED, Status.REFUSED, Status.FAIL
 def make_socket(context: zmq.Context, endpoint: str, identity: bytes | None) -> zmq.Socket:
     """A DEALER for one session: unbounded queues (the router applies the bounds),
     reconnect with backoff from 100 ms to 5 s, ZMTP heartbeats to notice a dead link,
-    and an optional fixed identity so a reconnect takes over the old connection."""
+    and an optional fixed identity so a reconnect takes over the old connection.
+    Raises ValueError for an endpoint that is not tcp://host:port or ipc://path."""
+    check_endpoint(endpoint)
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, 0)
@@ -62,21 +69,34 @@ def make_socket(context: zmq.Context, endpoint: str, identity: bytes | None) -> 
 
 class Client:
     """A DEALER socket carrying one session: the base of Sender, Endpoint and
-    workers.service.ServiceWorker (subclasses take events in :meth:`_accept`)."""
+    workers.service.ServiceWorker (subclasses take events in :meth:`_accept`).
+
+    Connecting waits for the router's WELCOME: an ERROR instead (the router refused the
+    HELLO, say BAD_ADDRESS) raises that :class:`RouterError`; silence raises
+    :class:`RouterUnavailable`. Later ERRORs (a refused command, another connection
+    taking over an address) are kept in :attr:`errors` and handed to ``on_error``
+    (default: logged as a warning).
+    """
 
     def __init__(self, session: Session, endpoint: str, context: zmq.Context | None,
-                 timeout: float, identity: bytes | None = None) -> None:
+                 timeout: float, identity: bytes | None = None, *,
+                 on_error: Callable[[RouterError], None] | None = None) -> None:
         self.session = session
         self.endpoint = endpoint
         self.context = context or zmq.Context.instance()
         self.socket = make_socket(self.context, endpoint, identity)
+        #: The latest router ERRORs seen on this connection, oldest first.
         self.errors: collections.deque[RouterError] = collections.deque(maxlen=1000)
+        self.on_error = on_error
+        self._refused: RouterError | None = None
         self._send_all(session.hello())
         deadline = time.monotonic() + timeout
         while session.welcome is None:
             left = deadline - time.monotonic()
-            if left <= 0:
+            if self._refused is not None or left <= 0:
                 self.socket.close(linger=0)
+                if self._refused is not None:
+                    raise self._refused
                 raise RouterUnavailable(
                     f"no WELCOME from the router at {endpoint} within {timeout}s: "
                     "is `router serve` running there?")
@@ -112,8 +132,7 @@ class Client:
                 self._send(reply)
             for ev in evs:
                 if isinstance(ev, RouterError):
-                    self.errors.append(ev)
-                    self._on_error(ev)
+                    self._router_error(ev)
                 elif not isinstance(ev, Welcome):
                     self._accept(ev)
                     accepted += 1
@@ -122,8 +141,20 @@ class Client:
         """Take one delivery or receipt (it may arrive while waiting for WELCOME)."""
         raise NotImplementedError
 
+    def _router_error(self, err: RouterError) -> None:
+        """An ERROR from the router: before WELCOME it refuses the connection (raised by
+        the constructor); after, it is recorded and reported."""
+        if self.session.welcome is None and self._refused is None:
+            self._refused = err
+            return
+        self.errors.append(err)
+        self._on_error(err)
+
     def _on_error(self, err: RouterError) -> None:
-        log.warning("%s", err)
+        if self.on_error is not None:
+            self.on_error(err)
+        else:
+            log.warning("%s", err)
 
     def close(self, bye: bool = True) -> None:
         """Say BYE (unless told not to) and close the socket."""
@@ -155,25 +186,31 @@ class Sender(Client):
                  compress_above: int = COMPRESS_ABOVE, timeout: float = 5.0,
                  on_receipt: Callable[[Receipt], None] | None = None,
                  keep_receipts: int = 100_000, resend_after: float = 3.0,
-                 identity: bytes | None = None) -> None:
+                 identity: bytes | None = None,
+                 on_error: Callable[[RouterError], None] | None = None) -> None:
         self.on_receipt = on_receipt
         self._latest: collections.OrderedDict[int, Receipt] = collections.OrderedDict()
         self._keep = keep_receipts
         self._inbox: collections.deque[Receipt] = collections.deque(maxlen=keep_receipts)
         self._replies: dict[int, Reply] = {}
         super().__init__(SenderSession(name, compress_above, resend_after), endpoint, context,
-                         timeout, identity)
+                         timeout, identity, on_error=on_error)
 
     def send(self, target: str, data: Payload, *, kind: str = "",
-             msg_class: MsgClass = MsgClass.ORDER, ttl_ms: int = 0, key: str = "",
-             channel: bool = False, msg_id: int | None = None) -> int:
+             msg_class: MsgClass = MsgClass.ORDER, ttl_ms: int = 0, order: str | int = "",
+             key: str = "", channel: bool = False, msg_id: int | None = None) -> int:
         """Send ``data`` to an address (or a channel with ``channel=True``); return the id.
 
         dict/list payloads go as JSON; payloads above ``compress_above`` bytes go lz4'd.
-        ``key`` is the conflation key of LOCATION messages (for example the rider).
+        ``order`` (``1002`` or ``order:1002``) ties a reliable message to that order's
+        history (`router history 1002`); a message sent to an ``order:<id>`` channel is
+        tied to it anyway. ``key`` is the raw key field: the conflation key of LOCATION
+        messages (for example the rider); ``key="order:1002"`` is the same as ``order``.
+        Raises ValueError for an invalid target (an address is ``<kind>:<id>``) or TTL.
         """
         mid, frames = self.session.send(target, data, kind=kind, msg_class=msg_class,
-                                        ttl_ms=ttl_ms, key=key, channel=channel, msg_id=msg_id)
+                                        ttl_ms=ttl_ms, key=key, channel=channel, msg_id=msg_id,
+                                        order=order)
         if frames:
             self._send(frames)
         return mid
@@ -281,7 +318,9 @@ class Endpoint(Client):
     """One party (or a gateway for many): bound addresses, deliveries, acks.
 
     Deliveries of reliable classes carry a per-address ``seq``; ack a delivery once it is
-    processed (acks are cumulative and batched). Redelivered sequences already handed
+    processed. Acks are cumulative: while deliveries already received wait in this
+    endpoint for :meth:`recv`, acks are batched into the next ACK; once the application
+    has caught up (nothing left waiting), :meth:`ack` sends the ACK at once. Redelivered sequences already handed
     over are dropped here, so the application sees each message once, in order.
     ``cursors`` ({address: last seq held}) resumes where a previous run stopped.
     """
@@ -289,12 +328,13 @@ class Endpoint(Client):
     def __init__(self, endpoint: str, addresses: Iterable[str], *, name: str | None = None,
                  role: Role = Role.ENDPOINT, cursors: dict[str, int] | None = None,
                  context: zmq.Context | None = None, timeout: float = 5.0,
-                 identity: bytes | None = None) -> None:
+                 identity: bytes | None = None,
+                 on_error: Callable[[RouterError], None] | None = None) -> None:
         addresses = list(addresses)
         name = name or (addresses[0] if addresses else "endpoint")
         self._ready: collections.deque[Delivery] = collections.deque()
         super().__init__(EndpointSession(name, addresses, role, cursors), endpoint, context,
-                         timeout, identity)
+                         timeout, identity, on_error=on_error)
 
     @property
     def duplicates(self) -> int:
@@ -316,8 +356,15 @@ class Endpoint(Client):
         self._send_all(self.session.unbind(addresses))
 
     def ack(self, delivery: Delivery) -> None:
-        """Ack ``delivery`` and all before it on its address (sent with the next I/O)."""
+        """Ack ``delivery`` and all before it on its address.
+
+        Sent at once when no received delivery is waiting for :meth:`recv` (the
+        application has caught up, so the sender hears DELIVERED without waiting for
+        this endpoint's next call); otherwise batched with the acks of the deliveries
+        still waiting, and sent by the :meth:`recv` that finds none left."""
         self.session.ack(delivery)
+        if not self._ready and not self.socket.closed:
+            self.flush()
 
     def flush(self) -> None:
         """Send pending acks now."""
@@ -338,7 +385,8 @@ class Endpoint(Client):
         self._ready.append(d)
 
     def __iter__(self) -> Iterator[Delivery]:
-        """Deliveries forever; each is acked when the loop asks for the next one."""
+        """Deliveries forever; each is acked when the loop asks for the next one (the
+        ACK batched as :meth:`ack` says)."""
         while True:
             d = self.recv()
             if d is not None:

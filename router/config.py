@@ -6,18 +6,57 @@ Every field of :class:`Settings` can be set three ways, later ones winning:
   keys, for example ``bind = ["tcp://0.0.0.0:5555"]`` or ``window = 2048``;
 * an environment variable ``ROUTER_<FIELD>`` (``ROUTER_BIND`` takes a comma list);
 * a command-line flag ``--<field-with-dashes>``.
+
+The ``#:`` comment above each field is its documentation: `router serve --help` and
+`router config` (the effective settings as a commented TOML file) show it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import json
 import os
+import re
+import textwrap
 import tomllib
 from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
+
+_TCP = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(?P<port>\d+|\*)")
+
+
+def check_endpoint(endpoint: str, bind: bool = False) -> str:
+    """Return ``endpoint`` if it is ``tcp://host:port`` or ``ipc://path``; else raise
+    ValueError saying what is wrong and what to write. ``bind``: the router's side,
+    where the host may be ``*`` (every interface) and the port ``*`` or 0 (any free)."""
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep:
+        hint = f"; did you mean tcp://{endpoint}?" if _TCP.fullmatch(endpoint) else ""
+        raise ValueError(f"endpoint {endpoint!r} has no scheme: write tcp://host:port or "
+                         f"ipc:///path/to/socket{hint}")
+    if scheme == "ipc":
+        if not rest:
+            raise ValueError(f"endpoint {endpoint!r} has no path: write ipc:///path/to/socket")
+        return endpoint
+    if scheme != "tcp":
+        raise ValueError(f"endpoint {endpoint!r}: scheme {scheme!r} is not supported; "
+                         "use tcp://host:port or ipc:///path/to/socket")
+    m = _TCP.fullmatch(rest)
+    if not m:
+        raise ValueError(f"endpoint {endpoint!r} needs a host and a port: write "
+                         f"tcp://host:port, for example {DEFAULT_BIND}")
+    host, port = m["host"], m["port"]
+    if not bind and (host == "*" or port in ("*", "0")):
+        raise ValueError(f"endpoint {endpoint!r}: connect to a real host and port, for "
+                         f"example {DEFAULT_BIND} (* and port 0 are for binding)")
+    if port != "*" and not (0 if bind else 1) <= int(port) <= 65535:
+        raise ValueError(f"endpoint {endpoint!r}: port {port} is outside 1..65535")
+    return endpoint
 
 
 @dataclass
@@ -48,10 +87,12 @@ class Settings:
     liveness: int = 3
     #: ERROR replies per peer per second; beyond that they are counted, not sent.
     errors_per_second: int = 20
-    #: libzmq high-water marks (messages) for the ROUTER socket.
+    #: libzmq send high-water mark (messages queued per peer) of the ROUTER socket.
     sndhwm: int = 100_000
+    #: libzmq receive high-water mark (messages queued per peer) of the ROUTER socket.
     rcvhwm: int = 100_000
-    #: Directory of the journal segments and the order-history database.
+    #: Directory of the journal segments and the order-history database; one router
+    #: per directory (a second one refuses to start while the first holds its lock).
     data_dir: str = "router-data"
     #: Journal reliable messages before ACCEPTED (off: in memory only, lost on crash).
     journal: bool = True
@@ -71,6 +112,7 @@ class Settings:
     dedup_capacity: int = 2_000_000
     #: First redelivery of an unacked window after this many ms; doubles up to the cap.
     retry_ms: int = 1000
+    #: Cap of the redelivery interval, ms.
     retry_max_ms: int = 30000
     #: Redeliveries without ack before the message FAILs (0 = retry until its TTL).
     max_attempts: int = 20
@@ -91,6 +133,11 @@ class Settings:
         """Check ranges; raise ValueError naming the field and what is allowed."""
         if not self.bind:
             raise ValueError("bind: give at least one endpoint, e.g. tcp://127.0.0.1:5555")
+        for endpoint in self.bind:
+            try:
+                check_endpoint(endpoint, bind=True)
+            except ValueError as exc:
+                raise ValueError(f"bind: {exc}") from None
         for name in ("max_payload", "window", "max_queue", "max_queued",
                      "max_queued_per_sender", "max_addresses",
                      "max_peers", "heartbeat_ms", "liveness", "errors_per_second",
@@ -106,14 +153,17 @@ class Settings:
         return self
 
 
-def _coerce(f: dataclasses.Field, value: Any) -> Any:
-    """Turn a TOML/env/flag value into the field's type."""
+def _coerce(f: dataclasses.Field, value: Any, source: str) -> Any:
+    """Turn a TOML/env/flag value into the field's type; errors name ``source`` (the
+    environment variable, or the file and key) so the user knows what to fix."""
     if f.name == "bind":
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
-        return list(value)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ValueError(f"{source}: expected a list of endpoints, got {value!r}")
     kind = type(f.default)
-    if isinstance(value, kind):
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
     if kind is bool:
         text = str(value).strip().lower()
@@ -121,11 +171,29 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
             return True
         if text in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"{f.name}: expected true/false, got {value!r}")
+        raise ValueError(f"{source}: expected true/false, got {value!r}")
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) or kind is str:
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            pass
+    raise ValueError(f"{source}: expected {_KIND_NAMES[kind]}, got {value!r}")
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true/false"}
+
+
+def _read_toml(path: str | Path) -> dict[str, Any]:
+    """The TOML file's table; errors name the file."""
     try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{f.name}: expected {kind.__name__}, got {value!r}") from None
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ValueError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
 
 
 def load(
@@ -139,26 +207,85 @@ def load(
     values: dict[str, Any] = {}
     path = path or env.get("ROUTER_CONFIG")
     if path:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+        data = _read_toml(path)
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ValueError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
-        values.update({k: _coerce(known[k], v) for k, v in data.items()})
+        values.update({k: _coerce(known[k], v, f"{path}: {k}") for k, v in data.items()})
     for name, f in known.items():
-        raw = env.get("ROUTER_" + name.upper())
+        var = "ROUTER_" + name.upper()
+        raw = env.get(var)
         if raw is not None:
-            values[name] = _coerce(f, raw)
+            values[name] = _coerce(f, raw, var)
     for name, value in (overrides or {}).items():
         if value is not None:
-            values[name] = _coerce(known[name], value)
+            values[name] = _coerce(known[name], value, "--" + name.replace("_", "-"))
     return Settings(**values).validate()
 
 
-def describe() -> list[tuple[str, Any, str]]:
-    """(field, default, type name) for every setting, for --help and docs."""
+@lru_cache(maxsize=1)
+def field_docs() -> dict[str, str]:
+    """The ``#:`` comment above each Settings field, joined into one line per field
+    (read once from this module's source, where the documentation is kept)."""
+    try:
+        lines = inspect.getsource(Settings).splitlines()
+    except (OSError, TypeError):  # no source shipped: --help falls back to defaults
+        return {}
+    docs: dict[str, str] = {}
+    pending: list[str] = []
+    for line in lines:
+        text = line.strip()
+        if text.startswith("#:"):
+            pending.append(text[2:].strip())
+        elif m := re.match(r"(\w+)\s*:[^=]+=", text):
+            if pending:
+                docs[m[1]] = " ".join(pending)
+            pending = []
+        else:
+            pending = []
+    return docs
+
+
+def describe() -> list[tuple[str, Any, str, str]]:
+    """(field, default, type name, doc) for every setting, for --help and docs."""
     out = []
+    docs = field_docs()
     for f in fields(Settings):
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        out.append((f.name, default, type(default).__name__))
+        out.append((f.name, default, type(default).__name__, docs.get(f.name, "")))
     return out
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def to_toml(settings: Settings) -> str:
+    """``settings`` as a TOML file for ``--config``, each key under its documentation
+    and its default when it differs."""
+    docs = field_docs()
+    out = ["# router settings (`router serve --config FILE`); every key is optional.",
+           "# Precedence: flags > ROUTER_<KEY> environment variables > this file.", ""]
+    for name, default, _, _ in describe():
+        value = getattr(settings, name)
+        out.extend(textwrap.wrap(docs.get(name, ""), 88, initial_indent="# ",
+                                 subsequent_indent="# "))
+        if value != default:
+            out.append(f"# (default {_toml_value(default)})")
+        out.append(f"{name} = {_toml_value(value)}")
+        out.append("")
+    return "\n".join(out)
+
+
+def summary(settings: Settings) -> str:
+    """One line of every setting, for the log at start-up."""
+    return " ".join(f"{f.name}={_toml_value(getattr(settings, f.name))}"
+                    for f in fields(Settings))

@@ -24,6 +24,7 @@ corrupt tail is cut at the last record whose CRC checks.
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import time
@@ -34,6 +35,36 @@ from typing import Protocol
 log = logging.getLogger("router.journal")
 
 SUFFIX = ".log"
+#: File in the journal directory that a running store holds an exclusive flock on.
+LOCK_NAME = "LOCK"
+
+
+class DirectoryLocked(OSError):
+    """Another process (another router) holds the journal directory."""
+
+
+def lock_directory(directory: Path) -> int:
+    """Take an exclusive flock on ``directory/LOCK`` and write our pid in it; return
+    the descriptor, which holds the lock until it is closed. The kernel releases the
+    lock when the process dies, even by SIGKILL, so a crashed router never leaves a
+    stale lock behind. Raises DirectoryLocked naming the holder's pid when it can."""
+    path = directory / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        who = f"pid {holder}" if holder.isdigit() else "pid unknown"
+        raise DirectoryLocked(
+            errno.EAGAIN, f"{directory} is in use by another router ({who}); stop that "
+            "router first, or give this one its own --data-dir") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 class Store(Protocol):
@@ -72,12 +103,17 @@ class FileStore:
     messages are all finished is deleted once it has been closed this long (the dedup
     window, so a repeated id after a restart still finds its record). ``fsync=False``
     trades durability for speed (tests and benchmarks of the in-memory cost).
+
+    One store per directory: the constructor takes ``LOCK`` there (see
+    :func:`lock_directory`) and raises DirectoryLocked while another process holds it,
+    since two routers appending to one journal would each replay the other's segments.
     """
 
     def __init__(self, directory: str | Path, *, segment_bytes: int = 64 << 20,
                  max_bytes: int = 0, retain_seconds: float = 120.0, fsync: bool = True) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = lock_directory(self.dir)
         self.segment_bytes = segment_bytes
         self.max_bytes = max_bytes
         self.retain_seconds = retain_seconds
@@ -188,9 +224,12 @@ class FileStore:
             log.debug("journal: reclaimed segment %d", seg)
 
     def close(self) -> None:
-        """Sync and close the open segment."""
+        """Sync and close the open segment, then release the directory's lock."""
         if self._fd >= 0:
             if self.fsync:
                 os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1

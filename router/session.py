@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Union
@@ -23,6 +24,8 @@ from .protocol import Command, Delivery, ErrorCode, Flag, MsgClass, Receipt, Rol
 
 #: Payloads larger than this many bytes are lz4-compressed by default.
 COMPRESS_ABOVE = 512
+#: Largest TTL a SEND can carry (its field is 32 bits of milliseconds, about 49 days).
+MAX_TTL_MS = 0xFFFFFFFF
 
 Payload = Union[bytes, bytearray, memoryview, str, dict, list]
 
@@ -37,6 +40,50 @@ class RouterError(Exception):
 
 class RouterUnavailable(TimeoutError):
     """No answer from the router in time: check its address and that it is running."""
+
+
+#: The SDK's rule for an address: ``<kind>:<id>``, both parts non-empty, 1..255 bytes
+#: of printable ASCII without spaces (docs/PROTOCOL.md, "Names"). The router refuses
+#: others with BAD_ADDRESS; checking here turns a refusal that arrives later (or a
+#: message queued forever for ``merchant:``) into a ValueError at the call.
+_ADDRESS = re.compile(r"[\x21-\x39\x3b-\x7e]+:[\x21-\x7e]+")
+#: A channel name: 1..255 bytes of printable ASCII without spaces.
+_CHANNEL = re.compile(r"[\x21-\x7e]+")
+
+
+def check_address(name: str, what: str = "address") -> str:
+    """Return ``name`` if it is a valid address (``<kind>:<id>``), else raise ValueError
+    saying what is wrong and what a good one looks like."""
+    _check_name(name, what, _ADDRESS, "<kind>:<id> with both parts non-empty, "
+                "for example merchant:881")
+    return name
+
+
+def check_channel(name: str) -> str:
+    """Return ``name`` if it is a valid channel name, else raise ValueError."""
+    _check_name(name, "channel", _CHANNEL, "printable ASCII without spaces, for example "
+                "order:1001")
+    return name
+
+
+def _check_name(name: str, what: str, pattern: re.Pattern, rule: str) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a str, got {type(name).__name__}")
+    size = len(name.encode())
+    if not 1 <= size <= P.MAX_NAME:
+        raise ValueError(f"{what} {name[:40]!r}{'...' if len(name) > 40 else ''} is "
+                         f"{size} bytes; it must be 1..{P.MAX_NAME}, {rule}")
+    if not pattern.fullmatch(name):
+        raise ValueError(f"{what} {name!r} is not valid: it must be {rule}")
+
+
+def order_ref(order: str | int) -> str:
+    """The history key of an order: ``1002`` and ``order:1002`` both give
+    ``order:1002`` (the router links a reliable message to an order's history when its
+    key, or its channel, is ``order:<id>``)."""
+    text = str(order).strip()
+    ref = text if text.startswith("order:") else f"order:{text}"
+    return check_address(ref, "order")
 
 
 @dataclass(frozen=True)
@@ -194,11 +241,26 @@ class SenderSession(Session):
         key: str = "",
         channel: bool = False,
         msg_id: int | None = None,
+        order: str | int = "",
     ) -> tuple[int, list[bytes] | None]:
         """Build a SEND; return (msg_id, frames to send now). Frames are None while a
         re-HELLO is in progress: the message then goes out after the older unconfirmed
-        ones, so per-address order survives a router restart."""
+        ones, so per-address order survives a router restart.
+
+        ``order`` (``1002`` or ``order:1002``) ties a reliable message to that order's
+        history; it travels as the key, so give ``order`` or ``key``, not both."""
         msg_class = MsgClass(msg_class)
+        if channel:
+            check_channel(target)
+        else:
+            check_address(target, "target")
+        if not 0 <= ttl_ms <= MAX_TTL_MS:
+            raise ValueError(f"ttl_ms must be 0 (no TTL) .. {MAX_TTL_MS}, got {ttl_ms}")
+        if order != "":
+            if key:
+                raise ValueError(f"give order= or key=, not both (got order={order!r}, "
+                                 f"key={key!r}): the order travels as the key")
+            key = order_ref(order)
         payload, flags = encode_payload(data, self.compress_above)
         if self.welcome and len(payload) > self.welcome.max_payload:
             raise ValueError(
@@ -223,7 +285,8 @@ class SenderSession(Session):
 
     def join(self, channel: str, addresses: Iterable[str], leave: bool = False) -> list[bytes]:
         """Frames of a JOIN (or LEAVE)."""
-        return [P.encode_join(channel, addresses, leave)]
+        names = [check_address(a) for a in addresses]
+        return [P.encode_join(check_channel(channel), names, leave)]
 
     def hello(self) -> list[list[bytes]]:
         """As Session.hello; what the router never confirmed is resent after its WELCOME,
@@ -277,8 +340,8 @@ class EndpointSession(Session):
         super().__init__(role, name)
         #: Last sequence received per address: presented in HELLO, so a reconnect
         #: resumes after what this process already holds, and repeats are dropped.
-        self.cursors: dict[str, int] = {a: 0 for a in addresses}
-        self.cursors.update(cursors or {})
+        self.cursors: dict[str, int] = {check_address(a): 0 for a in addresses}
+        self.cursors.update({check_address(a): seq for a, seq in (cursors or {}).items()})
         #: Last sequence the application acked per address: what to persist to resume
         #: after the process itself restarts.
         self.acked: dict[str, int] = dict(self.cursors)
@@ -293,7 +356,7 @@ class EndpointSession(Session):
 
     def bind(self, addresses: Iterable[str]) -> list[list[bytes]]:
         """Messages of the BINDs for more addresses (one per MAX_LIST of them)."""
-        new = [(a, self.cursors.setdefault(a, 0)) for a in addresses]
+        new = [(a, self.cursors.setdefault(a, 0)) for a in map(check_address, addresses)]
         for a, seq in new:
             self.acked.setdefault(a, seq)
             self.unbound.discard(a)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 
 from router import config
 from router.client import Endpoint, Sender
-from conftest import ROOT, RouterProcess
+from conftest import ROOT, RouterProcess, free_port
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
@@ -102,3 +103,286 @@ def test_sigterm_stops_cleanly_with_summary_and_quiet_log(router):
 
 def test_sigint_stops_cleanly(router):
     assert router.stop(signal.SIGINT) == 0
+
+
+# ---- a user's mistakes: one line, what to do, non-zero exit, never a traceback ---------
+
+def assert_clean_failure(out: subprocess.CompletedProcess, *needles: str) -> str:
+    """The command failed with a one-line message on stderr naming the problem."""
+    both = out.stdout + out.stderr
+    assert out.returncode != 0, both
+    assert "Traceback" not in both, both
+    last = out.stderr.strip().splitlines()[-1]
+    for needle in needles:
+        assert needle in last, f"{needle!r} not in the message {last!r}"
+    return last
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["send", "user:1", "x", "--router", "localhost:17301"],
+     ["no scheme", "did you mean tcp://localhost:17301"]),
+    (["send", "user:1", "x", "--router", "tcp://127.0.0.1"], ["needs a host and a port"]),
+    (["listen", "user:1", "--router", "tcp://127.0.0.1"], ["needs a host and a port"]),
+    (["send", "", "x"], ["target", "0 bytes", "<kind>:<id>"]),
+    (["send", "user:" + "x" * 295, "x"], ["target", "300 bytes", "1..255"]),
+    (["send", "merchant", "x"], ["target 'merchant' is not valid", "<kind>:<id>"]),
+    (["send", ":881", "x"], ["':881' is not valid"]),
+    (["send", "order 1", "x", "--channel"], ["channel 'order 1'"]),
+    (["send", "user:1", "x", "--ttl-ms", "-5"], ["--ttl-ms: must be 0..4294967295 ms, got -5"]),
+    (["send", "user:1", "x", "--order", "10 02"], ["order 'order:10 02'"]),
+    (["listen", "bad addr"], ["address 'bad addr' is not valid"]),
+    (["listen", "merchant:"], ["address 'merchant:' is not valid"]),
+    (["join", "order:1", "user"], ["address 'user' is not valid"]),
+    (["serve", "--bind", "localhost:1"], ["bind:", "no scheme", "tcp://localhost:1"]),
+    (["serve", "--bind", "tcp://127.0.0.1"], ["needs a host and a port"]),
+    (["history", ""], ["order"]),
+])
+def test_mistakes_get_one_line_and_no_traceback(args, needles):
+    assert_clean_failure(run_cli(*args), *needles)
+
+
+def test_no_router_running():
+    port = free_port()
+    out = run_cli("send", "user:1", "x", "--router", f"tcp://127.0.0.1:{port}", "--timeout", "0.5")
+    assert_clean_failure(out, "no WELCOME", "router serve")
+    out = run_cli("listen", "user:1", "--router", f"tcp://127.0.0.1:{port}")
+    assert_clean_failure(out, "no WELCOME", "router serve")
+
+
+def test_serve_reports_why_it_cannot_bind():
+    out = run_cli("serve", "--bind", "tcp://nosuch.invalid:5555", "--journal", "false",
+                  "--history", "false")
+    assert_clean_failure(out, "cannot bind tcp://nosuch.invalid:5555", "no such interface or host")
+    out = run_cli("serve", "--bind", "tcp://192.0.2.1:5555", "--journal", "false",
+                  "--history", "false")
+    assert_clean_failure(out, "cannot bind tcp://192.0.2.1:5555", "no interface of this machine")
+
+
+def test_serve_refuses_a_data_dir_it_cannot_write(tmp_path):
+    out = run_cli("serve", "--data-dir", "/proc/x", "--bind", f"tcp://127.0.0.1:{free_port()}")
+    assert_clean_failure(out, "cannot use data directory /proc/x", "--data-dir")
+    afile = tmp_path / "file"
+    afile.write_text("")
+    out = run_cli("serve", "--data-dir", str(afile / "data"),
+                  "--bind", f"tcp://127.0.0.1:{free_port()}")
+    assert_clean_failure(out, f"cannot use data directory {afile / 'data'}", "Not a directory")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write a read-only directory")
+def test_serve_refuses_a_read_only_data_dir(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    out = run_cli("serve", "--data-dir", str(ro), "--bind", f"tcp://127.0.0.1:{free_port()}")
+    assert_clean_failure(out, f"cannot use data directory {ro}", "Permission denied")
+
+
+def test_config_errors_name_their_source(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "router", "serve"], capture_output=True,
+                         text=True, env={**ENV, "ROUTER_WINDOW": "abc"}, timeout=20)
+    assert_clean_failure(out, "ROUTER_WINDOW", "abc")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("window = [\n")
+    assert_clean_failure(run_cli("serve", "--config", str(bad)), str(bad), "not valid TOML")
+    assert_clean_failure(run_cli("config", "--config", str(tmp_path / "none.toml")),
+                         "cannot read config file", "none.toml")
+
+
+# ---- wrong causes: the router's refusal, the errno of a failed bind --------------------
+
+def test_listen_shows_the_routers_refusal_at_once(make_router):
+    router = make_router("--max-addresses", "1")
+    t0 = time.monotonic()
+    out = run_cli("listen", "user:1", "user:2", "--router", router.url)
+    assert time.monotonic() - t0 < 4.5  # not the 5 s wait for a WELCOME
+    assert_clean_failure(out, "ADDRESS_LIMIT", "address table is full")
+    assert "is `router serve` running" not in out.stderr
+
+
+def test_serve_reports_busy_port_as_such(router):
+    out = run_cli("serve", "--bind", router.url, "--data-dir", router.data_dir + "-2")
+    assert_clean_failure(out, f"cannot bind {router.url}", "already in use")
+    assert out.returncode == 1
+
+
+# ---- order history from the CLI ---------------------------------------------------------
+
+def test_send_order_by_bare_id_is_in_history(router):
+    listener = subprocess.Popen(
+        [sys.executable, "-m", "router", "listen", "merchant:12", "--router", router.url,
+         "--count", "2", "--timeout", "10"], stdout=subprocess.PIPE, text=True, env=ENV)
+    for order in ("1002", "order:1002"):
+        sent = run_cli("send", "merchant:12", f'{{"order": "{order}"}}', "--router", router.url,
+                       "--kind", "order.created", "--order", order, "--wait", "delivered")
+        assert sent.returncode == 0, sent.stderr
+    listener.communicate(timeout=15)
+    deadline = time.monotonic() + 5
+    while True:  # the router writes history between 100 ms slices
+        hist = run_cli("history", "1002", "--data-dir", router.data_dir, "--json")
+        lines = hist.stdout.splitlines()
+        if sum('"event":"acked"' in line for line in lines) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert hist.returncode == 0, hist.stderr
+    assert sum('"event":"accepted"' in line for line in lines) == 2, hist.stdout
+    assert sum('"event":"acked"' in line for line in lines) == 2, hist.stdout
+    same = run_cli("history", "order:1002", "--data-dir", router.data_dir, "--json")
+    assert same.stdout.splitlines() == lines
+
+
+# ---- channels and presence from the CLI -------------------------------------------------
+
+def _listener(router, address: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "router", "listen", address, "--router",
+                             router.url, *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+
+
+def test_join_send_presence_leave(router):
+    user = _listener(router, "user:31", "--timeout", "4")
+    merchant = _listener(router, "merchant:31", "--timeout", "4")
+    try:
+        router.wait_for_log("peer connected: listen (endpoint, 1 addresses)")
+        deadline = time.monotonic() + 10
+        while "user:31 online" not in (p := run_cli("presence", "user:31", "merchant:31",
+                                                    "--router", router.url)).stdout \
+                or "merchant:31 online" not in p.stdout:
+            assert time.monotonic() < deadline, p.stdout + p.stderr
+            time.sleep(0.1)
+        off = run_cli("presence", "user:31", "rider:404", "--router", router.url)
+        assert off.returncode == 0 and "rider:404 offline" in off.stdout
+        assert "user:31 online since" in off.stdout
+        every = run_cli("presence", "--router", router.url, "--json")
+        assert {"user:31", "merchant:31"} <= set(__import__("json").loads(every.stdout))
+
+        joined = run_cli("join", "order:31", "user:31", "merchant:31", "--router", router.url)
+        assert joined.returncode == 0 and "order:31: joined user:31 merchant:31" in joined.stdout
+        sent = run_cli("send", "order:31", "where is my food", "--channel", "--class", "chat",
+                       "--router", router.url, "--wait", "delivered")
+        assert sent.returncode == 0 and sent.stdout.strip().endswith("DELIVERED"), sent.stdout
+
+        left = run_cli("leave", "order:31", "merchant:31", "--router", router.url)
+        assert left.returncode == 0 and "left merchant:31" in left.stdout
+        sent = run_cli("send", "order:31", "only for the user", "--channel", "--router",
+                       router.url, "--wait", "delivered")
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        closed = run_cli("leave", "order:31", "--router", router.url)
+        assert closed.returncode == 0 and "order:31: closed" in closed.stdout
+        refused = run_cli("send", "order:31", "x", "--channel", "--router", router.url)
+        assert "REFUSED UNKNOWN_CHANNEL" in refused.stdout
+    finally:
+        user_out, _ = user.communicate(timeout=15)
+        merchant_out, _ = merchant.communicate(timeout=15)
+    assert "where is my food" in user_out and "only for the user" in user_out
+    assert "where is my food" in merchant_out and "only for the user" not in merchant_out
+
+
+def test_join_reports_the_routers_refusal(make_router):
+    router = make_router("--max-addresses", "1")
+    out = run_cli("join", "order:5", "user:1", "user:2", "--router", router.url)
+    assert_clean_failure(out, "router join: router error ADDRESS_LIMIT")
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+# ---- help, settings log, `router config` ------------------------------------------------
+
+def test_serve_help_shows_each_settings_documentation():
+    out = run_cli("serve", "--help").stdout
+    flat = re.sub(r"-\s+", "-", " ".join(out.split()))  # argparse wraps after hyphens
+    for name, default, _, doc in config.describe():
+        assert re.sub(r"-\s+", "-", doc) in flat, f"--{name} help lacks its documentation"
+    assert "address. (default 1024)" in flat
+    assert "Repeatable. (default tcp://127.0.0.1:5555)" in flat
+
+
+def test_send_help_explains_every_flag():
+    flat = " ".join(run_cli("send", "--help").stdout.split())
+    for text in ("--ttl-ms MS time to live", "--wait {accepted,delivered,none} receipt to wait for",
+                 "--timeout SECONDS how long to wait", "(default tcp://127.0.0.1:5555)",
+                 "--order ID the order this message belongs to, 1002 or order:1002"):
+        assert text in flat, text
+
+
+def test_router_config_prints_settings_that_load_back(tmp_path):
+    env = {k: v for k, v in ENV.items() if not k.startswith("ROUTER_")}
+    out = subprocess.run(
+        [sys.executable, "-m", "router", "config", "--window", "64", "--bind",
+         "tcp://127.0.0.1:7001", "--bind", "ipc:///tmp/r.sock", "--fsync", "false"],
+        capture_output=True, text=True, env={**env, "ROUTER_MAX_PAYLOAD": "3000"}, timeout=20)
+    assert out.returncode == 0, out.stderr
+    path = tmp_path / "router.toml"
+    path.write_text(out.stdout)
+    want = config.load(None, env={"ROUTER_MAX_PAYLOAD": "3000"}, overrides={
+        "window": 64, "bind": ["tcp://127.0.0.1:7001", "ipc:///tmp/r.sock"], "fsync": "false"})
+    assert config.load(path, env={}) == want
+    assert "# Reliable deliveries in flight (sent, not acked) per address.\n# (default 1024)\n" \
+           "window = 64\n" in out.stdout
+    plain = subprocess.run([sys.executable, "-m", "router", "config"], capture_output=True,
+                           text=True, env=env, timeout=20)
+    path.write_text(plain.stdout)
+    assert config.load(path, env={}) == config.Settings()
+
+
+def test_serve_logs_its_effective_settings(make_router):
+    r = make_router("--window", "77")
+    log = r.wait_for_log("settings:")
+    line = next(line for line in log.splitlines() if "settings:" in line)
+    assert "window=77" in line and f'data_dir="{r.data_dir}"' in line and "bind=[" in line
+
+
+# ---- listen leaves cleanly; shows router errors -----------------------------------------
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_listen_leaves_with_bye_on_a_signal(router, sig):
+    listener = _listener(router, "user:41")
+    router.wait_for_log("peer connected: listen")
+    listener.send_signal(sig)
+    out, err = listener.communicate(timeout=10)
+    assert listener.returncode == 0, err
+    assert "Traceback" not in err
+    log = router.wait_for_log("peer disconnected: listen")
+    assert "peer disconnected: listen (endpoint, bye)" in log, log
+
+
+def test_listen_prints_router_errors_as_one_line():
+    """A router's ERROR after WELCOME (for example: another connection took over the
+    address) goes to stderr as one line, and listen goes on."""
+    import zmq
+
+    from router import protocol as P
+
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    url = f"tcp://127.0.0.1:{free_port()}"
+    sock.bind(url)
+    listener = subprocess.Popen([sys.executable, "-m", "router", "listen", "user:7", "--router",
+                                 url, "--timeout", "2"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert sock.poll(10_000), "listen sent no HELLO"
+        ident, hello = sock.recv_multipart()
+        assert hello[2] == P.Command.HELLO
+        sock.send_multipart([ident, P.prefix(P.Command.WELCOME) + P.WELCOME.pack(1000, 3, 1 << 20)])
+        sock.send_multipart([ident, P.prefix(P.Command.ERROR)
+                             + P.ERROR.pack(P.ErrorCode.BAD_ADDRESS, 0),
+                             b"user:7 was taken over by another connection"])
+        out, err = listener.communicate(timeout=15)
+    finally:
+        sock.close(linger=0)
+    assert listener.returncode == 0, err
+    assert err.strip().splitlines() == [
+        "router listen: router error BAD_ADDRESS (msg 0): user:7 was taken over by another "
+        "connection"], err
+
+
+# ---- one router per data directory ------------------------------------------------------
+
+def test_second_router_on_a_data_dir_refuses_and_a_killed_ones_lock_is_released(router):
+    out = run_cli("serve", "--data-dir", router.data_dir, "--bind", f"tcp://127.0.0.1:{free_port()}")
+    assert_clean_failure(out, router.data_dir, f"pid {router.pid}", "another router")
+    segments = sorted(os.listdir(os.path.join(router.data_dir, "journal")))
+    assert [s for s in segments if s.endswith(".log")] == ["0000000001.log"], segments
+    router.kill()
+    router.restart()  # the kernel dropped the SIGKILLed router's lock
+    again = run_cli("serve", "--data-dir", router.data_dir, "--bind", f"tcp://127.0.0.1:{free_port()}")
+    assert_clean_failure(again, f"pid {router.pid}")
