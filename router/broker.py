@@ -296,10 +296,10 @@ class Broker:
             raise Refusal(ErrorCode.MALFORMED,
                           f"service {name!r} is answered by the router itself: a worker "
                           f"cannot serve it; pick another service name")
+        svc = self.services.get(name) or self._register(name)  # may refuse: stay as is
         old = self.workers.get(identity)
         if old and old.service != name:
-            self.worker_gone(identity)
-        svc = self.services.get(name) or self._register(name)
+            self.worker_gone(identity)  # moving to another service
         w = self.workers.get(identity) or Worker(identity, name, credit)
         w.credit = credit  # 0 pauses it: it keeps its jobs, takes no new ones
         self.workers[identity] = w
