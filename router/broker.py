@@ -296,10 +296,10 @@ class Broker:
             raise Refusal(ErrorCode.MALFORMED,
                           f"service {name!r} is answered by the router itself: a worker "
                           f"cannot serve it; pick another service name")
+        svc = self.services.get(name) or self._register(name)  # may refuse: stay as is
         old = self.workers.get(identity)
         if old and old.service != name:
-            self.worker_gone(identity)
-        svc = self.services.get(name) or self._register(name)
+            self.worker_gone(identity)  # moving to another service
         w = self.workers.get(identity) or Worker(identity, name, credit)
         w.credit = credit  # 0 pauses it: it keeps its jobs, takes no new ones
         self.workers[identity] = w
@@ -375,6 +375,9 @@ class Broker:
         job_id, status = parse_reply(header)
         w = self.workers.get(identity)
         job = self.jobs.get(job_id)
+        if w is not None and job is None and job_id in w.jobs:
+            self._late_reply(w, job_id)
+            return
         if w is None or job is None or job.worker != identity:
             self._reply_without_job(identity, job_id, w)
         self._forget(job)
@@ -389,6 +392,16 @@ class Broker:
         self.counters["replies"] += 1
         self._observe(time.monotonic() - job.started)
         self._send(job.client, P.encode_reply(job.request_id, code), payload)
+        self._dispatch(self.services[w.service])
+
+    def _late_reply(self, w: Worker, job_id: int) -> None:
+        """The worker answered a job whose TTL passed while it held it (the client got
+        EXPIRED): tell it, then use the credit that is free again."""
+        w.jobs.discard(job_id)
+        self.counters["late_replies"] += 1
+        self._error(w.identity, ErrorCode.EXPIRED,
+                    f"job {job_id} expired before this REPLY (its TTL passed); the client "
+                    f"got EXPIRED and the reply was dropped", job_id)
         self._dispatch(self.services[w.service])
 
     def _reply_without_job(self, identity: bytes, job_id: int, w: Worker | None) -> None:
@@ -457,7 +470,9 @@ class Broker:
                 continue  # answered already
             code = ErrorCode.NO_SERVICE if job.worker is None and job.attempts == 0 \
                 else ErrorCode.EXPIRED
-            self._fail(job, code, "no reply before the request's TTL")
+            # A worker still working on it keeps the credit until it answers (late): it
+            # is busy, and handing it more would exceed the credit it asked for.
+            self._fail(job, code, "no reply before the request's TTL", release_worker=False)
         if len(self._deadlines) > 2 * len(self.jobs) + 1024:
             # answered requests with long TTLs leave entries behind: keep the heap small
             self._deadlines = [(j.deadline, j.job_id) for j in self.jobs.values()
@@ -483,13 +498,14 @@ class Broker:
                 self.worker_gone(w.identity)
                 return
 
-    def _forget(self, job: Job) -> None:
-        """Drop a job from every table that holds it."""
+    def _forget(self, job: Job, release_worker: bool = True) -> None:
+        """Drop a job from every table that holds it (but the credit it takes at its
+        worker, unless ``release_worker``)."""
         self.jobs.pop(job.job_id, None)
         self._held_bytes -= len(job.payload)
         if job.worker is not None:
             w = self.workers.get(job.worker)
-            if w is not None:
+            if w is not None and release_worker:
                 w.jobs.discard(job.job_id)
             return
         svc = self.services.get(job.service)
@@ -501,8 +517,8 @@ class Broker:
             if not early:
                 del self.unregistered[job.service]
 
-    def _fail(self, job: Job, code: ErrorCode, why: str) -> None:
-        self._forget(job)
+    def _fail(self, job: Job, code: ErrorCode, why: str, release_worker: bool = True) -> None:
+        self._forget(job, release_worker)
         key = {ErrorCode.NO_SERVICE: "no_service", ErrorCode.EXPIRED: "expired"}.get(code, "failed")
         self.counters[key] += 1
         self._send(job.client, P.encode_reply(job.request_id, code),

@@ -241,8 +241,9 @@ class Sender(Client):
         return orjson.loads(reply.payload)
 
     def presence(self, addresses: Iterable[str] = (), timeout: float = 5.0) -> dict:
-        """Which addresses are online: {address: online since (epoch seconds) or None};
-        with no addresses, every online one."""
+        """Which addresses are online: {address: online_since or None}, where
+        online_since is the Unix time in seconds (a float) at which the address's
+        current binding began, not a duration; with no addresses, every online one."""
         reply = self.request("router.presence", list(addresses), ttl_ms=int(timeout * 1000))
         if reply.code != ErrorCode.NONE:
             raise RouterError(reply.code, 0, reply.payload.decode(errors="replace"))

@@ -118,7 +118,7 @@ class ErrorCode(enum.IntEnum):
     WORKER_FAILED = 19  #: the request's workers kept dying; given up after max attempts
     SENDER_QUOTA = 20  #: this sender's messages waiting in the router are at its quota
     ADDRESS_TAKEN = 21  #: to the old holder: another connection bound this address
-    UNKNOWN_JOB = 22  #: REPLY for a job this worker does not hold (late, or never given)
+    UNKNOWN_JOB = 22  #: REPLY for a job this worker does not hold (moved, answered, never given)
     SERVICE_LIMIT = 23  #: READY for a new service while the service table is full
     BAD_CURSOR = 24  #: a HELLO/BIND cursor above MAX_CURSOR: the router cannot honour it
 

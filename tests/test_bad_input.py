@@ -382,3 +382,30 @@ def test_ready_with_credit_zero_pauses_a_worker(router):
         assert c.take_reply(rid2) is None  # still waiting, for another worker or a resume
         w.send(P.encode_ready("slowpoke", credit=2))
         assert w.recv_command(Command.REQUEST)[1] == b"second"
+
+
+def test_a_job_that_expires_at_its_worker_keeps_the_credit_until_the_late_reply(router):
+    with Peer(router.url) as w, Sender(router.url, "client") as c:
+        w.hello(Role.WORKER, "w-slow")
+        w.send(P.encode_ready("slow", credit=1))
+        first = c.submit("slow", b"one", ttl_ms=300)
+        job = P.decode_request(w.recv_command(Command.REQUEST)[0])[0]
+        deadline = time.monotonic() + 3
+        while (r := c.take_reply(first)) is None:  # the worker sits on it past the TTL
+            assert time.monotonic() < deadline
+            c.poll(0.05)
+        assert r.code == ErrorCode.EXPIRED
+        second = c.submit("slow", b"two", ttl_ms=5000)
+        _nothing_but_heartbeats(w, 0.3)  # still busy with the first: nothing more for it
+        w.send(P.encode_reply(job, 0), b"late")
+        code, mid, text = error_of(w)
+        assert (code, mid) == (ErrorCode.EXPIRED, job) and "TTL" in text
+        req = w.recv_command(Command.REQUEST)  # its credit is free: the second comes now
+        assert req[1] == b"two"
+        w.send(P.encode_reply(P.decode_request(req[0])[0], 0), b"two done")
+        while (r := c.take_reply(second)) is None:
+            assert time.monotonic() < deadline + 3
+            c.poll(0.05)
+        assert r.payload == b"two done"
+        c.poll(0.2)
+        assert c.take_reply(first) is None  # the late answer never reached the client

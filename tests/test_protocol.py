@@ -125,3 +125,57 @@ def test_bad_welcome_is_malformed_not_a_struct_error(frame):
     with pytest.raises(P.ProtocolError) as e:
         P.decode_welcome(frame)
     assert e.value.code == P.ErrorCode.MALFORMED and "WELCOME" in str(e.value)
+
+
+def _examples() -> list[tuple[str, bytes]]:
+    """(command, header bytes) of every frame in PROTOCOL.md §9, in order: hex bytes and
+    quoted names as written, annotations in parentheses and second frames (+ ...) left out."""
+    section = DOC.split("## 9.", 1)[1]
+    blocks = re.findall(r"```\n(.*?)```", section, re.S)
+    out: list[tuple[str, list[str]]] = []
+    for block in blocks:
+        for line in block.splitlines():
+            body = re.sub(r"\([^)]*\)", "", line).split(" + ")[0]
+            if not line.startswith(" "):
+                name, body = body.split(None, 1)
+                out.append((name, []))
+            out[-1][1].extend(re.findall(r'"[^"]*"|\b[0-9a-f]{2}\b', body))
+    frames = []
+    for name, tokens in out:
+        raw = b"".join(t[1:-1].encode() if t.startswith('"') else bytes.fromhex(t)
+                       for t in tokens)
+        frames.append((name, raw))
+    return frames
+
+
+def test_worked_examples_are_what_the_encoders_write():
+    ex = _examples()
+    assert [n for n, _ in ex] == ["HELLO", "WELCOME", "HELLO", "SEND", "RECEIPT", "DELIVER",
+                                  "ACK", "RECEIPT", "RECEIPT", "JOIN", "SEND", "RECEIPT",
+                                  "ERROR"]
+    frames = [f for _, f in ex]
+    cursor = 17
+    assert frames[0] == P.encode_hello(P.Role.ENDPOINT, "merchant-881", [("merchant:881", cursor)])
+    assert frames[1] == P.encode_welcome(1000, 3, 1 << 20, P.Tunables(
+        window=1024, retry_ms=1000, retry_max_ms=30000, max_attempts=20, dedup_ms=120000,
+        errors_per_second=20))
+    assert frames[2] == P.encode_hello(P.Role.SENDER, "orders")
+    mid = 0x1122334455667788
+    assert frames[3] == P.encode_send("merchant:881", mid, P.MsgClass.ORDER,
+                                      kind="order.created", ttl_ms=300_000)
+    assert P.decode_receipts(frames[4]) == [P.Receipt(mid, P.Status.ACCEPTED, P.ErrorCode.NONE)]
+    d = P.decode_deliver(frames[5], b"")
+    # the delivery is the next sequence after the cursor the merchant presented
+    assert (d.address, d.seq, d.msg_id, d.kind, d.sender, d.channel) == (
+        "merchant:881", cursor + 1, mid, "order.created", "orders", "")
+    assert frames[6] == P.encode_ack([("merchant:881", d.seq)])
+    assert P.decode_receipts(frames[7]) == [P.Receipt(mid, P.Status.DELIVERED, P.ErrorCode.NONE)]
+    assert P.decode_receipts(frames[8]) == [
+        P.Receipt(mid, P.Status.ACCEPTED, P.ErrorCode.NONE),
+        P.Receipt(mid + 1, P.Status.REFUSED, P.ErrorCode.QUEUE_FULL)]
+    assert frames[9] == P.encode_join("order:1001", ["user:7", "merchant:881"])
+    assert frames[10] == P.encode_send("order:1001", mid + 2, P.MsgClass.ORDER,
+                                       kind="order.notes", flags=P.Flag.CHANNEL)
+    assert P.decode_receipts(frames[11]) == [
+        P.Receipt(mid + 2, P.Status.REFUSED, P.ErrorCode.TOO_LARGE)]
+    assert P.decode_error(frames[12], b"")[:2] == (P.ErrorCode.TOO_LARGE, mid + 2)
