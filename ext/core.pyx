@@ -706,10 +706,10 @@ cdef class Core:
         cdef uint8_t cmd = h[2]
         if cmd == CMD_SEND or cmd == CMD_REQUEST or cmd == CMD_REPLY:
             if n != 3 or extra:
-                if cmd == CMD_SEND and hlen >= 20:
+                if cmd == CMD_SEND and hlen >= 12:
                     # the id is readable: refuse it like any other SEND, so the sender
                     # can tell which message failed
-                    self._refuse(pi, get64(h + 4), h[16], E_MALFORMED,
+                    self._refuse(pi, get64(h + 4), h[16] if hlen > 16 else 255, E_MALFORMED,
                                  "SEND takes a header frame and a payload frame")
                 else:
                     self._error(pi, E_MALFORMED, 0,

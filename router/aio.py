@@ -45,7 +45,7 @@ class AsyncClient:
         self.session = session
         self.endpoint = endpoint
         self.context = context or zmq.asyncio.Context.instance()
-        self.socket = make_socket(self.context, endpoint, None)
+        self.socket = make_socket(self.context, endpoint)
         self.errors: collections.deque[RouterError] = collections.deque(maxlen=1000)
         self.on_error = on_error
         self._welcomed = asyncio.Event()

@@ -47,10 +47,11 @@ log = logging.getLogger("router.client")
 FINAL = frozenset({Status.DELIVERED, Status.EXPIRED, Status.REFUSED, Status.FAILED})
 
 
-def make_socket(context: zmq.Context, endpoint: str, identity: bytes | None) -> zmq.Socket:
+def make_socket(context: zmq.Context, endpoint: str) -> zmq.Socket:
     """A DEALER for one session: unbounded queues (the router applies the bounds),
-    reconnect with backoff from 100 ms to 5 s, ZMTP heartbeats to notice a dead link,
-    and an optional fixed identity so a reconnect takes over the old connection.
+    reconnect with backoff from 100 ms to 5 s, ZMTP heartbeats to notice a dead link.
+    No fixed routing id: the router assigns one per connection, and a reconnect moves
+    the session's addresses by HELLO (docs/PROTOCOL.md §1).
     Raises ValueError for an endpoint that is not tcp://host:port or ipc://path."""
     check_endpoint(endpoint)
     sock = context.socket(zmq.DEALER)
@@ -61,8 +62,6 @@ def make_socket(context: zmq.Context, endpoint: str, identity: bytes | None) -> 
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
     sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
-    if identity:
-        sock.setsockopt(zmq.IDENTITY, identity)
     sock.connect(endpoint)
     return sock
 
@@ -79,12 +78,12 @@ class Client:
     """
 
     def __init__(self, session: Session, endpoint: str, context: zmq.Context | None,
-                 timeout: float, identity: bytes | None = None, *,
+                 timeout: float, *,
                  on_error: Callable[[RouterError], None] | None = None) -> None:
         self.session = session
         self.endpoint = endpoint
         self.context = context or zmq.Context.instance()
-        self.socket = make_socket(self.context, endpoint, identity)
+        self.socket = make_socket(self.context, endpoint)
         #: The latest router ERRORs seen on this connection, oldest first.
         self.errors: collections.deque[RouterError] = collections.deque(maxlen=1000)
         self.on_error = on_error
@@ -186,7 +185,6 @@ class Sender(Client):
                  compress_above: int = COMPRESS_ABOVE, timeout: float = 5.0,
                  on_receipt: Callable[[Receipt], None] | None = None,
                  keep_receipts: int = 100_000, resend_after: float = 3.0,
-                 identity: bytes | None = None,
                  on_error: Callable[[RouterError], None] | None = None) -> None:
         self.on_receipt = on_receipt
         self._latest: collections.OrderedDict[int, Receipt] = collections.OrderedDict()
@@ -194,7 +192,7 @@ class Sender(Client):
         self._inbox: collections.deque[Receipt] = collections.deque(maxlen=keep_receipts)
         self._replies: dict[int, Reply] = {}
         super().__init__(SenderSession(name, compress_above, resend_after), endpoint, context,
-                         timeout, identity, on_error=on_error)
+                         timeout, on_error=on_error)
 
     def send(self, target: str, data: Payload, *, kind: str = "",
              msg_class: MsgClass = MsgClass.ORDER, ttl_ms: int = 0, order: str | int = "",
@@ -329,13 +327,12 @@ class Endpoint(Client):
     def __init__(self, endpoint: str, addresses: Iterable[str], *, name: str | None = None,
                  role: Role = Role.ENDPOINT, cursors: dict[str, int] | None = None,
                  context: zmq.Context | None = None, timeout: float = 5.0,
-                 identity: bytes | None = None,
                  on_error: Callable[[RouterError], None] | None = None) -> None:
         addresses = list(addresses)
         name = name or (addresses[0] if addresses else "endpoint")
         self._ready: collections.deque[Delivery] = collections.deque()
         super().__init__(EndpointSession(name, addresses, role, cursors), endpoint, context,
-                         timeout, identity, on_error=on_error)
+                         timeout, on_error=on_error)
 
     @property
     def duplicates(self) -> int:
