@@ -145,10 +145,10 @@ def datasource_var() -> dict:
 
 
 def query_var(name: str, label: str, query: str, *, all_value: str | None = None,
-              multi: bool = True) -> dict:
+              multi: bool = True, regex: str = "") -> dict:
     v = {"name": name, "label": label, "type": "query", "datasource": DS,
          "query": {"query": query, "refId": f"{name}-var"}, "definition": query,
-         "refresh": 2, "sort": 1, "multi": multi, "hide": 0, "regex": "", "options": [],
+         "refresh": 2, "sort": 1, "multi": multi, "hide": 0, "regex": regex, "options": [],
          "includeAll": all_value is not None,
          "current": {"text": ["All"], "value": ["$__all"]} if all_value is not None else {}}
     if all_value is not None:
@@ -468,9 +468,13 @@ def dispatch() -> dict:
         datasource_var(),
         query_var("orders", "Order service",
                   "label_values(router_dispatch_offers_total, instance)", all_value=".*"),
+        # Not label_values(router_dispatch_decision_seconds_count, instance): every
+        # process that imports workers.dispatch.worker (the simulated city does, for the
+        # channel name) exports that histogram empty, and choosing it showed NaN. Only
+        # instances that have made decisions are dispatch workers.
         query_var("worker", "Dispatch worker",
-                  "label_values(router_dispatch_decision_seconds_count, instance)",
-                  all_value=".*"),
+                  "query_result(count by (instance) (router_dispatch_decision_seconds_count > 0))",
+                  all_value=".*", regex='/instance="([^"]+)"/'),
         query_var("router", "Router",
                   'label_values(router_service_workers{service="dispatch"}, instance)',
                   all_value=".*"),
