@@ -147,6 +147,8 @@ class Router:
             log.info("metrics on http://%s:%d/metrics (health: /healthz, /readyz)",
                      self.settings.metrics_host, self.settings.metrics_port)
         next_housekeeping = 0.0
+        if self.metrics:
+            self.metrics.refresh(force=True)  # a ready router has figures, not just versions
         self.health.set_ready(not self._stop.is_set())  # journal replayed, socket bound
         try:
             while not self._stop.is_set():

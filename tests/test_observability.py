@@ -231,7 +231,7 @@ def metrics_router(*args: str):
 
 def _answers(port: int) -> bool:
     try:
-        return "router_" in scrape(port)
+        return "router_metrics_snapshot_age_seconds" in scrape(port)  # a first snapshot
     except OSError:
         return False
 
