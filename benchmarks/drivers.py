@@ -94,7 +94,7 @@ def handshake(sock: zmq.Socket, hello: bytes, timeout: float) -> dict:
             skipped.append(f"unparseable {head[:16]!r}: {exc}")
             continue
         if cmd == P.Command.WELCOME:
-            hb_ms, liveness, max_payload = P.decode_welcome(head)
+            hb_ms, liveness, max_payload = P.decode_welcome(head)[:3]
             return {"heartbeat_ms": hb_ms, "liveness": liveness, "max_payload": max_payload}
         if cmd == P.Command.ERROR:
             code, mid, text = P.decode_error(head, frames[1] if len(frames) > 1 else b"")

@@ -46,9 +46,11 @@ cdef enum:
     EV_DISCONNECT = 2
     EV_ERROR = 3
     EV_STORAGE = 4
+    EV_TAKEOVER = 5
     OUTBOX_MAX = 100000       # receipts kept per disconnected sender name
     OUTBOX_NAMES = 10000      # disconnected sender names with kept receipts
     DEDUP_EXPIRE_PER_TICK = 20000  # dedup entries ended per tick at most (~7 ms)
+    EXPIRE_PER_TICK = 20000        # TTL expiries per tick at most (the rest: next tick)
     WALK_PER_SNAPSHOT = 100000     # addresses summed per metrics snapshot (~1-2 ms)
     H_ACCEPTED = 1            # history event kinds (router/history.py reads them)
     H_SENT = 2
@@ -82,26 +84,24 @@ cdef inline bint is_load_refusal(int code) noexcept nogil:
     return code == E_QUEUE_FULL or code == E_OVERLOADED or code == E_SENDER_QUOTA
 
 
-# Histogram bucket upper bounds, microseconds (router/metrics.py exports them in seconds).
-cdef uint64_t HOP_BOUNDS[17]
-cdef uint64_t DELIVERY_BOUNDS[15]
-cdef uint64_t COMMIT_BOUNDS[13]
-for _i, _v in enumerate((50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000,
-                         250000, 500000, 1000000, 2500000, 5000000, 10000000)):
-    HOP_BOUNDS[_i] = _v
-for _i, _v in enumerate((1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000,
-                         1000000, 2500000, 5000000, 10000000, 30000000, 60000000)):
-    DELIVERY_BOUNDS[_i] = _v
-for _i, _v in enumerate((100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000,
-                         250000, 500000, 1000000)):
-    COMMIT_BOUNDS[_i] = _v
+# Histogram bucket upper bounds, microseconds (router/metrics.py exports them in seconds),
+# shared by every latency histogram: the R10 preferred numbers (steps of 10**0.1, about
+# 1.26x) from 50 us to 50 s, then 60 s. A quantile read from them is off by at most one
+# step, so a p99 near 100 ms reads within about 25%.
+cdef uint64_t BOUNDS[N_BOUNDS]
+_R10 = (100, 125, 160, 200, 250, 315, 400, 500, 630, 800)
+_bounds = [50, 63, 80] + [v * 10 ** k for k in range(5) for v in _R10] + \
+    [v * 10 ** 5 for v in _R10[:8]] + [60000000]
+assert len(_bounds) == N_BOUNDS and _bounds == sorted(_bounds)
+for _i, _v in enumerate(_bounds):
+    BOUNDS[_i] = _v
 
 
-cdef inline void observe(uint64_t *buckets, const uint64_t *bounds, int n,
-                         uint64_t v) noexcept nogil:
-    """Count ``v`` into the first bucket whose bound holds it (bucket n: +Inf)."""
+cdef inline void observe(uint64_t *buckets, uint64_t v) noexcept nogil:
+    """Count ``v`` (us) into the first bucket whose bound holds it (the last: +Inf).
+    A linear scan: most values are small, so it ends within the first few bounds."""
     cdef int i = 0
-    while i < n and v > bounds[i]:
+    while i < N_BOUNDS and v > BOUNDS[i]:
         i += 1
     buckets[i] += 1
 
@@ -141,10 +141,10 @@ def _dedup_check(int ops, int keys, uint64_t seed) -> int:
 
 
 def histogram_bounds() -> dict:
-    """Bucket upper bounds in seconds, as the core counts them."""
-    return {"hop": [HOP_BOUNDS[i] / 1e6 for i in range(17)],
-            "delivery": [DELIVERY_BOUNDS[i] / 1e6 for i in range(15)],
-            "commit": [COMMIT_BOUNDS[i] / 1e6 for i in range(13)]}
+    """Bucket upper bounds in seconds, as the core counts them (one list for every
+    histogram: hop, delivery and commit)."""
+    bounds = [BOUNDS[i] / 1e6 for i in range(N_BOUNDS)]
+    return {"hop": bounds, "delivery": list(bounds), "commit": list(bounds)}
 
 
 cdef char _err[512]
@@ -211,19 +211,24 @@ cdef class Core:
     cdef unordered_map[string, vector[int]] channels
     cdef vector[int] dirty
     cdef vector[int] flush_peers   # _group_by_peer: peers with dirty addresses this pass
-    cdef vector[int] offline       # addresses that may hold reliable entries while unbound
+    cdef TimerHeap timers          # TTL deadlines of queued reliable entries (timers.h)
     cdef vector[Msg*] msg_pool     # released Msgs kept for reuse (_new_msg)
     cdef vector[int] receipt_peers
     cdef vector[int] blocked_peers
     cdef vector[Event] events
     cdef vector[BrokerMsg] broker_inbox
-    # metrics gauges from the address table: reliable, notice, location, offline, bound
-    cdef uint64_t gauges[5]
-    cdef uint64_t walk[5]
+    # metrics gauges from the address table: reliable, notice, location, offline backlog,
+    # bound addresses, offline addresses holding reliable entries; and the oldest
+    # accepted_us of any queued message (0: none)
+    cdef uint64_t gauges[6]
+    cdef uint64_t walk[6]
+    cdef uint64_t oldest_us
+    cdef uint64_t walk_oldest_us
     cdef size_t walk_pos
     cdef Counters c
     cdef uint64_t next_tick_ms
     cdef uint64_t now_us       # monotonic clock, read once per pass (not per message)
+    cdef uint64_t send_us      # monotonic clock when the current address flush began
     cdef uint64_t wall_now_us  # wall clock, read with it
     cdef uint64_t next_hb_ms
     # settings, see router.config.Settings
@@ -263,7 +268,6 @@ cdef class Core:
     cdef unordered_map[string, string] outbox   # receipts for senders not connected now
     cdef vector[int] inflight
     cdef string history
-    cdef uint64_t next_sweep_ms
 
     def __cinit__(self, socket, *, uint32_t max_payload=1 << 20, uint32_t window=1024,
                   uint32_t max_queue=100000, uint32_t max_addresses=1000000,
@@ -305,7 +309,6 @@ cdef class Core:
         self.addr_by_name.set_seed(int.from_bytes(os.urandom(8), "little"))
         self._clock()
         self.last_pi = -1
-        self.next_sweep_ms = mono_ms() + 1000
         self.next_tick_ms = mono_ms() + TICK_MS
         self.next_hb_ms = mono_ms() + heartbeat_ms
 
@@ -352,6 +355,7 @@ cdef class Core:
             "msgs_out": [self.c.msgs_out[i] for i in range(N_CLASSES)],
             "receipts": [self.c.receipts[i] for i in range(6)],
             "errors": {i: self.c.errors[i] for i in range(32) if self.c.errors[i]},
+            "refused": {i: self.c.refused[i] for i in range(32) if self.c.refused[i]},
         }
         c = &self.c
         d.update(bytes_in=c.bytes_in, bytes_out=c.bytes_out, fanout=c.fanout,
@@ -362,7 +366,7 @@ cdef class Core:
                  queued=c.queued, loops=c.loops, dedup_hits=c.dedup_hits,
                  redeliveries=c.redeliveries, failed=c.failed, commits=c.commits,
                  commit_failures=c.commit_failures, journal_bytes=c.journal_bytes,
-                 replayed=c.replayed)
+                 replayed=c.replayed, takeovers=c.takeovers)
         d["peers"] = self.peer_by_id.size()
         d["addresses"] = self.addr_by_name.size()
         d["sender_names"] = self.sender_ids.size()
@@ -381,16 +385,25 @@ cdef class Core:
                 roles[self.peers[i].role] += 1
         d = self.stats()
         d.update({
-            "hop": [[self.c.hop[k][i] for i in range(18)] for k in range(N_CLASSES)],
+            "hop": [[self.c.hop[k][i] for i in range(N_BUCKETS)] for k in range(N_CLASSES)],
             "hop_sum_us": [self.c.hop_sum_us[k] for k in range(N_CLASSES)],
-            "delivery": [[self.c.delivery[k][i] for i in range(16)] for k in range(N_CLASSES)],
+            "delivery": [[self.c.delivery[k][i] for i in range(N_BUCKETS)]
+                         for k in range(N_CLASSES)],
             "delivery_sum_us": [self.c.delivery_sum_us[k] for k in range(N_CLASSES)],
-            "commit": [self.c.commit[i] for i in range(14)],
+            "delivery_offline": [[self.c.delivery_offline[k][i] for i in range(N_BUCKETS)]
+                                 for k in range(N_CLASSES)],
+            "delivery_offline_sum_us": [self.c.delivery_offline_sum_us[k]
+                                        for k in range(N_CLASSES)],
+            "commit": [self.c.commit[i] for i in range(N_BUCKETS)],
             "commit_sum_us": self.c.commit_sum_us,
             "queued_by_kind": {"reliable": self.gauges[0], "notice": self.gauges[1],
                                "location": self.gauges[2]},
             "offline_backlog": self.gauges[3],
             "bound_addresses": self.gauges[4],
+            "offline_addresses": self.gauges[5],
+            "oldest_queued_us": (wall_us() - self.oldest_us
+                                 if self.oldest_us and wall_us() > self.oldest_us else 0),
+            "ttl_timers": self.timers.size(),
             "addresses": self.addrs.size(),
             "address_limit": self.max_addresses,
             "peers_by_role": {"sender": roles[1], "endpoint": roles[2], "gateway": roles[3],
@@ -412,14 +425,26 @@ cdef class Core:
             self.walk[2] += a.latest.size()
             if a.peer >= 0:
                 self.walk[4] += 1
-            else:
+            elif not a.rel.empty():
                 self.walk[3] += a.rel.size()
+                self.walk[5] += 1
+            # queues are in arrival order: each one's oldest message is at its front
+            if not a.rel.empty():
+                self._walk_oldest(a.rel.front().msg.accepted_us)
+            if not a.notices.empty():
+                self._walk_oldest(a.notices.front().accepted_us)
             self.walk_pos += 1
         if self.walk_pos >= self.addrs.size():
-            for k in range(5):
+            for k in range(6):
                 self.gauges[k] = self.walk[k]
                 self.walk[k] = 0
+            self.oldest_us = self.walk_oldest_us
+            self.walk_oldest_us = 0
             self.walk_pos = 0
+
+    cdef inline void _walk_oldest(self, uint64_t accepted_us) noexcept nogil:
+        if self.walk_oldest_us == 0 or accepted_us < self.walk_oldest_us:
+            self.walk_oldest_us = accepted_us
 
 
     def drain_broker(self) -> list:
@@ -431,14 +456,18 @@ cdef class Core:
     def drain_events(self) -> list:
         """Connects, disconnects and errors since the last call, as tuples
         ``(kind, name, role, identity, code, naddrs)`` with kind in
-        ``"connect" | "disconnect" | "error" | "storage"``; for a disconnect ``code`` is
-        the reason: ``"bye" | "heartbeat timeout" | "unreachable"``."""
+        ``"connect" | "disconnect" | "error" | "storage" | "takeover"``; for a disconnect
+        ``code`` is the reason: ``"bye" | "heartbeat timeout" | "unreachable"``; for a
+        takeover (another connection bound one of this peer's addresses) it is the text
+        ``"<address> by <new holder's name>"``."""
         kinds = {EV_CONNECT: "connect", EV_DISCONNECT: "disconnect", EV_ERROR: "error",
-                 EV_STORAGE: "storage"}
+                 EV_STORAGE: "storage", EV_TAKEOVER: "takeover"}
         reasons = {REASON_BYE: "bye", REASON_TIMEOUT: "heartbeat timeout",
                    REASON_UNREACHABLE: "unreachable"}
         out = [(kinds[e.kind], e.name.decode(errors="replace"), e.role, bytes(e.identity),
-                reasons[e.code] if e.kind == EV_DISCONNECT else e.code, e.naddrs)
+                reasons[e.code] if e.kind == EV_DISCONNECT else
+                e.detail.decode(errors="replace") if e.kind == EV_TAKEOVER else e.code,
+                e.naddrs)
                for e in self.events]
         self.events.clear()
         return out
@@ -677,8 +706,14 @@ cdef class Core:
         cdef uint8_t cmd = h[2]
         if cmd == CMD_SEND or cmd == CMD_REQUEST or cmd == CMD_REPLY:
             if n != 3 or extra:
-                self._error(pi, E_MALFORMED, 0,
-                            "SEND/REQUEST/REPLY take a header frame and a payload frame")
+                if cmd == CMD_SEND and hlen >= 20:
+                    # the id is readable: refuse it like any other SEND, so the sender
+                    # can tell which message failed
+                    self._refuse(pi, get64(h + 4), h[16], E_MALFORMED,
+                                 "SEND takes a header frame and a payload frame")
+                else:
+                    self._error(pi, E_MALFORMED, 0,
+                                "SEND/REQUEST/REPLY take a header frame and a payload frame")
                 return
         elif n != 2 or extra:
             self._error(pi, E_MALFORMED, 0, "this command takes exactly one header frame")
@@ -836,9 +871,15 @@ cdef class Core:
             self._refuse(pi, msg_id, cls, E_TOO_LARGE,
                          "payload over the router's cap (see WELCOME max_payload)")
             return
-        if lt == 0 or not valid_name(h + 20, lt):
+        if flags & FLAG_CHANNEL:
+            if lt == 0 or not valid_name(h + 20, lt):
+                self._refuse(pi, msg_id, cls, E_BAD_ADDRESS,
+                             "channel must be 1..255 printable ASCII bytes without spaces")
+                return
+        elif not valid_address(h + 20, lt):
             self._refuse(pi, msg_id, cls, E_BAD_ADDRESS,
-                         "target must be 1..255 printable ASCII bytes without spaces")
+                         "target must be an address <kind>:<id> (both parts non-empty), "
+                         "1..255 printable ASCII bytes without spaces")
             return
         cdef int single
         cdef const int *targets = &single    # one address, or a channel's members
@@ -870,7 +911,7 @@ cdef class Core:
             self._refuse(pi, msg_id, cls, code, admit_text(code))
             return
         cdef Msg *m = self._new_msg()
-        m.recv_us = self.now_us
+        m.recv_us = mono_us()  # per message: the pass clock would hide the hop's own time
         zmqapi.msg_init(&m.payload)
         zmqapi.msg_move(&m.payload, payload)
         m.msg_id = msg_id
@@ -942,8 +983,8 @@ cdef class Core:
             e.msg = m
             a.rel.push_back(e)
             m.pending += 1
-            if a.peer < 0:
-                self._note_offline(ai)
+            if m.expire_us:
+                self.timers.push(m.expire_us, ai, e.seq)
             if self.store is not None:
                 self._journal_msg(a, m, e.seq)
                 self.uncommitted_addrs.push_back(ai)
@@ -1039,7 +1080,7 @@ cdef class Core:
         with gil:
             ok = self._store_commit()
         t0 = mono_us() - t0
-        observe(self.c.commit, COMMIT_BOUNDS, 13, t0)
+        observe(self.c.commit, t0)
         self.c.commit_sum_us += t0
         self.jbuf.clear()
         self.jsync = False
@@ -1259,7 +1300,8 @@ cdef class Core:
         e.seq = seq
         e.msg = m
         a.rel.push_back(e)
-        self._note_offline(ai)  # nobody is bound during replay
+        if m.expire_us:
+            self.timers.push(m.expire_us, ai, seq)
         m.pending += 1
         m.refs += 1
         self._queued(m)
@@ -1335,6 +1377,7 @@ cdef class Core:
         cdef Peer *p = self.peers[pi]
         if p.blocked:
             return True
+        self.send_us = mono_us()
         while a.sent < a.rel.size() and a.sent < self.window:
             m = a.rel[a.sent].msg
             if m.expire_us and now >= m.expire_us:
@@ -1417,9 +1460,13 @@ cdef class Core:
             zmqapi.msg_close(&body)
         self.c.msgs_out[m.cls] += 1
         self.c.bytes_out += zmqapi.msg_size(&m.payload)
-        cdef uint64_t hop = self.now_us - m.recv_us if self.now_us > m.recv_us else 0
-        observe(self.c.hop[m.cls], HOP_BOUNDS, 17, hop)
-        self.c.hop_sum_us[m.cls] += hop
+        cdef uint64_t hop
+        if a.online_since_us <= m.accepted_us and a.attempts == 0:
+            # the hop proper: recipient online when it came, first send (time spent
+            # waiting for an offline recipient or a retry is not the router's hop)
+            hop = self.send_us - m.recv_us if self.send_us > m.recv_us else 0
+            observe(self.c.hop[m.cls], hop)
+            self.c.hop_sum_us[m.cls] += hop
         return 0
 
     cdef void _to_broker(self, int pi, zmq_msg_t *f, int n) noexcept nogil:
@@ -1453,8 +1500,12 @@ cdef class Core:
             m = a.rel.front().msg
             if not self.replaying:
                 lat = now_wall - m.accepted_us if now_wall > m.accepted_us else 0
-                observe(self.c.delivery[m.cls], DELIVERY_BOUNDS, 15, lat)
-                self.c.delivery_sum_us[m.cls] += lat
+                if a.peer >= 0 and a.online_since_us <= m.accepted_us:
+                    observe(self.c.delivery[m.cls], lat)  # bound since before it came
+                    self.c.delivery_sum_us[m.cls] += lat
+                else:
+                    observe(self.c.delivery_offline[m.cls], lat)  # waited for the recipient
+                    self.c.delivery_offline_sum_us[m.cls] += lat
             if not m.order.empty() and not self.replaying:
                 self._hist(H_ACKED, m, a.name, a.rel.front().seq, 0, 0)
             a.rel.pop_front()
@@ -1598,6 +1649,8 @@ cdef class Core:
         """Refuse one SEND: a REFUSED receipt for reliable (or unknown) classes, and an ERROR."""
         if cls <= CLASS_CHAT or cls >= N_CLASSES:
             self._receipt_to(pi, self.peers[pi].gen, msg_id, ST_REFUSED, code)
+            if code < 32:
+                self.c.refused[code] += 1
         self._error(pi, code, msg_id, text)
 
     cdef void _error(self, int pi, uint16_t code, uint64_t msg_id, const char *text) noexcept nogil:
@@ -1608,17 +1661,21 @@ cdef class Core:
         cdef size_t tl = 0
         if p.gone:
             return  # nothing is sent to a departed connection
+        if code < 32:
+            self.c.errors[code] += 1  # counted whether or not the limit lets it out
         if now - p.err_window_ms >= 1000:
             p.err_window_ms = now
             p.errs = 0
         p.errs += 1
-        if p.errs > self.errors_per_second + 1:
+        if p.errs > self.errors_per_second:
             self.c.errors_suppressed += 1
-            return
-        if p.errs == self.errors_per_second + 1:
+            if p.errs > self.errors_per_second + 1:
+                return
+            # the first one over the limit is replaced by a notice that the rest are quiet
             code = E_RATE_LIMITED
             msg_id = 0
             text = "too many bad requests: further errors this second are not reported"
+            self.c.errors[code] += 1
         hdr[0] = SIGNATURE
         hdr[1] = VERSION
         hdr[2] = CMD_ERROR
@@ -1627,8 +1684,6 @@ cdef class Core:
         put64(hdr + 6, msg_id)
         while text[tl] != 0:
             tl += 1
-        if code < 32:
-            self.c.errors[code] += 1
         if zmqapi.send(self.sock, p.identity.data(), p.identity.size(),
                        ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0:
             return
@@ -1638,8 +1693,11 @@ cdef class Core:
             self._event(EV_ERROR, pi, code)  # one log line per peer per second at most
 
     cdef void _welcome(self, int pi) noexcept nogil:
+        """WELCOME: heartbeat, liveness and payload cap, then the extension (layout 1,
+        router/protocol.py WELCOME_EXT) with the tunables a client needs to behave:
+        window, retry interval and cap, max attempts, dedup window, error rate."""
         cdef Peer *p = self.peers[pi]
-        cdef uint8_t hdr[13]
+        cdef uint8_t hdr[38]
         hdr[0] = SIGNATURE
         hdr[1] = VERSION
         hdr[2] = CMD_WELCOME
@@ -1647,9 +1705,16 @@ cdef class Core:
         put32(hdr + 4, self.hb_ms)
         hdr[8] = <uint8_t>self.liveness
         put32(hdr + 9, self.max_payload)
+        hdr[13] = WELCOME_EXT_VERSION
+        put32(hdr + 14, self.window)
+        put32(hdr + 18, self.retry_ms)
+        put32(hdr + 22, self.retry_max_ms)
+        put32(hdr + 26, self.max_attempts)
+        put32(hdr + 30, <uint32_t>self.dedup_ms)
+        put32(hdr + 34, self.errors_per_second)
         if zmqapi.send(self.sock, p.identity.data(), p.identity.size(),
                        ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0:
-            zmqapi.send(self.sock, hdr, 13, 0)
+            zmqapi.send(self.sock, hdr, 38, 0)
 
     # ---- peers and addresses -------------------------------------------------------------
 
@@ -1697,9 +1762,10 @@ cdef class Core:
 
     cdef int _address_slot(self, int pi, const uint8_t *name, uint8_t ln) noexcept nogil:
         """Find or create an address; on a bad name or a full table, refuse and return -1."""
-        if ln == 0 or not valid_name(name, ln):
+        if not valid_address(name, ln):
             self._error(pi, E_BAD_ADDRESS, 0,
-                        "addresses are 1..255 printable ASCII bytes without spaces")
+                        "an address is <kind>:<id> (both parts non-empty), 1..255 "
+                        "printable ASCII bytes without spaces")
             return -1
         return self._address_of(pi, string(<const char *>name, ln))
 
@@ -1721,7 +1787,7 @@ cdef class Core:
         a.acked = 0
         a.sent = 0
         a.dirty = False
-        a.swept = False
+        a.online_since_us = 0
         cdef int ai = <int>self.addrs.size()
         self.addrs.push_back(a)
         self.addr_by_name.insert(&a.name)
@@ -1731,11 +1797,10 @@ cdef class Core:
         """Bind an address to a peer; ``cursor`` is the last sequence the peer holds."""
         cdef Address *a = self.addrs[ai]
         if a.peer >= 0 and a.peer != pi:
-            remove_int(self.peers[a.peer].addrs, ai)  # the newest binding wins
+            self._taken_over(a.peer, pi, ai)  # the newest binding wins
         if a.peer != pi:
             self.peers[pi].addrs.push_back(ai)
-        if a.peer != pi:
-            a.online_since_us = wall_us()
+            a.online_since_us = self.wall_now_us  # the pass clock, as accepted_us
         a.peer = pi
         a.attempts = 0
         if cursor > a.next_seq:
@@ -1746,19 +1811,28 @@ cdef class Core:
         a.sent = 0  # anything unacked goes again, in order
         self._mark_dirty(ai)
 
+    cdef void _taken_over(self, int old, int pi, int ai) noexcept nogil:
+        """Another connection binds an address ``old`` holds: tell the old holder (an
+        ERROR it can show, rate-limited like any other) and log it once per second per
+        old holder, naming both peers."""
+        cdef Peer *o = self.peers[old]
+        cdef Address *a = self.addrs[ai]
+        cdef char text[600]
+        cdef bint first = o.errs == 0 or mono_ms() - o.err_window_ms >= 1000
+        remove_int(o.addrs, ai)
+        self.c.takeovers += 1
+        snprintf(text, sizeof(text), "address %s was bound by another connection (%s): "
+                 "deliveries for it go there now", a.name.c_str(), self.peers[pi].name.c_str())
+        self._error(old, E_ADDRESS_TAKEN, 0, text)
+        if first:
+            self._event(EV_TAKEOVER, old, 0)
+            self.events.back().detail = a.name + string(b" by ") + self.peers[pi].name
+
     cdef void _unbind(self, int pi, int ai) noexcept nogil:
         cdef Address *a = self.addrs[ai]
         remove_int(self.peers[pi].addrs, ai)
         a.peer = -1
         a.sent = 0
-        self._note_offline(ai)
-
-    cdef inline void _note_offline(self, int ai) noexcept nogil:
-        """List an unbound address with reliable entries for the TTL sweep (_sweep), once."""
-        cdef Address *a = self.addrs[ai]
-        if not a.swept and not a.rel.empty():
-            a.swept = True
-            self.offline.push_back(ai)
 
     cdef void _unbind_all(self, int pi) noexcept nogil:
         cdef Peer *p = self.peers[pi]
@@ -1769,7 +1843,6 @@ cdef class Core:
             if a.peer == pi:
                 a.peer = -1
                 a.sent = 0
-                self._note_offline(p.addrs[i])
         p.addrs.clear()
 
     cdef void _drop_peer(self, int pi, int reason) noexcept nogil:
@@ -1812,7 +1885,7 @@ cdef class Core:
         cdef size_t i
         cdef vector[int] keep
         cdef Address *a
-        cdef uint64_t backoff
+        cdef uint64_t backoff, resent
         cdef Msg *m
         for i in range(self.inflight.size()):
             a = self.addrs[self.inflight[i]]
@@ -1825,13 +1898,14 @@ cdef class Core:
             if now - a.inflight_ms < backoff:
                 continue
             a.attempts += 1
+            resent = a.sent  # every message of the window goes again
             if self.max_attempts and a.attempts > self.max_attempts:
-                m = a.rel.front().msg
                 a.sent = 1
                 self._expire_entry(a, 0, ST_FAILED, E_MAX_ATTEMPTS)
                 self.c.failed += 1
                 a.attempts = 0
-            self.c.redeliveries += 1
+                resent -= 1  # ... but the head, which failed
+            self.c.redeliveries += resent
             a.sent = 0
             a.inflight_ms = 0
             self._mark_dirty(self.inflight[i])
@@ -1852,29 +1926,51 @@ cdef class Core:
             self.dedup_exp.pop_front()
             n += 1
 
-    cdef void _sweep(self, uint64_t now) noexcept nogil:
-        """Once a second: expire TTLs in the queues of unbound addresses. Only those
-        listed in ``offline`` are visited (not the whole table: with a million
-        addresses that walk stalled the loop ~40 ms a second); an address leaves the
-        list once it is bound again or its queue is empty."""
-        cdef size_t i, j
-        cdef int ai
+    cdef void _expire_ttls(self, uint64_t now) noexcept nogil:
+        """Every tick: expire the reliable entries whose TTL has passed, queued or in
+        flight, bound or not, from the deadline heap (at most EXPIRE_PER_TICK a tick).
+        A timer whose entry was acked or dropped meanwhile finds nothing and is dropped."""
+        cdef int n = 0
+        cdef Timer t
         cdef Address *a
-        cdef vector[int] keep
-        for i in range(self.offline.size()):
-            ai = self.offline[i]
-            a = self.addrs[ai]
-            if a.peer >= 0 or a.rel.empty():
-                a.swept = False
+        cdef long idx
+        while n < EXPIRE_PER_TICK and not self.timers.empty() and self.timers.top().due_ms <= now:
+            t = self.timers.top()
+            self.timers.pop()
+            a = self.addrs[t.addr]
+            idx = self._entry_index(a, t.seq)
+            if idx < 0 or a.rel[idx].msg.expire_us == 0 or a.rel[idx].msg.expire_us > now:
                 continue
-            keep.push_back(ai)
-            j = 0
-            while j < a.rel.size():
-                if a.rel[j].msg.expire_us and now >= a.rel[j].msg.expire_us:
-                    self._expire_entry(a, j, ST_EXPIRED, E_EXPIRED)
-                else:
-                    j += 1
-        self.offline.swap(keep)
+            self._expire_entry(a, <size_t>idx, ST_EXPIRED, E_EXPIRED)
+            if a.peer >= 0:
+                self._mark_dirty(t.addr)  # the window has room for the next entry
+            n += 1
+        if self.timers.size() > 2 * self.c.queued + 65536:
+            self._compact_timers()
+
+    cdef long _entry_index(self, Address *a, uint64_t seq) noexcept nogil:
+        """Index of the entry with ``seq`` in the address's reliable queue, or -1
+        (binary search: the queue is in sequence order)."""
+        cdef size_t lo = 0, hi = a.rel.size(), mid
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if a.rel[mid].seq < seq:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < a.rel.size() and a.rel[lo].seq == seq:
+            return <long>lo
+        return -1
+
+    cdef void _compact_timers(self) noexcept nogil:
+        """Drop the timers of entries that are gone (acked before their deadline)."""
+        cdef size_t i, kept = 0
+        cdef Timer *ts = self.timers.slots()
+        for i in range(self.timers.size()):
+            if self._entry_index(self.addrs[ts[i].addr], ts[i].seq) >= 0:
+                ts[kept] = ts[i]
+                kept += 1
+        self.timers.keep_first(kept)
 
     cdef void _tick(self, uint64_t now) noexcept nogil:
         """Liveness and heartbeats, every TICK_MS."""
@@ -1891,9 +1987,7 @@ cdef class Core:
         if not self.inflight.empty():
             self._redeliver(now)
         self._expire_dedup(now)
-        if now >= self.next_sweep_ms:
-            self.next_sweep_ms = now + 1000
-            self._sweep(now)
+        self._expire_ttls(now)
         if beat:
             self.next_hb_ms = now + self.hb_ms
         for i in range(self.peers.size()):

@@ -20,6 +20,20 @@ cdef extern from "fifo.h" nogil:
         void erase_at(size_t)
         void clear()
 
+cdef extern from "timers.h" nogil:
+    cdef struct Timer:
+        uint64_t due_ms
+        uint64_t seq
+        int addr
+    cdef cppclass TimerHeap:
+        bint empty()
+        size_t size()
+        const Timer &top()
+        void push(uint64_t, int, uint64_t)
+        void pop()
+        Timer *slots()
+        void keep_first(size_t)
+
 cdef extern from "names.h" nogil:
     cdef cppclass NameIndex:
         size_t size()
@@ -33,6 +47,8 @@ cdef extern from "names.h" nogil:
 
 cdef enum:
     TMPL_INLINE = 96        # most templates (33 bytes + kind + sender + channel) fit here
+    N_BOUNDS = 62           # latency histogram bounds (core.pyx BOUNDS); +1 bucket: +Inf
+    N_BUCKETS = 63
 
 cdef cppclass Msg:
     zmq_msg_t payload       # the payload frame as received, shared by zmq_msg_copy
@@ -42,7 +58,7 @@ cdef cppclass Msg:
     uint64_t msg_id
     uint64_t accepted_us    # wall clock, microseconds, when the router took it
     uint64_t expire_us      # monotonic deadline, 0 = no TTL
-    uint64_t recv_us        # monotonic microseconds when the router received it (hop latency)
+    uint64_t recv_us        # monotonic microseconds when the router read it (hop latency)
     int sender              # peer slot of the sender
     uint32_t sender_gen     # that slot's generation when the message arrived
     string sender_name      # receipts follow the sender's name across reconnects
@@ -81,7 +97,7 @@ cdef struct DedupExp:
 cdef cppclass Address:
     string name
     int peer                # bound peer slot, -1 = offline
-    uint64_t online_since_us  # wall clock of the current binding (presence)
+    uint64_t online_since_us  # wall clock of the current binding (presence; latency split)
     uint64_t inflight_ms    # when the in-flight head was (re)sent; 0 = nothing in flight
     uint32_t attempts       # redeliveries of the in-flight head without ack progress
     bool tracked            # listed in Core.inflight (redelivery timer)
@@ -93,7 +109,6 @@ cdef cppclass Address:
     unordered_map[string, Msg*] latest   # conflated location per key
     Fifo[string] latest_order            # keys in arrival order
     bool dirty              # listed in Core.dirty
-    bool swept              # listed in Core.offline (TTL sweep of unbound addresses)
 
 cdef cppclass Peer:
     string identity         # ROUTER routing id
@@ -121,8 +136,10 @@ cdef struct Counters:
     uint64_t receipts[6]        # by status
     uint64_t receipts_dropped   # sender gone before its receipt
     uint64_t acks_in
-    uint64_t errors[32]         # ERROR sent, by code
-    uint64_t errors_suppressed  # rate-limited
+    uint64_t errors[32]         # ERRORs decided, by code (before the rate limit)
+    uint64_t errors_suppressed  # ... of which not sent: over the peer's rate limit
+    uint64_t refused[32]        # REFUSED receipts, by code
+    uint64_t takeovers          # addresses moved to another connection while bound
     uint64_t shed               # best-effort dropped for space
     uint64_t conflated          # location replaced by a newer one
     uint64_t expired
@@ -132,26 +149,30 @@ cdef struct Counters:
     uint64_t queued             # messages held (all queues)
     uint64_t loops
     uint64_t dedup_hits
-    uint64_t redeliveries       # in-flight windows sent again after no ack
+    uint64_t redeliveries       # in-flight messages sent again after no ack
     uint64_t failed             # given up after max attempts
     uint64_t commits            # journal group commits
     uint64_t commit_failures
     uint64_t journal_bytes      # bytes handed to the store
     uint64_t replayed           # messages restored from the journal at start
-    uint64_t hop[5][18]         # histogram buckets (HOP_BOUNDS), per class
+    # histogram buckets over BOUNDS (core.pyx), per class
+    uint64_t hop[5][N_BUCKETS]  # read -> DELIVER sent, recipient online, first send
     uint64_t hop_sum_us[5]
-    uint64_t delivery[5][16]    # accepted -> ack (DELIVERY_BOUNDS), per class
+    uint64_t delivery[5][N_BUCKETS]  # accepted -> ack, recipient bound throughout
     uint64_t delivery_sum_us[5]
-    uint64_t commit[14]         # journal commit time (COMMIT_BOUNDS)
+    uint64_t delivery_offline[5][N_BUCKETS]  # accepted -> ack, recipient was away
+    uint64_t delivery_offline_sum_us[5]
+    uint64_t commit[N_BUCKETS]  # journal commit time
     uint64_t commit_sum_us
 
 cdef struct Event:
-    int kind                    # EV_CONNECT / EV_DISCONNECT / EV_ERROR (core.pyx)
+    int kind                    # EV_CONNECT / EV_DISCONNECT / EV_ERROR / EV_TAKEOVER
     int code                    # error code, or disconnect reason
     uint8_t role
     uint32_t naddrs
     string name
     string identity
+    string detail               # EV_TAKEOVER: "<address> by <new holder's name>"
 
 cdef struct BrokerMsg:
     string identity             # routing id of the peer

@@ -49,6 +49,18 @@ cdef inline bint valid_name(const uint8_t *p, size_t n) noexcept nogil:
     return True
 
 
+cdef inline bint valid_address(const uint8_t *p, size_t n) noexcept nogil:
+    """An address is ``<kind>:<id>``: a valid name with a colon that has at least one
+    byte on each side (``merchant:881``; not ``merchant``, ``merchant:`` or ``:881``)."""
+    cdef size_t i
+    if not valid_name(p, n):
+        return False
+    for i in range(1, n - 1 if n > 1 else 1):
+        if p[i] == 0x3a:
+            return True
+    return False
+
+
 cdef inline bint valid_cursor_list(const uint8_t *h, size_t hlen, size_t off) noexcept nogil:
     """A count, then that many [len][name][u64 seq] entries, ending exactly at hlen."""
     if off + 2 > hlen:

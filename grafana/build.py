@@ -350,8 +350,11 @@ def overview() -> dict:
         target(f"sum by (service) (router_service_workers{{{s}}})", "{{service}}")],
         w=6, description="Live workers registered per service.")
     L.timeseries("Waiting requests by service", [
-        target(f"sum by (service) (router_service_waiting_requests{{{s}}})", "{{service}}")],
-        w=6, description="Requests queued at the router for want of a free worker.")
+        target(f"sum by (service) (router_service_waiting_requests{{{s}}})", "{{service}}"),
+        target(f"sum(router_service_unregistered_waiting_requests{{{s}}})",
+               "for unregistered services")],
+        w=6, description="Requests queued at the router for want of a free worker, and "
+        "those waiting for a service no worker has registered yet.")
     L.timeseries("Worker credit and busy requests", [
         target(f"sum by (service) (router_service_worker_credit{{{s}}})", "free credit {{service}}"),
         target(f"sum by (service) (router_service_busy_requests{{{s}}})", "busy {{service}}")],
@@ -359,8 +362,10 @@ def overview() -> dict:
         "requests a worker is handling. Credit 0 with requests waiting: add workers.")
     L.timeseries("Service requests by outcome", [
         target(f"sum by (outcome) (rate(router_service_requests_total{{{s}}}[{RATE}]))",
-               "{{outcome}}")],
-        unit="reqps", w=6, description="replied, expired, no_service, failed.")
+               "{{outcome}}"),
+        target(f"sum(rate(router_service_late_replies_total{{{s}}}[{RATE}]))", "late replies")],
+        unit="reqps", w=6, description="replied, expired, no_service, failed, queue_full; "
+        "and replies that came after their request was over.")
     L.timeseries("Service request latency",
                  quantiles("router_service_request_seconds", "", qs=(0.5, 0.99)), unit="s",
                  w=6, description="Request received until the worker's reply was sent back.")

@@ -1,12 +1,18 @@
 """Service broker: requests balanced over live workers (the Majordomo pattern).
 
 A worker connects like any peer (HELLO, role WORKER), then says READY with a service
-name and a credit (requests it takes in parallel). A client sends REQUEST(service,
-request id, ttl); the broker picks the worker with free credit that has waited longest,
-forwards the request under a broker-assigned job id, and routes the worker's REPLY back
-under the client's request id. When a worker dies (heartbeat timeout, unreachable, BYE)
-its jobs go to another worker; a request whose TTL passes before a reply gets a REPLY
-with ``NO_SERVICE`` (never served) or ``EXPIRED``.
+name and a credit (requests it takes in parallel; 0 pauses it). A client sends
+REQUEST(service, request id, ttl); the broker picks the worker with free credit that has
+waited longest, forwards the request under a broker-assigned job id, and routes the
+worker's REPLY back under the client's request id. When a worker dies (heartbeat timeout,
+unreachable, BYE) its jobs go to another worker; a request whose TTL passes before a
+reply gets a REPLY with ``NO_SERVICE`` (never served) or ``EXPIRED``.
+
+Everything a peer can make the broker hold is bounded: registered services (a worker
+said READY for them, at most ``max_services``), requests waiting per service, requests
+waiting for names no worker registered, and the bytes of all requests held. Bad service
+commands get an ERROR that names what was wrong in protocol terms, at most
+``errors_per_second`` per peer per second, as the core does for every other command.
 
 Service traffic is thousands of messages a second at most, so this lives in Python; the
 native core hands it over (Core.drain_broker) and returns from its loop right away.
@@ -14,25 +20,150 @@ native core hands it over (Core.drain_broker) and returns from its loop right aw
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
-import struct
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
 import zmq
 
 from . import protocol as P
-from .protocol import Command, ErrorCode
+from .protocol import Command, ErrorCode, Role
 
 log = logging.getLogger("router.broker")
 
 #: Times a request is handed to a worker before it fails with WORKER_FAILED.
 MAX_ATTEMPTS = 3
+#: Service names that may be registered (a worker said READY for them) at once.
+MAX_SERVICES = 1000
+#: Requests waiting for a worker, per registered service; beyond it: REPLY QUEUE_FULL.
+MAX_WAITING = 10_000
+#: Requests waiting, over all names, for services no worker has registered (yet).
+MAX_UNREGISTERED = 10_000
+#: Payload bytes of all requests the broker holds (waiting or being served).
+MAX_HELD_BYTES = 256 << 20
+#: Connections whose non-WORKER role the broker remembers (to refuse their READY).
+MAX_TRACKED_PEERS = 1 << 20
 #: Upper bounds (seconds) of the request-to-reply histogram.
 LATENCY_BOUNDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+
+_READY_FIXED = P.PREFIX.size + P.READY.size  # 7: prefix, credit u16, name length u8
+_REQUEST_FIXED = P.PREFIX.size + P.REQUEST.size  # 17: prefix, id u64, ttl u32, length u8
+_REPLY_SIZE = P.PREFIX.size + P.REPLY.size  # 14: prefix, job id u64, status u16
+_ID_END = P.PREFIX.size + 8  # a header this long has a readable id (REQUEST, REPLY)
+_SPEC = "see docs/PROTOCOL.md §3, Services"
+
+
+class Refusal(Exception):
+    """A service command the broker refuses: the ERROR to send back."""
+
+    def __init__(self, code: ErrorCode, text: str, msg_id: int = 0) -> None:
+        super().__init__(text)
+        self.code, self.text, self.msg_id = code, text, msg_id
+
+
+def _role_name(role: int) -> str:
+    try:
+        return f"{role} ({Role(role).name})"
+    except ValueError:
+        return str(role)
+
+
+def _printable(raw: bytes) -> bool:
+    return all(0x21 <= b <= 0x7E for b in raw)
+
+
+def _service_name(command: str, raw: bytes, offset: int, msg_id: int = 0) -> str:
+    if not _printable(raw):
+        raise Refusal(ErrorCode.MALFORMED,
+                      f"{command} service name at offset {offset} must be printable ASCII "
+                      f"without spaces (0x21..0x7e), got {raw[:40]!r} ({_SPEC})", msg_id)
+    return raw.decode("ascii")
+
+
+def parse_ready(header: bytes) -> tuple[int, str]:
+    """(credit, service) of a READY header, or a Refusal saying what is wrong."""
+    n = len(header)
+    if n < _READY_FIXED:
+        raise Refusal(ErrorCode.MALFORMED,
+                      f"READY header is {n} bytes, needs at least {_READY_FIXED}: prefix (4) "
+                      f"+ credit (u16) + service name length (u8) + the name ({_SPEC})")
+    credit, ln = P.READY.unpack_from(header, P.PREFIX.size)
+    if ln == 0:
+        raise Refusal(ErrorCode.MALFORMED,
+                      f"READY names no service: its name length (offset 6) is 0; give a "
+                      f"1..255 byte service name ({_SPEC})")
+    if n != _READY_FIXED + ln:
+        raise Refusal(ErrorCode.MALFORMED,
+                      f"READY header is {n} bytes, but its service name length {ln} makes it "
+                      f"{_READY_FIXED + ln}: prefix + credit + length + name, nothing after "
+                      f"({_SPEC})")
+    return credit, _service_name("READY", header[_READY_FIXED:], _READY_FIXED)
+
+
+def parse_request(header: bytes) -> tuple[int, int, str]:
+    """(request id, ttl ms, service) of a REQUEST header, or a Refusal (carrying the
+    request id when the header is long enough to hold one)."""
+    n = len(header)
+    rid = int.from_bytes(header[P.PREFIX.size:_ID_END], "big") if n >= _ID_END else 0
+    if n < _REQUEST_FIXED:
+        raise Refusal(ErrorCode.MALFORMED,
+                      f"REQUEST header is {n} bytes, needs at least {_REQUEST_FIXED}: prefix "
+                      f"(4) + request id (u64) + TTL ms (u32) + service name length (u8) + "
+                      f"the name ({_SPEC})", rid)
+    rid, ttl_ms, ln = P.REQUEST.unpack_from(header, P.PREFIX.size)
+    if ln == 0:
+        raise Refusal(ErrorCode.MALFORMED,
+                      f"REQUEST names no service: its name length (offset 16) is 0; give a "
+                      f"1..255 byte service name ({_SPEC})", rid)
+    if n != _REQUEST_FIXED + ln:
+        raise Refusal(ErrorCode.MALFORMED,
+                      f"REQUEST header is {n} bytes, but its service name length {ln} makes it "
+                      f"{_REQUEST_FIXED + ln}: prefix + id + TTL + length + name, nothing "
+                      f"after ({_SPEC})", rid)
+    return rid, ttl_ms, _service_name("REQUEST", header[_REQUEST_FIXED:], _REQUEST_FIXED, rid)
+
+
+def parse_reply(header: bytes) -> tuple[int, int]:
+    """(job id, raw status) of a REPLY header, or a Refusal."""
+    n = len(header)
+    if n != _REPLY_SIZE:
+        jid = int.from_bytes(header[P.PREFIX.size:_ID_END], "big") if n >= _ID_END else 0
+        raise Refusal(ErrorCode.MALFORMED,
+                      f"REPLY header is {n} bytes, must be {_REPLY_SIZE}: prefix (4) + job id "
+                      f"(u64) + status (u16); the answer goes in the second frame ({_SPEC})",
+                      jid)
+    return P.REPLY.unpack_from(header, P.PREFIX.size)
+
+
+class ErrorLimiter:
+    """At most ``per_second`` ERRORs per peer per second, as the core does: the next one
+    is RATE_LIMITED, the rest of that second is only counted."""
+
+    SEND, NOTICE, SUPPRESS = 0, 1, 2
+
+    def __init__(self, per_second: int) -> None:
+        self.per_second = max(per_second, 1)
+        self._windows: dict[bytes, list] = {}  # identity -> [window start, errors in it]
+
+    def admit(self, identity: bytes, now: float) -> tuple[int, int]:
+        """(verdict, errors of this peer in this second so far): SEND this error as is,
+        send the RATE_LIMITED NOTICE instead, or SUPPRESS it."""
+        w = self._windows.get(identity)
+        if w is None or now - w[0] >= 1.0:
+            w = self._windows[identity] = [now, 0]
+        w[1] += 1
+        if w[1] <= self.per_second:
+            return self.SEND, w[1]
+        return (self.NOTICE if w[1] == self.per_second + 1 else self.SUPPRESS), w[1]
+
+    def prune(self, now: float) -> None:
+        """Forget windows that are over (so the table holds only this second's peers)."""
+        for ident in [i for i, w in self._windows.items() if now - w[0] >= 1.0]:
+            del self._windows[ident]
 
 
 @dataclass
@@ -59,109 +190,235 @@ class Worker:
     credit: int
     jobs: set[int] = field(default_factory=set)
 
+    @property
+    def free(self) -> int:
+        """Requests it can take now (its credit may have been lowered below its jobs)."""
+        return max(self.credit - len(self.jobs), 0)
+
 
 class Service:
-    """Workers of one service name and the requests waiting for one."""
+    """A registered service: its workers and the requests waiting for one."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.workers: OrderedDict[bytes, Worker] = OrderedDict()  # longest-waiting first
-        self.waiting: deque[Job] = deque()
+        self.waiting: OrderedDict[int, Job] = OrderedDict()  # job id -> job, oldest first
 
     def pick(self) -> Worker | None:
         """The worker with free credit that has waited longest; it moves to the back."""
         for ident, w in self.workers.items():
-            if len(w.jobs) < w.credit:
+            if w.free:
                 self.workers.move_to_end(ident)
                 return w
         return None
+
+    def idle(self) -> bool:
+        """No workers and no requests: it can make room for another service."""
+        return not self.workers and not self.waiting
 
 
 class Broker:
     """Routes REQUEST/REPLY between clients and service workers over the router socket."""
 
     def __init__(self, socket: zmq.Socket,
-                 builtins: dict[str, Callable[[bytes], bytes]] | None = None) -> None:
+                 builtins: dict[str, Callable[[bytes], bytes]] | None = None, *,
+                 errors_per_second: int = 20, max_services: int = MAX_SERVICES,
+                 max_waiting: int = MAX_WAITING,
+                 max_unregistered: int = MAX_UNREGISTERED) -> None:
         self.socket = socket
         #: Services the router answers itself (``router.history``, ``router.presence``).
         self.builtins = builtins or {}
-        self.services: dict[str, Service] = {}
+        self.max_services, self.max_waiting = max_services, max_waiting
+        self.max_unregistered = max_unregistered
+        self.services: dict[str, Service] = {}  # registered ones only
         self.workers: dict[bytes, Worker] = {}
         self.jobs: dict[int, Job] = {}
+        #: Requests for names no worker registered: name -> {job id: job}, bounded in all.
+        self.unregistered: dict[str, OrderedDict[int, Job]] = {}
+        self._unregistered_n = 0
+        self._held_bytes = 0
+        self._deadlines: list[tuple[float, int]] = []  # heap of (deadline, job id)
+        self._not_workers: dict[bytes, int] = {}  # connection -> its non-WORKER HELLO role
+        self._limiter = ErrorLimiter(errors_per_second)
         self._ids = itertools.count(1)
         self.counters = {"requests": 0, "replies": 0, "retried": 0, "expired": 0,
-                         "no_service": 0, "failed": 0}
+                         "no_service": 0, "failed": 0, "queue_full": 0, "late_replies": 0}
+        #: ERRORs decided, by code (before the rate limit), and what the limit held back.
+        self.errors: dict[int, int] = {}
+        self.errors_rate_limited = 0  # RATE_LIMITED notices sent in place of an error
+        self.errors_suppressed = 0  # errors not sent at all
         self.latency_buckets = [0] * (len(LATENCY_BOUNDS) + 1)  # request -> reply
         self.latency_sum = 0.0
 
     # ---- input -------------------------------------------------------------------------
 
     def handle(self, identity: bytes, header: bytes, payload: bytes) -> None:
-        """One READY/REQUEST/REPLY from the core."""
+        """One READY/REQUEST/REPLY from the core (which checked prefix and frame count)."""
+        command = header[2] if len(header) > 2 else 0
         try:
-            command, _ = P.check_prefix(header)
             if command == Command.READY:
                 self._on_ready(identity, header)
             elif command == Command.REQUEST:
                 self._on_request(identity, header, payload)
             elif command == Command.REPLY:
                 self._on_reply(identity, header, payload)
-        except (P.ProtocolError, ValueError, IndexError, struct.error) as exc:
-            # struct.error: a header too short for its fixed fields (found by fuzzing)
-            code = exc.code if isinstance(exc, P.ProtocolError) else ErrorCode.MALFORMED
-            self._error(identity, code, f"bad service command: {exc}")
+            else:
+                raise Refusal(ErrorCode.UNKNOWN_COMMAND,
+                              f"command {command:#04x} is not a service command")
+        except Refusal as r:
+            self._error(identity, r.code, r.text, r.msg_id)
+
+    def peer_connected(self, identity: bytes, role: int) -> None:
+        """A connection said HELLO (again) with ``role``: only a WORKER may say READY.
+        A worker that re-HELLOs as something else leaves its service's pool."""
+        if role == Role.WORKER:
+            self._not_workers.pop(identity, None)
+            return
+        if identity in self.workers:
+            self.worker_gone(identity)
+        if len(self._not_workers) < MAX_TRACKED_PEERS:  # beyond it: READY is let through
+            self._not_workers[identity] = role
+
+    def peer_gone(self, identity: bytes) -> None:
+        """A connection is gone (BYE, heartbeat timeout, unreachable)."""
+        self._not_workers.pop(identity, None)
+        self.worker_gone(identity)
 
     def _on_ready(self, identity: bytes, header: bytes) -> None:
-        credit, ln = P.READY.unpack_from(header, P.PREFIX.size)
-        end = P.PREFIX.size + P.READY.size + ln
-        if ln == 0 or len(header) != end or credit == 0:
-            raise P.ProtocolError(ErrorCode.MALFORMED, "READY needs credit >= 1 and a service")
-        name = header[P.PREFIX.size + P.READY.size:end].decode()
+        role = self._not_workers.get(identity)
+        if role is not None:
+            raise Refusal(ErrorCode.BAD_ROLE,
+                          f"READY is for workers: this connection said HELLO with role "
+                          f"{_role_name(role)}; "
+                          f"say HELLO with role 4 (WORKER) first ({_SPEC})")
+        credit, name = parse_ready(header)
+        if name in self.builtins:
+            raise Refusal(ErrorCode.MALFORMED,
+                          f"service {name!r} is answered by the router itself: a worker "
+                          f"cannot serve it; pick another service name")
         old = self.workers.get(identity)
         if old and old.service != name:
             self.worker_gone(identity)
-        svc = self.services.setdefault(name, Service(name))
+        svc = self.services.get(name) or self._register(name)
         w = self.workers.get(identity) or Worker(identity, name, credit)
-        w.credit = credit
+        w.credit = credit  # 0 pauses it: it keeps its jobs, takes no new ones
         self.workers[identity] = w
         svc.workers[identity] = w
         log.info("worker ready for %s (credit %d), %d workers", name, credit, len(svc.workers))
         self._dispatch(svc)
 
+    def _register(self, name: str) -> Service:
+        """A new registered service, taking over the requests already waiting for it."""
+        if len(self.services) >= self.max_services:
+            idle = next((s for s in self.services.values() if s.idle()), None)
+            if idle is None:
+                raise Refusal(ErrorCode.SERVICE_LIMIT,
+                              f"the router already serves {len(self.services)} services, its "
+                              f"limit: READY for {name!r} refused; use an existing service "
+                              f"name or ask the operator")
+            log.info("service %s forgotten (no workers, no requests) to register %s",
+                     idle.name, name)
+            del self.services[idle.name]
+        svc = self.services[name] = Service(name)
+        early = self.unregistered.pop(name, None)
+        if early:
+            self._unregistered_n -= len(early)
+            svc.waiting.update(early)
+        return svc
+
     def _on_request(self, identity: bytes, header: bytes, payload: bytes) -> None:
-        rid, ttl_ms, service = P.decode_request(header)
+        try:
+            rid, ttl_ms, service = parse_request(header)
+        except Refusal as r:
+            if len(header) >= _ID_END:  # the id is readable: the client gets its answer
+                self._send(identity, P.encode_reply(r.msg_id, r.code), r.text.encode())
+            raise
+        self.counters["requests"] += 1
         if service in self.builtins:
             self._answer_builtin(identity, rid, service, payload)
+            return
+        svc = self.services.get(service)
+        if svc is not None and len(svc.waiting) >= self.max_waiting:
+            self._refuse_request(identity, rid, ErrorCode.QUEUE_FULL,
+                                 f"{len(svc.waiting)} requests already wait for a {service} "
+                                 f"worker: retry later")
+            return
+        if svc is None and self._unregistered_n >= self.max_unregistered:
+            self._refuse_request(identity, rid, ErrorCode.NO_SERVICE,
+                                 f"no worker has said READY for {service!r}, and "
+                                 f"{self._unregistered_n} requests already wait for services "
+                                 f"no worker registered: check the service name")
+            return
+        if self._held_bytes + len(payload) > MAX_HELD_BYTES:
+            self._refuse_request(identity, rid, ErrorCode.QUEUE_FULL,
+                                 "the broker holds its limit of request bytes: retry later")
             return
         deadline = time.monotonic() + ttl_ms / 1000 if ttl_ms else float("inf")
         job = Job(next(self._ids), identity, rid, service, payload, deadline)
         self.jobs[job.job_id] = job
-        self.counters["requests"] += 1
-        svc = self.services.setdefault(service, Service(service))
-        svc.waiting.append(job)
+        self._held_bytes += len(payload)
+        if ttl_ms:
+            heapq.heappush(self._deadlines, (deadline, job.job_id))
+        if svc is None:  # a worker may register it later; until then it waits, bounded
+            self.unregistered.setdefault(service, OrderedDict())[job.job_id] = job
+            self._unregistered_n += 1
+            return
+        svc.waiting[job.job_id] = job
         self._dispatch(svc)
 
+    def _refuse_request(self, identity: bytes, rid: int, code: ErrorCode, why: str) -> None:
+        key = "queue_full" if code == ErrorCode.QUEUE_FULL else "no_service"
+        self.counters[key] += 1
+        self._send(identity, P.encode_reply(rid, code), why.encode())
+
     def _on_reply(self, identity: bytes, header: bytes, payload: bytes) -> None:
-        job_id, code = P.decode_reply(header)
-        job = self.jobs.pop(job_id, None)
+        job_id, status = parse_reply(header)
         w = self.workers.get(identity)
-        if w:
-            w.jobs.discard(job_id)
-        if job is None or job.worker != identity:
-            return  # a late reply for a job already retried elsewhere or expired
+        job = self.jobs.get(job_id)
+        if w is None or job is None or job.worker != identity:
+            self._reply_without_job(identity, job_id, w)
+        self._forget(job)
+        try:
+            code = ErrorCode(status)
+        except ValueError:
+            # Not the client's fault: the worker answered with a status §8 does not define.
+            code = ErrorCode.WORKER_FAILED
+            self._error(identity, ErrorCode.MALFORMED,
+                        f"REPLY status {status} is not an error code (PROTOCOL.md §8); the "
+                        f"client got WORKER_FAILED", job_id)
         self.counters["replies"] += 1
         self._observe(time.monotonic() - job.started)
         self._send(job.client, P.encode_reply(job.request_id, code), payload)
-        if w:
-            self._dispatch(self.services[w.service])
+        self._dispatch(self.services[w.service])
+
+    def _reply_without_job(self, identity: bytes, job_id: int, w: Worker | None) -> None:
+        """Refuse a REPLY for a job this connection does not hold (always raises)."""
+        role = self._not_workers.get(identity)
+        if role is not None:
+            raise Refusal(ErrorCode.BAD_ROLE,
+                          f"REPLY is sent by workers (role 4) to answer a REQUEST the router "
+                          f"handed them; this connection said HELLO with role "
+                          f"{_role_name(role)}", job_id)
+        self.counters["late_replies"] += 1
+        if w is None:
+            raise Refusal(ErrorCode.UNKNOWN_JOB,
+                          f"REPLY for job {job_id}, but this connection holds no jobs: it has "
+                          f"not said READY since its HELLO; the reply was dropped", job_id)
+        raise Refusal(ErrorCode.UNKNOWN_JOB,
+                      f"REPLY for job {job_id}, which this worker does not hold: it expired, "
+                      f"was given to another worker, or was never handed out; the reply was "
+                      f"dropped", job_id)
 
     def _answer_builtin(self, identity: bytes, rid: int, service: str, payload: bytes) -> None:
-        self.counters["requests"] += 1
         try:
             body, code = self.builtins[service](payload), ErrorCode.NONE
-        except Exception as exc:  # a bad query must not take the router down
-            log.warning("%s request failed: %s", service, exc)
+        except ValueError as exc:  # the query itself is wrong (bad JSON, bad order id)
+            log.info("%s request refused: %s", service, exc)
             body, code = f"{service}: {exc}".encode(), ErrorCode.MALFORMED
+        except Exception as exc:  # our fault, not the client's; the router keeps going
+            log.exception("%s request failed", service)
+            body = f"{service} failed: {type(exc).__name__}: {exc}".encode()
+            code = ErrorCode.WORKER_FAILED
         self.counters["replies"] += 1
         self._send(identity, P.encode_reply(rid, code), body)
 
@@ -183,31 +440,39 @@ class Broker:
             if job.attempts >= MAX_ATTEMPTS:
                 self._fail(job, ErrorCode.WORKER_FAILED, "its workers kept failing")
             else:
-                svc.waiting.appendleft(job)
+                svc.waiting[job_id] = job
+                svc.waiting.move_to_end(job_id, last=False)
         log.warning("worker for %s gone, %d jobs requeued, %d workers left",
                     w.service, len(w.jobs), len(svc.workers))
         self._dispatch(svc)
 
     def tick(self) -> None:
-        """Expire requests whose TTL passed (waiting or in progress)."""
+        """Expire requests whose TTL passed (waiting or in progress); forget the error
+        windows that are over."""
         now = time.monotonic()
-        for job in [j for j in self.jobs.values() if j.deadline <= now]:
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, job_id = heapq.heappop(self._deadlines)
+            job = self.jobs.get(job_id)
+            if job is None:
+                continue  # answered already
             code = ErrorCode.NO_SERVICE if job.worker is None and job.attempts == 0 \
                 else ErrorCode.EXPIRED
             self._fail(job, code, "no reply before the request's TTL")
+        if len(self._deadlines) > 2 * len(self.jobs) + 1024:
+            # answered requests with long TTLs leave entries behind: keep the heap small
+            self._deadlines = [(j.deadline, j.job_id) for j in self.jobs.values()
+                               if j.deadline != float("inf")]
+            heapq.heapify(self._deadlines)
+        self._limiter.prune(now)
 
     # ---- output ----------------------------------------------------------------------
 
     def _dispatch(self, svc: Service) -> None:
         while svc.waiting:
-            job = svc.waiting[0]
-            if job.job_id not in self.jobs:  # expired while waiting
-                svc.waiting.popleft()
-                continue
             w = svc.pick()
             if w is None:
                 return
-            svc.waiting.popleft()
+            _, job = svc.waiting.popitem(last=False)
             job.worker = w.identity
             job.attempts += 1
             w.jobs.add(job.job_id)
@@ -218,17 +483,46 @@ class Broker:
                 self.worker_gone(w.identity)
                 return
 
-    def _fail(self, job: Job, code: ErrorCode, why: str) -> None:
+    def _forget(self, job: Job) -> None:
+        """Drop a job from every table that holds it."""
         self.jobs.pop(job.job_id, None)
-        if job.worker and job.worker in self.workers:
-            self.workers[job.worker].jobs.discard(job.job_id)
+        self._held_bytes -= len(job.payload)
+        if job.worker is not None:
+            w = self.workers.get(job.worker)
+            if w is not None:
+                w.jobs.discard(job.job_id)
+            return
+        svc = self.services.get(job.service)
+        if svc is not None and svc.waiting.pop(job.job_id, None) is not None:
+            return
+        early = self.unregistered.get(job.service)
+        if early is not None and early.pop(job.job_id, None) is not None:
+            self._unregistered_n -= 1
+            if not early:
+                del self.unregistered[job.service]
+
+    def _fail(self, job: Job, code: ErrorCode, why: str) -> None:
+        self._forget(job)
         key = {ErrorCode.NO_SERVICE: "no_service", ErrorCode.EXPIRED: "expired"}.get(code, "failed")
         self.counters[key] += 1
         self._send(job.client, P.encode_reply(job.request_id, code),
                    f"request for {job.service} failed: {why}".encode())
 
-    def _error(self, identity: bytes, code: ErrorCode, text: str) -> None:
-        self._send(identity, P.prefix(Command.ERROR) + P.ERROR.pack(code, 0), text.encode())
+    def _error(self, identity: bytes, code: ErrorCode, text: str, msg_id: int = 0) -> None:
+        """Send an ERROR, counted always and sent within the per-peer rate limit."""
+        self.errors[int(code)] = self.errors.get(int(code), 0) + 1
+        verdict, n = self._limiter.admit(identity, time.monotonic())
+        if verdict == ErrorLimiter.SUPPRESS:
+            self.errors_suppressed += 1
+            return
+        if verdict == ErrorLimiter.NOTICE:
+            self.errors_rate_limited += 1
+            code, msg_id = ErrorCode.RATE_LIMITED, 0
+            text = "too many bad requests: further errors this second are not reported"
+        elif n == 1:  # one log line per peer per second at most, as the core logs
+            log.warning("refused service command from %s: %s: %s", identity.hex(), code.name,
+                        text)
+        self._send(identity, P.prefix(Command.ERROR) + P.ERROR.pack(code, msg_id), text.encode())
 
     def _send(self, identity: bytes, header: bytes, payload: bytes) -> bool:
         try:
@@ -245,11 +539,18 @@ class Broker:
         self.latency_sum += seconds
 
     def stats(self) -> dict:
-        """Counters, the request latency histogram and the shape of every service."""
+        """Counters, errors by code, the request latency histogram and, for every
+        registered service, its workers, waiting requests, requests being served
+        ("busy") and the free credit of its workers ("credit")."""
         return {**self.counters, "jobs": len(self.jobs),
+                "errors": dict(self.errors), "errors_suppressed": self.errors_suppressed,
+                "errors_rate_limited": self.errors_rate_limited,
+                "unregistered_waiting": self._unregistered_n,
+                "service_limit": self.max_services,
                 "latency_buckets": list(self.latency_buckets),
                 "latency_bounds": LATENCY_BOUNDS, "latency_sum": self.latency_sum,
                 "services": {
             name: {"workers": len(s.workers), "waiting": len(s.waiting),
-                   "busy": sum(len(w.jobs) for w in s.workers.values())}
+                   "busy": sum(len(w.jobs) for w in s.workers.values()),
+                   "credit": sum(w.free for w in s.workers.values())}
             for name, s in self.services.items()}}

@@ -40,7 +40,7 @@ REFRESH_SECONDS = 0.5
 CODES = [c for c in ErrorCode if c != ErrorCode.NONE]
 #: The broker's request outcomes: label value -> its counter key in Broker.stats().
 SERVICE_OUTCOMES = {"replied": "replies", "expired": "expired", "no_service": "no_service",
-                    "failed": "failed"}
+                    "failed": "failed", "queue_full": "queue_full"}
 
 
 def _buckets(counts: list[int], bounds: list[float]) -> list[tuple[str, float]]:
@@ -161,14 +161,24 @@ class RouterCollector:
             yield CounterMetricFamily(name, doc, value=s[key])
 
     def _errors(self, s: dict) -> Iterator[Metric]:
+        # The core answers routing commands, the broker service commands (READY, REQUEST,
+        # REPLY); both count every ERROR they decide, before their per-peer rate limit.
+        # The core counts the RATE_LIMITED notice among its errors and the error it
+        # replaced as suppressed; the broker counts the notices apart: same sums here.
+        b = s["broker"]
+        errors = dict(s["errors"])
+        for code, n in b["errors"].items():
+            errors[code] = errors.get(code, 0) + n
+        errors[ErrorCode.RATE_LIMITED] = errors.get(ErrorCode.RATE_LIMITED, 0) \
+            + b["errors_rate_limited"]
         fam = CounterMetricFamily("router_errors", "ERRORs decided, by code (counted before "
                                   "the per-peer rate limit)", labels=["code"])
         for code in CODES:
-            fam.add_metric([_label(code)], s["errors"].get(code, 0))
+            fam.add_metric([_label(code)], errors.get(code, 0))
         yield fam
-        yield CounterMetricFamily("router_errors_suppressed",
-                                  "ERRORs not sent because of the per-peer rate limit",
-                                  value=s["errors_suppressed"])
+        yield CounterMetricFamily(
+            "router_errors_suppressed", "ERRORs not sent because of the per-peer rate limit",
+            value=s["errors_suppressed"] + b["errors_suppressed"] + b["errors_rate_limited"])
         fam = CounterMetricFamily("router_receipts_refused", "REFUSED receipts, by error code",
                                   labels=["code"])
         for code in CODES:
@@ -261,11 +271,17 @@ class RouterCollector:
                 fam.add_metric([name], svc[key])
         for _, fam in gauges:
             yield fam
+        yield GaugeMetricFamily("router_service_unregistered_waiting_requests",
+                                "requests waiting for a service no worker has registered yet",
+                                value=b["unregistered_waiting"])
         fam = CounterMetricFamily("router_service_requests", "service requests, by outcome",
                                   labels=["outcome"])
         for outcome, key in SERVICE_OUTCOMES.items():
             fam.add_metric([outcome], b[key])
         yield fam
+        yield CounterMetricFamily("router_service_late_replies",
+                                  "REPLYs for requests already answered, expired or failed",
+                                  value=b["late_replies"])
         fam = HistogramMetricFamily("router_service_request_seconds",
                                     "request arrival to reply")
         fam.add_metric([], _buckets(b["latency_buckets"], b["latency_bounds"]),

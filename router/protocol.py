@@ -114,6 +114,9 @@ class ErrorCode(enum.IntEnum):
     NO_SERVICE = 18  #: no worker served the request's service before its TTL
     WORKER_FAILED = 19  #: the request's workers kept dying; given up after max attempts
     SENDER_QUOTA = 20  #: this sender's messages waiting in the router are at its quota
+    ADDRESS_TAKEN = 21  #: to the old holder: another connection bound this address
+    UNKNOWN_JOB = 22  #: REPLY for a job this worker does not hold (late, or never given)
+    SERVICE_LIMIT = 23  #: READY for a new service while the service table is full
 
 
 #: Common prefix of every header frame: signature, version, command, flags.
@@ -122,6 +125,12 @@ PREFIX = struct.Struct(">BBBB")
 HELLO = struct.Struct(">BB")
 #: WELCOME after the prefix: heartbeat interval ms, liveness, max payload bytes.
 WELCOME = struct.Struct(">IBI")
+#: Layout version of the WELCOME extension this module writes (the byte after WELCOME).
+WELCOME_EXT_VERSION = 1
+#: WELCOME extension, layout 1, after PREFIX + WELCOME: layout version, then window,
+#: retry_ms, retry_max_ms, max_attempts, dedup window ms, errors_per_second (all u32).
+#: Later layouts only append fields, so a reader of layout 1 reads these and ignores the rest.
+WELCOME_EXT = struct.Struct(">BIIIIII")
 #: SEND after the prefix: msg id, ttl ms, class, target len, kind len, key len.
 SEND = struct.Struct(">QIBBBB")
 #: DELIVER after the prefix: seq, msg id, accepted_us, class, kind/from/channel/addr lens.
@@ -163,6 +172,27 @@ class Delivery(NamedTuple):
     channel: str
     flags: Flag
     payload: bytes
+
+
+class Tunables(NamedTuple):
+    """The router's client-facing settings, from the WELCOME extension (layout 1)."""
+
+    window: int  #: reliable deliveries in flight (sent, not acked) per address
+    retry_ms: int  #: first redelivery of an unacked window after this many ms
+    retry_max_ms: int  #: the redelivery interval doubles up to this many ms
+    max_attempts: int  #: redeliveries without an ack before FAILED (0: until the TTL)
+    dedup_ms: int  #: a repeated (sender name, message id) within this window is not redelivered
+    errors_per_second: int  #: ERRORs sent per peer per second at most
+    layout: int = WELCOME_EXT_VERSION  #: the extension's layout version as received
+
+
+class WelcomeInfo(NamedTuple):
+    """A decoded WELCOME; ``tunables`` is None from a router without the extension."""
+
+    heartbeat_ms: int
+    liveness: int
+    max_payload: int
+    tunables: Tunables | None = None
 
 
 class Receipt(NamedTuple):
@@ -361,14 +391,43 @@ def decode_error(header: bytes, text: bytes) -> tuple[ErrorCode, int, str]:
     return ecode, mid, text.decode(errors="replace")
 
 
-def decode_welcome(header: bytes) -> tuple[int, int, int]:
-    """Decode a WELCOME: (heartbeat ms, liveness, max payload bytes)."""
-    return WELCOME.unpack_from(header, PREFIX.size)
+def encode_welcome(heartbeat_ms: int, liveness: int, max_payload: int,
+                   tunables: Tunables | None = None) -> bytes:
+    """Encode a WELCOME header (the router's; here for tests and other routers), with the
+    extension of layout WELCOME_EXT_VERSION when ``tunables`` is given."""
+    out = prefix(Command.WELCOME) + WELCOME.pack(heartbeat_ms, liveness, max_payload)
+    if tunables is not None:
+        t = tunables
+        out += WELCOME_EXT.pack(WELCOME_EXT_VERSION, t.window, t.retry_ms, t.retry_max_ms,
+                                t.max_attempts, t.dedup_ms, t.errors_per_second)
+    return out
+
+
+def decode_welcome(header: bytes) -> WelcomeInfo:
+    """Decode a WELCOME: heartbeat ms, liveness, max payload bytes, and the tunables of the
+    extension when the router sent one (None otherwise). Bytes after the fields of the
+    layout this module knows are ignored: later layouts only append."""
+    base = PREFIX.size + WELCOME.size
+    if len(header) < base:
+        raise ProtocolError(ErrorCode.MALFORMED,
+                            f"WELCOME header is {len(header)} bytes, needs {base}")
+    hb, live, cap = WELCOME.unpack_from(header, PREFIX.size)
+    if len(header) == base:
+        return WelcomeInfo(hb, live, cap)  # a router from before the extension
+    layout = header[base]
+    if layout == 0 or len(header) < base + WELCOME_EXT.size:
+        raise ProtocolError(
+            ErrorCode.MALFORMED,
+            f"WELCOME extension of {len(header) - base} bytes with layout {layout}: layout "
+            f"1 and later need at least {WELCOME_EXT.size} (see PROTOCOL.md, WELCOME)")
+    _, *fields = WELCOME_EXT.unpack_from(header, base)
+    return WelcomeInfo(hb, live, cap, Tunables(*fields, layout=layout))
 
 
 def native_table() -> dict[str, int]:
     """Every integer constant, flattened, as the generated Cython include defines them."""
-    table = {"SIGNATURE": SIGNATURE, "VERSION": VERSION, "MAX_NAME": MAX_NAME}
+    table = {"SIGNATURE": SIGNATURE, "VERSION": VERSION, "MAX_NAME": MAX_NAME,
+             "WELCOME_EXT_VERSION": WELCOME_EXT_VERSION}
     for group, prefix_ in (
         (Command, "CMD_"), (Flag, "FLAG_"), (Role, "ROLE_"), (MsgClass, "CLASS_"),
         (Status, "ST_"), (ErrorCode, "E_"),

@@ -84,7 +84,8 @@ class Router:
             self._close_ops()
             raise
         self.broker = Broker(self.socket, {"router.history": self._history_query,
-                                           "router.presence": self._presence_query})
+                                           "router.presence": self._presence_query},
+                             errors_per_second=settings.errors_per_second)
         self._stop = threading.Event()
         self._last_summary = time.monotonic()
         self._last_stats = self.core.stats()
@@ -124,8 +125,12 @@ class Router:
         # Unroutable sends fail (EHOSTUNREACH) instead of vanishing, and a full pipe
         # says EAGAIN, so the core keeps the message queued for that peer.
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # A peer reconnecting with the same identity takes over from its stale pipe.
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # No handover by routing id: libzmq 4.3.5 aborts the process (assertion
+        # !_io_error in stream_engine_base.cpp) when ROUTER_HANDOVER moves an id between
+        # two live connections, and a peer chooses its id. A connection claiming an id
+        # in use is refused by libzmq; a reconnecting client gets a new id and moves its
+        # addresses with HELLO (docs/PROTOCOL.md, "Connections and routing ids").
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
         sock.setsockopt(zmq.SNDHWM, s.sndhwm)
         sock.setsockopt(zmq.RCVHWM, s.rcvhwm)
         # Transport-level liveness (ZMTP PING/PONG) under the protocol heartbeats.
@@ -154,6 +159,7 @@ class Router:
             while not self._stop.is_set():
                 self.health.beat()
                 self.core.run(SLICE_MS)  # returns early when service traffic arrived
+                self._log_events()  # connects first: the broker learns roles before READYs
                 for identity, header, payload in self.core.drain_broker():
                     self._to_broker(identity, header, payload)
                 if time.monotonic() >= next_housekeeping:
@@ -258,11 +264,14 @@ class Router:
         for kind, name, role, ident, code, naddrs in self.core.drain_events():
             role_name = Role(role).name.lower() if role else "unknown"
             if kind == "connect":
+                self.broker.peer_connected(ident, role)
                 log.info("peer connected: %s (%s, %d addresses)", name, role_name, naddrs)
             elif kind == "disconnect":
-                if role == Role.WORKER:
-                    self.broker.worker_gone(ident)
+                self.broker.peer_gone(ident)
                 log.info("peer disconnected: %s (%s, %s)", name or ident.hex(), role_name, code)
+            elif kind == "takeover":
+                log.warning("address taken over: %s (was held by %s); the old holder was "
+                            "told with ADDRESS_TAKEN", code, name or ident.hex())
             elif kind == "storage":
                 log.error("journal commit failed, sends refused with STORAGE_FAILED: %s",
                           self.core.store_error)

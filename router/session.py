@@ -145,7 +145,7 @@ class Session:
         except (P.ProtocolError, IndexError) as exc:
             return [RouterError(ErrorCode.MALFORMED, 0, f"unreadable frame from router: {exc}")], []
         if command == Command.WELCOME:
-            hb, live, cap = P.decode_welcome(frames[0])
+            hb, live, cap = P.decode_welcome(frames[0])[:3]
             self.welcome = Welcome(hb, live, cap)
             self.heartbeat_ms, self.liveness = hb, live
             return [self.welcome], []

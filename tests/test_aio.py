@@ -127,6 +127,6 @@ def test_async_worker_serves_concurrently_and_acks_deliveries(router):
     (slow, fast, bad), fast_at, seen, delivered = asyncio.run(asyncio.wait_for(main(), 20))
     assert (slow.payload, fast.payload) == (b"SLOW", b"NOODLES")
     assert fast_at < 0.4  # answered while the slow one was still running
-    assert bad.code.name == "MALFORMED" and b"no such dish" in bad.payload
+    assert bad.code.name == "WORKER_FAILED" and b"ValueError: no such dish" in bad.payload
     assert [d.seq for d in seen] == [1]
     assert delivered.status == Status.DELIVERED

@@ -93,6 +93,32 @@ def fuzz(url: str, seed: int, stop: threading.Event, counts: list[int]) -> None:
                     peer.sock.recv_multipart()  # drain replies so nothing backs up
 
 
+def fuzz_shared_id(url: str, seed: int, stop: threading.Event, counts: list[int]) -> None:
+    """Like :func:`fuzz`, from two connections that claim the same routing id (a
+    client-chosen ZMQ_IDENTITY), one of them replaced now and then: with libzmq's
+    ROUTER_HANDOVER this aborted the router process within seconds."""
+    rng = random.Random(seed)
+    ident = b"shared-%d" % (seed % 2)
+    peers = [Peer(url, identity=ident), Peer(url, identity=ident)]
+    try:
+        while not stop.is_set():
+            if rng.random() < 0.05:
+                peers.pop(rng.randrange(2)).close()
+                peers.append(Peer(url, identity=ident))
+            peer = rng.choice(peers)
+            try:
+                peer.sock.send_multipart(mutate(rng, rng.choice(corpus(rng))),
+                                         flags=zmq.DONTWAIT)
+                counts[0] += 1
+            except zmq.Again:
+                time.sleep(0.001)
+            while peer.sock.poll(0):
+                peer.sock.recv_multipart()
+    finally:
+        for peer in peers:
+            peer.close()
+
+
 def run_flow(url: str, orders: int, until: float) -> None:
     """Reliable orders from a real sender to a real endpoint, checked end to end."""
     with Endpoint(url, [REAL_ADDRESS]) as ep, Sender(url, "orders-real") as s:
@@ -118,9 +144,10 @@ def run_flow(url: str, orders: int, until: float) -> None:
             assert s.wait(mid, Status.DELIVERED, timeout=5).status == Status.DELIVERED
 
 
-def fuzz_round(make_router, seconds: float, peers: int, seed: int) -> None:
-    """Fuzz with ``peers`` peers seeded seed, seed+1, ...; failures name the seed (set
-    ROUTER_FUZZ_SEED to replay one)."""
+def fuzz_round(make_router, seconds: float, peers: int, seed: int, shared: int = 0) -> None:
+    """Fuzz with ``peers`` peers seeded seed, seed+1, ..., plus ``shared`` pairs of
+    connections sharing a routing id; failures name the seed (set ROUTER_FUZZ_SEED to
+    replay one)."""
     seed = int(os.environ.get("ROUTER_FUZZ_SEED", seed))
     # Fuzz traffic goes to addresses nobody reads; bounded queues (and TTLs in the
     # corpus) keep it from filling the router, as an operator's limits would.
@@ -129,6 +156,9 @@ def fuzz_round(make_router, seconds: float, peers: int, seed: int) -> None:
     counts = [0]
     threads = [threading.Thread(target=fuzz, args=(r.url, seed + i, stop, counts),
                                 daemon=True) for i in range(peers)]
+    threads += [threading.Thread(target=fuzz_shared_id,
+                                 args=(r.url, seed + peers + i, stop, counts), daemon=True)
+                for i in range(shared)]
     for t in threads:
         t.start()
     try:
@@ -154,3 +184,15 @@ def test_fuzzed_frames_never_stop_the_router(make_router):
 @pytest.mark.long
 def test_fuzzed_frames_for_a_minute(make_router):
     fuzz_round(make_router, seconds=60.0, peers=3, seed=random.randrange(1 << 30))
+
+
+def test_connections_sharing_a_routing_id_never_abort_the_router(make_router):
+    """libzmq 4.3.5 asserts (!_io_error, stream_engine_base.cpp:310) and aborts the
+    process when ROUTER_HANDOVER moves a routing id between live connections under
+    load; the router no longer hands over by routing id (addresses move by HELLO)."""
+    fuzz_round(make_router, seconds=6.0, peers=1, seed=7, shared=4)
+
+
+@pytest.mark.long
+def test_shared_routing_ids_and_fuzz_for_five_minutes(make_router):
+    fuzz_round(make_router, seconds=300.0, peers=2, seed=random.randrange(1 << 30), shared=4)

@@ -61,7 +61,8 @@ LABEL_VALUES: dict[str, set] = {
 METRIC_LABEL_VALUES: dict[tuple[str, str], set] = {
     ("router_delivery_latency_seconds", "class"): RELIABLE,
     ("router_offline_delivery_latency_seconds", "class"): RELIABLE,
-    ("router_service_requests", "outcome"): {"replied", "expired", "no_service", "failed"},
+    ("router_service_requests", "outcome"): {"replied", "expired", "no_service", "failed",
+                                             "queue_full"},
     ("router_dispatch_offers", "outcome"): {"sent", "accepted", "rejected", "timed_out",
                                             "reassigned", "escalated"},
     ("router_orders", "state"): {"placed", "confirmed", "assigned", "picked_up", "delivered",

@@ -82,3 +82,46 @@ def test_lists_longer_than_one_message_holds_are_split():
         s.ack(P.Delivery(n, 1, 7, 0, P.MsgClass.ORDER, "", "orders", "", P.Flag(0), b""))
     acks = s.take_acks()
     assert [P.COUNT.unpack_from(m[0], P.PREFIX.size)[0] for m in acks] == [P.MAX_LIST, 10]
+
+
+def test_welcome_without_extension_decodes_with_no_tunables():
+    # the 13-byte WELCOME of a router from before the extension (PROTOCOL.md §9 example)
+    old = bytes.fromhex("d5010400" "000003e8" "03" "00100000")
+    assert P.decode_welcome(old) == P.WelcomeInfo(1000, 3, 1 << 20, None)
+    assert P.encode_welcome(1000, 3, 1 << 20) == old
+
+
+def test_welcome_extension_layout_1_round_trip():
+    t = P.Tunables(window=1024, retry_ms=1000, retry_max_ms=30000, max_attempts=20,
+                   dedup_ms=120000, errors_per_second=20)
+    frame = P.encode_welcome(500, 4, 65536, t)
+    assert len(frame) == 13 + 25
+    # byte for byte, as PROTOCOL.md's WELCOME table places them
+    assert frame[13] == 1 and frame[14:18] == (1024).to_bytes(4, "big")
+    assert frame[18:22] == (1000).to_bytes(4, "big") and frame[22:26] == (30000).to_bytes(4, "big")
+    assert frame[26:30] == (20).to_bytes(4, "big") and frame[30:34] == (120000).to_bytes(4, "big")
+    assert frame[34:38] == (20).to_bytes(4, "big")
+    w = P.decode_welcome(frame)
+    assert (w.heartbeat_ms, w.liveness, w.max_payload) == (500, 4, 65536)
+    assert w.tunables == t
+    # an old reader takes the first three fields and ignores the rest
+    assert P.WELCOME.unpack_from(frame, 4) == (500, 4, 65536)
+
+
+def test_welcome_extension_of_a_later_layout_keeps_the_known_fields():
+    t = P.Tunables(8, 200, 800, 0, 0, 5)
+    later = bytearray(P.encode_welcome(1000, 3, 1000, t) + b"\x00\x00\x00\x07")
+    later[13] = 2  # a later layout appends fields; the layout-1 ones stay where they are
+    w = P.decode_welcome(bytes(later))
+    assert w.tunables == t._replace(layout=2)
+
+
+@pytest.mark.parametrize("frame", [
+    bytes.fromhex("d5010400" "000003e8" "03" "0010"),            # cut inside max payload
+    bytes.fromhex("d5010400" "000003e8" "03" "00100000" "01" "0000"),  # cut extension
+    bytes.fromhex("d5010400" "000003e8" "03" "00100000" "00") + bytes(24),  # layout 0
+])
+def test_bad_welcome_is_malformed_not_a_struct_error(frame):
+    with pytest.raises(P.ProtocolError) as e:
+        P.decode_welcome(frame)
+    assert e.value.code == P.ErrorCode.MALFORMED and "WELCOME" in str(e.value)

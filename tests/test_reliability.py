@@ -290,16 +290,20 @@ def test_dead_peer_noticed_and_messages_kept(make_router):
         assert drain(again, 1)[0].payload == b"kept"
 
 
-def test_same_identity_reconnect_takes_over(router):
+def test_reconnect_on_a_new_connection_takes_the_address_over(router):
+    """Routing ids are the router's (no handover by id): the app's new connection moves
+    the address with its HELLO, and the lingering old one is told ADDRESS_TAKEN."""
     with Sender(router.url, "orders") as s:
-        first = Endpoint(router.url, ["user:44"], identity=b"phone-44")
+        first = Endpoint(router.url, ["user:44"], name="phone-44")
         s.send("user:44", b"1")
         assert drain(first, 1)[0].payload == b"1"
-        # the app reconnects with the same identity while the old socket lingers
-        second = Endpoint(router.url, ["user:44"], identity=b"phone-44", cursors=first.cursors)
+        # the app reconnects while the old socket lingers
+        second = Endpoint(router.url, ["user:44"], name="phone-44", cursors=first.cursors)
         s.send("user:44", b"2")
         got = drain(second, 1)
         assert [d.payload for d in got] == [b"2"] and got[0].seq == 2
+        assert first.recv(timeout=0.5) is None  # nothing more comes to the old one
+        assert ErrorCode.ADDRESS_TAKEN in [e.code for e in first.errors]
         second.close()
         first.close(bye=False)
 

@@ -104,7 +104,7 @@ def test_gateway_binds_thousands_of_addresses(router):
 def test_names_that_share_prefixes_route_to_their_own_gateway(router):
     # Names of every length around the index's 8-byte hashing steps, sharing prefixes,
     # split between two gateways: each message must reach the gateway that bound it.
-    names = [("r" * n) + suffix for n in range(1, 26) for suffix in ("", "x", "7")]
+    names = ["r:" + ("r" * n) + suffix for n in range(1, 26) for suffix in ("", "x", "7")]
     names = sorted(set(names))
     first, second = names[0::2], names[1::2]
     with Endpoint(router.url, first, role=Role.GATEWAY, name="gw-a") as a, \

@@ -112,24 +112,53 @@ def test_request_waits_for_a_worker_that_joins_later(router):
             w.wait()
 
 
-def test_handler_error_is_a_reply_not_a_crash(router):
-    def boom(body: bytes) -> bytes:
-        raise ValueError("no rider in range")
+FRAGILE_WORKER = """
+import logging, sys
+sys.path.insert(0, {root!r})
+from workers.service import BadRequest, ServiceWorker
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+def handle(body):
+    if body == b"bad":
+        raise BadRequest("order id must be a number")
+    if body == b"dict":
+        return {{"not": "bytes"}}
+    if body.startswith(b"boom"):
+        raise ValueError("no rider in range" + " x" * 2000 * body.count(b"long"))
+    return b"ok:" + body
+w = ServiceWorker({url!r}, "fragile", handle)
+print("ready", flush=True)
+w.run()
+"""
 
-    w = ServiceWorker(router.url, "fragile", boom)
-    stop = threading.Event()
-    t = threading.Thread(target=w.run, args=(stop.is_set,))
-    t.start()
+
+def test_handler_exception_is_worker_failed_with_a_short_text(router):
+    # A handler that raises answers WORKER_FAILED (the worker's fault, not the client's),
+    # with the exception's type and message and no traceback; the worker logs the
+    # traceback and keeps serving.
+    p = subprocess.Popen([sys.executable, "-c", FRAGILE_WORKER.format(root=str(ROOT),
+                                                                      url=router.url)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        assert p.stdout.readline().strip() == "ready"
         with Sender(router.url, "client") as c:
-            r = c.request("fragile", b"x", ttl_ms=2000)
-            assert r.code == ErrorCode.MALFORMED and b"no rider in range" in r.payload
-            r = c.request("fragile", b"y", ttl_ms=2000)
+            r = c.request("fragile", b"boom", ttl_ms=3000)
+            assert r.code == ErrorCode.WORKER_FAILED, r
+            assert r.payload == b"fragile: ValueError: no rider in range"
+            r = c.request("fragile", b"boom long", ttl_ms=3000)
+            assert r.code == ErrorCode.WORKER_FAILED and len(r.payload) <= 520
+            assert b"Traceback" not in r.payload
+            r = c.request("fragile", b"bad", ttl_ms=3000)  # the request itself was wrong
             assert r.code == ErrorCode.MALFORMED
+            assert r.payload == b"fragile: BadRequest: order id must be a number"
+            r = c.request("fragile", b"dict", ttl_ms=3000)  # a handler returning a dict
+            assert r.code == ErrorCode.WORKER_FAILED and b"TypeError" in r.payload
+            r = c.request("fragile", b"fine", ttl_ms=3000)  # still serving
+            assert (r.code, r.payload) == (ErrorCode.NONE, b"ok:fine")
     finally:
-        stop.set()
-        t.join()
-        w.close()
+        p.kill()
+        _, err = p.communicate(timeout=10)
+    assert "Traceback (most recent call last)" in err and "ValueError: no rider in range" in err
+    assert "handler failed for fragile job" in err
 
 
 def test_worker_acks_reliable_deliveries_it_handles(router):
@@ -157,3 +186,189 @@ def test_worker_acks_reliable_deliveries_it_handles(router):
             assert rec is not None and rec.status == Status.DELIVERED
     finally:
         w.close()
+
+
+# ---- the broker's bounds and figures: a real Broker on a real ROUTER socket --------------
+
+class BrokerRig:
+    """A Broker on a ROUTER socket over inproc, fed whatever its DEALER peers send (the
+    core's part, frame checks and roles, is covered through real routers elsewhere)."""
+
+    def __init__(self, **kwargs) -> None:
+        import zmq
+        from router.broker import Broker
+        self.ctx = zmq.Context.instance()
+        self.url = f"inproc://broker-{id(self)}"
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.bind(self.url)
+        self.broker = Broker(self.sock, **kwargs)
+        self.peers = []
+
+    def peer(self, name: str):
+        import zmq
+        s = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.IDENTITY, name.encode())
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(self.url)
+        self.peers.append(s)
+        return s
+
+    def pump(self, wait_ms: int = 100) -> None:
+        """Hand everything the peers sent to the broker."""
+        while self.sock.poll(wait_ms):
+            ident, header, *rest = self.sock.recv_multipart()
+            self.broker.handle(ident, header, rest[0] if rest else b"")
+            wait_ms = 20
+
+    def inbox(self, peer) -> list[list[bytes]]:
+        out = []
+        while peer.poll(100):
+            out.append(peer.recv_multipart())
+        return out
+
+    def close(self) -> None:
+        for s in self.peers:
+            s.close(0)
+        self.sock.close(0)
+
+
+@pytest.fixture
+def rig():
+    made = []
+
+    def make(**kwargs) -> BrokerRig:
+        made.append(BrokerRig(**kwargs))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def test_stats_list_registered_services_only_with_credit_and_busy(rig):
+    from router import protocol as P
+    r = rig()
+    worker, client = r.peer("w1"), r.peer("c1")
+    worker.send(P.encode_ready("dispatch", credit=3))
+    for i in range(25):  # made-up names: no per-service figures, one bounded pool
+        client.send_multipart([P.encode_request(f"made-up-{i}", 100 + i, 60000), b"?"])
+    for i in range(2):
+        client.send_multipart([P.encode_request("dispatch", i + 1, 60000), b"job"])
+    r.pump()
+    st = r.broker.stats()
+    assert st["services"] == {"dispatch": {"workers": 1, "waiting": 0, "busy": 2, "credit": 1}}
+    assert st["unregistered_waiting"] == 25
+    jobs = [P.decode_request(f[0])[0] for f in r.inbox(worker)]
+    assert len(jobs) == 2
+    worker.send_multipart([P.encode_reply(jobs[0]), b"done"])
+    r.pump()
+    assert r.broker.stats()["services"]["dispatch"] == {
+        "workers": 1, "waiting": 0, "busy": 1, "credit": 2}
+    # a worker for one of the made-up names takes over the requests waiting for it
+    late = r.peer("w2")
+    late.send(P.encode_ready("made-up-7"))
+    r.pump()
+    assert [f[1] for f in r.inbox(late)] == [b"?"]
+    st = r.broker.stats()
+    assert st["unregistered_waiting"] == 24 and set(st["services"]) == {"dispatch", "made-up-7"}
+    for key in ("services", "replies", "expired", "no_service", "failed", "latency_buckets",
+                "latency_bounds", "latency_sum", "errors", "errors_suppressed"):
+        assert key in st
+
+
+def test_requests_for_unregistered_names_are_bounded(rig):
+    from router import protocol as P
+    from router.protocol import ErrorCode
+    r = rig(max_unregistered=5)
+    client = r.peer("c1")
+    for i in range(8):
+        client.send_multipart([P.encode_request(f"nobody-{i}", i + 1, 0), b"?"])  # no TTL
+    r.pump()
+    refused = [P.decode_reply(f[0]) for f in r.inbox(client)]
+    assert refused == [(6, ErrorCode.NO_SERVICE), (7, ErrorCode.NO_SERVICE),
+                       (8, ErrorCode.NO_SERVICE)]
+    st = r.broker.stats()
+    assert st["unregistered_waiting"] == 5 and st["services"] == {} and st["no_service"] == 3
+    assert len(r.broker.jobs) == 5
+
+
+def test_waiting_per_service_is_bounded(rig):
+    from router import protocol as P
+    from router.protocol import ErrorCode
+    r = rig(max_waiting=3)
+    worker, client = r.peer("w1"), r.peer("c1")
+    worker.send(P.encode_ready("busy", credit=0))
+    r.pump()
+    for i in range(5):
+        client.send_multipart([P.encode_request("busy", i + 1, 0), b"?"])
+    r.pump()
+    replies = r.inbox(client)
+    assert [P.decode_reply(f[0]) for f in replies] == [(4, ErrorCode.QUEUE_FULL),
+                                                       (5, ErrorCode.QUEUE_FULL)]
+    assert b"retry later" in replies[0][1]
+    assert r.broker.stats()["services"]["busy"]["waiting"] == 3
+
+
+def test_service_table_is_bounded(rig):
+    from router import protocol as P
+    from router.protocol import ErrorCode
+    r = rig(max_services=2)
+    a, b, c = r.peer("wa"), r.peer("wb"), r.peer("wc")
+    a.send(P.encode_ready("alpha"))
+    b.send(P.encode_ready("beta"))
+    r.pump()
+    c.send(P.encode_ready("gamma"))
+    r.pump()
+    (err,) = r.inbox(c)
+    code, _, text = P.decode_error(err[0], err[1])
+    assert code == ErrorCode.SERVICE_LIMIT and "2 services" in text and "gamma" in text
+    assert set(r.broker.stats()["services"]) == {"alpha", "beta"}
+    r.broker.peer_gone(b"wa")  # alpha's only worker left: alpha is idle, it makes room
+    c.send(P.encode_ready("gamma"))
+    r.pump()
+    assert r.inbox(c) == []
+    assert set(r.broker.stats()["services"]) == {"beta", "gamma"}
+    assert r.broker.stats()["errors"] == {int(ErrorCode.SERVICE_LIMIT): 1}
+
+
+def test_broker_error_counts_and_rate_limit(rig):
+    from router import protocol as P
+    from router.protocol import ErrorCode
+    r = rig(errors_per_second=3)
+    bad = r.peer("bad")
+    for _ in range(10):
+        bad.send(P.prefix(P.Command.READY))
+    r.pump()
+    codes = [P.decode_error(f[0], f[1])[0] for f in r.inbox(bad)]
+    assert codes == [ErrorCode.MALFORMED] * 3 + [ErrorCode.RATE_LIMITED]
+    st = r.broker.stats()
+    assert st["errors"] == {int(ErrorCode.MALFORMED): 10}  # counted before the limit
+    assert (st["errors_rate_limited"], st["errors_suppressed"]) == (1, 6)
+
+
+def test_made_up_service_names_leave_no_metric_series(make_router):
+    # 25 made-up names once left 25 `service` series: only registered services are shown.
+    import urllib.request
+    from conftest import free_port
+    port = free_port()
+    r = make_router("--metrics-port", str(port), "--heartbeat-ms", "500")
+
+    def scrape() -> str:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+    w = start_worker(r.url)
+    try:
+        with Sender(r.url, "client") as c:
+            for i in range(25):
+                c.submit(f"made-up-{i}", b"x", ttl_ms=200)
+            assert c.request("echo", b"hi", ttl_ms=3000).code == ErrorCode.NONE
+            time.sleep(0.5)
+            c.poll(0.1)
+        deadline = time.monotonic() + 5
+        while 'router_service_workers{service="echo"} 1.0' not in (text := scrape()):
+            assert time.monotonic() < deadline, text
+            time.sleep(0.2)
+        assert "made-up" not in text
+    finally:
+        w.kill()
+        w.wait()

@@ -24,13 +24,40 @@ log = logging.getLogger("workers.service")
 
 Handler = Callable[[bytes], bytes]
 
+#: Longest failure text sent back to the requester (the traceback stays in the log).
+MAX_FAILURE_TEXT = 500
+
+
+class BadRequest(ValueError):
+    """Raise from a handler when the request itself is wrong: the requester gets a REPLY
+    with code MALFORMED and this message (any other exception is WORKER_FAILED)."""
+
+
+def failure_reply(exc: BaseException, service: str) -> tuple[ErrorCode, bytes]:
+    """The REPLY status and payload for a handler that raised ``exc``: MALFORMED for a
+    :class:`BadRequest` (the client's fault), else WORKER_FAILED (ours); the payload is
+    the exception's type and message, no traceback. The caller logs the traceback."""
+    code = ErrorCode.MALFORMED if isinstance(exc, BadRequest) else ErrorCode.WORKER_FAILED
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if len(text) > MAX_FAILURE_TEXT:
+        text = text[:MAX_FAILURE_TEXT - 3] + "..."
+    return code, f"{service}: {text}".encode()
+
+
+def reply_payload(body: object) -> bytes:
+    """A handler's result as the REPLY payload; another type is the handler's bug."""
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return bytes(body)
+    raise TypeError(f"the handler returned {type(body).__name__}, not bytes")
+
 
 class ServiceWorker(Client):
     """Serve ``service`` with ``handler`` (request payload -> reply payload).
 
     ``on_delivery`` receives deliveries for ``addresses`` (acked after it returns).
-    A handler exception becomes a REPLY with code MALFORMED and the error text, so a
-    bad request cannot kill the worker.
+    A handler exception is logged with its traceback and answered, so it cannot kill the
+    worker: the requester gets WORKER_FAILED with the exception's type and message, or
+    MALFORMED when the handler raised :class:`BadRequest`.
     """
 
     def __init__(self, endpoint: str, service: str, handler: Handler, *,
@@ -79,10 +106,10 @@ class ServiceWorker(Client):
 
     def _answer(self, req: Request) -> None:
         try:
-            body, code = self.handler(req.payload), ErrorCode.NONE
-        except Exception as exc:  # a bad request must not take the worker down
-            log.exception("handler failed for a %s request", req.service)
-            body, code = f"{type(exc).__name__}: {exc}".encode(), ErrorCode.MALFORMED
+            body, code = reply_payload(self.handler(req.payload)), ErrorCode.NONE
+        except Exception as exc:  # one request must not take the worker down
+            log.exception("handler failed for %s job %d", req.service, req.job_id)
+            code, body = failure_reply(exc, req.service)
         self._send([P.encode_reply(req.job_id, code), body])
 
     def run(self, should_stop: Callable[[], bool] = lambda: False,

@@ -24,8 +24,9 @@ from router import protocol as P
 from router.aio import AsyncClient
 from router.protocol import Delivery, ErrorCode, Role
 from router.session import EndpointSession, Request, Welcome
+from workers.service import BadRequest, reply_payload, failure_reply
 
-__all__ = ["AsyncServiceWorker"]
+__all__ = ["AsyncServiceWorker", "BadRequest"]
 
 log = logging.getLogger("workers.service")
 
@@ -37,7 +38,8 @@ class AsyncServiceWorker(AsyncClient):
     with :meth:`connect`.
 
     ``on_delivery`` receives deliveries for ``addresses`` (acked after it returns). A
-    handler exception becomes a REPLY with code MALFORMED and the error text.
+    handler exception is logged with its traceback and answered: WORKER_FAILED with the
+    exception's type and message, or MALFORMED when it raised :class:`BadRequest`.
     """
 
     def __init__(self, endpoint: str, service: str, handler: AsyncHandler, *,
@@ -91,10 +93,11 @@ class AsyncServiceWorker(AsyncClient):
             body = self.handler(req.payload)
             if inspect.isawaitable(body):
                 body = await body
+            body = reply_payload(body)
             code = ErrorCode.NONE
-        except Exception as exc:  # a bad request must not take the worker down
-            log.exception("handler failed for a %s request", req.service)
-            body, code = f"{type(exc).__name__}: {exc}".encode(), ErrorCode.MALFORMED
+        except Exception as exc:  # one request must not take the worker down
+            log.exception("handler failed for %s job %d", req.service, req.job_id)
+            code, body = failure_reply(exc, req.service)
         await self._send([P.encode_reply(req.job_id, code), body])
         self.served += 1
 
