@@ -1027,3 +1027,58 @@ def test_dispatch_worker_is_ready_only_after_ready_sent():
     with metrics_router() as (r, router_port), dispatch_worker(r.url, router_port) as (wport, _):
         assert http(wport, "/readyz")[:3:2] == (200, "ready\n")
         assert "router_dispatch_decision_seconds" in http(wport, "/metrics")[2]
+
+
+# --------------------------------------------------------------------------- wiring
+def sample(text: str, name: str, **labels) -> float:
+    """The value of one sample in /metrics text (0.0 when absent)."""
+    for fam in families(text).values():
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
+
+
+def test_errors_refusals_and_offline_figures_reach_their_series():
+    """The core's figures land in the series METRICS.md names: errors counted before the
+    per-peer rate limit and the suppressed part apart; a REFUSED receipt under its code;
+    a message waiting for an offline rider shows in the offline gauges and, once acked,
+    in the offline delivery histogram only (not in the online one nor in hop latency)."""
+    from router.client import Endpoint, Sender
+
+    n_bad = 200
+    with metrics_router("--errors-per-second", "20") as (r, port), Sender(r.url, "wire") as s:
+        with Peer(r.url) as bad:  # 200 bad frames in well under a second
+            for _ in range(n_bad):
+                bad.send(b"GET / HTTP/1.1\r\n")
+            text = scrape_when(port, lambda t: sample(
+                t, "router_errors_total", code="bad_version") >= n_bad, "200 bad_version errors")
+        assert sample(text, "router_errors_total", code="bad_version") == n_bad
+        assert sample(text, "router_errors_suppressed_total") >= n_bad - 21
+
+        refused = s.send("merchant", b"x")  # no id: not an address
+        assert s.wait(refused, Status.REFUSED, timeout=5).status == Status.REFUSED
+        waiting = s.send("rider:wire", b"offer", msg_class=MsgClass.DISPATCH, ttl_ms=60_000)
+        assert s.wait(waiting, Status.ACCEPTED, timeout=5).status == Status.ACCEPTED
+        time.sleep(1.2)
+        text = scrape_when(port, lambda t: sample(t, "router_offline_addresses") == 1,
+                           "the offline address in the gauge")
+        assert sample(text, "router_receipts_refused_total", code="bad_address") == 1
+        # 1.2 s old, as of a snapshot up to REFRESH_SECONDS (0.5 s) older than the scrape
+        assert sample(text, "router_oldest_queued_message_age_seconds") >= 0.6
+        hop = sample(text, "router_hop_latency_seconds_count", **{"class": "dispatch"})
+        with Endpoint(r.url, ["rider:wire"]) as rider:
+            d = rider.recv(timeout=5)
+            assert d is not None and d.msg_id == waiting
+            rider.ack(d)
+            rider.flush()
+            assert s.wait(waiting, Status.DELIVERED, timeout=5).status == Status.DELIVERED
+            text = scrape_when(port, lambda t: sample(
+                t, "router_offline_delivery_latency_seconds_count", **{"class": "dispatch"}) == 1,
+                "the offline delivery in its histogram")
+        assert sample(text, "router_offline_delivery_latency_seconds_sum",
+                      **{"class": "dispatch"}) >= 1.0
+        assert sample(text, "router_delivery_latency_seconds_count", **{"class": "dispatch"}) == 0
+        assert sample(text, "router_hop_latency_seconds_count", **{"class": "dispatch"}) == hop
+        assert sample(text, "router_offline_addresses") == 0
+        assert sample(text, "router_oldest_queued_message_age_seconds") == 0
