@@ -784,13 +784,21 @@ cdef class Core:
         cdef uint16_t i
         cdef int ai
         cdef uint8_t ln
+        cdef uint64_t cursor
         off += 2
         for i in range(count):
             ln = h[off]
+            cursor = get64(h + off + 1 + ln)
+            if cursor > MAX_CURSOR:
+                # numbering would continue above it and wrap at 2**64
+                self._error(pi, E_BAD_CURSOR, 0, "cursor above 2**62 (MAX_CURSOR): "
+                            "sequences start at 1 and cannot get there; send the last "
+                            "sequence you hold, or 0")
+                return False
             ai = self._address_slot(pi, h + off + 1, ln)
             if ai < 0:
                 return False
-            self._bind(pi, ai, get64(h + off + 1 + ln))
+            self._bind(pi, ai, cursor)
             off += 1 + ln + 8
         return True
 

@@ -23,6 +23,9 @@ VERSION = 1
 
 #: Upper bound on any length-prefixed name on the wire (address, channel, kind, key).
 MAX_NAME = 255
+#: Highest cursor a HELLO or BIND may carry. Sequences start at 1 and never wrap: a
+#: cursor above this is refused (BAD_CURSOR) rather than let numbering pass 2**64.
+MAX_CURSOR = 1 << 62
 #: Entries in one address or cursor list (its count is 16 bits). More addresses go in
 #: further BIND/UNBIND/ACK messages: the SDK splits long lists itself (see chunks()).
 MAX_LIST = 0xFFFF
@@ -117,6 +120,7 @@ class ErrorCode(enum.IntEnum):
     ADDRESS_TAKEN = 21  #: to the old holder: another connection bound this address
     UNKNOWN_JOB = 22  #: REPLY for a job this worker does not hold (late, or never given)
     SERVICE_LIMIT = 23  #: READY for a new service while the service table is full
+    BAD_CURSOR = 24  #: a HELLO/BIND cursor above MAX_CURSOR: the router cannot honour it
 
 
 #: Common prefix of every header frame: signature, version, command, flags.
@@ -427,6 +431,7 @@ def decode_welcome(header: bytes) -> WelcomeInfo:
 def native_table() -> dict[str, int]:
     """Every integer constant, flattened, as the generated Cython include defines them."""
     table = {"SIGNATURE": SIGNATURE, "VERSION": VERSION, "MAX_NAME": MAX_NAME,
+             "MAX_CURSOR": MAX_CURSOR,
              "WELCOME_EXT_VERSION": WELCOME_EXT_VERSION}
     for group, prefix_ in (
         (Command, "CMD_"), (Flag, "FLAG_"), (Role, "ROLE_"), (MsgClass, "CLASS_"),
