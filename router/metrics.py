@@ -1,38 +1,53 @@
 """Prometheus metrics of the router: native counters exported at scrape time.
 
 The hot path only increments C counters and histogram buckets (ext/core.pyx). Between
-loop slices the router thread takes a snapshot (:meth:`RouterCollector.refresh`, once a
+loop slices the router thread takes a snapshot (:meth:`RouterCollector.refresh`, twice a
 second); the queue gauges come from a walk over the address table that advances at most
 100,000 addresses per snapshot, so a huge table is summed over several seconds rather
-than stalling the loop. The HTTP thread serves the latest snapshot, so a scrape never
-touches the core while it runs and never waits for it.
+than stalling the loop. The HTTP thread (router/httpd.py) serves the latest snapshot, so
+a scrape never touches the core while it runs and never waits for it.
 
 Names follow Prometheus conventions: ``router_`` prefix, base units, ``_total`` for
 counters, ``_seconds``/``_bytes``; labels are bounded sets (class, status, role, kind,
-code, service, outcome), never an address or order id. docs/METRICS.md lists them.
+code, service, outcome), never an address or order id. Every value of a bounded label
+is exported from the start (0 until it happens), so a panel or an alert never waits for
+the first occurrence. docs/METRICS.md lists every family; tests/test_observability.py
+checks the list against a real scrape.
 """
 
 from __future__ import annotations
 
-import threading
+import os
 import time
 from typing import Iterator
 
-from prometheus_client import CollectorRegistry, start_http_server
+import zmq
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric,
 )
 
+from . import __version__
 from . import core as _native
 from .protocol import RELIABLE_CLASSES, ErrorCode, MsgClass, Status
+
+#: Bucket upper bounds (seconds) of the native histograms: the core's own table.
 BOUNDS = _native.histogram_bounds()
 #: Seconds between snapshots of the core (a scrape sees data at most this old; twice a
 #: second, so consecutive once-a-second scrapes never see the same snapshot).
 REFRESH_SECONDS = 0.5
+#: Error codes as label values: every code but NONE, each exported from the start.
+CODES = [c for c in ErrorCode if c != ErrorCode.NONE]
+#: The broker's request outcomes: label value -> its counter key in Broker.stats().
+SERVICE_OUTCOMES = {"replied": "replies", "expired": "expired", "no_service": "no_service",
+                    "failed": "failed", "queue_full": "queue_full"}
 
 
 def _buckets(counts: list[int], bounds: list[float]) -> list[tuple[str, float]]:
     """Non-cumulative native counts -> cumulative Prometheus buckets (last is +Inf)."""
+    if len(counts) != len(bounds) + 1:
+        raise ValueError(f"{len(counts)} bucket counts for {len(bounds)} bounds: the core's "
+                         "metrics() and histogram_bounds() disagree; rebuild the core")
     out, total = [], 0
     for bound, n in zip(bounds + [float("inf")], counts):
         total += n
@@ -40,14 +55,29 @@ def _buckets(counts: list[int], bounds: list[float]) -> list[tuple[str, float]]:
     return out
 
 
+def _label(enum_member) -> str:
+    return enum_member.name.lower()
+
+
+def build_info() -> dict[str, str]:
+    """Versions the running router is built from (the labels of router_build_info)."""
+    return {"version": __version__, "pyzmq": zmq.__version__,
+            "libzmq": ".".join(map(str, _native.libzmq_version())),
+            "cython": _native.cython_version()}
+
+
 class RouterCollector:
-    """Collects from the latest snapshot of a :class:`router.server.Router`."""
+    """Collects from the latest snapshot of a :class:`router.server.Router`.
+
+    Until the router's loop takes its first snapshot (journal replay) it exports only
+    build info and disk space: no half-initialised figures.
+    """
 
     def __init__(self, router) -> None:
         self.router = router
         self._snapshot: dict | None = None
         self._taken = 0.0
-        self.refresh(force=True)
+        self._info = build_info()
 
     def refresh(self, force: bool = False) -> None:
         """Take a snapshot; call from the router's thread between slices."""
@@ -66,15 +96,34 @@ class RouterCollector:
 
     def collect(self) -> Iterator[Metric]:
         """Every router metric family, from the latest snapshot."""
+        fam = GaugeMetricFamily("router_build_info", "versions the router runs: always 1",
+                                labels=list(self._info))
+        fam.add_metric(list(self._info.values()), 1)
+        yield fam
+        yield from self._disk()
         s = self._snapshot
         if s is None:
             return
         yield from self._traffic(s)
         yield from self._outcomes(s)
+        yield from self._errors(s)
         yield from self._state(s)
+        yield from self._peers(s)
         yield from self._latency(s)
         yield from self._journal(s)
         yield from self._services(s["broker"])
+
+    def _disk(self) -> Iterator[Metric]:
+        """Free space of the data directory's filesystem (journal and history live there);
+        read at scrape time, in the HTTP thread: statvfs does not touch the core."""
+        try:
+            st = os.statvfs(self.router.settings.data_dir)
+        except OSError:
+            return  # no data dir (removed under the router): the series' absence says so
+        yield GaugeMetricFamily(
+            "router_journal_disk_free_bytes",
+            "bytes available to the router on the data directory's filesystem",
+            value=st.f_bavail * st.f_frsize)
 
     def _traffic(self, s: dict) -> Iterator[Metric]:
         for name, key, doc in (
@@ -83,30 +132,57 @@ class RouterCollector:
                  "DELIVER frames sent (fan-out and redeliveries included), by class")):
             fam = CounterMetricFamily(name, doc, labels=["class"])
             for cls in MsgClass:
-                fam.add_metric([cls.name.lower()], s[key][cls])
+                fam.add_metric([_label(cls)], s[key][cls])
             yield fam
         for name, key, doc in (
                 ("router_fanout_deliveries", "fanout", "extra deliveries made by channel fan-out"),
                 ("router_bytes_received", "bytes_in", "payload bytes received"),
-                ("router_bytes_sent", "bytes_out", "payload bytes delivered")):
+                ("router_bytes_sent", "bytes_out", "payload bytes delivered"),
+                ("router_acks_received", "acks_in", "message acks received from recipients")):
             yield CounterMetricFamily(name, doc, value=s[key])
 
     def _outcomes(self, s: dict) -> Iterator[Metric]:
         fam = CounterMetricFamily("router_receipts", "receipts issued, by status",
                                   labels=["status"])
         for status in Status:
-            fam.add_metric([status.name.lower()], s["receipts"][status])
+            fam.add_metric([_label(status)], s["receipts"][status])
         yield fam
         for name, key, doc in (
-                ("router_redeliveries", "redeliveries", "in-flight windows sent again, no ack"),
+                ("router_redeliveries", "redeliveries",
+                 "messages sent again for lack of an ack (one per message resent)"),
                 ("router_dedup_hits", "dedup_hits", "repeated message ids not delivered again"),
                 ("router_conflated", "conflated", "locations replaced by a newer one"),
                 ("router_shed", "shed", "best-effort messages dropped for space"),
-                ("router_expired", "expired", "messages whose TTL passed before delivery")):
+                ("router_expired", "expired", "messages whose TTL passed before delivery"),
+                ("router_receipts_dropped", "receipts_dropped",
+                 "receipts not sent: the sender was gone or its pipe full"),
+                ("router_blocked_sends", "blocked_sends",
+                 "sends to a peer whose pipe was full (EAGAIN): the message stays queued")):
             yield CounterMetricFamily(name, doc, value=s[key])
-        fam = CounterMetricFamily("router_errors", "ERROR replies sent, by code", labels=["code"])
-        for code, n in s["errors"].items():
-            fam.add_metric([ErrorCode(code).name.lower()], n)
+
+    def _errors(self, s: dict) -> Iterator[Metric]:
+        # The core answers routing commands, the broker service commands (READY, REQUEST,
+        # REPLY); both count every ERROR they decide, before their per-peer rate limit.
+        # The core counts the RATE_LIMITED notice among its errors and the error it
+        # replaced as suppressed; the broker counts the notices apart: same sums here.
+        b = s["broker"]
+        errors = dict(s["errors"])
+        for code, n in b["errors"].items():
+            errors[code] = errors.get(code, 0) + n
+        errors[ErrorCode.RATE_LIMITED] = errors.get(ErrorCode.RATE_LIMITED, 0) \
+            + b["errors_rate_limited"]
+        fam = CounterMetricFamily("router_errors", "ERRORs decided, by code (counted before "
+                                  "the per-peer rate limit)", labels=["code"])
+        for code in CODES:
+            fam.add_metric([_label(code)], errors.get(code, 0))
+        yield fam
+        yield CounterMetricFamily(
+            "router_errors_suppressed", "ERRORs not sent because of the per-peer rate limit",
+            value=s["errors_suppressed"] + b["errors_suppressed"] + b["errors_rate_limited"])
+        fam = CounterMetricFamily("router_receipts_refused", "REFUSED receipts, by error code",
+                                  labels=["code"])
+        for code in CODES:
+            fam.add_metric([_label(code)], s["refused"].get(code, 0))
         yield fam
 
     def _state(self, s: dict) -> Iterator[Metric]:
@@ -118,10 +194,12 @@ class RouterCollector:
         yield GaugeMetricFamily("router_offline_backlog_messages",
                                 "reliable messages held for addresses nobody has bound",
                                 value=s["offline_backlog"])
-        fam = GaugeMetricFamily("router_peers", "connected peers, by role", labels=["role"])
-        for role, n in s["peers_by_role"].items():
-            fam.add_metric([role], n)
-        yield fam
+        yield GaugeMetricFamily("router_offline_addresses",
+                                "addresses holding reliable messages that nobody has bound",
+                                value=s["offline_addresses"])
+        yield GaugeMetricFamily("router_oldest_queued_message_age_seconds",
+                                "age of the oldest message held in any queue (0: none)",
+                                value=s["oldest_queued_us"] / 1e6)
         yield GaugeMetricFamily("router_bound_addresses", "addresses bound to a connection",
                                 value=s["bound_addresses"])
         yield GaugeMetricFamily("router_addresses", "addresses in the table (it only grows)",
@@ -132,20 +210,35 @@ class RouterCollector:
                                 "how old the figures of this scrape are",
                                 value=time.monotonic() - self._taken)
 
+    def _peers(self, s: dict) -> Iterator[Metric]:
+        fam = GaugeMetricFamily("router_peers", "connected peers, by role", labels=["role"])
+        for role, n in s["peers_by_role"].items():
+            fam.add_metric([role], n)
+        yield fam
+        yield CounterMetricFamily("router_peers_connected", "peers that said HELLO",
+                                  value=s["peers_connected"])
+        yield CounterMetricFamily("router_peers_lost", "peers dropped without BYE "
+                                  "(heartbeat timeout)", value=s["peers_lost"])
+
     def _latency(self, s: dict) -> Iterator[Metric]:
-        fam = HistogramMetricFamily("router_hop_latency_seconds",
-                                    "router receive to DELIVER send", labels=["class"])
+        fam = HistogramMetricFamily(
+            "router_hop_latency_seconds", "router receive to first DELIVER send, for "
+            "recipients online when the message arrived", labels=["class"])
         for cls in MsgClass:
-            fam.add_metric([cls.name.lower()], _buckets(s["hop"][cls], BOUNDS["hop"]),
+            fam.add_metric([_label(cls)], _buckets(s["hop"][cls], BOUNDS["hop"]),
                            s["hop_sum_us"][cls] / 1e6)
         yield fam
-        fam = HistogramMetricFamily("router_delivery_latency_seconds",
-                                    "accepted to recipient ack (reliable classes)",
-                                    labels=["class"])
-        for cls in sorted(RELIABLE_CLASSES):
-            fam.add_metric([cls.name.lower()], _buckets(s["delivery"][cls], BOUNDS["delivery"]),
-                           s["delivery_sum_us"][cls] / 1e6)
-        yield fam
+        for name, key, doc in (
+                ("router_delivery_latency_seconds", "delivery",
+                 "accepted to recipient ack, recipient online throughout (reliable classes)"),
+                ("router_offline_delivery_latency_seconds", "delivery_offline",
+                 "accepted to recipient ack, for messages that waited for an offline "
+                 "recipient (reliable classes)")):
+            fam = HistogramMetricFamily(name, doc, labels=["class"])
+            for cls in sorted(RELIABLE_CLASSES):
+                fam.add_metric([_label(cls)], _buckets(s[key][cls], BOUNDS["delivery"]),
+                               s[f"{key}_sum_us"][cls] / 1e6)
+            yield fam
 
     def _journal(self, s: dict) -> Iterator[Metric]:
         fam = HistogramMetricFamily("router_journal_commit_seconds", "journal group commit time")
@@ -157,23 +250,38 @@ class RouterCollector:
                                   "group commits the store refused", value=s["commit_failures"])
         yield GaugeMetricFamily("router_journal_bytes", "journal bytes on disk",
                                 value=s["journal_bytes"])
+        yield GaugeMetricFamily("router_journal_replayed_messages",
+                                "messages recovered from the journal at start",
+                                value=s["replayed"])
 
     def _services(self, b: dict) -> Iterator[Metric]:
-        workers = GaugeMetricFamily("router_service_workers", "workers READY, by service",
-                                    labels=["service"])
-        waiting = GaugeMetricFamily("router_service_waiting_requests",
-                                    "requests waiting for a worker", labels=["service"])
+        gauges = [("workers", GaugeMetricFamily(
+                      "router_service_workers", "workers READY, by service", labels=["service"])),
+                  ("waiting", GaugeMetricFamily(
+                      "router_service_waiting_requests", "requests waiting for a worker",
+                      labels=["service"])),
+                  ("credit", GaugeMetricFamily(
+                      "router_service_worker_credit", "free credit of READY workers: requests "
+                      "they would take now", labels=["service"])),
+                  ("busy", GaugeMetricFamily(
+                      "router_service_busy_requests", "requests being handled by a worker",
+                      labels=["service"]))]
         for name, svc in b["services"].items():
-            workers.add_metric([name], svc["workers"])
-            waiting.add_metric([name], svc["waiting"])
-        yield workers
-        yield waiting
+            for key, fam in gauges:
+                fam.add_metric([name], svc[key])
+        for _, fam in gauges:
+            yield fam
+        yield GaugeMetricFamily("router_service_unregistered_waiting_requests",
+                                "requests waiting for a service no worker has registered yet",
+                                value=b["unregistered_waiting"])
         fam = CounterMetricFamily("router_service_requests", "service requests, by outcome",
                                   labels=["outcome"])
-        for outcome, key in (("replied", "replies"), ("expired", "expired"),
-                             ("no_service", "no_service"), ("failed", "failed")):
+        for outcome, key in SERVICE_OUTCOMES.items():
             fam.add_metric([outcome], b[key])
         yield fam
+        yield CounterMetricFamily("router_service_late_replies",
+                                  "REPLYs for requests already answered, expired or failed",
+                                  value=b["late_replies"])
         fam = HistogramMetricFamily("router_service_request_seconds",
                                     "request arrival to reply")
         fam.add_metric([], _buckets(b["latency_buckets"], b["latency_bounds"]),
@@ -181,10 +289,13 @@ class RouterCollector:
         yield fam
 
 
-def serve_metrics(router, port: int, host: str = "127.0.0.1") -> tuple[RouterCollector, object]:
-    """Start the /metrics HTTP endpoint for ``router``; returns (collector, server)."""
+def registry_for(router) -> tuple[CollectorRegistry, RouterCollector]:
+    """A registry with the router's families and the process's own (CPU, memory, open
+    files, start time, Python version and GC): what the router's /metrics serves."""
     registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
     collector = RouterCollector(router)
     registry.register(collector)
-    server, _thread = start_http_server(port, addr=host, registry=registry)
-    return collector, server
+    return registry, collector

@@ -18,9 +18,11 @@ import orjson
 import zmq
 
 from . import core as _native
+from . import httpd
 from .broker import Broker
 from .config import Settings
 from .history import History
+from .httpd import Health
 from .journal import FileStore, Recovery
 from .protocol import ErrorCode, Role, Status
 
@@ -34,7 +36,7 @@ class Router:
     """A running router: bind, then :meth:`serve` until :meth:`stop` or a signal."""
 
     __slots__ = ("settings", "context", "socket", "core", "endpoints", "store", "history",
-                 "recovery", "broker", "metrics", "_metrics_server", "_stop", "_last_summary",
+                 "recovery", "broker", "metrics", "health", "_ops", "_stop", "_last_summary",
                  "_last_stats")
 
     def __init__(self, settings: Settings, context: zmq.Context | None = None) -> None:
@@ -69,27 +71,43 @@ class Router:
             batch=settings.commit_batch,
             dedup_capacity=settings.dedup_capacity,
         )
-        # Replay before binding: nobody connects to a router that is still recovering.
-        self.recovery = self.store.open(self.core) if self.store else Recovery()
-        self._bind(settings.bind)
+        # Ops endpoint first, so /healthz and /readyz (503) answer during a long replay.
+        self.health = Health()
+        self.metrics, self._ops = None, None
+        if settings.metrics_port:
+            self._serve_ops()
+        try:
+            # Replay before binding: nobody connects to a router that is still recovering.
+            self.recovery = self.store.open(self.core) if self.store else Recovery()
+            self._bind(settings.bind)
+        except BaseException:
+            self._close_ops()
+            raise
         self.broker = Broker(self.socket, {"router.history": self._history_query,
                                            "router.presence": self._presence_query},
                              errors_per_second=settings.errors_per_second)
-        self.metrics = None
-        self._metrics_server = None
-        if settings.metrics_port:
-            from .metrics import serve_metrics
-
-            try:
-                self.metrics, self._metrics_server = serve_metrics(
-                    self, settings.metrics_port, settings.metrics_host)
-            except OSError as exc:
-                self.socket.close(linger=0)
-                raise OSError(f"cannot serve metrics on {settings.metrics_host}:"
-                              f"{settings.metrics_port}: {exc}") from exc
         self._stop = threading.Event()
         self._last_summary = time.monotonic()
         self._last_stats = self.core.stats()
+
+    def _serve_ops(self) -> None:
+        """/metrics, /healthz and /readyz on metrics_host:metrics_port (router/httpd.py)."""
+        from .metrics import registry_for
+
+        s = self.settings
+        registry, self.metrics = registry_for(self)
+        try:
+            self._ops = httpd.serve(s.metrics_port, s.metrics_host, registry, self.health)
+        except OSError as exc:
+            self.socket.close(linger=0)
+            raise OSError(f"cannot serve metrics on {s.metrics_host}:{s.metrics_port}: {exc}; "
+                          "is another process on that port? Choose another --metrics-port"
+                          ) from exc
+
+    def _close_ops(self) -> None:
+        if self._ops:
+            self._ops.close()
+            self._ops = None
 
     def _bind(self, endpoints: list[str]) -> None:
         for endpoint in endpoints:
@@ -131,11 +149,15 @@ class Router:
         log.info("router serving on %s (native core on %s)", ", ".join(self.endpoints),
                  _native.libzmq_path())
         if self.metrics:
-            log.info("metrics on http://%s:%d/metrics", self.settings.metrics_host,
-                     self.settings.metrics_port)
+            log.info("metrics on http://%s:%d/metrics (health: /healthz, /readyz)",
+                     self.settings.metrics_host, self.settings.metrics_port)
         next_housekeeping = 0.0
+        if self.metrics:
+            self.metrics.refresh(force=True)  # a ready router has figures, not just versions
+        self.health.set_ready(not self._stop.is_set())  # journal replayed, socket bound
         try:
             while not self._stop.is_set():
+                self.health.beat()
                 self.core.run(SLICE_MS)  # returns early when service traffic arrived
                 self._log_events()  # connects first: the broker learns roles before READYs
                 for identity, header, payload in self.core.drain_broker():
@@ -147,12 +169,11 @@ class Router:
             self._housekeeping()
             self._summary(final=True)
             self.socket.close(linger=0)
-            if self._metrics_server:
-                self._metrics_server.shutdown()
             if self.store:
                 self.store.close()
             if self.history:
                 self.history.close()
+            self._close_ops()  # last: /readyz says 503 (stopping) until the port closes
 
     def _to_broker(self, identity: bytes, header: bytes, payload: bytes) -> None:
         """Hand one service command to the broker. The broker answers bad input with an
@@ -203,7 +224,8 @@ class Router:
             log.error("journal damaged, recovered the good prefix: %s", line)
 
     def stop(self) -> None:
-        """Ask serve() to return after its current slice."""
+        """Ask serve() to return after its current slice; /readyz answers 503 from now."""
+        self.health.stopping()
         self._stop.set()
 
     def stats(self) -> dict:

@@ -22,8 +22,9 @@ import signal
 import time
 
 import orjson
-from prometheus_client import Histogram, start_http_server
+from prometheus_client import REGISTRY, Histogram
 
+from router import httpd
 from router.client import Sender
 from router.protocol import Delivery
 from workers.service import ServiceWorker
@@ -93,15 +94,21 @@ def main() -> None:
     ap.add_argument("--metrics-port", type=int, default=0)
     args = ap.parse_args()
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.metrics_port:
-        start_http_server(args.metrics_port, addr="127.0.0.1")
+    # /metrics, /healthz, /readyz (router/httpd.py): ready once READY went to the router.
+    health = httpd.Health()
+    ops = httpd.serve(args.metrics_port, "127.0.0.1", REGISTRY, health) \
+        if args.metrics_port else None
     stopping = []
     signal.signal(signal.SIGTERM, lambda *a: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *a: stopping.append(1))
-    worker = make_worker(args.router, args.name)
+    worker = make_worker(args.router, args.name)  # returns after HELLO, WELCOME and READY
+    health.set_ready(True)
     logging.getLogger("workers.dispatch").info("dispatch worker %s ready", worker.session.name)
-    worker.run(lambda: bool(stopping))
+    worker.run(lambda: health.beat() or bool(stopping))
+    health.stopping()
     worker.close()
+    if ops:
+        ops.close()
 
 
 if __name__ == "__main__":
