@@ -574,6 +574,8 @@ cdef class Core:
             now = mono_ms()
             if now >= self.next_tick_ms:
                 self._tick(now)
+                if not self.receipt_peers.empty():
+                    self._flush()  # expiries and failures of this tick: tell them now
             if now >= deadline or not self.broker_inbox.empty():
                 break
             if k == self.batch:

@@ -1056,14 +1056,14 @@ def test_errors_refusals_and_offline_figures_reach_their_series():
         assert sample(text, "router_errors_total", code="bad_version") == n_bad
         assert sample(text, "router_errors_suppressed_total") >= n_bad - 21
 
-        refused = s.send("merchant", b"x")  # no id: not an address
+        refused = s.send("order:none", b"x", channel=True)  # nobody joined it
         assert s.wait(refused, Status.REFUSED, timeout=5).status == Status.REFUSED
         waiting = s.send("rider:wire", b"offer", msg_class=MsgClass.DISPATCH, ttl_ms=60_000)
         assert s.wait(waiting, Status.ACCEPTED, timeout=5).status == Status.ACCEPTED
         time.sleep(1.2)
         text = scrape_when(port, lambda t: sample(t, "router_offline_addresses") == 1,
                            "the offline address in the gauge")
-        assert sample(text, "router_receipts_refused_total", code="bad_address") == 1
+        assert sample(text, "router_receipts_refused_total", code="unknown_channel") == 1
         # 1.2 s old, as of a snapshot up to REFRESH_SECONDS (0.5 s) older than the scrape
         assert sample(text, "router_oldest_queued_message_age_seconds") >= 0.6
         hop = sample(text, "router_hop_latency_seconds_count", **{"class": "dispatch"})
