@@ -45,6 +45,11 @@ MAX_WAITING = 10_000
 MAX_UNREGISTERED = 10_000
 #: Payload bytes of all requests the broker holds (waiting or being served).
 MAX_HELD_BYTES = 256 << 20
+#: Requests one client connection may have held at once (waiting or being served);
+#: beyond it: REPLY QUEUE_FULL. One client cannot fill the broker for the others.
+MAX_PER_CLIENT = 1000
+#: How long a request with TTL 0 ("no TTL") waits at most, ms: nothing waits forever.
+MAX_WAIT_MS = 60_000
 #: Connections whose non-WORKER role the broker remembers (to refuse their READY).
 MAX_TRACKED_PEERS = 1 << 20
 #: Upper bounds (seconds) of the request-to-reply histogram.
@@ -175,7 +180,7 @@ class Job:
     request_id: int
     service: str
     payload: bytes
-    deadline: float  # monotonic; inf when no TTL
+    deadline: float  # monotonic (TTL 0: MAX_WAIT_MS from arrival)
     worker: bytes | None = None
     attempts: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -224,12 +229,14 @@ class Broker:
                  builtins: dict[str, Callable[[bytes], bytes]] | None = None, *,
                  errors_per_second: int = 20, max_services: int = MAX_SERVICES,
                  max_waiting: int = MAX_WAITING,
-                 max_unregistered: int = MAX_UNREGISTERED) -> None:
+                 max_unregistered: int = MAX_UNREGISTERED,
+                 max_per_client: int = MAX_PER_CLIENT, max_wait_ms: int = MAX_WAIT_MS) -> None:
         self.socket = socket
         #: Services the router answers itself (``router.history``, ``router.presence``).
         self.builtins = builtins or {}
         self.max_services, self.max_waiting = max_services, max_waiting
         self.max_unregistered = max_unregistered
+        self.max_per_client, self.max_wait_ms = max_per_client, max_wait_ms
         self.services: dict[str, Service] = {}  # registered ones only
         self.workers: dict[bytes, Worker] = {}
         self.jobs: dict[int, Job] = {}
@@ -238,11 +245,13 @@ class Broker:
         self._unregistered_n = 0
         self._held_bytes = 0
         self._deadlines: list[tuple[float, int]] = []  # heap of (deadline, job id)
+        self._by_client: dict[bytes, set[int]] = {}  # connection -> ids of its jobs
         self._not_workers: dict[bytes, int] = {}  # connection -> its non-WORKER HELLO role
         self._limiter = ErrorLimiter(errors_per_second)
         self._ids = itertools.count(1)
         self.counters = {"requests": 0, "replies": 0, "retried": 0, "expired": 0,
-                         "no_service": 0, "failed": 0, "queue_full": 0, "late_replies": 0}
+                         "no_service": 0, "failed": 0, "queue_full": 0, "late_replies": 0,
+                         "abandoned": 0}
         #: ERRORs decided, by code (before the rate limit), and what the limit held back.
         self.errors: dict[int, int] = {}
         self.errors_rate_limited = 0  # RATE_LIMITED notices sent in place of an error
@@ -280,9 +289,17 @@ class Broker:
             self._not_workers[identity] = role
 
     def peer_gone(self, identity: bytes) -> None:
-        """A connection is gone (BYE, heartbeat timeout, unreachable)."""
+        """A connection is gone (BYE, heartbeat timeout, unreachable): as a worker its
+        jobs go to other workers; as a client its requests are dropped (nobody is left
+        to answer; a worker holding one keeps the credit until its REPLY, which is then
+        dropped as late)."""
         self._not_workers.pop(identity, None)
         self.worker_gone(identity)
+        for job_id in self._by_client.pop(identity, ()):
+            job = self.jobs.get(job_id)
+            if job is not None:
+                self.counters["abandoned"] += 1
+                self._forget(job, release_worker=False)
 
     def _on_ready(self, identity: bytes, header: bytes) -> None:
         role = self._not_workers.get(identity)
@@ -353,12 +370,19 @@ class Broker:
             self._refuse_request(identity, rid, ErrorCode.QUEUE_FULL,
                                  "the broker holds its limit of request bytes: retry later")
             return
-        deadline = time.monotonic() + ttl_ms / 1000 if ttl_ms else float("inf")
+        mine = self._by_client.setdefault(identity, set())
+        if len(mine) >= self.max_per_client:
+            self._refuse_request(identity, rid, ErrorCode.QUEUE_FULL,
+                                 f"this connection already has {len(mine)} requests waiting "
+                                 f"or being served (at most {self.max_per_client}): wait for "
+                                 f"replies, then retry")
+            return
+        deadline = time.monotonic() + (ttl_ms or self.max_wait_ms) / 1000
         job = Job(next(self._ids), identity, rid, service, payload, deadline)
         self.jobs[job.job_id] = job
+        mine.add(job.job_id)
         self._held_bytes += len(payload)
-        if ttl_ms:
-            heapq.heappush(self._deadlines, (deadline, job.job_id))
+        heapq.heappush(self._deadlines, (deadline, job.job_id))
         if svc is None:  # a worker may register it later; until then it waits, bounded
             self.unregistered.setdefault(service, OrderedDict())[job.job_id] = job
             self._unregistered_n += 1
@@ -475,8 +499,7 @@ class Broker:
             self._fail(job, code, "no reply before the request's TTL", release_worker=False)
         if len(self._deadlines) > 2 * len(self.jobs) + 1024:
             # answered requests with long TTLs leave entries behind: keep the heap small
-            self._deadlines = [(j.deadline, j.job_id) for j in self.jobs.values()
-                               if j.deadline != float("inf")]
+            self._deadlines = [(j.deadline, j.job_id) for j in self.jobs.values()]
             heapq.heapify(self._deadlines)
         self._limiter.prune(now)
 
@@ -491,8 +514,7 @@ class Broker:
             job.worker = w.identity
             job.attempts += 1
             w.jobs.add(job.job_id)
-            ttl = 0 if job.deadline == float("inf") else max(
-                int((job.deadline - time.monotonic()) * 1000), 1)
+            ttl = max(int((job.deadline - time.monotonic()) * 1000), 1)
             if not self._send(w.identity, P.encode_request(svc.name, job.job_id, ttl),
                               job.payload):
                 self.worker_gone(w.identity)
@@ -503,6 +525,11 @@ class Broker:
         worker, unless ``release_worker``)."""
         self.jobs.pop(job.job_id, None)
         self._held_bytes -= len(job.payload)
+        mine = self._by_client.get(job.client)
+        if mine is not None:
+            mine.discard(job.job_id)
+            if not mine:
+                del self._by_client[job.client]
         if job.worker is not None:
             w = self.workers.get(job.worker)
             if w is not None and release_worker:

@@ -372,3 +372,85 @@ def test_made_up_service_names_leave_no_metric_series(make_router):
     finally:
         w.kill()
         w.wait()
+
+
+def test_ttl_zero_waits_at_most_the_maximum(rig):
+    import time
+    from router import protocol as P
+    from router.protocol import ErrorCode
+    r = rig(max_wait_ms=200)
+    client = r.peer("c1")
+    client.send_multipart([P.encode_request("nobody", 1, 0), b"?"])  # TTL 0
+    r.pump()
+    deadline = time.monotonic() + 2
+    while r.broker.jobs and time.monotonic() < deadline:
+        r.broker.tick()
+        time.sleep(0.02)
+    assert [P.decode_reply(f[0]) for f in r.inbox(client)] == [(1, ErrorCode.NO_SERVICE)]
+
+
+def test_a_departed_clients_requests_are_dropped(rig):
+    from router import protocol as P
+    r = rig()
+    worker, client = r.peer("w1"), r.peer("c1")
+    worker.send(P.encode_ready("slow", credit=1))
+    for i in range(50):
+        client.send_multipart([P.encode_request("slow", i + 1, 0), b"job"])
+        client.send_multipart([P.encode_request("nobody", 100 + i, 0), b"?"])
+    r.pump()
+    assert len(r.broker.jobs) == 100
+    r.broker.peer_gone(b"c1")
+    assert r.broker.jobs == {} and r.broker.stats()["unregistered_waiting"] == 0
+    assert r.broker.stats()["abandoned"] == 100
+    # the worker's answer to the one it held is dropped as late; its credit is free again
+    job = P.decode_request(r.inbox(worker)[0][0])[0]
+    worker.send_multipart([P.encode_reply(job), b"done"])
+    r.pump()
+    assert r.broker.stats()["services"]["slow"]["credit"] == 1
+
+
+def test_requests_held_per_client_are_bounded(rig):
+    from router import protocol as P
+    from router.protocol import ErrorCode
+    r = rig(max_per_client=10)
+    greedy, other = r.peer("c1"), r.peer("c2")
+    for i in range(15):
+        greedy.send_multipart([P.encode_request("nobody", i + 1, 0), b"?"])
+    other.send_multipart([P.encode_request("nobody", 1, 0), b"?"])
+    r.pump()
+    assert [P.decode_reply(f[0]) for f in r.inbox(greedy)] == [
+        (i + 1, ErrorCode.QUEUE_FULL) for i in range(10, 15)]
+    assert r.inbox(other) == [] and len(r.broker.jobs) == 11
+
+
+def test_ttl_zero_requests_of_a_client_that_leaves_are_dropped(make_router):
+    """2,000 TTL-0 requests to a service nobody serves, then BYE: the router holds
+    nothing for them afterwards (they used to wait forever)."""
+    import time
+    import urllib.request
+    from conftest import Peer, free_port
+    from router import protocol as P
+    from router.protocol import Command, Role
+    port = free_port()
+    r = make_router("--metrics-port", str(port))
+
+    def unregistered() -> float:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+        for line in text.decode().splitlines():
+            if line.startswith("router_service_unregistered_waiting_requests "):
+                return float(line.split()[1])
+        raise AssertionError("no router_service_unregistered_waiting_requests in /metrics")
+
+    with Peer(r.url) as c:
+        c.hello(Role.SENDER, "leaver")
+        for i in range(2000):
+            c.send(P.encode_request("nobody.home", i + 1, 0), b"?")
+        deadline = time.monotonic() + 10
+        while unregistered() < 1000 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert unregistered() == 1000  # the per-connection bound; the rest: QUEUE_FULL
+        c.send(P.prefix(Command.BYE))
+        deadline = time.monotonic() + 5
+        while unregistered() > 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert unregistered() == 0
