@@ -18,7 +18,7 @@ from typing import AsyncIterator, Callable, Iterable
 import zmq
 import zmq.asyncio
 
-from .client import FINAL, make_socket
+from .client import FINAL, LINK_EVENTS, make_socket
 from .protocol import Command, Delivery, MsgClass, Receipt, Role, Status, prefix
 from .session import (
     COMPRESS_ABOVE, EndpointSession, Payload, Reply, RouterError, RouterUnavailable,
@@ -46,6 +46,10 @@ class AsyncClient:
         self.endpoint = endpoint
         self.context = context or zmq.asyncio.Context.instance()
         self.socket = make_socket(self.context, endpoint)
+        self._monitor = self.socket.get_monitor_socket(LINK_EVENTS)
+        self._poller = zmq.asyncio.Poller()
+        self._poller.register(self.socket, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
         self.errors: collections.deque[RouterError] = collections.deque(maxlen=1000)
         self.on_error = on_error
         self._welcomed = asyncio.Event()
@@ -80,7 +84,10 @@ class AsyncClient:
                 await self._send(frames)
             await self._before_wait()
             hb = max(self.session.heartbeat_ms // 2, 1)
-            if not await self.socket.poll(hb, zmq.POLLIN):
+            ready = dict(await self._poller.poll(hb))
+            if self._monitor in ready:
+                await self._follow_link()
+            if self.socket not in ready:
                 continue
             frames = await self.socket.recv_multipart()
             events, replies = self.session.handle(frames)
@@ -106,6 +113,20 @@ class AsyncClient:
         else:
             log.warning("%s", err)
 
+    async def _follow_link(self) -> None:
+        """Connection ups and downs from libzmq's monitor: one HELLO per reconnect."""
+        while (event := await self._next_link_event()) is not None:
+            if event == zmq.EVENT_DISCONNECTED:
+                self.session.link_down()
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                await self._send_all(self.session.link_up())
+
+    async def _next_link_event(self) -> int | None:
+        if not await self._monitor.poll(0):
+            return None
+        frames = await self._monitor.recv_multipart()
+        return int.from_bytes(frames[0][:2], "little")
+
     async def _before_wait(self) -> None:
         """Hook: flush batched work before the reader waits."""
 
@@ -127,6 +148,8 @@ class AsyncClient:
                     await self._send([prefix(Command.BYE)])
                 except zmq.ZMQError:
                     pass
+            self.socket.disable_monitor()
+            self._monitor.close(linger=0)
             self.socket.close(linger=100 if bye else 0)
 
     async def __aenter__(self):

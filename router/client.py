@@ -66,6 +66,19 @@ def make_socket(context: zmq.Context, endpoint: str) -> zmq.Socket:
     return sock
 
 
+#: libzmq monitor events a client follows: the link is up after the ZMTP handshake.
+LINK_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+
+
+def link_event(monitor: zmq.Socket) -> int | None:
+    """Read one monitor event (non-blocking): its zmq.EVENT_* number, or None."""
+    try:
+        frames = monitor.recv_multipart(zmq.DONTWAIT)
+    except zmq.Again:
+        return None
+    return int.from_bytes(frames[0][:2], "little")
+
+
 class Client:
     """A DEALER socket carrying one session: the base of Sender, Endpoint and
     workers.service.ServiceWorker (subclasses take events in :meth:`_accept`).
@@ -84,6 +97,10 @@ class Client:
         self.endpoint = endpoint
         self.context = context or zmq.Context.instance()
         self.socket = make_socket(self.context, endpoint)
+        self._monitor = self.socket.get_monitor_socket(LINK_EVENTS)
+        self._poller = zmq.Poller()
+        self._poller.register(self.socket, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
         #: The latest router ERRORs seen on this connection, oldest first.
         self.errors: collections.deque[RouterError] = collections.deque(maxlen=1000)
         self.on_error = on_error
@@ -93,7 +110,7 @@ class Client:
         while session.welcome is None:
             left = deadline - time.monotonic()
             if self._refused is not None or left <= 0:
-                self.socket.close(linger=0)
+                Client.close(self, bye=False)
                 if self._refused is not None:
                     raise self._refused
                 raise RouterUnavailable(
@@ -119,7 +136,10 @@ class Client:
         # Wake at least every heartbeat period so heartbeats and re-HELLO keep flowing.
         hb = max(self.session.heartbeat_ms // 2, 1)
         wait_ms = hb if wait_ms is None else min(wait_ms, hb)
-        if not self.socket.poll(wait_ms, zmq.POLLIN):
+        ready = dict(self._poller.poll(wait_ms))
+        if self._monitor in ready:
+            self._follow_link()
+        if self.socket not in ready:
             return accepted
         while True:
             try:
@@ -135,6 +155,14 @@ class Client:
                 elif not isinstance(ev, Welcome):
                     self._accept(ev)
                     accepted += 1
+
+    def _follow_link(self) -> None:
+        """Connection ups and downs from libzmq's monitor: one HELLO per reconnect."""
+        while (event := link_event(self._monitor)) is not None:
+            if event == zmq.EVENT_DISCONNECTED:
+                self.session.link_down()
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._send_all(self.session.link_up())
 
     def _accept(self, event: Delivery | Receipt) -> None:
         """Take one delivery or receipt (it may arrive while waiting for WELCOME)."""
@@ -164,6 +192,8 @@ class Client:
                 self.socket.send(prefix(Command.BYE), zmq.DONTWAIT)
             except zmq.ZMQError:
                 pass
+        self.socket.disable_monitor()
+        self._monitor.close(linger=0)
         self.socket.close(linger=100 if bye else 0)
 
     def __enter__(self):

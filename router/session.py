@@ -154,12 +154,18 @@ class Session:
         self.last_heard = time.monotonic()
         self._resend_due = False
         self._hello_at = 0.0
+        #: The connection to the router is up (as libzmq's monitor last said). While it
+        #: is down nothing housekeeping is queued: HELLOs or heartbeats queued during an
+        #: outage would all arrive at once when it comes back.
+        self.link = True
+        self._hello_since_down = False
 
     def hello(self) -> list[list[bytes]]:
         """Messages of the HELLO to (re)send: the HELLO, then a BIND for each further
         MAX_LIST addresses when there are more than one list holds."""
         self.welcome = None
         self._hello_at = time.monotonic()
+        self._hello_since_down = True
         first, *rest = P.chunks(self.cursor_list())
         return [[P.encode_hello(self.role, self.name, first)]] + [
             [P.encode_bind(part)] for part in rest]
@@ -172,14 +178,36 @@ class Session:
         """Record that frames went out now (heartbeats are only sent when idle)."""
         self.last_sent = time.monotonic()
 
+    def link_down(self) -> None:
+        """The connection went down (libzmq reconnects by itself)."""
+        self.link = False
+        self._hello_since_down = False
+
+    def link_up(self) -> list[list[bytes]]:
+        """The connection is up again: one HELLO for it, unless one was queued since it
+        went down (that one goes out on this connection). The router sees a reconnect
+        as a new connection, so this HELLO is what moves the addresses back."""
+        self.link = True
+        self.last_heard = time.monotonic()
+        return [] if self._hello_since_down else self.hello()
+
+    def _hello_pending(self, now: float) -> bool:
+        """A HELLO went out on this connection recently and its WELCOME has not come."""
+        return (self.welcome is None and self._hello_since_down
+                and (now - self._hello_at) * 1000 < self.heartbeat_ms * self.liveness)
+
     def due(self) -> list[list[bytes]]:
         """Housekeeping frames to send now: a heartbeat when idle, HELLO when the router
-        has been silent too long (it restarted, dropped us, or our HELLO was lost)."""
+        has been silent too long while the link is up (it restarted, dropped us, or our
+        HELLO was lost): at most once per liveness period. Nothing while the link is
+        down (link_up sends the HELLO)."""
+        if not self.link:
+            return []
         now = time.monotonic()
         silence = (now - self.last_heard) * 1000
-        if silence > self.heartbeat_ms * self.liveness:
+        if silence > self.heartbeat_ms * (self.liveness + 1):
             self.last_heard = now
-            return self.hello()
+            return [] if self._hello_pending(now) else self.hello()
         if (now - self.last_sent) * 1000 >= self.heartbeat_ms / 2:
             return [[P.prefix(Command.HEARTBEAT)]]
         return []
@@ -201,8 +229,9 @@ class Session:
         if command == Command.ERROR:
             code, mid, text = P.decode_error(frames[0], frames[1] if len(frames) > 1 else b"")
             if code == ErrorCode.NOT_READY:
-                # One HELLO answers a burst of NOT_READY (one per message in flight).
-                if self.welcome is None and time.monotonic() - self._hello_at < 0.2:
+                # One HELLO answers a burst of NOT_READY (one per message that was in
+                # flight when the connection changed): none while one is pending.
+                if self._hello_pending(time.monotonic()):
                     return [], []
                 return [], self.hello()
             return [RouterError(code, mid, text)], []
