@@ -376,3 +376,20 @@ def test_dispatch_without_any_worker_fails_and_is_retried_with_backoff(router):
         # failures at ~0.3 s, then asks at 0.8 (+0.3), 2.1 (+0.3), 4.4: 2-4 failures
         assert 2 <= svc.dispatch["failed"] <= 4, svc.dispatch
         assert svc.dispatch["retry"] in (svc.dispatch["failed"] - 1, svc.dispatch["failed"])
+
+
+def test_unreadable_rider_states_do_not_stop_dispatch(router, dispatch_worker):
+    with Sender(router.url, "rider-states") as s:
+        for bad in (b"not json", {"id": "rider:bad"}, {"id": "rider:nan", "x": "nan", "y": 0},
+                    {"id": "rider:r", "x": 1, "y": 2, "route": [[1, 2]]}, [1, 2]):
+            s.send(RIDER_CHANNEL, bad, msg_class=MsgClass.LOCATION, key="bad", channel=True)
+        s.poll(0.2)
+    publish_riders(router.url, {"rider:ok": (10.0, 0.0)})
+    time.sleep(0.3)
+    with Sender(router.url, "asker") as s:
+        reply = s.request("dispatch", {"order": {"id": "1", "merchant": [0, 0],
+                                                 "dropoff": [100, 100], "ready_at": 0,
+                                                 "promised_at": 1800}, "now": 0, "limit": 5})
+    assert reply.code == ErrorCode.NONE, reply
+    assert [c["rider"] for c in orjson.loads(reply.payload)["candidates"]] == ["rider:ok"]
+    assert dispatch_worker.poll() is None, "the dispatch worker died"
