@@ -10,8 +10,8 @@ only the figures. No external service is needed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
 import os
 import shutil
 import signal
@@ -62,6 +62,26 @@ def open_data_dir(path: str | None) -> tuple[Path, bool]:
         raise DemoError(f"cannot use --data-dir {path}: {exc.strerror or exc}; "
                         "give a directory you can create and write") from None
     return d, True
+
+
+NEXT_ORDER_FILE = "demo-next-order"
+
+
+def first_order(data_dir: Path) -> int:
+    """The first order id for a run in ``data_dir``: after the last run's orders, so a
+    kept data dir's history never mixes two runs under one order id."""
+    try:
+        return max(int((data_dir / NEXT_ORDER_FILE).read_text().strip()), 1)
+    except (OSError, ValueError):
+        return 1
+
+
+def save_next_order(data_dir: Path, city: City) -> None:
+    """Remember where the next run's order ids start."""
+    try:
+        (data_dir / NEXT_ORDER_FILE).write_text(f"{city.cfg.first_order + city.placed}\n")
+    except OSError:
+        pass  # the data dir became unwritable: the next run may reuse ids, nothing worse
 
 
 def wait_ready(procs: list[subprocess.Popen], urls: list[str],
@@ -297,6 +317,7 @@ def run(cfg: Config, seconds: float | None, workers: int = 2, data_dir: str | No
     try:
         demo.start()
         # one name per run: a kept data dir remembers the message ids of earlier runs
+        cfg = dataclasses.replace(cfg, first_order=first_order(path)) if kept else cfg
         city = City(demo.url, cfg, name=f"city-{int(time.time()) % 100000}")
         print(demo.banner(), flush=True)
         display, next_print = Display(city, demo.metrics_url), time.monotonic() + 1
@@ -306,8 +327,11 @@ def run(cfg: Config, seconds: float | None, workers: int = 2, data_dir: str | No
             if time.monotonic() >= next_print:
                 print(display.line(), flush=True)
                 next_print += 1
+                if kept:
+                    save_next_order(path, city)
         print("\n" + summary(city, time.monotonic() - t0, display.e2e), flush=True)
         if kept:
+            save_next_order(path, city)
             some = (city.delivered or city.cancelled or [None])[0]
             print(f"data kept in {path}" + (f"; e.g. router history {some.id} --data-dir {path}"
                                             if some else ""), flush=True)

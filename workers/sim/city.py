@@ -99,6 +99,7 @@ class Config:
     max_orders: int = 0               # stop placing after this many (0 = never)
     cancel: float = 0.02              # users who cancel after confirmation, before pickup
     chat: float = 0.2                 # users who chat on their order's channel
+    first_order: int = 1              # id of the first order placed (ids count up from it)
 
 
 class City:
@@ -180,7 +181,8 @@ class City:
         merchant = self.rng.choice(list(self.merchants))
         user = self.rng.choice(list(self.users))
         ready = now + self.rng.uniform(300, 900)
-        order = OrderState(str(self.placed), user, merchant, self.merchants[merchant],
+        order = OrderState(str(self.cfg.first_order + self.placed - 1), user, merchant,
+                           self.merchants[merchant],
                            self.users[user], ready, ready + self.rng.uniform(900, 1500))
         items = self.rng.sample(["noodles", "dumplings", "rice", "tea", "soup", "bao"], 2)
         self.service.place(order, items, notes=self.rng.choice(["", "no scallions", "extra chili"]))
