@@ -299,6 +299,15 @@ def summary(city: City, seconds: float, e2e: list[float] | None = None) -> str:
     return "\n".join(lines)
 
 
+def kept_text(city: City, path: Path) -> str:
+    """Where the kept data is, with a history command for a delivered and a cancelled
+    order."""
+    examples = [f"`router history {done[-1].id} --data-dir {path}` ({what})"
+                for done, what in ((city.delivered, "delivered"), (city.cancelled, "cancelled"))
+                if done]
+    return f"data kept in {path}" + ("; timelines: " + ", ".join(examples) if examples else "")
+
+
 def run(cfg: Config, seconds: float | None, workers: int = 2, data_dir: str | None = None) -> int:
     """Run the demo until Ctrl-C/SIGTERM (or ``seconds``); print live lines and a summary.
 
@@ -332,9 +341,7 @@ def run(cfg: Config, seconds: float | None, workers: int = 2, data_dir: str | No
         print("\n" + summary(city, time.monotonic() - t0, display.e2e), flush=True)
         if kept:
             save_next_order(path, city)
-            some = (city.delivered or city.cancelled or [None])[0]
-            print(f"data kept in {path}" + (f"; e.g. router history {some.id} --data-dir {path}"
-                                            if some else ""), flush=True)
+            print(kept_text(city, path), flush=True)
         return 0
     finally:
         if city is not None:
