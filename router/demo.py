@@ -10,6 +10,7 @@ only the figures. No external service is needed.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import os
@@ -32,6 +33,7 @@ from workers.sim.city import City, Config
 from workers.sim.latency import percentile
 
 READY_TIMEOUT_S = 20.0
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 
 
 class DemoError(Exception):
@@ -42,6 +44,15 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """In a child before exec (Linux): SIGTERM it when the demo dies, even by SIGKILL,
+    so no router or worker outlives a killed demo. Elsewhere a no-op."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 def open_data_dir(path: str | None) -> tuple[Path, bool]:
@@ -84,8 +95,25 @@ def save_next_order(data_dir: Path, city: City) -> None:
         pass  # the data dir became unwritable: the next run may reuse ids, nothing worse
 
 
-def wait_ready(procs: list[subprocess.Popen], urls: list[str],
-               timeout: float = READY_TIMEOUT_S) -> None:
+@dataclass
+class Child:
+    """A process of the demo and the file its output goes to."""
+
+    name: str
+    proc: subprocess.Popen
+    log: Path
+
+    def exited(self) -> str:
+        """Why it is gone: its exit code and the last line it logged."""
+        try:
+            lines = self.log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            lines = []
+        last = f": {lines[-1].strip()}" if lines else ""
+        return f"{self.name} exited with code {self.proc.returncode}{last} (log {self.log})"
+
+
+def wait_ready(procs: list[Child], urls: list[str], timeout: float = READY_TIMEOUT_S) -> None:
     """Wait until every URL answers HTTP 200, failing early if a process exits.
 
     The URLs are the processes' metrics endpoints (the router serves metrics only once
@@ -95,10 +123,9 @@ def wait_ready(procs: list[subprocess.Popen], urls: list[str],
     deadline = time.monotonic() + timeout
     waiting = list(urls)
     while waiting:
-        for p in procs:
-            if p.poll() is not None:
-                raise DemoError(f"`{' '.join(p.args[1:4])}` exited with code {p.returncode} "
-                                "while starting; its log is in the data directory")
+        for child in procs:
+            if child.proc.poll() is not None:
+                raise DemoError(f"{child.exited()} while starting")
         try:
             with urllib.request.urlopen(waiting[0], timeout=0.5) as resp:
                 if resp.status == 200:
@@ -155,7 +182,7 @@ class Demo:
         self.port, self.metrics_port = _free_port(), _free_port()
         self.sim_metrics_port = _free_port()
         self.url = f"tcp://127.0.0.1:{self.port}"
-        self.procs: list[subprocess.Popen] = []
+        self.procs: list[Child] = []
         self.workers = workers
         self.worker_metrics: list[int] = []
 
@@ -166,30 +193,39 @@ class Demo:
 
     def start(self) -> None:
         """Start the router and the dispatch workers, and wait until they answer."""
-        self._spawn("router.log", ["-m", "router", "serve", "--bind", self.url, "--data-dir",
+        self._spawn("router", "router.log", ["-m", "router", "serve", "--bind", self.url, "--data-dir",
                                    str(self.data_dir), "--metrics-port", str(self.metrics_port),
                                    "--log-level", "info"])
         wait_ready(self.procs, [self.metrics_url])
         for i in range(self.workers):
             port = _free_port()
             self.worker_metrics.append(port)
-            self._spawn(f"dispatch-{i}.log",
+            self._spawn(f"dispatch worker {i}", f"dispatch-{i}.log",
                         ["-m", "workers.dispatch.worker", "--router", self.url,
                          "--name", f"dispatch-{i}", "--metrics-port", str(port)])
         wait_ready(self.procs, [f"http://127.0.0.1:{p}/metrics" for p in self.worker_metrics])
         start_http_server(self.sim_metrics_port, addr="127.0.0.1")
 
-    def _spawn(self, log_name: str, args: list[str]) -> None:
-        with open(self.data_dir / log_name, "ab") as log:
-            self.procs.append(subprocess.Popen([sys.executable, *args], stdout=log,
-                                               stderr=subprocess.STDOUT))
+    def _spawn(self, name: str, log_name: str, args: list[str]) -> None:
+        path = self.data_dir / log_name
+        with open(path, "ab") as log:
+            proc = subprocess.Popen([sys.executable, *args], stdout=log,
+                                    stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        self.procs.append(Child(name, proc, path))
+
+    def gone(self) -> str | None:
+        """Why a process of the demo has exited, if one has."""
+        for child in self.procs:
+            if child.proc.poll() is not None:
+                return child.exited()
+        return None
 
     def stop(self) -> None:
         """SIGTERM every process started (SIGKILL after 10 s); remove a temporary dir."""
-        for p in self.procs:
+        for p in (c.proc for c in self.procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for p in self.procs:
+        for p in (c.proc for c in self.procs):
             try:
                 p.wait(10)
             except subprocess.TimeoutExpired:
@@ -228,24 +264,28 @@ class Display:
     def __init__(self, city: City, scrape_url: str) -> None:
         self.city, self.scrape_url = city, scrape_url
         self.prev = Scrape.take(scrape_url)
-        self.placed = city.placed
-        self.asked = self._asked()
-        self.ignored = 0
+        self.t = time.monotonic()
+        self.placed, self.asked, self.ignored = self._counts()
         self.e2e: list[float] = []  # every sample of the run, for the summary
 
-    def _asked(self) -> int:
-        d = self.city.service.dispatch
-        return d["first"] + d["more"] + d["retry"]
+    def _counts(self) -> tuple[int, int, int]:
+        """Orders placed, dispatch requests made, messages ignored, so far."""
+        svc = self.city.service
+        asked = svc.dispatch["first"] + svc.dispatch["more"] + svc.dispatch["retry"]
+        return self.city.placed, asked, sum(svc.ignored.values())
 
     def line(self) -> str:
-        """One line for the interval since the previous call."""
-        city, svc = self.city, self.city.service
-        now = Scrape.take(self.scrape_url)
+        """One line for the interval since the previous call (rates per second)."""
+        city = self.city
+        now, t = Scrape.take(self.scrape_url), time.monotonic()
+        per_s = 1 / max(t - self.t, 1e-6)
+        counts = self._counts()
+        placed, asked, ignored = (c - p for c, p in zip(counts, (self.placed, self.asked,
+                                                                  self.ignored)))
         samples = city.latency.take()
         self.e2e.extend(samples)
-        ignored = sum(svc.ignored.values())
         parts = [city.clock.label(),
-                 f"orders +{city.placed - self.placed}/s open {city.open_orders()} "
+                 f"orders +{placed * per_s:.0f}/s open {city.open_orders()} "
                  f"delivered {len(city.delivered)} cancelled {len(city.cancelled)}"]
         if now and self.prev:
             dt = max(now.t - self.prev.t, 1e-6)
@@ -253,13 +293,13 @@ class Display:
                     for c in ("order", "dispatch", "chat", "location")}
             parts.append("msg/s " + " ".join(f"{c} {v:.0f}" for c, v in rate.items()))
         parts.append(e2e_text(samples))
-        parts.append(f"dispatch asks +{self._asked() - self.asked}")
+        parts.append(f"dispatch asks {asked * per_s:.0f}/s")
         if now and self.prev:
             parts.append(f"redeliv +{now.redeliveries - self.prev.redeliveries:.0f} "
                          f"backlog {now.backlog:.0f}")
-        parts.append(f"ignored +{ignored - self.ignored}")
-        self.prev, self.placed, self.asked, self.ignored = (
-            now or self.prev, city.placed, self._asked(), ignored)
+        parts.append(f"late msgs ignored +{ignored}")
+        self.prev, self.t = now or self.prev, t
+        self.placed, self.asked, self.ignored = counts
         return " | ".join(parts)
 
 
@@ -295,7 +335,9 @@ def summary(city: City, seconds: float, e2e: list[float] | None = None) -> str:
         lines.append("not delivered (final receipts): "
                      + ", ".join(f"{k} {v}" for k, v in sorted(refused.items())))
     dups = city.gateway.duplicates + svc.inbox.duplicates
-    lines.append(f"redelivered copies dropped by the SDK: {dups}")
+    lines.append(f"redelivered copies dropped by the SDK: {dups}"
+                 + (f"; unreadable deliveries skipped by parties: {city.unreadable}"
+                    if city.unreadable else ""))
     return "\n".join(lines)
 
 
@@ -338,11 +380,14 @@ def run(cfg: Config, seconds: float | None, workers: int = 2, data_dir: str | No
                 next_print += 1
                 if kept:
                     save_next_order(path, city)
+                if (why := demo.gone()) is not None:
+                    print(f"router demo: stopping: {why}", file=sys.stderr, flush=True)
+                    break
         print("\n" + summary(city, time.monotonic() - t0, display.e2e), flush=True)
         if kept:
             save_next_order(path, city)
             print(kept_text(city, path), flush=True)
-        return 0
+        return 0 if demo.gone() is None else 1
     finally:
         if city is not None:
             city.close()

@@ -22,9 +22,17 @@ DEMO = [sys.executable, "-m", "router", "demo"]
 
 
 def run_demo(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    """Run `router demo` to its end; its output as text."""
-    return subprocess.run([*DEMO, *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
+    """Run `router demo` to its end; its output as text. Past ``timeout`` the demo and
+    everything it started (its process group) are killed."""
+    p = subprocess.Popen([*DEMO, *args], cwd=ROOT, env=ENV, text=True, start_new_session=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
 def check_clean(proc: subprocess.CompletedProcess) -> dict[str, int]:
@@ -72,7 +80,7 @@ def test_short_fast_demo_runs_clean_and_keeps_a_new_data_dir(tmp_path):
 
 def test_demo_stops_on_ctrl_c_and_removes_its_temporary_dir():
     p = subprocess.Popen([*DEMO, "--speed", "150"], cwd=ROOT, env=ENV, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                         start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         banner = p.stdout.readline() + p.stdout.readline() + p.stdout.readline()
         m = re.search(r"data and logs in (\S+) \(temporary, removed on exit\)", banner)
@@ -82,7 +90,7 @@ def test_demo_stops_on_ctrl_c_and_removes_its_temporary_dir():
         out, err = p.communicate(timeout=30)
     finally:
         if p.poll() is None:
-            p.kill()
+            os.killpg(p.pid, signal.SIGKILL)
             p.wait(10)
     assert p.returncode == 0 and "Traceback" not in out + err, out + err
     assert "orders placed" in out, out
@@ -103,6 +111,7 @@ def test_unusable_data_dir_is_one_line_and_a_non_zero_exit(tmp_path, under_file)
 
 
 @pytest.mark.long
+@pytest.mark.timeout(480)
 def test_demo_runs_300_seconds_cleanly(tmp_path):
     """The README's main job for 5 minutes (it used to crash after 2-4 with a KeyError)."""
     data = tmp_path / "demo"

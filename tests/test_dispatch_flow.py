@@ -335,9 +335,12 @@ def test_events_after_delivery_for_unknown_orders_and_out_of_order_are_ignored(
         apps.send(INBOX, b"not json")
         apps.send(INBOX, {"type": "rider.teleported", "order": "93"})
         apps.send(INBOX, {"type": "rider.accept"})
-        step_until(svc, lambda: svc.ignored["malformed"] == 3)
+        apps.send(INBOX, {"type": ["rider.accept"], "order": "93"})
+        apps.send(INBOX, {"type": "rider.accept", "order": "93", "rider": "r" * 300})
+        apps.send(INBOX, {"type": "rider.accept", "order": "93", "rider": "rider 93"})
+        step_until(svc, lambda: svc.ignored["malformed"] == 6)
         assert dict(svc.ignored) == {"out_of_order": 2, "duplicate": 2, "unknown_order": 2,
-                                     "after_delivery": 3, "malformed": 3}, svc.ignored
+                                     "after_delivery": 3, "malformed": 6}, svc.ignored
         assert set(svc.ignored) <= set(IGNORED_REASONS)
         assert svc.find("93").state == "delivered"
         assert [o.id for o in svc.take_finished()] == ["93"]

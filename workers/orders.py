@@ -203,7 +203,8 @@ class OrderService:
             d = self.inbox.recv(timeout=0)
         self.inbox.flush()
         self.sender.poll(0)
-        replies, self._replies[:] = list(self._replies), []
+        replies = self._replies[:]
+        self._replies.clear()  # the same list: the sender appends to it
         for reply in replies:
             self._on_reply(reply)
         now = time.monotonic()
@@ -238,7 +239,7 @@ class OrderService:
             ev = orjson.loads(payload)
         except orjson.JSONDecodeError:
             ev = None
-        if not isinstance(ev, dict) or ev.get("type") not in EVENT_KINDS or "order" not in ev:
+        if not _readable_event(ev):
             self._ignore("malformed")
             return
         kind, oid = ev["type"], str(ev["order"])
@@ -266,7 +267,7 @@ class OrderService:
             return
         self._ignore("after_cancel" if gone.state == "cancelled" else "after_delivery")
         rider = ev.get("rider")
-        if kind == "rider.accept" and rider and rider != gone.rider:
+        if kind == "rider.accept" and rider != gone.rider:
             # accepted an offer withdrawn meanwhile: make sure that rider does not ride
             if gone.state == "cancelled":
                 self._send(oid, str(rider), "order.cancelled",
@@ -287,14 +288,14 @@ class OrderService:
         self._request_dispatch(o, "first")
 
     def _on_accept(self, o: OrderState, rider: str | None) -> None:
-        if rider and rider == o.rider:
+        if rider == o.rider:
             self._ignore("duplicate")
             return
-        if not rider or rider != o.offer_to:
+        if rider != o.offer_to:
             self._ignore("stale_offer")
-            if rider:  # its offer timed out or went to another rider: it must not ride
-                self._send(o.id, str(rider), "dispatch.offer_withdrawn", {"order": o.id},
-                           cls=MsgClass.DISPATCH)
+            # its offer timed out or went to another rider: it must not ride
+            self._send(o.id, str(rider), "dispatch.offer_withdrawn", {"order": o.id},
+                       cls=MsgClass.DISPATCH)
             return
         o.rider, o.offer_to = o.offer_to, None
         self._offer("accepted")
@@ -304,7 +305,7 @@ class OrderService:
                    channel=True)
 
     def _on_reject(self, o: OrderState, rider: str | None) -> None:
-        if not rider or rider != o.offer_to:
+        if rider != o.offer_to:
             self._ignore("stale_offer")
             return
         self._offer("rejected")
@@ -468,6 +469,25 @@ class OrderService:
         if self.on_sent is not None:
             self.on_sent(mid)
         return mid
+
+
+def _is_name(value: object) -> bool:
+    """Whether ``value`` can be an address: 1..255 printable ASCII characters, no spaces."""
+    return (isinstance(value, str) and 0 < len(value) <= 255
+            and all("!" <= c <= "~" for c in value))
+
+
+def _readable_event(ev: object) -> bool:
+    """Whether ``ev`` is an event this service understands: a known type, an order id
+    and, where a rider is named (always for accept and reject), a valid address."""
+    if not isinstance(ev, dict) or not isinstance(ev.get("type"), str):
+        return False
+    kind, rider = ev["type"], ev.get("rider")
+    if kind not in EVENT_KINDS or "order" not in ev or not _is_name(f"order:{ev['order']}"):
+        return False
+    if kind in ("rider.accept", "rider.reject"):
+        return _is_name(rider)
+    return rider is None or _is_name(rider)
 
 
 def _candidates(reply: Reply) -> list[str] | None:
