@@ -104,13 +104,17 @@ class Child:
     log: Path
 
     def exited(self) -> str:
-        """Why it is gone: its exit code and the last line it logged."""
+        """Why it is gone: the signal that killed it, or its exit code and the last line
+        it logged (where a failing process says why)."""
+        code = self.proc.returncode
+        if code < 0:
+            return f"{self.name} was killed by {signal.Signals(-code).name} (log {self.log})"
         try:
             lines = self.log.read_text(errors="replace").strip().splitlines()
         except OSError:
             lines = []
         last = f": {lines[-1].strip()}" if lines else ""
-        return f"{self.name} exited with code {self.proc.returncode}{last} (log {self.log})"
+        return f"{self.name} exited with code {code}{last} (log {self.log})"
 
 
 def wait_ready(procs: list[Child], urls: list[str], timeout: float = READY_TIMEOUT_S) -> None:
@@ -221,7 +225,9 @@ class Demo:
         return None
 
     def stop(self) -> None:
-        """SIGTERM every process started (SIGKILL after 10 s); remove a temporary dir."""
+        """SIGTERM every process started (SIGKILL after 10 s); remove a temporary dir,
+        unless a process died on its own (its log is what the user needs then)."""
+        failed = self.gone() is not None
         for p in (c.proc for c in self.procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -231,7 +237,9 @@ class Demo:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(10)
-        if not self.kept:
+        if failed and not self.kept:
+            print(f"router demo: logs kept in {self.data_dir}", file=sys.stderr, flush=True)
+        elif not self.kept:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def banner(self) -> str:

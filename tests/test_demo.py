@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -120,3 +121,27 @@ def test_demo_runs_300_seconds_cleanly(tmp_path):
     assert counts["placed"] > 1000, counts
     assert re.search(r"^ran 30\d s real", proc.stdout, re.M), proc.stdout[-1500:]
     check_history(proc.stdout, data)
+
+
+def test_a_dead_router_stops_the_demo_with_one_line_and_keeps_the_logs():
+    p = subprocess.Popen([*DEMO, "--speed", "60"], cwd=ROOT, env=ENV, text=True,
+                         start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        banner = p.stdout.readline() + p.stdout.readline() + p.stdout.readline()
+        assert "(temporary, removed on exit)" in banner, banner
+        children = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
+        routers = [int(c) for c in children
+                   if b"router\0serve" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        assert len(routers) == 1, children
+        time.sleep(2)
+        os.kill(routers[0], signal.SIGKILL)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+    assert p.returncode == 1 and "Traceback" not in out + err, out + err
+    assert "router demo: stopping: router was killed by SIGKILL" in err, err
+    kept = re.search(r"router demo: logs kept in (\S+)", err)
+    assert kept and (Path(kept.group(1)) / "router.log").exists(), err
+    shutil.rmtree(kept.group(1))
