@@ -396,3 +396,24 @@ def test_unreadable_rider_states_do_not_stop_dispatch(router, dispatch_worker):
     assert reply.code == ErrorCode.NONE, reply
     assert [c["rider"] for c in orjson.loads(reply.payload)["candidates"]] == ["rider:ok"]
     assert dispatch_worker.poll() is None, "the dispatch worker died"
+
+
+def test_retries_of_many_waiting_orders_share_one_budget(router, held_dispatch):
+    """30 orders nobody can take: each backs off, and together they retry at most
+    ``retry_rate`` per second (without the budget: ~30 x 3 retries in these 3 s)."""
+    with parties(router.url, 96) as (svc, apps, merchant, user, riders):
+        svc.retry_base_s, svc.retry_cap_s, svc.retry_rate = 0.2, 0.4, 5.0
+        now = time.time()
+        for i in range(30):
+            svc.place(OrderState(f"96-{i}", "user:96", "merchant:96", (0.0, 0.0), (9.0, 9.0),
+                                 now + 600, now + 1800), ["rice"])
+        for i in range(30):
+            apps.send(INBOX, {"type": "merchant.confirmed", "order": f"96-{i}"})
+        step_until(svc, lambda: svc.dispatch["first"] == 30, pump=[held_dispatch])
+        t0, retried0 = time.monotonic(), svc.dispatch["retry"]
+        while time.monotonic() - t0 < 3.0:
+            svc.step(0.01)
+            held_dispatch.pump()
+        retried = svc.dispatch["retry"] - retried0
+        assert 5 <= retried <= 5 * 3 + 5 + 1, retried  # rate x time + one second's burst
+        assert svc.dispatch["empty"] >= 30

@@ -20,8 +20,9 @@ An offer nobody accepts within its TTL (or that is rejected) goes to the next ca
 at the next step (steps run every few tens of ms, well inside the 1 s promise); after
 ``max_offers`` refusals the order is escalated. When dispatch has no candidate left (an
 empty or failed reply) the service asks again after a backoff that doubles from
-``retry_base_s`` up to ``retry_cap_s`` (real seconds, like the offer TTL), so a city
-without a free rider costs a bounded request rate per order.
+``retry_base_s`` up to ``retry_cap_s`` (real seconds, like the offer TTL), and all such
+retries share a budget of ``retry_rate`` per second, so a city without a free rider
+costs a bounded request rate per order and in all, however many orders wait.
 
 Messages arrive late, twice or for orders this service no longer holds (a dispatch reply
 after the order was cancelled, an accept after the offer moved on, a second
@@ -147,7 +148,8 @@ class _ServiceSender(Sender):
 class OrderService:
     """Order lifecycle over the router. ``clock`` gives the simulated time in seconds
     (offers and promises use it); real-time TTLs are ``offer_ttl_ms``, and the dispatch
-    backoff ``retry_base_s``..``retry_cap_s`` is in real seconds too.
+    backoff ``retry_base_s``..``retry_cap_s`` is in real seconds too; all retries together
+    are held to ``retry_rate`` per second (oldest orders first).
 
     ``on_sent(msg_id)`` is called for every message sent to a party (the city times them).
     Delivered and cancelled orders leave :attr:`orders`; :meth:`take_finished` hands them
@@ -156,7 +158,7 @@ class OrderService:
 
     def __init__(self, url: str, *, offer_ttl_ms: int = 15000, max_offers: int = 5,
                  clock: Callable[[], float] = time.time, name: str = "orders",
-                 retry_base_s: float = 1.0, retry_cap_s: float = 16.0,
+                 retry_base_s: float = 1.0, retry_cap_s: float = 16.0, retry_rate: float = 20.0,
                  request_ttl_ms: int = 5000, keep_finished: int = 50_000,
                  on_sent: Callable[[int], None] | None = None) -> None:
         self._replies: list[Reply] = []
@@ -164,6 +166,7 @@ class OrderService:
         self.inbox = Endpoint(url, [INBOX], name=f"{name}-inbox")
         self.offer_ttl_ms, self.max_offers, self.clock = offer_ttl_ms, max_offers, clock
         self.retry_base_s, self.retry_cap_s = retry_base_s, retry_cap_s
+        self.retry_rate, self._tokens, self._tokens_at = retry_rate, retry_rate, time.monotonic()
         self.request_ttl_ms, self.keep_finished = request_ttl_ms, keep_finished
         self.on_sent = on_sent
         self.orders: dict[str, OrderState] = {}
@@ -214,8 +217,8 @@ class OrderService:
                 self._next_offer(o, refused=True, deadline=o.offer_deadline)
             elif o.request_id is not None and now >= o.request_deadline:
                 self._give_up_request(o)
-            elif o.retry_at is not None and now >= o.retry_at:
-                o.retry_at = None
+            elif o.retry_at is not None and now >= o.retry_at and self._retry_token(now):
+                o.retry_at = None  # oldest orders first: dict order is placing order
                 self._request_dispatch(o, "retry")
 
     def find(self, order_id: str) -> OrderState | Finished | None:
@@ -409,6 +412,17 @@ class OrderService:
         self._drop_request(o)
         self._ignore("reply_timeout")
         self._retry_later(o)
+
+    def _retry_token(self, now: float) -> bool:
+        """Take one retry from the budget of ``retry_rate`` per second (burst of one
+        second's worth): a backlog of orders nobody can take must not flood dispatch."""
+        self._tokens = min(self._tokens + (now - self._tokens_at) * self.retry_rate,
+                           self.retry_rate)
+        self._tokens_at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
     def _retry_later(self, o: OrderState) -> None:
         """Ask dispatch again after a backoff doubling per empty/failed reply, capped."""
