@@ -231,7 +231,9 @@ def _add_demo(sub) -> None:
                    help="orders per simulated minute outside the peaks (x6 lunch, x8 dinner)")
     p.add_argument("--workers", type=int, default=2, help="dispatch worker processes")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--data-dir", default=None, help="keep journal and history here")
+    p.add_argument("--data-dir", default=None,
+                   help="keep journal, history and logs here (created if missing); "
+                   "default: a temporary directory removed on exit")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -500,12 +502,16 @@ def _history(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from workers.sim.city import Config
 
-    from .demo import run
+    from .demo import DemoError, run
 
     cfg = Config(seed=args.seed, merchants=args.merchants, riders=args.riders,
                  users=args.users, base_per_min=args.base_per_min, start_hour=args.start,
                  speed=args.speed)
-    return run(cfg, args.seconds, args.workers, args.data_dir)
+    try:
+        return run(cfg, args.seconds, args.workers, args.data_dir)
+    except DemoError as exc:
+        print(f"router demo: {exc}", file=sys.stderr)
+        return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:

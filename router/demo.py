@@ -1,13 +1,18 @@
 """`router demo`: the router, dispatch workers and a simulated city on one machine.
 
-Starts `router serve` (journal and history in a fresh data directory, metrics on), two
-dispatch worker processes, and the city (merchants, riders, users and the order
-service) in this process; prints live figures every second and a summary on Ctrl-C.
-No external service is needed.
+Starts `router serve` (journal and history in a data directory: ``--data-dir``, kept,
+or a temporary one removed on exit; metrics on), dispatch worker processes, and the city
+(merchants, riders, users and the order service) in this process; prints live figures
+every second and a summary at the end (``--seconds``, Ctrl-C or SIGTERM). The processes'
+logs, and this process's own, are files in the data directory, so the console shows
+only the figures. No external service is needed.
 """
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
+import logging
 import os
 import shutil
 import signal
@@ -18,17 +23,124 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
 from prometheus_client import start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
+from workers.orders import IGNORED_REASONS
 from workers.sim.city import City, Config
+from workers.sim.latency import percentile
+
+READY_TIMEOUT_S = 20.0
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
+
+
+class DemoError(Exception):
+    """The demo cannot start; the message says what was wrong and what to do."""
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """In a child before exec (Linux): SIGTERM it when the demo dies, even by SIGKILL,
+    so no router or worker outlives a killed demo. Elsewhere a no-op."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def open_data_dir(path: str | None) -> tuple[Path, bool]:
+    """The data directory and whether it is kept: ``path`` (created if missing, checked
+    writable) or, with None, a fresh temporary directory that is removed on exit."""
+    if path is None:
+        return Path(tempfile.mkdtemp(prefix="router-demo-")), False
+    d = Path(path).expanduser()
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        probe = d / f".router-demo-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except FileExistsError:
+        raise DemoError(f"--data-dir {path} exists and is not a directory; "
+                        "give a directory path") from None
+    except OSError as exc:
+        raise DemoError(f"cannot use --data-dir {path}: {exc.strerror or exc}; "
+                        "give a directory you can create and write") from None
+    return d, True
+
+
+NEXT_ORDER_FILE = "demo-next-order"
+
+
+def first_order(data_dir: Path) -> int:
+    """The first order id for a run in ``data_dir``: after the last run's orders, so a
+    kept data dir's history never mixes two runs under one order id."""
+    try:
+        return max(int((data_dir / NEXT_ORDER_FILE).read_text().strip()), 1)
+    except (OSError, ValueError):
+        return 1
+
+
+def save_next_order(data_dir: Path, city: City) -> None:
+    """Remember where the next run's order ids start."""
+    try:
+        (data_dir / NEXT_ORDER_FILE).write_text(f"{city.cfg.first_order + city.placed}\n")
+    except OSError:
+        pass  # the data dir became unwritable: the next run may reuse ids, nothing worse
+
+
+@dataclass
+class Child:
+    """A process of the demo and the file its output goes to."""
+
+    name: str
+    proc: subprocess.Popen
+    log: Path
+
+    def exited(self) -> str:
+        """Why it is gone: the signal that killed it, or its exit code and the last line
+        it logged (where a failing process says why)."""
+        code = self.proc.returncode
+        if code < 0:
+            return f"{self.name} was killed by {signal.Signals(-code).name} (log {self.log})"
+        try:
+            lines = self.log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            lines = []
+        last = f": {lines[-1].strip()}" if lines else ""
+        return f"{self.name} exited with code {code}{last} (log {self.log})"
+
+
+def wait_ready(procs: list[Child], urls: list[str], timeout: float = READY_TIMEOUT_S) -> None:
+    """Wait until every URL answers HTTP 200, failing early if a process exits.
+
+    The URLs are the processes' metrics endpoints (the router serves metrics only once
+    its journal is replayed and its endpoints are bound). This is the one place to
+    switch to a readiness path such as ``/readyz`` once the processes serve it.
+    """
+    deadline = time.monotonic() + timeout
+    waiting = list(urls)
+    while waiting:
+        for child in procs:
+            if child.proc.poll() is not None:
+                raise DemoError(f"{child.exited()} while starting")
+        try:
+            with urllib.request.urlopen(waiting[0], timeout=0.5) as resp:
+                if resp.status == 200:
+                    waiting.pop(0)
+                    continue
+        except OSError:
+            pass
+        if time.monotonic() >= deadline:
+            raise DemoError(f"{waiting[0]} did not answer within {timeout:.0f} s; "
+                            "see the logs in the data directory")
+        time.sleep(0.1)
 
 
 @dataclass
@@ -41,7 +153,6 @@ class Scrape:
     redeliveries: float
     backlog: float
     queued: float
-    delivery_buckets: list[tuple[float, float]]
 
     @classmethod
     def take(cls, url: str) -> "Scrape | None":
@@ -50,7 +161,7 @@ class Scrape:
             text = urllib.request.urlopen(url, timeout=0.5).read().decode()
         except OSError:
             return None
-        by_class, buckets = {}, {}
+        by_class: dict[str, float] = {}
         vals = {"router_messages_delivered_total": 0.0, "router_redeliveries_total": 0.0,
                 "router_offline_backlog_messages": 0.0, "router_queued_messages": 0.0,
                 "router_metrics_snapshot_age_seconds": 0.0}
@@ -58,147 +169,233 @@ class Scrape:
             for s in fam.samples:
                 if s.name == "router_messages_received_total":
                     by_class[s.labels["class"]] = s.value
-                elif s.name == "router_delivery_latency_seconds_bucket":
-                    le = float(s.labels["le"])
-                    buckets[le] = buckets.get(le, 0.0) + s.value
                 elif s.name in vals:
                     vals[s.name] += s.value
         # the time the router took these figures, so rates divide by the right interval
         taken = time.monotonic() - vals["router_metrics_snapshot_age_seconds"]
         return cls(taken, by_class, vals["router_messages_delivered_total"],
                    vals["router_redeliveries_total"], vals["router_offline_backlog_messages"],
-                   vals["router_queued_messages"], sorted(buckets.items()))
-
-
-def quantile(q: float, now: list[tuple[float, float]], before: list[tuple[float, float]]) -> float:
-    """histogram_quantile over the bucket increase between two scrapes (upper bound)."""
-    prev = dict(before)
-    inc = [(le, n - prev.get(le, 0.0)) for le, n in now]
-    total = inc[-1][1] if inc else 0
-    if total <= 0:
-        return float("nan")
-    for le, n in inc:
-        if n >= q * total:
-            return le
-    return float("inf")
+                   vals["router_queued_messages"])
 
 
 class Demo:
-    """Processes of the demo and the live display."""
+    """Processes of the demo: the router and the dispatch workers."""
 
-    def __init__(self, cfg: Config, workers: int, data_dir: str | None) -> None:
-        self.cfg = cfg
-        self.tmp = None if data_dir else tempfile.mkdtemp(prefix="router-demo-")
-        self.data_dir = data_dir or self.tmp
+    def __init__(self, workers: int, data_dir: Path, kept: bool) -> None:
+        self.data_dir, self.kept = data_dir, kept
         self.port, self.metrics_port = _free_port(), _free_port()
         self.sim_metrics_port = _free_port()
         self.url = f"tcp://127.0.0.1:{self.port}"
-        self.procs: list[subprocess.Popen] = []
+        self.procs: list[Child] = []
         self.workers = workers
         self.worker_metrics: list[int] = []
 
-    def start(self) -> City:
-        """Start the router and the dispatch workers; return the simulated city on them."""
-        env = {**os.environ}
-        log = open(os.path.join(self.data_dir, "router.log"), "ab")
-        self.procs.append(subprocess.Popen(
-            [sys.executable, "-m", "router", "serve", "--bind", self.url, "--data-dir",
-             self.data_dir, "--metrics-port", str(self.metrics_port), "--log-level", "info"],
-            stdout=log, stderr=subprocess.STDOUT, env=env))
-        time.sleep(0.8)
+    @property
+    def metrics_url(self) -> str:
+        """The router's metrics endpoint."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def start(self) -> None:
+        """Start the router and the dispatch workers, and wait until they answer."""
+        self._spawn("router", "router.log", ["-m", "router", "serve", "--bind", self.url, "--data-dir",
+                                   str(self.data_dir), "--metrics-port", str(self.metrics_port),
+                                   "--log-level", "info"])
+        wait_ready(self.procs, [self.metrics_url])
         for i in range(self.workers):
-            wlog = open(os.path.join(self.data_dir, f"dispatch-{i}.log"), "ab")
             port = _free_port()
             self.worker_metrics.append(port)
-            self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "workers.dispatch.worker", "--router", self.url,
-                 "--name", f"dispatch-{i}", "--metrics-port", str(port)],
-                stdout=wlog, stderr=subprocess.STDOUT, env=env))
-        time.sleep(1.0)
+            self._spawn(f"dispatch worker {i}", f"dispatch-{i}.log",
+                        ["-m", "workers.dispatch.worker", "--router", self.url,
+                         "--name", f"dispatch-{i}", "--metrics-port", str(port)])
+        wait_ready(self.procs, [f"http://127.0.0.1:{p}/metrics" for p in self.worker_metrics])
         start_http_server(self.sim_metrics_port, addr="127.0.0.1")
-        return City(self.url, self.cfg)
+
+    def _spawn(self, name: str, log_name: str, args: list[str]) -> None:
+        path = self.data_dir / log_name
+        with open(path, "ab") as log:
+            proc = subprocess.Popen([sys.executable, *args], stdout=log,
+                                    stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        self.procs.append(Child(name, proc, path))
+
+    def gone(self) -> str | None:
+        """Why a process of the demo has exited, if one has."""
+        for child in self.procs:
+            if child.proc.poll() is not None:
+                return child.exited()
+        return None
 
     def stop(self) -> None:
-        """SIGTERM every process started (SIGKILL after 10 s), remove the scratch dir."""
-        for p in self.procs:
+        """SIGTERM every process started (SIGKILL after 10 s); remove a temporary dir,
+        unless a process died on its own (its log is what the user needs then)."""
+        failed = self.gone() is not None
+        for p in (c.proc for c in self.procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for p in self.procs:
+        for p in (c.proc for c in self.procs):
             try:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
-        if self.tmp:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+                p.wait(10)
+        if failed and not self.kept:
+            print(f"router demo: logs kept in {self.data_dir}", file=sys.stderr, flush=True)
+        elif not self.kept:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def banner(self) -> str:
+        """Where everything is, printed once at start."""
+        workers = ", ".join(f"http://127.0.0.1:{p}/metrics" for p in self.worker_metrics)
+        where = ("kept" if self.kept else "temporary, removed on exit")
+        return (f"router on {self.url}\n"
+                f"metrics: router {self.metrics_url}, orders "
+                f"http://127.0.0.1:{self.sim_metrics_port}/metrics, dispatch workers {workers}\n"
+                f"data and logs in {self.data_dir} ({where})\nCtrl-C stops.")
 
 
-def _line(city: City, now: Scrape | None, prev: Scrape | None, placed_before: int) -> str:
-    svc = city.service
-    counts = {o.state: 0 for o in svc.orders.values()}
-    for o in svc.orders.values():
-        counts[o.state] += 1
-    parts = [f"{city.clock.label()}", f"orders +{city.placed - placed_before}/s",
-             f"open {len(svc.orders)} done {len(city.delivered)}"]
-    if now and prev:
-        dt = max(now.t - prev.t, 1e-6)
-        rate = {c: (now.by_class.get(c, 0) - prev.by_class.get(c, 0)) / dt
-                for c in ("order", "dispatch", "chat", "location")}
-        parts.append("msg/s " + " ".join(f"{c} {v:.0f}" for c, v in rate.items()))
-        p50 = quantile(0.5, now.delivery_buckets, prev.delivery_buckets)
-        p99 = quantile(0.99, now.delivery_buckets, prev.delivery_buckets)
-        parts.append(f"delivery p50<={p50 * 1000:.0f}ms p99<={p99 * 1000:.0f}ms"
-                     if p50 == p50 else "delivery p50 - p99 -")
-        parts.append(f"redeliv {now.redeliveries - prev.redeliveries:.0f} "
-                     f"backlog {now.backlog:.0f}")
-    parts.append(f"offers ok {svc.offers['accepted']} reassigned {svc.offers['reassigned']}")
-    return " | ".join(parts)
+def _ms(seconds: float) -> str:
+    ms = seconds * 1000
+    return f"{ms:.1f}ms" if ms < 10 else f"{ms:.0f}ms"
 
 
-def summary(city: City, seconds: float) -> str:
+def e2e_text(samples: list[float]) -> str:
+    """Measured send-to-receive percentiles of the order service's messages."""
+    if not samples:
+        return "order msgs e2e p50 - p99 - (none received)"
+    return (f"order msgs e2e p50 {_ms(percentile(samples, 0.5))} "
+            f"p99 {_ms(percentile(samples, 0.99))} (n {len(samples)})")
+
+
+class Display:
+    """The live console line: figures over the last interval, from the router's metrics
+    and from the city's own counts and latency samples."""
+
+    def __init__(self, city: City, scrape_url: str) -> None:
+        self.city, self.scrape_url = city, scrape_url
+        self.prev = Scrape.take(scrape_url)
+        self.t = time.monotonic()
+        self.placed, self.asked, self.ignored = self._counts()
+        self.e2e: list[float] = []  # every sample of the run, for the summary
+
+    def _counts(self) -> tuple[int, int, int]:
+        """Orders placed, dispatch requests made, messages ignored, so far."""
+        svc = self.city.service
+        asked = svc.dispatch["first"] + svc.dispatch["more"] + svc.dispatch["retry"]
+        return self.city.placed, asked, sum(svc.ignored.values())
+
+    def line(self) -> str:
+        """One line for the interval since the previous call (rates per second)."""
+        city = self.city
+        now, t = Scrape.take(self.scrape_url), time.monotonic()
+        per_s = 1 / max(t - self.t, 1e-6)
+        counts = self._counts()
+        placed, asked, ignored = (c - p for c, p in zip(counts, (self.placed, self.asked,
+                                                                  self.ignored)))
+        samples = city.latency.take()
+        self.e2e.extend(samples)
+        parts = [city.clock.label(),
+                 f"orders +{placed * per_s:.0f}/s open {city.open_orders()} "
+                 f"delivered {len(city.delivered)} cancelled {len(city.cancelled)}"]
+        if now and self.prev:
+            dt = max(now.t - self.prev.t, 1e-6)
+            rate = {c: (now.by_class.get(c, 0) - self.prev.by_class.get(c, 0)) / dt
+                    for c in ("order", "dispatch", "chat", "location")}
+            parts.append("msg/s " + " ".join(f"{c} {v:.0f}" for c, v in rate.items()))
+        parts.append(e2e_text(samples))
+        parts.append(f"dispatch asks {asked * per_s:.0f}/s")
+        if now and self.prev:
+            parts.append(f"redeliv +{now.redeliveries - self.prev.redeliveries:.0f} "
+                         f"backlog {now.backlog:.0f}")
+        parts.append(f"late msgs ignored +{ignored}")
+        self.prev, self.t = now or self.prev, t
+        self.placed, self.asked, self.ignored = counts
+        return " | ".join(parts)
+
+
+def summary(city: City, seconds: float, e2e: list[float] | None = None) -> str:
     """The end-of-run report."""
     done = city.delivered
+    svc = city.service
     mins = [(o.times["delivered"] - o.times["placed"]) / 60 for o in done]
     late = sum(1 for o in done if o.times["delivered"] > o.promised_at)
-    offers = city.service.offers
+    offers, dispatch = svc.offers, svc.dispatch
+    ignored = {k: v for k, v in svc.ignored.items() if v}
     lines = [
         f"ran {seconds:.0f} s real, until simulated {city.clock.label()}",
         f"orders placed {city.placed}, delivered {len(done)}, cancelled {len(city.cancelled)}, "
         f"still open {city.open_orders()}",
         f"delivery time (simulated) mean {sum(mins) / len(mins):.1f} min, late {late}"
-        if mins else "no order finished yet",
+        if mins else "no order delivered yet",
         "offers: " + ", ".join(f"{k} {offers[k]}" for k in
                                ("sent", "accepted", "rejected", "timed_out", "reassigned",
                                 "escalated")),
+        "dispatch requests: " + ", ".join(f"{k} {dispatch[k]}" for k in ("first", "more", "retry"))
+        + "; replies: " + ", ".join(f"{k} {dispatch[k]}" for k in
+                                    ("candidates", "empty", "failed")),
+        "late, repeated or unknown messages ignored: "
+        + (", ".join(f"{k} {ignored[k]}" for k in IGNORED_REASONS if k in ignored) or "none"),
         "received by parties: " + ", ".join(f"{k} {v}" for k, v in city.received.items()),
     ]
+    if e2e:
+        lines.append(f"{e2e_text(e2e)}, max {_ms(max(e2e))} over the run; "
+                     f"{city.latency.waited_offline} more waited for an offline party")
+    refused = {**svc.undelivered, **{f"app {k}": v for k, v in city.app_refusals.items()}}
+    if refused:
+        lines.append("not delivered (final receipts): "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(refused.items())))
+    dups = city.gateway.duplicates + svc.inbox.duplicates
+    lines.append(f"redelivered copies dropped by the SDK: {dups}"
+                 + (f"; unreadable deliveries skipped by parties: {city.unreadable}"
+                    if city.unreadable else ""))
     return "\n".join(lines)
 
 
+def kept_text(city: City, path: Path) -> str:
+    """Where the kept data is, with a history command for a delivered and a cancelled
+    order."""
+    examples = [f"`router history {done[-1].id} --data-dir {path}` ({what})"
+                for done, what in ((city.delivered, "delivered"), (city.cancelled, "cancelled"))
+                if done]
+    return f"data kept in {path}" + ("; timelines: " + ", ".join(examples) if examples else "")
+
+
 def run(cfg: Config, seconds: float | None, workers: int = 2, data_dir: str | None = None) -> int:
-    """Run the demo until Ctrl-C (or ``seconds``); print live lines and a summary."""
-    demo = Demo(cfg, workers, data_dir)
-    stop = []
+    """Run the demo until Ctrl-C/SIGTERM (or ``seconds``); print live lines and a summary.
+
+    Raises DemoError (before anything runs) when the data directory cannot be used.
+    """
+    path, kept = open_data_dir(data_dir)
+    demo = Demo(workers, path, kept)
+    stop: list[int] = []
     signal.signal(signal.SIGINT, lambda *a: stop.append(1))
     signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+    # the SDK's and the order service's warnings go to a file, not over the figures
+    logging.basicConfig(filename=path / "city.log", level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     city = None
     t0 = time.monotonic()
     try:
-        city = demo.start()
-        workers = ", ".join(f"http://127.0.0.1:{p}/metrics" for p in demo.worker_metrics)
-        print(f"router on {demo.url}; metrics: router http://127.0.0.1:{demo.metrics_port}"
-              f"/metrics, orders http://127.0.0.1:{demo.sim_metrics_port}/metrics, "
-              f"dispatch workers {workers}; data in {demo.data_dir}. Ctrl-C stops.", flush=True)
-        scrape_url = f"http://127.0.0.1:{demo.metrics_port}/metrics"
-        prev, next_print, placed = Scrape.take(scrape_url), time.monotonic() + 1, 0
+        demo.start()
+        # one name per run: a kept data dir remembers the message ids of earlier runs
+        cfg = dataclasses.replace(cfg, first_order=first_order(path)) if kept else cfg
+        city = City(demo.url, cfg, name=f"city-{int(time.time()) % 100000}")
+        print(demo.banner(), flush=True)
+        display, next_print = Display(city, demo.metrics_url), time.monotonic() + 1
         while not stop and (seconds is None or time.monotonic() - t0 < seconds):
             city.step()
             time.sleep(0.01)
             if time.monotonic() >= next_print:
-                now = Scrape.take(scrape_url)
-                print(_line(city, now, prev, placed), flush=True)
-                prev, placed, next_print = now, city.placed, next_print + 1
-        print("\n" + summary(city, time.monotonic() - t0), flush=True)
-        return 0
+                print(display.line(), flush=True)
+                next_print += 1
+                if kept:
+                    save_next_order(path, city)
+                if (why := demo.gone()) is not None:
+                    print(f"router demo: stopping: {why}", file=sys.stderr, flush=True)
+                    break
+        print("\n" + summary(city, time.monotonic() - t0, display.e2e), flush=True)
+        if kept:
+            save_next_order(path, city)
+            print(kept_text(city, path), flush=True)
+        return 0 if demo.gone() is None else 1
     finally:
         if city is not None:
             city.close()

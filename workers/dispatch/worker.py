@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import time
 
 import orjson
-from prometheus_client import REGISTRY, Histogram
+from prometheus_client import REGISTRY, Counter, Histogram
 
 from router import httpd
 from router.client import Sender
@@ -37,6 +38,26 @@ RIDER_CHANNEL = "dispatch:riders"
 DECISION_SECONDS = Histogram("router_dispatch_decision_seconds",
                              "time to rank riders for one order",
                              buckets=(.0005, .001, .0025, .005, .01, .02, .05, .1, .25))
+BAD_UPDATES = Counter("router_dispatch_bad_rider_updates",
+                      "rider state updates ignored because they could not be read")
+
+log = logging.getLogger("workers.dispatch")
+
+
+def parse_rider(payload: bytes) -> Rider:
+    """A rider from one state update; ValueError says what is wrong with it."""
+    try:
+        s = orjson.loads(payload)
+        rid, x, y = s["id"], float(s["x"]), float(s["y"])
+        route = [Stop((float(p[0]), float(p[1])), float(p[2]), float(p[3]))
+                 for p in s.get("route", [])]
+        load, capacity = int(s.get("load", 0)), int(s.get("capacity", 2))
+        online = bool(s.get("online", True))
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise ValueError(f"unreadable rider state ({type(exc).__name__}: {exc})") from None
+    if not isinstance(rid, str) or not rid or not (math.isfinite(x) and math.isfinite(y)):
+        raise ValueError("rider state needs a non-empty id and finite x, y")
+    return Rider(rid, (x, y), route, load, capacity, online)
 
 
 class DispatchState:
@@ -44,13 +65,20 @@ class DispatchState:
 
     def __init__(self) -> None:
         self.riders = RiderIndex()
+        self.bad_updates = 0
 
     def update(self, delivery: Delivery) -> None:
-        """Apply one rider state update (a LOCATION delivery)."""
-        s = orjson.loads(delivery.payload)
-        route = [Stop((p[0], p[1]), p[2], p[3]) for p in s.get("route", [])]
-        rider = Rider(s["id"], (s["x"], s["y"]), route, s.get("load", 0),
-                      s.get("capacity", 2), s.get("online", True))
+        """Apply one rider state update (a LOCATION delivery); an unreadable one is
+        counted and ignored (anyone may send to the channel: it must not stop dispatch)."""
+        try:
+            rider = parse_rider(delivery.payload)
+        except ValueError as exc:
+            self.bad_updates += 1
+            BAD_UPDATES.inc()
+            if self.bad_updates in (1, 10, 100) or self.bad_updates % 1000 == 0:
+                log.warning("ignored rider state from %s: %s (%d ignored so far)",
+                            delivery.sender, exc, self.bad_updates)
+            return
         self.riders.upsert(rider)
 
     def decide(self, body: bytes) -> bytes:
@@ -103,7 +131,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, lambda *a: stopping.append(1))
     worker = make_worker(args.router, args.name)  # returns after HELLO, WELCOME and READY
     health.set_ready(True)
-    logging.getLogger("workers.dispatch").info("dispatch worker %s ready", worker.session.name)
+    log.info("dispatch worker %s ready", worker.session.name)
     worker.run(lambda: health.beat() or bool(stopping))
     health.stopping()
     worker.close()

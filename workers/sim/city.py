@@ -5,6 +5,11 @@ confirm (sometimes late), riders get ``dispatch.offer`` and accept, reject or st
 ride at city speed to the merchant and the customer and report pickup and delivery;
 users get their order's news, their rider's position (conflated LOCATION) and chat;
 some parties drop off the network for a while and get their backlog when they return.
+Users chat on their order's channel now and then, sometimes after it was delivered (the
+router refuses those: UNKNOWN_CHANNEL, counted in :attr:`City.app_refusals`).
+
+The city times every message the order service sends, from send to the party's receive
+(:attr:`City.latency`, see :mod:`workers.sim.latency`).
 
 Time is simulated and compressible: ``speed`` simulated seconds pass per real second,
 starting at ``start_hour``; demand follows a day with peaks at 11:00-13:00 and
@@ -13,6 +18,7 @@ starting at ``start_hour``; demand follows a day with peaks at 11:00-13:00 and
 
 from __future__ import annotations
 
+import collections
 import math
 import random
 import time
@@ -21,9 +27,10 @@ from dataclasses import dataclass, field
 import orjson
 
 from router.client import Endpoint, Sender
-from router.protocol import MsgClass, Role
+from router.protocol import MsgClass, Receipt, Role, Status
 from workers.dispatch.worker import RIDER_CHANNEL
 from workers.orders import INBOX, OrderService, OrderState
+from workers.sim.latency import E2ELatency
 
 SPEED_MPS = 4.5          # a rider in city traffic
 ROUTE_FACTOR = 1.3       # streets are not straight lines
@@ -91,12 +98,14 @@ class Config:
     offer_ttl_ms: int = 3000
     max_orders: int = 0               # stop placing after this many (0 = never)
     cancel: float = 0.02              # users who cancel after confirmation, before pickup
+    chat: float = 0.2                 # users who chat on their order's channel
+    first_order: int = 1              # id of the first order placed (ids count up from it)
 
 
 class City:
     """The parties of the city and the order service, stepped from one loop."""
 
-    def __init__(self, url: str, cfg: Config) -> None:
+    def __init__(self, url: str, cfg: Config, name: str = "city") -> None:
         self.cfg, self.rng = cfg, random.Random(cfg.seed)
         self.clock = Clock(cfg.start_hour, cfg.speed)
         rnd = lambda: (self.rng.uniform(0, cfg.size_m), self.rng.uniform(0, cfg.size_m))  # noqa: E731
@@ -104,9 +113,16 @@ class City:
         self.users = {f"user:{i}": rnd() for i in range(cfg.users)}
         self.riders = {f"rider:{i}": SimRider(f"rider:{i}", *rnd()) for i in range(cfg.riders)}
         parties = [*self.merchants, *self.users, *self.riders]
-        self.gateway = Endpoint(url, parties, role=Role.GATEWAY, name="city-gateway")
-        self.apps = Sender(url, "city-apps")  # what the parties' apps send
-        self.service = OrderService(url, offer_ttl_ms=cfg.offer_ttl_ms, clock=self.clock)
+        self.gateway = Endpoint(url, parties, role=Role.GATEWAY, name=f"{name}-gateway")
+        # what the parties' apps send; a refusal (chat after delivery) is counted by code
+        self.app_refusals: collections.Counter[str] = collections.Counter()
+        self.apps = Sender(url, f"{name}-apps", on_receipt=self._on_app_receipt)
+        self.latency = E2ELatency()
+        service_name = f"{name}-orders"
+        self.service = OrderService(url, offer_ttl_ms=cfg.offer_ttl_ms, clock=self.clock,
+                                    name=service_name,
+                                    on_sent=lambda mid: self.latency.sent(service_name, mid))
+        self.back_at: dict[str, float] = {}  # party -> when it came back online (monotonic)
         self.timers: list[tuple[float, str, dict]] = []  # (sim time, kind, data)
         self.offline: dict[str, float] = {}
         self.placed = 0
@@ -114,6 +130,7 @@ class City:
         self.delivered: list[OrderState] = []
         self.cancelled: list[OrderState] = []
         self.received = {"order": 0, "dispatch": 0, "chat": 0, "notice": 0, "location": 0}
+        self.unreadable = 0  # deliveries the parties could not make sense of
         self.last = self.clock()
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -129,10 +146,8 @@ class City:
         self._weak_network(now, dt)
         self.service.step(0)
         self.apps.poll(0)
-        for o in [o for o in self.service.orders.values()
-                  if o.state in ("delivered", "cancelled")]:
-            done = self.delivered if o.state == "delivered" else self.cancelled
-            done.append(self.service.orders.pop(o.id))
+        for o in self.service.take_finished():
+            (self.delivered if o.state == "delivered" else self.cancelled).append(o)
 
     def run(self, seconds: float, step_s: float = 0.02) -> None:
         """Step for ``seconds`` of real time."""
@@ -167,7 +182,8 @@ class City:
         merchant = self.rng.choice(list(self.merchants))
         user = self.rng.choice(list(self.users))
         ready = now + self.rng.uniform(300, 900)
-        order = OrderState(str(self.placed), user, merchant, self.merchants[merchant],
+        order = OrderState(str(self.cfg.first_order + self.placed - 1), user, merchant,
+                           self.merchants[merchant],
                            self.users[user], ready, ready + self.rng.uniform(900, 1500))
         items = self.rng.sample(["noodles", "dumplings", "rice", "tea", "soup", "bao"], 2)
         self.service.place(order, items, notes=self.rng.choice(["", "no scallions", "extra chili"]))
@@ -181,8 +197,13 @@ class City:
                 self.gateway.ack(d)
             if d.msg_class == MsgClass.LOCATION:
                 continue
-            body = orjson.loads(d.payload)
-            self._react(d.address, d.kind, body)
+            if d.sender == self.service.sender.session.name:
+                self.latency.received(d.sender, d.msg_id, self.back_at.get(d.address, -math.inf))
+            try:
+                self._react(d.address, d.kind, orjson.loads(d.payload))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                # not from this city (e.g. `router send` by hand): an app would skip it
+                self.unreadable += 1
         self.gateway.flush()
 
     def _react(self, party: str, kind: str, body: dict) -> None:
@@ -191,7 +212,7 @@ class City:
             late = rng.random() < self.cfg.late_confirm
             delay = rng.uniform(300, 600) if late else rng.uniform(20, 120)
             self._later(now + delay, "merchant.confirmed", {"order": body["order"]})
-        elif kind == "dispatch.offer":
+        elif kind == "dispatch.offer" and party in self.riders:
             r = self.riders[party]
             roll = rng.random()
             if roll < r.p_silent:
@@ -207,13 +228,23 @@ class City:
                 r.stops.append((*o.dropoff, "dropoff", o.id, 0.0, o.promised_at))
         elif kind == "order.accepted" and rng.random() < self.cfg.cancel:
             self._later(now + rng.uniform(30, 240), "user.cancel", {"order": body["order"]})
-        elif kind == "order.accepted" and rng.random() < 0.2 and self._find(body["order"]):
-            self.apps.send(f"order:{body['order']}", {"from": party, "text": "where is my food?"},
-                           kind="chat", msg_class=MsgClass.CHAT, channel=True,
-                           key=f"order:{body['order']}")
-        elif kind == "order.cancelled" and party.startswith("rider:"):
-            r = self.riders[party]
-            r.stops = [s for s in r.stops if s[3] != str(body["order"])]
+        elif kind == "order.accepted" and rng.random() < self.cfg.chat:
+            # some chat long after: the order may be delivered by then
+            self._later(now + rng.uniform(60, 3000), "user.chat",
+                        {"order": body["order"], "from": party})
+        elif kind in ("order.cancelled", "dispatch.offer_withdrawn") and party in self.riders:
+            self._forget(self.riders[party], str(body["order"]))
+
+    def _forget(self, r: SimRider, order_id: str) -> None:
+        """The rider drops ``order_id``: its stops, and an answer it was about to give."""
+        r.stops = [s for s in r.stops if s[3] != order_id]
+        self.timers = [t for t in self.timers if not (
+            t[1] in ("rider.accept", "rider.reject") and t[2].get("rider") == r.id
+            and str(t[2]["order"]) == order_id)]
+
+    def _on_app_receipt(self, r: Receipt) -> None:
+        if r.status in (Status.REFUSED, Status.EXPIRED, Status.FAILED):
+            self.app_refusals[f"{r.status.name.lower()} {r.code.name}"] += 1
 
     def _find(self, order_id: str) -> OrderState | None:
         return self.service.orders.get(str(order_id))
@@ -227,6 +258,12 @@ class City:
             return
         self.timers = [t for t in self.timers if t[0] > now]
         for _, kind, data in sorted(due, key=lambda t: t[0]):
+            if kind == "user.chat":
+                self.apps.send(f"order:{data['order']}", {"from": data["from"],
+                                                          "text": "where is my food?"},
+                               kind="chat", msg_class=MsgClass.CHAT, channel=True,
+                               key=f"order:{data['order']}")
+                continue
             event = {"type": kind, "order": data["order"]}
             if "rider" in data:
                 event["rider"] = data["rider"]
@@ -278,6 +315,7 @@ class City:
         for party, until in list(self.offline.items()):
             if now >= until:
                 del self.offline[party]
+                self.back_at[party] = time.monotonic()
                 self.gateway.bind([party])  # back: the router replays what it missed
         p = self.cfg.weak_network * dt / 60
         if p <= 0:
