@@ -473,7 +473,7 @@ cdef class Core:
         return out
 
     def online(self) -> dict:
-        """Presence: bound address -> wall-clock seconds since it came online."""
+        """Presence: bound address -> when it came online, Unix time in seconds."""
         out = {}
         for i in range(self.addrs.size()):
             if self.addrs[i].peer >= 0:

@@ -120,9 +120,8 @@ class Child:
 def wait_ready(procs: list[Child], urls: list[str], timeout: float = READY_TIMEOUT_S) -> None:
     """Wait until every URL answers HTTP 200, failing early if a process exits.
 
-    The URLs are the processes' metrics endpoints (the router serves metrics only once
-    its journal is replayed and its endpoints are bound). This is the one place to
-    switch to a readiness path such as ``/readyz`` once the processes serve it.
+    The URLs are the processes' ``/readyz`` (router/httpd.py): 200 once the router has
+    replayed its journal and serves, once a worker has said READY; 503 before.
     """
     deadline = time.monotonic() + timeout
     waiting = list(urls)
@@ -197,17 +196,18 @@ class Demo:
 
     def start(self) -> None:
         """Start the router and the dispatch workers, and wait until they answer."""
-        self._spawn("router", "router.log", ["-m", "router", "serve", "--bind", self.url, "--data-dir",
-                                   str(self.data_dir), "--metrics-port", str(self.metrics_port),
-                                   "--log-level", "info"])
-        wait_ready(self.procs, [self.metrics_url])
+        self._spawn("router", "router.log",
+                    ["-m", "router", "serve", "--bind", self.url, "--data-dir",
+                     str(self.data_dir), "--metrics-port", str(self.metrics_port),
+                     "--log-level", "info"])
+        wait_ready(self.procs, [f"http://127.0.0.1:{self.metrics_port}/readyz"])
         for i in range(self.workers):
             port = _free_port()
             self.worker_metrics.append(port)
             self._spawn(f"dispatch worker {i}", f"dispatch-{i}.log",
                         ["-m", "workers.dispatch.worker", "--router", self.url,
                          "--name", f"dispatch-{i}", "--metrics-port", str(port)])
-        wait_ready(self.procs, [f"http://127.0.0.1:{p}/metrics" for p in self.worker_metrics])
+        wait_ready(self.procs, [f"http://127.0.0.1:{p}/readyz" for p in self.worker_metrics])
         start_http_server(self.sim_metrics_port, addr="127.0.0.1")
 
     def _spawn(self, name: str, log_name: str, args: list[str]) -> None:

@@ -245,7 +245,13 @@ class Router:
     def _presence_query(self, payload: bytes) -> bytes:
         """router.presence: JSON list of addresses -> {address: online since (epoch s)
         or null}; an empty list asks for every online address."""
-        wanted = orjson.loads(payload or b"[]")
+        try:
+            wanted = orjson.loads(payload or b"[]")
+        except orjson.JSONDecodeError:
+            wanted = None
+        if not isinstance(wanted, list) or not all(isinstance(a, str) for a in wanted):
+            raise ValueError('the request payload must be a JSON list of addresses, '
+                             'e.g. ["rider:42", "user:7"], or [] for every online address')
         online = self.core.online()
         if not wanted:
             return orjson.dumps(online)

@@ -409,3 +409,10 @@ def test_a_job_that_expires_at_its_worker_keeps_the_credit_until_the_late_reply(
         assert r.payload == b"two done"
         c.poll(0.2)
         assert c.take_reply(first) is None  # the late answer never reached the client
+
+
+def test_presence_with_a_bad_query_says_what_it_wants(router):
+    with Sender(router.url, "ops") as s:
+        r = s.request("router.presence", b"{not json", ttl_ms=2000)
+        assert r.code == ErrorCode.MALFORMED
+        assert b"JSON list of addresses" in r.payload and b"orjson" not in r.payload

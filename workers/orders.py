@@ -80,6 +80,11 @@ for _reason in IGNORED_REASONS:
     IGNORED_METRIC.labels(_reason)
 for _reason in ("first", "more", "retry"):
     DISPATCH_REQUESTS.labels(_reason)
+# every label from the start: a panel on a rare outcome (escalated) is 0, not empty
+for _outcome in ("sent", "accepted", "rejected", "timed_out", "reassigned", "escalated"):
+    OFFERS_METRIC.labels(_outcome)
+for _state in ("placed", "confirmed", "assigned", "picked_up", "delivered", "cancelled"):
+    ORDERS.labels(_state)
 
 EVENT_KINDS = frozenset({"merchant.confirmed", "rider.accept", "rider.reject", "rider.picked_up",
                          "rider.delivered", "user.cancel", "merchant.cancel"})

@@ -30,10 +30,8 @@ from router.client import Sender
 from router.protocol import Delivery
 from workers.service import ServiceWorker
 
+from . import RIDER_CHANNEL, SERVICE
 from .scoring import Order, Rider, RiderIndex, Stop, rank
-
-SERVICE = "dispatch"
-RIDER_CHANNEL = "dispatch:riders"
 
 DECISION_SECONDS = Histogram("router_dispatch_decision_seconds",
                              "time to rank riders for one order",

@@ -28,7 +28,7 @@ import orjson
 
 from router.client import Endpoint, Sender
 from router.protocol import MsgClass, Receipt, Role, Status
-from workers.dispatch.worker import RIDER_CHANNEL
+from workers.dispatch import RIDER_CHANNEL
 from workers.orders import INBOX, OrderService, OrderState
 from workers.sim.latency import E2ELatency
 
