@@ -116,3 +116,18 @@ def test_only_peers_that_send_are_interned_as_senders():
             p.close(linger=0)
         del c
         router_sock.close(linger=0)
+
+
+def test_histogram_buckets_match_a_plain_search_over_the_bounds():
+    """observe() starts its scan from the value's power of two: it must land in the same
+    bucket as a plain search (first bound >= value, else +Inf)."""
+    import bisect
+    import random
+    from router import _core
+    bounds_us = [round(b * 1e6) for b in _core.histogram_bounds()["hop"]]
+    rng = random.Random(3)
+    values = [0, 1, 49, 50, 51, 62, 63, 64, 60_000_000, 60_000_001, 2**63, 2**64 - 1]
+    values += bounds_us + [b + 1 for b in bounds_us] + [b - 1 for b in bounds_us]
+    values += [rng.randrange(1 << rng.randrange(1, 64)) for _ in range(20_000)]
+    want = [bisect.bisect_left(bounds_us, v) for v in values]
+    assert _core._observe_check(values) == want

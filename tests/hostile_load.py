@@ -1,0 +1,160 @@
+"""Full-speed fuzzing peers in their own processes beside one well-behaved pair, with
+what the pair saw and what the router held measured (tests/test_hostile.py runs it).
+
+Run by hand: ``python tests/hostile_load.py [SECONDS] [PROCESSES] [CONNECTIONS]``."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import random
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from conftest import RouterProcess, free_port  # noqa: E402
+from test_fuzz import fuzz, fuzz_shared_id  # noqa: E402
+
+from router.client import Endpoint, Sender  # noqa: E402
+from router.protocol import MsgClass, Status  # noqa: E402
+
+GOOD_ADDRESS = "merchant:well-behaved"
+
+
+def _fuzz_process(url: str, seed: int, connections: int, seconds: float,
+                  shared: bool) -> None:
+    stop = threading.Event()
+    counts = [0]
+    target = fuzz_shared_id if shared else fuzz
+    threads = [threading.Thread(target=target, args=(url, seed * 100 + i, stop, counts),
+                                daemon=True) for i in range(connections)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(10)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def peers(port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("router_peers{"))
+
+
+@dataclass
+class Result:
+    sent: int = 0
+    answered: int = 0
+    delivered: int = 0
+    latencies: list[float] = field(default_factory=list)
+    longest_silence: float = 0.0
+    rss_start: float = 0.0
+    rss_peak: float = 0.0
+    rss_after: float = 0.0
+    peers_after: float = 0.0
+    router_alive: bool = True
+
+    def p99(self) -> float:
+        xs = sorted(self.latencies)
+        return xs[min(int(0.99 * len(xs)), len(xs) - 1)] if xs else float("inf")
+
+    def line(self) -> str:
+        return (f"well-behaved pair: {self.sent} sent, {self.answered} answered, "
+                f"{self.delivered} delivered, p99 {self.p99() * 1000:.0f} ms, longest "
+                f"silence {self.longest_silence:.2f} s; router RSS {self.rss_start:.0f} -> "
+                f"peak {self.rss_peak:.0f} -> {self.rss_after:.0f} MB 30 s after; peers "
+                f"{self.peers_after:.0f} after; alive {self.router_alive}")
+
+
+def run(seconds: float, processes: int = 4, connections: int = 6, rate: float = 100,
+        shared: bool = False, settle: float = 30.0) -> Result:
+    """Fuzz for ``seconds`` while the pair sends ``rate`` reliable orders a second."""
+    port = free_port()
+    router = RouterProcess("--metrics-port", str(port), "--max-queue", "2000",
+                           "--max-queued-per-sender", "20000").start()
+    res = Result(rss_start=rss_mb(router.pid))
+    sent_at: dict[int, float] = {}
+    stop = threading.Event()
+    last_delivery = [time.monotonic()]
+
+    def on_receipt(r) -> None:
+        if r.status == Status.DELIVERED and r.msg_id in sent_at:
+            res.latencies.append(time.monotonic() - sent_at.pop(r.msg_id))
+            res.answered += 1
+        elif r.status in (Status.REFUSED, Status.EXPIRED, Status.FAILED) and r.msg_id in sent_at:
+            sent_at.pop(r.msg_id)
+            res.answered += 1
+
+    def consume() -> None:
+        with Endpoint(router.url, [GOOD_ADDRESS], name="good-merchant") as ep:
+            while not stop.is_set():
+                d = ep.recv(timeout=0.05)
+                now = time.monotonic()
+                if d is None:
+                    res.longest_silence = max(res.longest_silence, now - last_delivery[0])
+                    continue
+                res.longest_silence = max(res.longest_silence, now - last_delivery[0])
+                last_delivery[0] = now
+                res.delivered += 1
+                ep.ack(d)
+
+    consumer = threading.Thread(target=consume, daemon=True)
+    consumer.start()
+    ctx = mp.get_context("spawn")
+    fuzzers = [ctx.Process(target=_fuzz_process,
+                           args=(router.url, 1 + i, connections, seconds, shared))
+               for i in range(processes)]
+    try:
+        with Sender(router.url, "good-orders", on_receipt=on_receipt) as s:
+            time.sleep(0.5)
+            last_delivery[0] = time.monotonic()
+            for p in fuzzers:
+                p.start()
+            end = time.monotonic() + seconds
+            next_at = time.monotonic()
+            while time.monotonic() < end:
+                sent_at[s.send(GOOD_ADDRESS, {"n": res.sent})] = time.monotonic()
+                res.sent += 1
+                next_at += 1 / rate
+                while (left := next_at - time.monotonic()) > 0:
+                    s.poll(left)
+                res.rss_peak = max(res.rss_peak, rss_mb(router.pid))
+            for p in fuzzers:
+                p.join(30)
+            deadline = time.monotonic() + 20
+            while sent_at and time.monotonic() < deadline:
+                s.poll(0.1)
+        stop.set()
+        consumer.join(10)
+        time.sleep(settle)
+        res.router_alive = router.proc.poll() is None
+        if res.router_alive:
+            res.rss_after = rss_mb(router.pid)
+            res.peers_after = peers(port)
+        return res
+    finally:
+        stop.set()
+        for p in fuzzers:
+            if p.is_alive():
+                p.kill()
+        router.stop()
+
+
+if __name__ == "__main__":
+    args = [float(a) for a in sys.argv[1:]]
+    r = run(args[0] if args else 60, int(args[1]) if len(args) > 1 else 4,
+            int(args[2]) if len(args) > 2 else 6)
+    print(r.line())
