@@ -128,15 +128,18 @@ class Peer:
             return None
         return self.sock.recv_multipart()
 
-    def recv_command(self, command: P.Command, timeout: float = 2.0) -> list[bytes]:
-        """The next message with ``command``, skipping heartbeats; fail on timeout."""
+    def recv_command(self, command: P.Command, timeout: float = 2.0,
+                     skip_others: bool = False) -> list[bytes]:
+        """The next message with ``command``, skipping heartbeats (and any other command
+        with ``skip_others``); fail on timeout."""
         deadline = time.monotonic() + timeout
         while True:
             frames = self.recv(max(deadline - time.monotonic(), 0))
             assert frames is not None, f"no {command.name} within {timeout}s"
             if frames[0][2] == command:
                 return frames
-            assert frames[0][2] == P.Command.HEARTBEAT, f"expected {command.name}, got {frames}"
+            assert skip_others or frames[0][2] == P.Command.HEARTBEAT, \
+                f"expected {command.name}, got {frames}"
 
     def hello(self, role: P.Role, name: str, cursors=()) -> None:
         self.send(P.encode_hello(role, name, cursors))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from router import protocol as P
@@ -11,16 +9,6 @@ from router.protocol import Command, ErrorCode, MsgClass, Role, Status
 
 from conftest import Peer
 from test_bad_input import refusal_of
-
-
-def next_of(peer: Peer, command: Command, timeout: float = 2.0) -> list[bytes]:
-    """The next frame set with ``command``, skipping heartbeats and others."""
-    deadline = time.monotonic() + timeout
-    while True:
-        frames = peer.recv(max(deadline - time.monotonic(), 0))
-        assert frames is not None, f"no {command.name} within {timeout}s"
-        if frames[0][2] == command:
-            return frames
 
 
 @pytest.mark.parametrize("bad", ["merchant", "merchant:", ":881", ":"])
@@ -38,7 +26,7 @@ def test_send_to_an_address_without_kind_and_id_is_refused(router, bad):
 def test_binding_an_address_without_kind_and_id_is_refused(router, bad):
     with Peer(router.url) as ep:
         ep.send(P.encode_hello(Role.ENDPOINT, "app", [(bad, 0)]))
-        err = next_of(ep, Command.ERROR)
+        err = ep.recv_command(Command.ERROR, skip_others=True)
         assert P.decode_error(err[0], err[1])[0] == ErrorCode.BAD_ADDRESS
 
 
@@ -46,7 +34,7 @@ def test_takeover_tells_the_old_holder_and_is_logged(router):
     with Peer(router.url) as old, Peer(router.url) as new, Peer(router.url) as s:
         old.hello(Role.ENDPOINT, "phone-1", [("user:7", 0)])
         new.hello(Role.ENDPOINT, "phone-2", [("user:7", 0)])
-        err = next_of(old, Command.ERROR)
+        err = old.recv_command(Command.ERROR, skip_others=True)
         code, _, text = P.decode_error(err[0], err[1])
         assert code == ErrorCode.ADDRESS_TAKEN
         assert "user:7" in text and "phone-2" in text
@@ -54,7 +42,7 @@ def test_takeover_tells_the_old_holder_and_is_logged(router):
         # deliveries go to the new holder only
         s.hello(Role.SENDER, "orders")
         s.send(P.encode_send("user:7", 1, MsgClass.ORDER), b"x")
-        d = next_of(new, Command.DELIVER)
+        d = new.recv_command(Command.DELIVER, skip_others=True)
         assert P.decode_deliver(d[0], d[1]).address == "user:7"
         while (frames := old.recv(timeout=0.2)) is not None:
             assert frames[0][2] != Command.DELIVER, frames
