@@ -194,5 +194,6 @@ def test_connections_sharing_a_routing_id_never_abort_the_router(make_router):
 
 
 @pytest.mark.long
+@pytest.mark.timeout(420)
 def test_shared_routing_ids_and_fuzz_for_five_minutes(make_router):
     fuzz_round(make_router, seconds=300.0, peers=2, seed=random.randrange(1 << 30), shared=4)

@@ -49,5 +49,6 @@ def test_reconnects_send_one_hello_each():
 
 
 @pytest.mark.long
+@pytest.mark.timeout(300)
 def test_a_minute_long_outage_sends_one_hello_per_reconnect():
     outage_and_stall(outage_s=60, stall_s=20)
