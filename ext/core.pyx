@@ -1860,9 +1860,11 @@ cdef class Core:
         snprintf(text, sizeof(text), "address %s was bound by another connection (%s): "
                  "deliveries for it go there now", a.name.c_str(), self.peers[pi].name.c_str())
         self._error(old, E_ADDRESS_TAKEN, 0, text)
+        cdef size_t logged = self.events.size()
         if first:
             self._event(EV_TAKEOVER, old, 0)
-            self.events.back().detail = a.name + string(b" by ") + self.peers[pi].name
+            if self.events.size() > logged:  # not dropped by the events cap
+                self.events.back().detail = a.name + string(b" by ") + self.peers[pi].name
 
     cdef void _unbind(self, int pi, int ai) noexcept nogil:
         cdef Address *a = self.addrs[ai]
@@ -1922,7 +1924,6 @@ cdef class Core:
         cdef vector[int] keep
         cdef Address *a
         cdef uint64_t backoff, resent
-        cdef Msg *m
         for i in range(self.inflight.size()):
             a = self.addrs[self.inflight[i]]
             if a.peer < 0 or a.sent == 0 or a.inflight_ms == 0:

@@ -5,6 +5,7 @@ treat its data directory as the user asked (kept, created if missing, or tempora
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -22,17 +24,25 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 DEMO = [sys.executable, "-m", "router", "demo"]
 
 
-def run_demo(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    """Run `router demo` to its end; its output as text. Past ``timeout`` the demo and
-    everything it started (its process group) are killed."""
+@contextlib.contextmanager
+def demo_process(*args: str) -> Iterator[subprocess.Popen]:
+    """`router demo` in its own process group, text pipes; on leaving, the demo and
+    everything it started are killed if still running."""
     p = subprocess.Popen([*DEMO, *args], cwd=ROOT, env=ENV, text=True, start_new_session=True,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        out, err = p.communicate(timeout=timeout)
+        yield p
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
             p.communicate()
+
+
+def run_demo(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    """Run `router demo` to its end; its output as text. Past ``timeout`` the demo and
+    everything it started (its process group) are killed."""
+    with demo_process(*args) as p:
+        out, err = p.communicate(timeout=timeout)
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
@@ -80,19 +90,13 @@ def test_short_fast_demo_runs_clean_and_keeps_a_new_data_dir(tmp_path):
 
 
 def test_demo_stops_on_ctrl_c_and_removes_its_temporary_dir():
-    p = subprocess.Popen([*DEMO, "--speed", "150"], cwd=ROOT, env=ENV, text=True,
-                         start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    with demo_process("--speed", "150") as p:
         banner = p.stdout.readline() + p.stdout.readline() + p.stdout.readline()
         m = re.search(r"data and logs in (\S+) \(temporary, removed on exit\)", banner)
         assert m, banner
         time.sleep(4)
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=30)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(10)
     assert p.returncode == 0 and "Traceback" not in out + err, out + err
     assert "orders placed" in out, out
     assert not Path(m.group(1)).exists(), "the temporary data dir was left behind"
@@ -124,9 +128,7 @@ def test_demo_runs_300_seconds_cleanly(tmp_path):
 
 
 def test_a_dead_router_stops_the_demo_with_one_line_and_keeps_the_logs():
-    p = subprocess.Popen([*DEMO, "--speed", "60"], cwd=ROOT, env=ENV, text=True,
-                         start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    with demo_process("--speed", "60") as p:
         banner = p.stdout.readline() + p.stdout.readline() + p.stdout.readline()
         assert "(temporary, removed on exit)" in banner, banner
         children = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
@@ -136,10 +138,6 @@ def test_a_dead_router_stops_the_demo_with_one_line_and_keeps_the_logs():
         time.sleep(2)
         os.kill(routers[0], signal.SIGKILL)
         out, err = p.communicate(timeout=30)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(10)
     assert p.returncode == 1 and "Traceback" not in out + err, out + err
     assert "router demo: stopping: router was killed by SIGKILL" in err, err
     kept = re.search(r"router demo: logs kept in (\S+)", err)
