@@ -124,6 +124,7 @@ cdef cppclass Peer:
     uint32_t nreceipts
     uint64_t err_window_ms  # error rate limit window start
     uint32_t errs           # errors sent in the window
+    uint32_t bad            # ... of them the peer's own fault (not load refusals)
     bool blocked            # last send hit the HWM: retry on the next pass
     bool gone               # unreachable: nothing more is sent to it, what it sent is read
 
@@ -140,6 +141,7 @@ cdef struct Counters:
     uint64_t errors_suppressed  # ... of which not sent: over the peer's rate limit
     uint64_t refused[32]        # REFUSED receipts, by code
     uint64_t takeovers          # addresses moved to another connection while bound
+    uint64_t quarantined        # messages ignored: their peer was far over its error budget
     uint64_t shed               # best-effort dropped for space
     uint64_t conflated          # location replaced by a newer one
     uint64_t expired

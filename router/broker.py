@@ -31,6 +31,7 @@ from typing import Callable
 import zmq
 
 from . import protocol as P
+from .lograte import RateLimitedLog
 from .protocol import Command, ErrorCode, Role
 
 log = logging.getLogger("router.broker")
@@ -248,6 +249,9 @@ class Broker:
         self._by_client: dict[bytes, set[int]] = {}  # connection -> ids of its jobs
         self._not_workers: dict[bytes, int] = {}  # connection -> its non-WORKER HELLO role
         self._limiter = ErrorLimiter(errors_per_second)
+        self._logs = {kind: RateLimitedLog(log, what) for kind, what in (
+            ("ready", "worker ready"), ("gone", "worker gone"),
+            ("refused", "refused service command"))}
         self._ids = itertools.count(1)
         self.counters = {"requests": 0, "replies": 0, "retried": 0, "expired": 0,
                          "no_service": 0, "failed": 0, "queue_full": 0, "late_replies": 0,
@@ -321,7 +325,8 @@ class Broker:
         w.credit = credit  # 0 pauses it: it keeps its jobs, takes no new ones
         self.workers[identity] = w
         svc.workers[identity] = w
-        log.info("worker ready for %s (credit %d), %d workers", name, credit, len(svc.workers))
+        self._logs["ready"].log(logging.INFO, "worker ready for %s (credit %d), %d workers",
+                                name, credit, len(svc.workers))
         self._dispatch(svc)
 
     def _register(self, name: str) -> Service:
@@ -479,13 +484,15 @@ class Broker:
             else:
                 svc.waiting[job_id] = job
                 svc.waiting.move_to_end(job_id, last=False)
-        log.warning("worker for %s gone, %d jobs requeued, %d workers left",
-                    w.service, len(w.jobs), len(svc.workers))
+        self._logs["gone"].log(logging.WARNING, "worker for %s gone, %d jobs requeued, %d "
+                               "workers left", w.service, len(w.jobs), len(svc.workers))
         self._dispatch(svc)
 
     def tick(self) -> None:
         """Expire requests whose TTL passed (waiting or in progress); forget the error
         windows that are over."""
+        for limited in self._logs.values():
+            limited.flush()
         now = time.monotonic()
         while self._deadlines and self._deadlines[0][0] <= now:
             _, job_id = heapq.heappop(self._deadlines)
@@ -563,8 +570,8 @@ class Broker:
             code, msg_id = ErrorCode.RATE_LIMITED, 0
             text = "too many bad requests: further errors this second are not reported"
         elif n == 1:  # one log line per peer per second at most, as the core logs
-            log.warning("refused service command from %s: %s: %s", identity.hex(), code.name,
-                        text)
+            self._logs["refused"].log(logging.WARNING, "refused service command from %s: %s: %s",
+                                      identity.hex(), code.name, text)
         self._send(identity, P.prefix(Command.ERROR) + P.ERROR.pack(code, msg_id), text.encode())
 
     def _send(self, identity: bytes, header: bytes, payload: bytes) -> bool:

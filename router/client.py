@@ -60,6 +60,8 @@ def make_socket(context: zmq.Context, endpoint: str) -> zmq.Socket:
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
+    # Safe here because RCVHWM is 0: libzmq 4.3.5 aborts when the heartbeat timer
+    # fires on a connection whose input stopped at its RCVHWM (see router/server.py).
     sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
     sock.connect(endpoint)

@@ -2,7 +2,8 @@
 
 try:
     from ._core import (  # noqa: F401
-        Core, constants, cython_version, histogram_bounds, libzmq_path, libzmq_version,
+        Core, constants, cython_version, histogram_bounds, history_rows, libzmq_path,
+        libzmq_version,
     )
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     if "_core" not in str(exc) and "router native core" not in str(exc):
@@ -13,5 +14,5 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
         "`python setup.py build_ext --inplace`; this needs Cython and a C++ compiler."
     ) from exc
 
-__all__ = ["Core", "constants", "cython_version", "histogram_bounds", "libzmq_path",
-           "libzmq_version"]
+__all__ = ["Core", "constants", "cython_version", "histogram_bounds", "history_rows",
+           "libzmq_path", "libzmq_version"]

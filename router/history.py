@@ -2,24 +2,34 @@
 
 The core emits history events for messages linked to an order (sent to an
 ``order:<id>`` channel, or carrying ``order:<id>`` as their key); the router drains them
-between loop slices into SQLite (WAL mode, so `router history` can read while the router
-writes). This is the record used to settle disputes: who sent what, when the router
+between loop slices and :class:`HistoryWriter` writes them into SQLite on a thread of its
+own (WAL mode, so `router history` and the ``router.history`` service read while it
+writes): the routing loop never waits for the database. This is the record used to settle disputes: who sent what, when the router
 accepted it, when it went to each party, when each acked, or when it expired.
 """
 
 from __future__ import annotations
 
+import logging
+import queue
 import sqlite3
 import struct
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
 
 import lz4.frame
 
+from . import core as _native
 from .protocol import ErrorCode, MsgClass, Status
 
+log = logging.getLogger("router.history")
+
 LZ4_MAGIC = b"\x04\x22\x4d\x18"
+
+#: Event bytes the writer may hold before it drops new buffers (and counts them).
+MAX_PENDING_BYTES = 64 << 20
 
 _FIXED = struct.Struct(">BQQQBHB")  # kind, ts_us, msg_id, seq, status, code, class
 EVENTS = {1: "accepted", 2: "sent", 3: "acked", 4: "final"}
@@ -44,12 +54,20 @@ def _unsigned(v: int) -> int:
     return v + (1 << 64) if v < 0 else v
 
 
+# Names by number, looked up per event (an Enum call per field cost more than the insert).
+_STATUS = {int(s): s.name for s in Status}
+_CODE = {int(c): c.name for c in ErrorCode}
+_CLASS = {int(c): c.name for c in MsgClass}
+
+
 def parse_events(blob: bytes) -> Iterator[tuple]:
-    """Rows from the core's history buffer (layout in ext/core.pyx, Core._hist)."""
+    """Rows from the core's history buffer (layout in ext/core.pyx, Core._hist): the
+    readable reference for the native decoder (:func:`rows`) the writer uses."""
     off, n = 0, len(blob)
+    fixed, unpack = _FIXED.size, _FIXED.unpack_from
     while off < n:
-        kind, ts, mid, seq, st, code, cls = _FIXED.unpack_from(blob, off)
-        off += _FIXED.size
+        kind, ts, mid, seq, st, code, cls = unpack(blob, off)
+        off += fixed
         names = []
         for _ in range(5):  # order, sender, address, kind, channel
             ln = blob[off]
@@ -59,10 +77,16 @@ def parse_events(blob: bytes) -> Iterator[tuple]:
         payload = blob[off + 4: off + 4 + plen] if plen else None
         off += 4 + plen
         order, sender, address, mkind, channel = names
-        status = Status(st).name if st else None
-        ecode = ErrorCode(code).name if code else None
+        status = _STATUS.get(st, str(st)) if st else None
+        ecode = _CODE.get(code, str(code)) if code else None
         yield (order, ts, EVENTS.get(kind, str(kind)), _signed(mid), _signed(seq), status, ecode,
-               MsgClass(cls).name, sender, address or None, mkind, channel or None, payload)
+               _CLASS.get(cls, str(cls)), sender, address or None, mkind, channel or None,
+               payload)
+
+
+def rows(blob: bytes) -> list[tuple]:
+    """The rows of one history buffer, decoded natively (ext/history.pxi)."""
+    return _native.history_rows(blob, EVENTS, _STATUS, _CODE, _CLASS)
 
 
 class History:
@@ -82,16 +106,17 @@ class History:
         """Store the events of one drained buffer; return how many."""
         if not blob:
             return 0
-        rows = list(parse_events(blob))
+        decoded = rows(blob)
         self.db.execute("BEGIN")
         try:
-            self.db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self.db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                                decoded)
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")  # leave no open transaction behind, whatever failed
             raise
         self._maybe_prune()
-        return len(rows)
+        return len(decoded)
 
     def _maybe_prune(self) -> None:
         now = time.time()
@@ -118,6 +143,67 @@ class History:
     def close(self) -> None:
         """Close the database."""
         self.db.close()
+
+
+class HistoryWriter:
+    """Writes drained history buffers into the database on its own thread.
+
+    ``submit`` never blocks: SQLite's commit can take milliseconds (far more on a slow or
+    full disk), and the router's loop must not wait for it. Beyond ``max_pending`` bytes
+    waiting, new buffers are dropped and counted (the journal, not the history, is what
+    makes messages durable). ``close`` writes what is left, then stops the thread."""
+
+    def __init__(self, path: str | Path, retain_days: float = 30.0,
+                 max_pending: int = MAX_PENDING_BYTES) -> None:
+        self.path = Path(path)
+        self._db = History(path, retain_days)  # used by the thread only, after this
+        self.max_pending = max_pending
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._pending = 0
+        #: Events written, buffers dropped (queue full), write failures.
+        self.written = self.dropped = self.failures = 0
+        self._thread = threading.Thread(target=self._run, name="history-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, blob: bytes) -> bool:
+        """Queue one drained buffer; False if it was dropped (the writer is behind)."""
+        if not blob:
+            return True
+        with self._lock:
+            if self._pending + len(blob) > self.max_pending:
+                self.dropped += 1
+                return False
+            self._pending += len(blob)
+        self._queue.put(blob)
+        return True
+
+    @property
+    def pending_bytes(self) -> int:
+        """Event bytes submitted and not yet written."""
+        return self._pending
+
+    def _run(self) -> None:
+        while (blob := self._queue.get()) is not None:
+            try:
+                self.written += self._db.record(blob)
+            except Exception:
+                self.failures += 1
+                if self.failures == 1 or self.failures % 1000 == 0:
+                    log.exception("order history write failed (%d so far); routing goes on",
+                                  self.failures)
+            finally:
+                with self._lock:
+                    self._pending -= len(blob)
+        self._db.close()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what is queued (for at most ``timeout`` seconds), then close."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("order history writer did not finish in %.0f s; %d bytes unwritten",
+                      timeout, self._pending)
 
 
 def format_timeline(events: list[dict]) -> str:

@@ -88,6 +88,8 @@ class RouterCollector:
         snap = r.core.metrics()
         snap["broker"] = r.broker.stats()
         snap["journal_bytes"] = r.store.total_bytes if r.store else 0
+        h = r.history
+        snap["history"] = (h.written, h.dropped, h.failures, h.pending_bytes) if h else None
         self._snapshot, self._taken = snap, now
 
     def describe(self) -> list:
@@ -111,6 +113,7 @@ class RouterCollector:
         yield from self._peers(s)
         yield from self._latency(s)
         yield from self._journal(s)
+        yield from self._history(s["history"])
         yield from self._services(s["broker"])
 
     def _disk(self) -> Iterator[Metric]:
@@ -179,6 +182,10 @@ class RouterCollector:
         yield CounterMetricFamily(
             "router_errors_suppressed", "ERRORs not sent because of the per-peer rate limit",
             value=s["errors_suppressed"] + b["errors_suppressed"] + b["errors_rate_limited"])
+        yield CounterMetricFamily(
+            "router_quarantined_messages", "messages ignored unread: their connection sent "
+            "more than 5x errors_per_second bad messages this second",
+            value=s["quarantined"])
         fam = CounterMetricFamily("router_receipts_refused", "REFUSED receipts, by error code",
                                   labels=["code"])
         for code in CODES:
@@ -253,6 +260,20 @@ class RouterCollector:
         yield GaugeMetricFamily("router_journal_replayed_messages",
                                 "messages recovered from the journal at start",
                                 value=s["replayed"])
+
+    def _history(self, h: tuple | None) -> Iterator[Metric]:
+        if h is None:
+            return  # --history false: no series rather than zeros that look healthy
+        written, dropped, failures, pending = h
+        yield CounterMetricFamily("router_history_events", "order history events written",
+                                  value=written)
+        yield CounterMetricFamily("router_history_dropped_batches",
+                                  "batches of history events dropped: the writer was behind",
+                                  value=dropped)
+        yield CounterMetricFamily("router_history_write_failures",
+                                  "batches the history database refused", value=failures)
+        yield GaugeMetricFamily("router_history_pending_bytes",
+                                "history event bytes waiting for the writer", value=pending)
 
     def _services(self, b: dict) -> Iterator[Metric]:
         gauges = [("workers", GaugeMetricFamily(

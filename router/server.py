@@ -7,6 +7,8 @@ live here; the per-message path lives in ``ext/core.pyx``.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import signal
 import threading
@@ -21,15 +23,33 @@ from . import core as _native
 from . import httpd
 from .broker import Broker
 from .config import Settings
-from .history import History
+from .history import History, HistoryWriter
 from .httpd import Health
 from .journal import FileStore, Recovery
+from .lograte import RateLimitedLog
 from .protocol import ErrorCode, Role, Status
 
 log = logging.getLogger("router")
 
 #: How long one native run() call may serve before returning to Python (ms).
 SLICE_MS = 100
+#: Seconds between returns of freed heap memory to the system (malloc_trim).
+TRIM_SECONDS = 10.0
+#: TCP keepalive of accepted connections: a peer whose host vanished (no FIN, no RST)
+#: is closed after about IDLE + INTVL * CNT seconds of silence on the wire.
+KEEPALIVE_IDLE_S, KEEPALIVE_INTVL_S, KEEPALIVE_CNT = 30, 5, 3
+
+
+def _find_malloc_trim():
+    """glibc's malloc_trim, or None (another libc): after a flood the freed buffers
+    of a thousand connections stay in the heap unless they are handed back."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _find_malloc_trim()
 
 
 class Router:
@@ -37,7 +57,7 @@ class Router:
 
     __slots__ = ("settings", "context", "socket", "core", "endpoints", "store", "history",
                  "recovery", "broker", "metrics", "health", "_ops", "_stop", "_last_summary",
-                 "_last_stats")
+                 "_last_stats", "_logs", "_history_reader", "_last_trim")
 
     def __init__(self, settings: Settings, context: zmq.Context | None = None) -> None:
         self.settings = settings.validate()
@@ -49,8 +69,10 @@ class Router:
             data / "journal", segment_bytes=settings.segment_bytes,
             max_bytes=settings.max_journal_bytes, retain_seconds=settings.dedup_seconds,
             fsync=settings.fsync) if settings.journal else None
-        self.history = History(data / "history.db", settings.history_days) \
+        # Written on a thread of its own; queries read through their own connection.
+        self.history = HistoryWriter(data / "history.db", settings.history_days) \
             if settings.history else None
+        self._history_reader: History | None = None
         self.core = _native.Core(
             self.socket,
             max_payload=settings.max_payload,
@@ -86,7 +108,13 @@ class Router:
         self.broker = Broker(self.socket, {"router.history": self._history_query,
                                            "router.presence": self._presence_query},
                              errors_per_second=settings.errors_per_second)
+        # One budget per kind of peer event, so a storm of one kind hides no other kind.
+        self._logs = {kind: RateLimitedLog(log, what) for kind, what in (
+            ("connect", "peer connected"), ("disconnect", "peer disconnected"),
+            ("takeover", "address taken over"), ("refusal", "refused request"),
+            ("history", "history events dropped"))}
         self._stop = threading.Event()
+        self._last_trim = time.monotonic()
         self._last_summary = time.monotonic()
         self._last_stats = self.core.stats()
 
@@ -125,17 +153,26 @@ class Router:
         # Unroutable sends fail (EHOSTUNREACH) instead of vanishing, and a full pipe
         # says EAGAIN, so the core keeps the message queued for that peer.
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # No handover by routing id: libzmq 4.3.5 aborts the process (assertion
-        # !_io_error in stream_engine_base.cpp) when ROUTER_HANDOVER moves an id between
-        # two live connections, and a peer chooses its id. A connection claiming an id
-        # in use is refused by libzmq; a reconnecting client gets a new id and moves its
-        # addresses with HELLO (docs/PROTOCOL.md, "Connections and routing ids").
+        # No handover by routing id: ids are the router's (a peer that picks its own
+        # cannot take another's connection); a reconnecting client gets a new id and
+        # moves its addresses with HELLO (docs/PROTOCOL.md, "Connections and routing ids").
         sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
         sock.setsockopt(zmq.SNDHWM, s.sndhwm)
         sock.setsockopt(zmq.RCVHWM, s.rcvhwm)
-        # Transport-level liveness (ZMTP PING/PONG) under the protocol heartbeats.
-        sock.setsockopt(zmq.HEARTBEAT_IVL, s.heartbeat_ms)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, s.heartbeat_ms * s.liveness)
+        if s.rcvhwm:
+            log.warning("rcvhwm %d: a connection that reaches it stops being read, and "
+                        "libzmq 4.3.5 can abort the router when such a connection is then "
+                        "closed by its peer; 0 (the default) avoids it", s.rcvhwm)
+        # No ZMTP heartbeats on this socket: in libzmq 4.3.5 the heartbeat timer writes
+        # to a connection whose input stopped at RCVHWM and whose peer then hung up,
+        # and the process aborts (assertion !_io_error, stream_engine_base.cpp:310);
+        # any peer can bring that about (tests/test_hostile.py reproduces it). Liveness
+        # is the protocol's own heartbeat (HEARTBEAT, liveness, EHOSTUNREACH on send);
+        # TCP keepalive, in the kernel, closes connections whose far end vanished.
+        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, KEEPALIVE_IDLE_S)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, KEEPALIVE_INTVL_S)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, KEEPALIVE_CNT)
         # A hard ceiling well above the payload cap: the core answers TOO_LARGE for
         # payloads between the two; beyond it libzmq drops the connection.
         sock.setsockopt(zmq.MAXMSGSIZE, s.max_payload * 4 + (1 << 20))
@@ -173,6 +210,8 @@ class Router:
                 self.store.close()
             if self.history:
                 self.history.close()
+            if self._history_reader:
+                self._history_reader.close()
             self._close_ops()  # last: /readyz says 503 (stopping) until the port closes
 
     def _to_broker(self, identity: bytes, header: bytes, payload: bytes) -> None:
@@ -190,6 +229,8 @@ class Router:
         failure here (a full disk under the history database, say) is logged, never
         allowed to stop the routing."""
         self._log_events()
+        for limited in self._logs.values():
+            limited.flush()
         self.broker.tick()
         blob = self.core.drain_history()
         for what, step in (("journal maintenance", self._maintain_store),
@@ -200,14 +241,22 @@ class Router:
             except Exception:
                 log.exception("%s failed; routing goes on", what)
         self._maybe_summary()
+        self._maybe_trim()
+
+    def _maybe_trim(self) -> None:
+        if _malloc_trim is not None and time.monotonic() - self._last_trim >= TRIM_SECONDS:
+            self._last_trim = time.monotonic()
+            _malloc_trim(0)
 
     def _maintain_store(self) -> None:
         if self.store:
             self.store.maintain(self.core)
 
     def _record_history(self, blob: bytes) -> None:
-        if self.history:
-            self.history.record(blob)
+        if self.history and not self.history.submit(blob):
+            self._logs["history"].log(logging.WARNING, "order history writer is behind "
+                                      "(%d bytes waiting): events dropped",
+                                      self.history.pending_bytes)
 
     def _refresh_metrics(self) -> None:
         if self.metrics:
@@ -236,7 +285,9 @@ class Router:
         """router.history: an order id -> its timeline (JSON list, payloads as text)."""
         if self.history is None:
             raise ValueError("order history is off on this router (--history false)")
-        events = self.history.timeline(payload.decode().strip())
+        if self._history_reader is None:
+            self._history_reader = History(self.history.path, self.settings.history_days)
+        events = self._history_reader.timeline(payload.decode().strip())
         for e in events:
             if e["payload"] is not None:
                 e["payload"] = bytes(e["payload"]).decode(errors="replace")
@@ -267,23 +318,27 @@ class Router:
         signal.signal(signal.SIGINT, handler)
 
     def _log_events(self) -> None:
+        logs = self._logs
         for kind, name, role, ident, code, naddrs in self.core.drain_events():
             role_name = Role(role).name.lower() if role else "unknown"
             if kind == "connect":
                 self.broker.peer_connected(ident, role)
-                log.info("peer connected: %s (%s, %d addresses)", name, role_name, naddrs)
+                logs["connect"].log(logging.INFO, "peer connected: %s (%s, %d addresses)",
+                                    name, role_name, naddrs)
             elif kind == "disconnect":
                 self.broker.peer_gone(ident)
-                log.info("peer disconnected: %s (%s, %s)", name or ident.hex(), role_name, code)
+                logs["disconnect"].log(logging.INFO, "peer disconnected: %s (%s, %s)",
+                                       name or ident.hex(), role_name, code)
             elif kind == "takeover":
-                log.warning("address taken over: %s (was held by %s); the old holder was "
-                            "told with ADDRESS_TAKEN", code, name or ident.hex())
+                logs["takeover"].log(logging.WARNING, "address taken over: %s (was held by "
+                                     "%s); the old holder was told with ADDRESS_TAKEN",
+                                     code, name or ident.hex())
             elif kind == "storage":
                 log.error("journal commit failed, sends refused with STORAGE_FAILED: %s",
                           self.core.store_error)
             else:
-                log.warning("refused request from %s: %s", name or ident.hex(),
-                            ErrorCode(code).name)
+                logs["refusal"].log(logging.WARNING, "refused request from %s: %s",
+                                    name or ident.hex(), ErrorCode(code).name)
 
     def _maybe_summary(self) -> None:
         interval = self.settings.summary_interval

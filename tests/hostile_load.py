@@ -26,8 +26,9 @@ from router.protocol import MsgClass, Status  # noqa: E402
 GOOD_ADDRESS = "merchant:well-behaved"
 
 
-def _fuzz_process(url: str, seed: int, connections: int, seconds: float,
+def fuzz_processes(url: str, seed: int, connections: int, seconds: float,
                   shared: bool) -> None:
+    """One process's fuzzing connections (threads) for ``seconds``."""
     stop = threading.Event()
     counts = [0]
     target = fuzz_shared_id if shared else fuzz
@@ -58,14 +59,17 @@ def peers(port: int) -> float:
 class Result:
     sent: int = 0
     answered: int = 0
-    delivered: int = 0
+    delivered: int = 0  # distinct messages the endpoint got
+    duplicates: int = 0  # ... and repeats handed to it again
     latencies: list[float] = field(default_factory=list)
     longest_silence: float = 0.0
     rss_start: float = 0.0
     rss_peak: float = 0.0
     rss_after: float = 0.0
     peers_after: float = 0.0
+    peers_1hb: float = -1.0  # peers one heartbeat after the fuzzers left (the pair: 2)
     router_alive: bool = True
+    router_log: str = ""  # the end of the router's output, when it died
 
     def p99(self) -> float:
         xs = sorted(self.latencies)
@@ -73,18 +77,21 @@ class Result:
 
     def line(self) -> str:
         return (f"well-behaved pair: {self.sent} sent, {self.answered} answered, "
-                f"{self.delivered} delivered, p99 {self.p99() * 1000:.0f} ms, longest "
+                f"{self.delivered} delivered ({self.duplicates} repeats), "
+                f"p99 {self.p99() * 1000:.0f} ms, longest "
                 f"silence {self.longest_silence:.2f} s; router RSS {self.rss_start:.0f} -> "
                 f"peak {self.rss_peak:.0f} -> {self.rss_after:.0f} MB 30 s after; peers "
-                f"{self.peers_after:.0f} after; alive {self.router_alive}")
+                f"{self.peers_1hb:.0f} one heartbeat after the fuzz, "
+                f"{self.peers_after:.0f} at the end; alive {self.router_alive}")
 
 
 def run(seconds: float, processes: int = 4, connections: int = 6, rate: float = 100,
         shared: bool = False, settle: float = 30.0) -> Result:
     """Fuzz for ``seconds`` while the pair sends ``rate`` reliable orders a second."""
-    port = free_port()
+    port = int(os.environ.get("HOSTILE_METRICS_PORT") or free_port())
+    extra = os.environ.get("HOSTILE_ROUTER_ARGS", "").split()  # to compare settings
     router = RouterProcess("--metrics-port", str(port), "--max-queue", "2000",
-                           "--max-queued-per-sender", "20000").start()
+                           "--max-queued-per-sender", "20000", *extra).start()
     res = Result(rss_start=rss_mb(router.pid))
     sent_at: dict[int, float] = {}
     stop = threading.Event()
@@ -98,6 +105,8 @@ def run(seconds: float, processes: int = 4, connections: int = 6, rate: float = 
             sent_at.pop(r.msg_id)
             res.answered += 1
 
+    seen: set[int] = set()
+
     def consume() -> None:
         with Endpoint(router.url, [GOOD_ADDRESS], name="good-merchant") as ep:
             while not stop.is_set():
@@ -108,13 +117,17 @@ def run(seconds: float, processes: int = 4, connections: int = 6, rate: float = 
                     continue
                 res.longest_silence = max(res.longest_silence, now - last_delivery[0])
                 last_delivery[0] = now
-                res.delivered += 1
+                if d.msg_id in seen:
+                    res.duplicates += 1
+                else:
+                    seen.add(d.msg_id)
+                    res.delivered += 1
                 ep.ack(d)
 
     consumer = threading.Thread(target=consume, daemon=True)
     consumer.start()
     ctx = mp.get_context("spawn")
-    fuzzers = [ctx.Process(target=_fuzz_process,
+    fuzzers = [ctx.Process(target=fuzz_processes,
                            args=(router.url, 1 + i, connections, seconds, shared))
                for i in range(processes)]
     try:
@@ -134,13 +147,20 @@ def run(seconds: float, processes: int = 4, connections: int = 6, rate: float = 
                 res.rss_peak = max(res.rss_peak, rss_mb(router.pid))
             for p in fuzzers:
                 p.join(30)
-            deadline = time.monotonic() + 20
+            # One heartbeat (1 s) and a metrics refresh later the table holds the pair only.
+            time.sleep(1.6)
+            res.peers_1hb = peers(port)
+            # The backlog the fuzzers left is read first (round-robin): wait for every
+            # send's answer, bounded.
+            deadline = time.monotonic() + 120
             while sent_at and time.monotonic() < deadline:
                 s.poll(0.1)
         stop.set()
         consumer.join(10)
         time.sleep(settle)
         res.router_alive = router.proc.poll() is None
+        if not res.router_alive:
+            res.router_log = router.log()[-4000:]
         if res.router_alive:
             res.rss_after = rss_mb(router.pid)
             res.peers_after = peers(port)
@@ -158,3 +178,5 @@ if __name__ == "__main__":
     r = run(args[0] if args else 60, int(args[1]) if len(args) > 1 else 4,
             int(args[2]) if len(args) > 2 else 6)
     print(r.line())
+    if r.router_log:
+        print(r.router_log)

@@ -131,3 +131,26 @@ def test_histogram_buckets_match_a_plain_search_over_the_bounds():
     values += [rng.randrange(1 << rng.randrange(1, 64)) for _ in range(20_000)]
     want = [bisect.bisect_left(bounds_us, v) for v in values]
     assert _core._observe_check(values) == want
+
+
+def _history_event(kind, ts, mid, seq, st, code, cls, names, payload=b""):
+    import struct
+    out = struct.pack(">BQQQBHB", kind, ts, mid, seq, st, code, cls)
+    for name in names:
+        out += bytes([len(name)]) + name
+    return out + struct.pack(">I", len(payload)) + payload
+
+
+def test_native_history_rows_match_the_python_reference():
+    from router.history import parse_events, rows
+    blob = b"".join([
+        _history_event(1, 1_700_000_000_000_000, 2**64 - 1, 2**63, 0, 0, 1,
+                       [b"order:1", b"orders", b"merchant:1", b"order.created", b""],
+                       b"payload"),
+        _history_event(4, 5, 7, 0, 4, 24, 2, [b"order:2", b"s", b"", b"", b"order:2"]),
+        _history_event(9, 0, 0, 1, 200, 999, 77, [b"order:\xff", b"", b"", b"", b""]),
+    ])
+    assert rows(blob) == list(parse_events(blob))
+    assert rows(b"") == []
+    with pytest.raises(ValueError, match="cut short"):
+        rows(blob[:-3])
