@@ -124,7 +124,9 @@ cdef cppclass Peer:
     uint32_t nreceipts
     uint64_t err_window_ms  # error rate limit window start
     uint32_t errs           # errors sent in the window
-    uint32_t bad            # ... of them the peer's own fault (not load refusals)
+    uint32_t bad            # ... of them the peer's own fault (is_peer_fault)
+    uint32_t hellos         # HELLOs in hello_window_ms's second
+    uint64_t hello_window_ms
     bool blocked            # last send hit the HWM: retry on the next pass
     bool gone               # unreachable: nothing more is sent to it, what it sent is read
 

@@ -85,7 +85,8 @@ class Settings:
     heartbeat_ms: int = 1000
     #: Heartbeats a peer may miss before it is considered gone.
     liveness: int = 3
-    #: ERROR replies per peer per second; beyond that they are counted, not sent.
+    #: ERROR replies per peer per second; beyond that they are counted, not sent, and a
+    #: peer past this many faulty messages has the rest of the second ignored.
     errors_per_second: int = 20
     #: libzmq send high-water mark (messages queued per peer) of the ROUTER socket.
     sndhwm: int = 100_000

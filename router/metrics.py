@@ -184,7 +184,7 @@ class RouterCollector:
             value=s["errors_suppressed"] + b["errors_suppressed"] + b["errors_rate_limited"])
         yield CounterMetricFamily(
             "router_quarantined_messages", "messages ignored unread: their connection sent "
-            "more than 5x errors_per_second bad messages this second",
+            "more than errors_per_second faulty messages this second",
             value=s["quarantined"])
         fam = CounterMetricFamily("router_receipts_refused", "REFUSED receipts, by error code",
                                   labels=["code"])

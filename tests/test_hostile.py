@@ -135,15 +135,14 @@ def test_full_speed_fuzzers_never_abort_the_router(make_router):
 def test_a_well_behaved_pair_beside_full_speed_fuzzers_loses_nothing():
     """The starvation run (tests/hostile_load.py): 4 processes x 6 fuzzing connections
     for 60 s beside a sender and an endpoint at 100 reliable orders a second. Asserted:
-    the router lives, every send is answered and delivered exactly once, the peer table
-    is empty at the end, and memory comes back down. The pair's latency and the peer
-    table one heartbeat after the fuzz are printed, not asserted: on this 2-core machine
-    the four fuzzers take most of the CPU and leave a backlog the router reads first
-    (benchmarks/RESULTS.md has the figures, and the same run with the router given CPU
-    priority)."""
+    the router lives, every send is answered and delivered once, the pair's p99 stays
+    under a second (issue 17's target is 250 ms, measured 35-81 ms here; before
+    quarantine it was 29-73 s), the peer table is the pair one heartbeat after the
+    fuzzers leave and empty at the end, and memory returns to within 20% of its start."""
     r = hostile_run(60)
     print(r.line())
     assert r.router_alive, r.router_log
     assert r.answered == r.sent and r.delivered == r.sent and r.duplicates == 0
-    assert r.peers_after == 0
-    assert r.rss_after < max(0.6 * r.rss_peak, 1.5 * r.rss_start)
+    assert r.p99() < 1.0, r.line()
+    assert r.peers_1hb == 2 and r.peers_after == 0, r.line()
+    assert r.rss_after < 1.2 * r.rss_start + 20, r.line()
