@@ -96,6 +96,7 @@ def run(seconds: float, processes: int = 4, connections: int = 6, rate: float = 
     sent_at: dict[int, float] = {}
     stop = threading.Event()
     last_delivery = [time.monotonic()]
+    sending = threading.Event()
 
     def on_receipt(r) -> None:
         if r.status == Status.DELIVERED and r.msg_id in sent_at:
@@ -112,10 +113,10 @@ def run(seconds: float, processes: int = 4, connections: int = 6, rate: float = 
             while not stop.is_set():
                 d = ep.recv(timeout=0.05)
                 now = time.monotonic()
-                if d is None:
+                if sending.is_set():  # silence counts only while orders are being sent
                     res.longest_silence = max(res.longest_silence, now - last_delivery[0])
+                if d is None:
                     continue
-                res.longest_silence = max(res.longest_silence, now - last_delivery[0])
                 last_delivery[0] = now
                 if d.msg_id in seen:
                     res.duplicates += 1
@@ -134,6 +135,7 @@ def run(seconds: float, processes: int = 4, connections: int = 6, rate: float = 
         with Sender(router.url, "good-orders", on_receipt=on_receipt) as s:
             time.sleep(0.5)
             last_delivery[0] = time.monotonic()
+            sending.set()
             for p in fuzzers:
                 p.start()
             end = time.monotonic() + seconds
@@ -145,6 +147,7 @@ def run(seconds: float, processes: int = 4, connections: int = 6, rate: float = 
                 while (left := next_at - time.monotonic()) > 0:
                     s.poll(left)
                 res.rss_peak = max(res.rss_peak, rss_mb(router.pid))
+            sending.clear()
             for p in fuzzers:
                 p.join(30)
             # One heartbeat (1 s) and a metrics refresh later the table holds the pair only.
