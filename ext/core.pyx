@@ -751,7 +751,7 @@ cdef class Core:
             return  # peer table full: strangers are ignored until slots free up
         cdef Peer *p = self.peers[pi]
         p.last_seen_ms = now
-        if p.bad > self.errors_per_second and now - p.err_window_ms < 1000:
+        if p.bad > self.errors_per_second and now < p.err_window_ms + 1000:
             # A peer past its error budget (a fuzzer, a client in a loop) has the rest
             # of its second ignored unread: its flood costs the others a receive, not a
             # parse, a refusal and a log line per message. (Measured: with 5x the

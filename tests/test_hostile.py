@@ -147,3 +147,33 @@ def test_a_well_behaved_pair_beside_full_speed_fuzzers_loses_nothing():
     assert r.p99() < 1.0 and r.longest_silence < 2.0, r.line()
     assert r.peers_1hb == 2 and r.peers_after == 0, r.line()
     assert r.rss_after < 1.2 * r.rss_start + 20, r.line()
+
+
+# ---- quarantine and the HELLO budget ---------------------------------------------------------
+
+def test_a_flood_of_faulty_messages_is_quarantined_for_the_rest_of_its_second(router):
+    """Past errors_per_second faults, a connection's messages are ignored unanswered
+    until its second ends: a valid SEND then gets no receipt; a second later it does."""
+    with Peer(router.url) as p:
+        p.hello(Role.SENDER, "flooder")
+        for _ in range(40):
+            p.send(b"not the protocol")  # BAD_VERSION: the peer's own fault
+        p.send(P.encode_send("merchant:q", 1, MsgClass.ORDER), b"order")
+        deadline = time.monotonic() + 0.5
+        while (frames := p.recv(max(deadline - time.monotonic(), 0))) is not None:
+            assert frames[0][2] != Command.RECEIPT, "a quarantined SEND was handled"
+        time.sleep(1.0)
+        p.send(P.encode_send("merchant:q", 2, MsgClass.ORDER), b"order")
+        receipt = p.recv_command(Command.RECEIPT, skip_others=True)
+        assert receipt is not None
+
+
+def test_a_fifth_hello_in_one_second_is_refused(router):
+    with Peer(router.url) as p:
+        for i in range(4):
+            p.hello(Role.SENDER, f"again-{i}")
+        p.send(P.encode_hello(Role.SENDER, "again-4", ()))
+        frames = error_or_welcome(p)
+        assert frames[0][2] == Command.ERROR
+        code, _ = P.ERROR.unpack_from(frames[0], P.PREFIX.size)
+        assert code == ErrorCode.RATE_LIMITED and b"HELLO" in frames[1]
