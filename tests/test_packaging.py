@@ -15,6 +15,7 @@ from conftest import ROOT, free_port
 pytestmark = pytest.mark.long
 
 
+@pytest.mark.timeout(660)  # pip builds the core from source (about 70 s on an idle machine)
 def test_pip_install_in_fresh_venv_builds_and_routes(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
