@@ -4,8 +4,9 @@ The core emits history events for messages linked to an order (sent to an
 ``order:<id>`` channel, or carrying ``order:<id>`` as their key); the router drains them
 between loop slices and :class:`HistoryWriter` writes them into SQLite on a thread of its
 own (WAL mode, so `router history` and the ``router.history`` service read while it
-writes): the routing loop never waits for the database. This is the record used to settle disputes: who sent what, when the router
-accepted it, when it went to each party, when each acked, or when it expired.
+writes): the routing loop never waits for the database. This is the record used to
+settle disputes: who sent what, when the router accepted it, when it went to each party,
+when each acked, or when it expired.
 """
 
 from __future__ import annotations

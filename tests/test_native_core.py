@@ -154,3 +154,20 @@ def test_native_history_rows_match_the_python_reference():
     assert rows(b"") == []
     with pytest.raises(ValueError, match="cut short"):
         rows(blob[:-3])
+
+
+def test_history_writer_writes_on_its_thread_and_drops_when_behind(tmp_path):
+    from router.history import History, HistoryWriter
+    import time
+    now_us = int(time.time() * 1e6)  # older events would be pruned as past retention
+    event = _history_event(1, now_us, 1, 1, 0, 0, 1,
+                           [b"order:9", b"orders", b"merchant:1", b"order.created", b""])
+    w = HistoryWriter(tmp_path / "h.db", max_pending=len(event) * 2)
+    assert w.submit(event) and w.submit(b"")
+    assert not w.submit(event * 3)  # more than the writer may ever hold: dropped, counted
+    w.close()
+    assert w.written >= 1 and w.pending_bytes == 0 and w.failures == 0
+    assert w.dropped == 1
+    reader = History(tmp_path / "h.db")
+    assert [e["event"] for e in reader.timeline("9")] == ["accepted"]
+    reader.close()
