@@ -51,20 +51,14 @@ def generate_protocol_pxi() -> None:
 
 generate_protocol_pxi()
 
-extensions = [
-    Extension(
-        "router._core",
-        ["ext/core.pyx"],
-        include_dirs=["ext"],
-        language="c++",
-        extra_compile_args=["-O2", "-std=c++17"] + (["-g", "-O0"] if DEBUG else []),
-        libraries=["dl"],
-    )
-]
-
-setup(
-    ext_modules=cythonize(
-        extensions,
+def native(name: str) -> Extension:
+    """Cythonize ``ext/<name>.pyx`` as the module ``<name>`` (so Cython pairs it with
+    ``ext/<name>.pxd``), then install it as ``router.<name>``: one name for the source,
+    its declarations and the module."""
+    ext = cythonize(
+        [Extension(name, [f"ext/{name}.pyx"], include_dirs=["ext"], language="c++",
+                   extra_compile_args=["-O2", "-std=c++17"] + (["-g", "-O0"] if DEBUG else []),
+                   libraries=["dl"])],
         include_path=["ext"],
         annotate=DEBUG,
         compiler_directives={
@@ -72,5 +66,10 @@ setup(
             "boundscheck": DEBUG,
             "wraparound": False,
         },
-    )
-)
+    )[0]
+    ext.name = f"router.{name}"
+    return ext
+
+
+# core: the routing core; checks: its building blocks exposed to the tests only.
+setup(ext_modules=[native("core"), native("checks")])

@@ -7,8 +7,7 @@
 
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 
-cdef enum:
-    HIST_FIXED = 29     # kind u8, ts u64, msg id u64, seq u64, status u8, code u16, class u8
+# Event kinds (H_*) and HIST_FIXED come from router/protocol.py (protocol.pxi).
 
 
 cdef inline object _signed64(uint64_t v):
@@ -52,3 +51,39 @@ def history_rows(const uint8_t[::1] blob, dict events, dict statuses, dict codes
                      classes.get(cls, str(cls)), names[1], names[2] or None, names[3],
                      names[4] or None, payload))
     return rows
+
+
+cdef void _hist(Core self, uint8_t kind, Msg *m, const string &address, uint64_t seq,
+                uint8_t status, uint16_t code) noexcept nogil:
+    """One history event of an order-linked message (router/history.py parses it):
+    kind u8, ts_us u64, msg_id u64, seq u64, status u8, code u16, class u8, then
+    names order, sender, address, kind, channel, and u32 payload length + payload
+    (ACCEPTED only)."""
+    if self.replaying:
+        return
+    cdef const char *t = tmpl(m)
+    cdef size_t lk = <uint8_t>t[DELIVER_KIND_LEN], lf = <uint8_t>t[DELIVER_SENDER_LEN]
+    cdef size_t lc = <uint8_t>t[DELIVER_CHANNEL_LEN]
+    cdef uint8_t b[4]
+    self.history.push_back(<char>kind)
+    rec_u64(self.history, wall_us())
+    rec_u64(self.history, m.msg_id)
+    rec_u64(self.history, seq)
+    b[0] = status
+    put16(b + 1, code)
+    b[3] = m.cls
+    self.history.append(<const char *>b, 4)
+    rec_name(self.history, m.order)
+    rec_name(self.history, m.sender_name)
+    rec_name(self.history, address)
+    self.history.push_back(<char>lk)
+    self.history.append(t + DELIVER_FIXED, lk)
+    self.history.push_back(<char>lc)
+    self.history.append(t + DELIVER_FIXED + lk + lf, lc)
+    if kind == H_ACCEPTED:
+        put32(b, <uint32_t>zmqapi.msg_size(&m.payload))
+        self.history.append(<const char *>b, 4)
+        self.history.append(<const char *>zmqapi.msg_data(&m.payload),
+                            zmqapi.msg_size(&m.payload))
+    else:
+        self.history.append(4, <char>0)

@@ -11,12 +11,7 @@
 #   REC_CURSOR next_seq u64, acked u64, address  (checkpoint at the head of a segment)
 #   REC_FIN    msg_id u64, status u8, code u16, sender  (final receipt, for dedup)
 
-cdef enum:
-    REC_MSG = 1
-    REC_ACK = 2
-    REC_CURSOR = 3
-    REC_FIN = 4
-    REC_HEAD = 8            # length + crc
+# Record kinds (REC_*) and REC_HEAD come from router/protocol.py (protocol.pxi).
 
 cdef extern from "crc32c.h" nogil:
     void crc32c_init()
@@ -25,11 +20,6 @@ cdef extern from "crc32c.h" nogil:
 
 
 crc32c_init()
-
-
-def _crc32c_check(data: bytes) -> tuple:
-    """(hardware-or-table CRC, table CRC) of ``data``: a test checks they agree."""
-    return crc32c(data, len(data)), crc32c_soft(data, len(data))
 
 
 cdef inline size_t rec_begin(string &buf, uint8_t kind) noexcept nogil:

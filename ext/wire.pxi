@@ -94,27 +94,27 @@ cdef inline void build_template(Msg *m, uint8_t flags, const string &sender,
                                 uint8_t lk) noexcept nogil:
     """The DELIVER header of ``m`` without its seq (offset 4) and address (length at
     offset 32, bytes appended): both are filled per delivery."""
-    cdef uint8_t fixed[33]
-    memset(fixed, 0, 33)
+    cdef uint8_t fixed[DELIVER_FIXED]
+    memset(fixed, 0, DELIVER_FIXED)
     fixed[0] = SIGNATURE
     fixed[1] = VERSION
     fixed[2] = CMD_DELIVER
     fixed[3] = flags & FLAG_LZ4
-    put64(fixed + 12, m.msg_id)
-    put64(fixed + 20, m.accepted_us)
-    fixed[28] = m.cls
-    fixed[29] = lk
-    fixed[30] = <uint8_t>sender.size()
-    fixed[31] = <uint8_t>channel.size()
-    cdef size_t n = 33 + lk + sender.size() + channel.size()
+    put64(fixed + DELIVER_ID, m.msg_id)
+    put64(fixed + DELIVER_ACCEPTED, m.accepted_us)
+    fixed[DELIVER_CLASS] = m.cls
+    fixed[DELIVER_KIND_LEN] = lk
+    fixed[DELIVER_SENDER_LEN] = <uint8_t>sender.size()
+    fixed[DELIVER_CHANNEL_LEN] = <uint8_t>channel.size()
+    cdef size_t n = DELIVER_FIXED + lk + sender.size() + channel.size()
     cdef char *t = m.tmpl_short
     if n > TMPL_INLINE:  # rare: long names; the common case costs no allocation
         m.tmpl_long.resize(n)
         t = &m.tmpl_long[0]
-    memcpy(t, fixed, 33)
-    memcpy(t + 33, kind, lk)
-    memcpy(t + 33 + lk, sender.data(), sender.size())
-    memcpy(t + 33 + lk + sender.size(), channel.data(), channel.size())
+    memcpy(t, fixed, DELIVER_FIXED)
+    memcpy(t + DELIVER_FIXED, kind, lk)
+    memcpy(t + DELIVER_FIXED + lk, sender.data(), sender.size())
+    memcpy(t + DELIVER_FIXED + lk + sender.size(), channel.data(), channel.size())
     m.tmpl_len = <uint16_t>n
 
 

@@ -23,7 +23,7 @@ from typing import Iterator
 import lz4.frame
 
 from . import core as _native
-from .protocol import ErrorCode, MsgClass, Status
+from .protocol import HISTORY_EVENT, ErrorCode, HistoryEvent, MsgClass, Status
 
 log = logging.getLogger("router.history")
 
@@ -32,8 +32,9 @@ LZ4_MAGIC = b"\x04\x22\x4d\x18"
 #: Event bytes the writer may hold before it drops new buffers (and counts them).
 MAX_PENDING_BYTES = 64 << 20
 
-_FIXED = struct.Struct(">BQQQBHB")  # kind, ts_us, msg_id, seq, status, code, class
-EVENTS = {1: "accepted", 2: "sent", 3: "acked", 4: "final"}
+_FIXED = HISTORY_EVENT  # kind, ts_us, msg_id, seq, status, code, class
+#: Event kind number -> the name stored in the history table.
+EVENTS = {int(e): e.name.lower() for e in HistoryEvent}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (

@@ -9,8 +9,9 @@ and final receipt). A :class:`Store` only has to keep those bytes safe:
   delivers, only after it returns. Raising refuses the whole batch (``STORAGE_FAILED``).
   A remote engine (for example Redis Cluster) would make this one atomic, replicated
   append and return when the engine confirms it.
-* :meth:`Store.open` replays what was stored into a fresh core at start-up.
-* :meth:`Store.maintain` runs between loop slices: rolling and reclaiming space.
+* :meth:`Store.stored_segments` hands back what was stored, for replay into a fresh
+  core at start-up; rolling to a new segment and deleting finished ones are asked for
+  between loop slices. :mod:`router.storage` drives both; the store never sees the core.
 
 Why an append-only segment log rather than SQLite or LMDB: measured here, one
 ``write`` + ``fdatasync`` of a 64 KiB batch takes about 0.2 ms, so a pass of 512
@@ -28,9 +29,8 @@ import fcntl
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Iterator, Protocol
 
 log = logging.getLogger("router.journal")
 
@@ -68,31 +68,41 @@ def lock_directory(directory: Path) -> int:
 
 
 class Store(Protocol):
-    """What the router needs from durable storage (see the module docstring)."""
+    """What the router needs from durable storage, and all of it: a remote engine
+    implements exactly these calls. The store never sees the core: the process
+    (router/storage.py) hands bytes from one to the other, so data flows one way."""
 
-    def open(self, core) -> "Recovery":
-        """Replay stored records into ``core``; return what was recovered or dropped."""
+    def stored_segments(self) -> Iterator[tuple[int, bytes]]:
+        """Every stored segment, oldest first: ``(number, records)`` for replay."""
+
+    def keep_prefix(self, segment: int, good: int) -> None:
+        """Replay stopped ``good`` bytes into ``segment`` (torn, or a failed CRC): drop
+        the rest."""
+
+    def start_segment(self, segment: int, head: bytes) -> None:
+        """Append to ``segment`` from now on, starting it with ``head`` (a checkpoint)."""
 
     def commit(self, records: bytes, sync: bool) -> None:
         """Make ``records`` durable (``sync``: the batch holds messages; without it the
-        records are acks and outcomes, which may be written lazily). Raise to refuse."""
+        records are acks and outcomes, which may be written lazily). Raise to refuse:
+        the core then refuses the batch. This is the durability point: ACCEPTED goes
+        out only after it returns."""
 
-    def maintain(self, core) -> None:
-        """Between loop slices: roll segments, reclaim acknowledged ones."""
+    @property
+    def segment(self) -> int:
+        """The segment appended to now."""
+
+    def wants_roll(self) -> bool:
+        """Whether the current segment is full and a new one should start."""
+
+    def reclaim_candidates(self) -> list[int]:
+        """Closed segments past their retention: deletable once nothing in them is live."""
+
+    def remove(self, segment: int) -> None:
+        """Delete a segment whose messages are all finished."""
 
     def close(self) -> None:
         """Flush and close."""
-
-
-@dataclass
-class Recovery:
-    """What start-up replay found."""
-
-    segments: int = 0
-    records: int = 0
-    messages: int = 0  # deliveries still pending after replay
-    dropped: list[str] = field(default_factory=list)  # one line per damaged segment
-    seconds: float = 0.0
 
 
 class FileStore:
@@ -136,42 +146,30 @@ class FileStore:
         """Bytes held in all segments."""
         return sum(self._sizes.values())
 
-    def open(self, core) -> Recovery:
-        """Replay every segment into ``core`` and open a new segment for appends."""
-        t0 = time.monotonic()
-        rec = Recovery()
-        segs = self.segments()
-        for seg in segs:
+    def stored_segments(self) -> Iterator[tuple[int, bytes]]:
+        """Every segment file's bytes, oldest first."""
+        for seg in self.segments():
             data = self._path(seg).read_bytes()
-            good, records = core.replay(data, seg)
-            rec.segments += 1
-            rec.records += records
-            if good < len(data):
-                note = (f"segment {self._path(seg).name}: kept {records} records "
-                        f"({good} bytes), dropped {len(data) - good} bytes that were "
-                        "truncated or failed their CRC")
-                rec.dropped.append(note)
-                log.warning("journal recovery: %s", note)
-                with open(self._path(seg), "r+b") as fh:
-                    fh.truncate(good)
-                    os.fsync(fh.fileno())
-            self._sizes[seg] = good
+            self._sizes[seg] = len(data)
             self._closed[seg] = time.monotonic()
-        rec.messages = core.stats()["queued"]  # after the acks in the journal applied
-        self._start_segment(core, (segs[-1] + 1) if segs else 1)
-        rec.seconds = time.monotonic() - t0
-        return rec
+            yield seg, data
 
-    def _start_segment(self, core, seg: int) -> None:
-        """Open segment ``seg``, headed by a checkpoint of every address's cursors."""
+    def keep_prefix(self, segment: int, good: int) -> None:
+        """Truncate ``segment`` to its first ``good`` bytes, durably."""
+        with open(self._path(segment), "r+b") as fh:
+            fh.truncate(good)
+            os.fsync(fh.fileno())
+        self._sizes[segment] = good
+
+    def start_segment(self, segment: int, head: bytes) -> None:
+        """Open segment ``segment`` for appends, headed by ``head`` (the core's
+        checkpoint of every address's cursors), and make its name durable."""
         if self._fd >= 0:
             os.close(self._fd)
             self._closed[self._seg] = time.monotonic()
-        self._fd = os.open(self._path(seg), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._seg, self._size = seg, os.fstat(self._fd).st_size
-        self._sizes[seg] = self._size
-        core.set_segment(seg)
-        head = core.checkpoint()
+        self._fd = os.open(self._path(segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._seg, self._size = segment, os.fstat(self._fd).st_size
+        self._sizes[segment] = self._size
         if head:
             self._write(head)
         if self.fsync:
@@ -181,6 +179,15 @@ class FileStore:
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
+
+    @property
+    def segment(self) -> int:
+        """The segment appended to now (0 before start_segment)."""
+        return self._seg
+
+    def wants_roll(self) -> bool:
+        """Whether the open segment has reached ``segment_bytes``."""
+        return self._size >= self.segment_bytes
 
     def commit(self, records: bytes, sync: bool) -> None:
         """Append ``records``; fdatasync when ``sync`` and fsync is on (raises OSError)."""
@@ -207,21 +214,22 @@ class FileStore:
         finally:
             self._sizes[self._seg] = self._size
 
-    def maintain(self, core) -> None:
-        """Roll a full segment; delete closed ones with nothing live past the retention."""
-        if self._size >= self.segment_bytes:
-            self._start_segment(core, self._seg + 1)
+    def reclaim_candidates(self) -> list[int]:
+        """Closed segments older than ``retain_seconds`` (the dedup window: a repeated id
+        after a restart still finds its record until then)."""
         now = time.monotonic()
-        for seg, closed_at in list(self._closed.items()):
-            if seg == self._seg or core.segment_live(seg) or now - closed_at < self.retain_seconds:
-                continue
-            try:
-                self._path(seg).unlink()
-            except FileNotFoundError:
-                pass
-            del self._closed[seg]
-            self._sizes.pop(seg, None)
-            log.debug("journal: reclaimed segment %d", seg)
+        return [seg for seg, closed_at in self._closed.items()
+                if seg != self._seg and now - closed_at >= self.retain_seconds]
+
+    def remove(self, segment: int) -> None:
+        """Delete a segment file."""
+        try:
+            self._path(segment).unlink()
+        except FileNotFoundError:
+            pass
+        self._closed.pop(segment, None)
+        self._sizes.pop(segment, None)
+        log.debug("journal: reclaimed segment %d", segment)
 
     def close(self) -> None:
         """Sync and close the open segment, then release the directory's lock."""

@@ -155,6 +155,70 @@ COUNT = struct.Struct(">H")
 SEQ = struct.Struct(">Q")
 
 
+def field_offsets(prefix: str, base: int, layout: struct.Struct,
+                  names: tuple[str, ...]) -> dict[str, int]:
+    """``{prefix + name: offset}`` of each field of ``layout`` (one format code per field)
+    when it starts ``base`` bytes into its frame, plus ``prefix + "FIXED"``: where the
+    variable part begins. The offsets the core reads are derived here, never retyped."""
+    codes = layout.format.lstrip("<>!=@")
+    assert len(codes) == len(names), (layout.format, names)
+    out, off = {}, base
+    for code, name in zip(codes, names):
+        out[prefix + name] = off
+        off += struct.calcsize(">" + code)
+    out[prefix + "FIXED"] = off
+    return out
+
+
+#: Byte offsets inside a SEND header frame (then target, kind, key).
+SEND_AT = field_offsets("SEND_", PREFIX.size, SEND,
+                        ("ID", "TTL", "CLASS", "TARGET_LEN", "KIND_LEN", "KEY_LEN"))
+#: Byte offsets inside a DELIVER header frame (then kind, sender, channel, address).
+DELIVER_AT = field_offsets("DELIVER_", PREFIX.size, DELIVER,
+                           ("SEQ", "ID", "ACCEPTED", "CLASS", "KIND_LEN", "SENDER_LEN",
+                            "CHANNEL_LEN", "ADDRESS_LEN"))
+#: Byte offsets inside one RECEIPT entry.
+RECEIPT_AT = field_offsets("RECEIPT_", 0, RECEIPT_ENTRY, ("ID", "STATUS", "CODE"))
+#: A RECEIPT frame: the prefix, a count, then entries of RECEIPT_ENTRY.size bytes.
+RECEIPT_HEAD = PREFIX.size + COUNT.size
+#: Fixed sizes of the ERROR and WELCOME header frames the core writes.
+ERROR_FIXED = PREFIX.size + ERROR.size
+WELCOME_FIXED = PREFIX.size + WELCOME.size + WELCOME_EXT.size
+
+
+class Record(enum.IntEnum):
+    """Journal record kinds (the first body byte; layouts in ext/journal.pxi and
+    docs/PROTOCOL.md, "Journal")."""
+
+    MSG = 1  #: a reliable message for one address, with its seq
+    ACK = 2  #: cumulative ack of an address
+    CURSOR = 3  #: an address's numbering, at the head of a segment
+    FIN = 4  #: a message's final receipt (for dedup after a restart)
+
+
+#: Journal record header: body length u32, CRC-32C u32.
+RECORD_HEAD = 8
+#: A MSG record's body after its kind byte: seq, msg id, accepted_us, expire_wall_us,
+#: class, flags (then names address, sender, kind, channel, order; the payload is the rest).
+JOURNAL_MSG = struct.Struct(">QQQQBB")
+JOURNAL_MSG_AT = field_offsets("JMSG_", 0, JOURNAL_MSG,
+                               ("SEQ", "ID", "ACCEPTED", "EXPIRE", "CLASS", "FLAGS"))
+
+
+class HistoryEvent(enum.IntEnum):
+    """Kinds of order-history events the core writes (router/history.py reads them)."""
+
+    ACCEPTED = 1  #: journaled and acknowledged to the sender (carries the payload)
+    SENT = 2  #: delivered to the recipient's connection
+    ACKED = 3  #: acknowledged by the recipient
+    FINAL = 4  #: final outcome (DELIVERED, EXPIRED, FAILED)
+
+
+#: History event head: kind u8, ts_us u64, msg id u64, seq u64, status u8, code u16,
+#: class u8 (then names order, sender, address, kind, channel; u32 payload length).
+HISTORY_EVENT = struct.Struct(">BQQQBHB")
+
+
 class ProtocolError(ValueError):
     """A frame does not follow docs/PROTOCOL.md; ``code`` is the ErrorCode to report."""
 
@@ -435,8 +499,15 @@ def native_table() -> dict[str, int]:
              "WELCOME_EXT_VERSION": WELCOME_EXT_VERSION}
     for group, prefix_ in (
         (Command, "CMD_"), (Flag, "FLAG_"), (Role, "ROLE_"), (MsgClass, "CLASS_"),
-        (Status, "ST_"), (ErrorCode, "E_"),
+        (Status, "ST_"), (ErrorCode, "E_"), (Record, "REC_"), (HistoryEvent, "H_"),
     ):
         for member in group:
             table[prefix_ + member.name] = int(member)
+    table.update(SEND_AT)
+    table.update(DELIVER_AT)
+    table.update(RECEIPT_AT)
+    table.update(JOURNAL_MSG_AT)
+    table.update(RECEIPT_ENTRY_SIZE=RECEIPT_ENTRY.size, RECEIPT_HEAD=RECEIPT_HEAD,
+                 ERROR_FIXED=ERROR_FIXED, WELCOME_FIXED=WELCOME_FIXED,
+                 REC_HEAD=RECORD_HEAD, HIST_FIXED=HISTORY_EVENT.size)
     return table

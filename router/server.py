@@ -1,6 +1,6 @@
 """The router process: one ROUTER socket, the native core, logging and lifecycle.
 
-:class:`Router` is plain Python that owns the native :class:`router._core.Core`, the way
+:class:`Router` is plain Python that owns the native :class:`router.core.Core`, the way
 asyncpg's Connection owns its protocol: sockets, options and the serve loop's housekeeping
 live here; the per-message path lives in ``ext/core.pyx``.
 """
@@ -20,12 +20,13 @@ import orjson
 import zmq
 
 from . import core as _native
-from . import httpd
+from . import httpd, storage
 from .broker import Broker
 from .config import Settings
 from .history import History, HistoryWriter
 from .httpd import Health
-from .journal import FileStore, Recovery
+from .journal import FileStore
+from .storage import Recovery
 from .lograte import RateLimitedLog
 from .protocol import ErrorCode, Role, Status
 
@@ -100,7 +101,7 @@ class Router:
             self._serve_ops()
         try:
             # Replay before binding: nobody connects to a router that is still recovering.
-            self.recovery = self.store.open(self.core) if self.store else Recovery()
+            self.recovery = storage.recover(self.store, self.core) if self.store else Recovery()
             self._bind(settings.bind)
         except BaseException:
             self._close_ops()
@@ -250,7 +251,7 @@ class Router:
 
     def _maintain_store(self) -> None:
         if self.store:
-            self.store.maintain(self.core)
+            storage.maintain(self.store, self.core)
 
     def _record_history(self, blob: bytes) -> None:
         if self.history and not self.history.submit(blob):

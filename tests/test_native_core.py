@@ -64,11 +64,11 @@ def test_core_refuses_a_non_router_socket():
 
 
 def test_journal_crc_is_crc32c_in_hardware_and_table_alike():
-    from router import _core
+    from router import checks
 
-    assert _core._crc32c_check(b"123456789") == (0xE3069283, 0xE3069283)  # the check value
+    assert checks.crc32c_check(b"123456789") == (0xE3069283, 0xE3069283)  # the check value
     blob = bytes(range(256)) * 41 + b"tail"  # odd length: the 8-byte loop and the rest
-    hw, table = _core._crc32c_check(blob)
+    hw, table = checks.crc32c_check(blob)
     assert hw == table
 
 
@@ -76,8 +76,8 @@ def test_journal_crc_is_crc32c_in_hardware_and_table_alike():
 def test_dedup_table_agrees_with_a_dict(keys):
     # Erasure moves later entries of a probe run back into the gap; a mistake there loses
     # ids (a repeat delivered twice) or keeps dead ones. Checked against a dict.
-    from router import _core
-    assert _core._dedup_check(100_000, keys, 7) == 0
+    from router import checks
+    assert checks.dedup_check(100_000, keys, 7) == 0
 
 
 def test_only_peers_that_send_are_interned_as_senders():
@@ -123,14 +123,14 @@ def test_histogram_buckets_match_a_plain_search_over_the_bounds():
     bucket as a plain search (first bound >= value, else +Inf)."""
     import bisect
     import random
-    from router import _core
-    bounds_us = [round(b * 1e6) for b in _core.histogram_bounds()["hop"]]
+    from router import checks
+    bounds_us = [round(b * 1e6) for b in core.histogram_bounds()["hop"]]
     rng = random.Random(3)
     values = [0, 1, 49, 50, 51, 62, 63, 64, 60_000_000, 60_000_001, 2**63, 2**64 - 1]
     values += bounds_us + [b + 1 for b in bounds_us] + [b - 1 for b in bounds_us]
     values += [rng.randrange(1 << rng.randrange(1, 64)) for _ in range(20_000)]
     want = [bisect.bisect_left(bounds_us, v) for v in values]
-    assert _core._observe_check(values) == want
+    assert checks.observe_check(values) == want
 
 
 def _history_event(kind, ts, mid, seq, st, code, cls, names, payload=b""):

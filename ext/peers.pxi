@@ -1,0 +1,133 @@
+# Peers: connection slots by routing id, the HELLO budget, WELCOME, leaving, and the
+# events Python reads. Included by core.pyx.
+
+cdef inline uint32_t count_hello(Peer *p, uint64_t now) noexcept nogil:
+    """Count one HELLO in the peer's one-second HELLO window; the count so far."""
+    if now - p.hello_window_ms >= 1000:
+        p.hello_window_ms = now
+        p.hellos = 0
+    p.hellos += 1
+    return p.hellos
+
+
+cdef void _welcome(Core self, int pi) noexcept nogil:
+    """WELCOME: heartbeat, liveness and payload cap, then the extension (layout 1,
+    router/protocol.py WELCOME_EXT) with the tunables a client needs to behave:
+    window, retry interval and cap, max attempts, dedup window, error rate."""
+    cdef Peer *p = self.peers[pi]
+    cdef uint8_t hdr[WELCOME_FIXED]
+    hdr[0] = SIGNATURE
+    hdr[1] = VERSION
+    hdr[2] = CMD_WELCOME
+    hdr[3] = 0
+    put32(hdr + 4, self.hb_ms)
+    hdr[8] = <uint8_t>self.liveness
+    put32(hdr + 9, self.max_payload)
+    hdr[13] = WELCOME_EXT_VERSION
+    put32(hdr + 14, self.window)
+    put32(hdr + 18, self.retry_ms)
+    put32(hdr + 22, self.retry_max_ms)
+    put32(hdr + 26, self.max_attempts)
+    put32(hdr + 30, <uint32_t>self.dedup_ms)
+    put32(hdr + 34, self.errors_per_second)
+    if zmqapi.send(self.sock, p.identity.data(), p.identity.size(),
+                   ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0:
+        zmqapi.send(self.sock, hdr, WELCOME_FIXED, 0)
+
+
+cdef int _peer_slot(Core self, const char *ident, size_t n, uint64_t now) noexcept nogil:
+    # Messages come in bursts from one peer: check the last one before hashing.
+    cdef Peer *last
+    if self.last_pi >= 0:
+        last = self.peers[self.last_pi]
+        if last.identity.size() == n and memcmp(last.identity.data(), ident, n) == 0:
+            return self.last_pi
+    self.last_pi = _find_or_add_peer(self, string(ident, n), now)
+    return self.last_pi
+
+
+cdef int _find_or_add_peer(Core self, const string &ident, uint64_t now) noexcept nogil:
+    it = self.peer_by_id.find(ident)
+    if it != self.peer_by_id.end():
+        return deref(it).second
+    cdef int pi
+    cdef Peer *p
+    if self.peer_by_id.size() >= self.max_peers:
+        return -1
+    if not self.free_peers.empty():
+        pi = self.free_peers.back()
+        self.free_peers.pop_back()
+        p = self.peers[pi]
+    else:
+        pi = <int>self.peers.size()
+        p = new Peer()
+        p.gen = 0
+        self.peers.push_back(p)
+    p.identity = ident
+    p.name.clear()
+    p.role = 0
+    p.live = True
+    p.last_seen_ms = now
+    p.addrs.clear()
+    p.receipts.clear()
+    p.nreceipts = 0
+    p.err_window_ms = 0
+    p.errs = 0
+    p.bad = 0
+    p.hellos = 0
+    p.hello_window_ms = 0
+    p.blocked = False
+    p.gone = False
+    self.peer_by_id[ident] = pi
+    return pi
+
+
+cdef void _drop_peer(Core self, int pi, int reason) noexcept nogil:
+    """Forget a peer: its addresses go offline and keep their queues."""
+    cdef Peer *p = self.peers[pi]
+    if not p.live:
+        return
+    if p.role != 0 and not p.gone:
+        _event(self, EV_DISCONNECT, pi, reason)
+        if reason != REASON_BYE:
+            self.c.peers_lost += 1
+    _unbind_all(self, pi)
+    _forget_name(self, pi)
+    self.c.receipts_dropped += p.nreceipts
+    p.nreceipts = 0
+    p.live = False
+    p.gen += 1
+    self.last_pi = -1
+    self.peer_by_id.erase(p.identity)
+    self.free_peers.push_back(pi)
+
+
+cdef uint32_t _intern(Core self, const string &name) noexcept nogil:
+    """A small stable number for a sender name (never forgotten: names are few)."""
+    it = self.sender_ids.find(name)
+    if it != self.sender_ids.end():
+        return deref(it).second
+    cdef uint32_t sid = <uint32_t>self.sender_ids.size() + 1
+    self.sender_ids[name] = sid
+    self.sender_queued.resize(sid + 1, 0)
+    return sid
+
+
+cdef void _forget_name(Core self, int pi) noexcept nogil:
+    it = self.peer_by_name.find(self.peers[pi].name)
+    if it != self.peer_by_name.end() and deref(it).second == pi:
+        self.peer_by_name.erase(it)
+
+
+cdef void _event(Core self, int kind, int pi, int code) noexcept nogil:
+    cdef Event e
+    cdef Peer *p = self.peers[pi]
+    if self.events.size() >= EVENTS_MAX:
+        return  # Python is not draining: drop rather than grow
+    e.kind = kind
+    e.code = code
+    e.role = p.role
+    e.naddrs = <uint32_t>p.addrs.size()
+    e.name = p.name
+    e.identity = p.identity
+    self.events.push_back(e)
