@@ -289,7 +289,7 @@ def router_stamp() -> dict:
     dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no", "--",
                                       "router", "ext").splitlines() if line.strip()]
     core = [os.path.join(ROOT, "router", n) for n in os.listdir(os.path.join(ROOT, "router"))
-            if n.startswith("_core.") and n.endswith(".so")]
+            if n.startswith("core.") and n.endswith(".so")]
     return {
         "commit": git("rev-parse", "--short", "HEAD"),
         "uncommitted": ", ".join(dirty),
@@ -1348,7 +1348,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"unknown scenario {s!r}; choose from {', '.join(SCENARIOS)}")
     ok, why = hop.router_available()
     if not ok:
-        print(f"router unavailable: import router._core failed: {why}", file=sys.stderr)
+        print(f"router unavailable: import router.core failed: {why}", file=sys.stderr)
         return 2
     notes = []
     if "scrape" in scenarios and "throughput" not in scenarios:

@@ -9,7 +9,7 @@ Contenders (each its own process; sender and receivers are separate processes to
   proxy   zmq.proxy(ROUTER frontend, DEALER backend)                 benchmarks/proxy.py
   pyloop  a tuned pure-Python ROUTER loop speaking our protocol      benchmarks/pyloop.py
   router  ``python -m router serve --bind tcp://127.0.0.1:PORT``     (skipped until
-          ``import router._core`` works; ``--router-cmd`` changes the command line)
+          ``import router.core`` works; ``--router-cmd`` changes the command line)
 
 Scenarios:
   throughput  best effort (NOTICE), one address, as fast as it goes
@@ -373,9 +373,9 @@ HOPS = {"proxy": ProxyHop, "pyloop": PyLoopHop, "router": RouterHop}
 
 
 def router_available() -> tuple[bool, str]:
-    """Whether ``import router._core`` works (in a fresh interpreter)."""
+    """Whether ``import router.core`` works (in a fresh interpreter)."""
     proc = subprocess.run(
-        [sys.executable, "-c", "import router._core"], cwd=ROOT, capture_output=True,
+        [sys.executable, "-c", "import router.core"], cwd=ROOT, capture_output=True,
         text=True, timeout=120,
     )
     if proc.returncode == 0:
@@ -752,7 +752,7 @@ def environment() -> dict:
             return ""
 
     core = [os.path.join(ROOT, "router", n) for n in os.listdir(os.path.join(ROOT, "router"))
-            if n.startswith("_core.") and n.endswith(".so")] if os.path.isdir(
+            if n.startswith("core.") and n.endswith(".so")] if os.path.isdir(
                 os.path.join(ROOT, "router")) else []
     return {
         "commit": git("rev-parse", "--short", "HEAD"),
@@ -790,7 +790,7 @@ def markdown(rows: list[dict], opts: Options, notes: list[str] = (),
         f"Cython {env['cython']}.",
         f"Router: commit {env.get('commit') or '?'}"
         + (f" with uncommitted changes in {env['uncommitted']}" if env.get("uncommitted") else "")
-        + (f"; router/_core built {env['router_core_built']}"
+        + (f"; router/core built {env['router_core_built']}"
            if env.get("router_core_built") else "") + ".",
         f"Payload {opts.payload} B; native sender and receiver processes "
         f"(benchmarks/loadgen.pyx); medians over the quiet runs of {opts.repeat} "
@@ -887,7 +887,7 @@ def parse_args(argv=None):
                    help="keep the sender connected until the receivers are done (by "
                         "default it disconnects as soon as its last message is queued)")
     p.add_argument("--skip-router-check", action="store_true",
-                   help="run the router even if `import router._core` fails")
+                   help="run the router even if `import router.core` fails")
     p.add_argument("--markdown", metavar="FILE", help="append the markdown report to FILE")
     p.add_argument("--json", metavar="FILE", help="write every trial row to FILE")
     p.add_argument("--report", metavar="FILE",
@@ -937,8 +937,8 @@ def main(argv=None) -> int:
         ok, why = router_available()
         if not ok:
             contenders.remove("router")
-            notes.append(f"router skipped: `import router._core` failed ({why})")
-            print(f"router skipped: import router._core failed: {why}", file=sys.stderr)
+            notes.append(f"router skipped: `import router.core` failed ({why})")
+            print(f"router skipped: import router.core failed: {why}", file=sys.stderr)
     # Ratios against the single-address and proxy figures need those figures in this run.
     if ({"gateways", "reliable"} & set(scenarios)) and "throughput" not in scenarios:
         scenarios.insert(0, "throughput")

@@ -36,7 +36,7 @@ REPEAT = int(os.environ.get("DUR_BENCH_REPEAT", "1"))
 def router_available():
     ok, why = hop.router_available()
     if not ok:
-        pytest.skip(f"router unavailable: import router._core failed: {why}")
+        pytest.skip(f"router unavailable: import router.core failed: {why}")
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ Each test runs one scenario for every contender that supports it, side by side i
 process tree, and records the figures and the ratios between them in
 ``benchmark.extra_info`` (the timed value is the whole scenario's wall time, processes
 included; the figures to read are in extra_info). The router contender is skipped while
-``import router._core`` fails.
+``import router.core`` fails.
 """
 
 from __future__ import annotations
