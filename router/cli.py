@@ -500,9 +500,8 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from workers.demo import DemoError, run
     from workers.sim.city import Config
-
-    from .demo import DemoError, run
 
     cfg = Config(seed=args.seed, merchants=args.merchants, riders=args.riders,
                  users=args.users, base_per_min=args.base_per_min, start_hour=args.start,
