@@ -1,5 +1,6 @@
-"""The `router` command: serve, config, send, listen, join, leave, presence, history,
-demo and --version.
+"""The `router` command: serve, config, send, listen, join, leave, presence, history
+and --version, and the commands other packages add through the ``order_router.commands``
+entry points (this project's `router demo`, which lives in workers/).
 
 A user's mistake (a bad endpoint, address or value, no router running, a busy port, a
 data directory that cannot be written) ends the command with one line on stderr that
@@ -15,7 +16,10 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, NoReturn, Sequence
+from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
+
+if TYPE_CHECKING:  # importlib.metadata is imported only when other commands are looked up
+    from importlib.metadata import EntryPoint
 
 from . import __version__, config
 from .protocol import MsgClass, Status
@@ -23,6 +27,14 @@ from .session import MAX_TTL_MS, RouterError, RouterUnavailable, check_address, 
     order_ref
 
 log = logging.getLogger("router")
+
+#: The entry point group through which other packages add `router` subcommands. Each
+#: entry point is named after its command and loads ``register(subparsers)``, which adds
+#: the command's parser and returns its handler (the parsed arguments -> an exit code).
+#: pyproject.toml declares this project's own: `router demo`, in workers/commands.py.
+COMMANDS_GROUP = "order_router.commands"
+
+Handler = Callable[[argparse.Namespace], int]
 
 
 class CliError(Exception):
@@ -34,10 +46,14 @@ class CliError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with usage errors on one line that point at --help."""
+    """argparse, with usage errors on one line that point at --help (and at ``hint``,
+    when one is set)."""
+
+    hint = ""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+        hint = f"; {self.hint}" if self.hint else ""
+        self.exit(2, f"{self.prog}: {message}{hint} (see {self.prog} --help)\n")
 
 
 def _arg_type(check: Callable[[str], object]) -> Callable[[str], str]:
@@ -219,25 +235,9 @@ def _add_history(sub) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per event")
 
 
-def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="router + dispatch workers + a simulated city at lunch")
-    p.add_argument("--seconds", type=float, default=None, help="stop after N real seconds")
-    p.add_argument("--speed", type=float, default=30.0, help="simulated seconds per second")
-    p.add_argument("--start", type=float, default=11.0, help="simulated start hour")
-    p.add_argument("--riders", type=int, default=150)
-    p.add_argument("--merchants", type=int, default=60)
-    p.add_argument("--users", type=int, default=2000)
-    p.add_argument("--base-per-min", type=float, default=4.0,
-                   help="orders per simulated minute outside the peaks (x6 lunch, x8 dinner)")
-    p.add_argument("--workers", type=int, default=2, help="dispatch worker processes")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--data-dir", default=None,
-                   help="keep journal, history and logs here (created if missing); "
-                   "default: a temporary directory removed on exit")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argparse tree of the `router` command."""
+def build_parser(other_commands: bool = True) -> argparse.ArgumentParser:
+    """The argparse tree of the `router` command; with ``other_commands``, also the
+    commands other packages add (COMMANDS_GROUP)."""
     parser = _Parser(prog="router", description="Order-notification router")
     parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -249,8 +249,90 @@ def build_parser() -> argparse.ArgumentParser:
     _add_leave(sub)
     _add_presence(sub)
     _add_history(sub)
-    _add_demo(sub)
+    if other_commands:
+        _add_other_commands(parser, sub)
     return parser
+
+
+def _add_other_commands(parser: _Parser, sub) -> None:
+    """Add the commands of COMMANDS_GROUP (a built-in command keeps its name). With none
+    found, usage errors say how to get them."""
+    found = _command_entry_points()
+    if not found:
+        parser.hint = (f"no other commands are installed (entry point group {COMMANDS_GROUP}); "
+                       "`pip install -e .` in the project's checkout registers them")
+    for ep in found:
+        if ep.name not in sub.choices:
+            _add_command(sub, ep)
+
+
+def _command_entry_points() -> list[EntryPoint]:
+    """The entry points of COMMANDS_GROUP: the installed distributions', then those the
+    source checkout this package runs from declares and no installed one does (a checkout
+    on PYTHONPATH, or an editable install made before the entry point existed)."""
+    from importlib.metadata import entry_points
+
+    found: dict[str, EntryPoint] = {}
+    for ep in [*entry_points(group=COMMANDS_GROUP), *_checkout_entry_points()]:
+        found.setdefault(ep.name, ep)
+    return list(found.values())
+
+
+def _checkout_entry_points() -> list[EntryPoint]:
+    """COMMANDS_GROUP as the pyproject.toml beside this package declares it, when the
+    package runs from this project's source checkout; none otherwise."""
+    import tomllib
+    from importlib.metadata import EntryPoint
+
+    try:
+        with open(Path(__file__).resolve().parent.parent / "pyproject.toml", "rb") as f:
+            project = tomllib.load(f).get("project", {})
+        if project.get("name") != "order-router":
+            return []
+        table = project.get("entry-points", {}).get(COMMANDS_GROUP, {})
+        return [EntryPoint(name, value, COMMANDS_GROUP) for name, value in table.items()]
+    except (OSError, tomllib.TOMLDecodeError, AttributeError):
+        return []
+
+
+def _add_command(sub, ep: EntryPoint) -> None:
+    """Add entry point ``ep``'s command, its handler as the parser's ``_handler``; one
+    that cannot be loaded is replaced by a stand-in that says why when run."""
+    try:
+        handler = _load_command(sub, ep)
+    except Exception as exc:  # a broken plugin must not take the other commands down
+        handler = _unloadable(ep, exc)
+        if ep.name not in sub.choices:
+            _add_stand_in(sub, ep)
+    sub.choices[ep.name].set_defaults(_handler=handler)
+
+
+def _load_command(sub, ep: EntryPoint) -> Handler:
+    """Import ``ep``'s register function, run it, and check what it did."""
+    handler = ep.load()(sub)
+    if ep.name not in sub.choices:
+        raise LookupError(f"it added no {ep.name!r} command")
+    if not callable(handler):
+        raise TypeError(f"it returned {handler!r}, not a handler")
+    return handler
+
+
+def _add_stand_in(sub, ep: EntryPoint) -> None:
+    """A command for ``ep`` that takes any arguments, even --help (no prefix character
+    marks an option), so running it always reaches its handler."""
+    p = sub.add_parser(ep.name, add_help=False, prefix_chars="\0",
+                       help=f"(cannot be loaded from {ep.value}; run it to see why)")
+    p.add_argument("args", nargs="*", help=argparse.SUPPRESS)
+
+
+def _unloadable(ep: EntryPoint, exc: Exception) -> Handler:
+    """The handler of a command whose entry point failed: one line saying why."""
+    def fail(args: argparse.Namespace) -> int:
+        raise CliError(f"cannot load this command from {ep.value} (entry point group "
+                       f"{COMMANDS_GROUP}): {type(exc).__name__}: {exc}; reinstall the "
+                       "package that provides it (`pip install -e .` in a checkout)")
+
+    return fail
 
 
 def _settings(args: argparse.Namespace) -> config.Settings:
@@ -499,26 +581,19 @@ def _history(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from workers.demo import DemoError, run
-    from workers.sim.city import Config
-
-    cfg = Config(seed=args.seed, merchants=args.merchants, riders=args.riders,
-                 users=args.users, base_per_min=args.base_per_min, start_hour=args.start,
-                 speed=args.speed)
-    try:
-        return run(cfg, args.seconds, args.workers, args.data_dir)
-    except DemoError as exc:
-        print(f"router demo: {exc}", file=sys.stderr)
-        return 2
+#: The built-in commands' handlers.
+_HANDLERS: dict[str, Handler] = {
+    "serve": _serve, "config": _config, "send": _send, "listen": _listen, "join": _join,
+    "leave": _leave, "presence": _presence, "history": _history}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `router` command."""
-    args = build_parser().parse_args(argv)
-    handler = {"serve": _serve, "config": _config, "send": _send, "listen": _listen,
-               "join": _join, "leave": _leave, "presence": _presence,
-               "history": _history, "demo": _demo}[args.command]
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # a built-in command needs no look-up of the others, nor their imports
+    parser = build_parser(other_commands=not argv or argv[0] not in _HANDLERS)
+    args = parser.parse_args(argv)
+    handler = _HANDLERS.get(args.command) or args._handler
     try:
         return handler(args)
     except KeyboardInterrupt:
