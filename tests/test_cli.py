@@ -386,3 +386,96 @@ def test_second_router_on_a_data_dir_refuses_and_a_killed_ones_lock_is_released(
     router.restart()  # the kernel dropped the SIGKILLed router's lock
     again = run_cli("serve", "--data-dir", router.data_dir, "--bind", f"tcp://127.0.0.1:{free_port()}")
     assert_clean_failure(again, f"pid {router.pid}")
+
+
+# ---- commands from entry points (router demo) -------------------------------------------
+
+def test_demo_is_a_command_and_explains_its_flags():
+    top = run_cli("--help")
+    assert top.returncode == 0 and "demo" in top.stdout, top.stdout
+    demo = run_cli("demo", "--help")
+    assert demo.returncode == 0, demo.stderr
+    for flag in ("--seconds", "--speed", "--start", "--riders", "--merchants", "--users",
+                 "--base-per-min", "--workers", "--seed", "--data-dir"):
+        assert flag in demo.stdout, flag
+
+
+def test_demo_flag_mistakes_get_one_line():
+    out = run_cli("demo", "--workers", "x")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.splitlines() == [
+        "router demo: argument --workers: invalid int value: 'x' (see router demo --help)"]
+
+
+def fake_distribution(where, entry_points: str) -> dict[str, str]:
+    """An installed distribution in ``where`` (a dist-info directory and the module
+    fakecmd) with these entry points; the environment that puts it on the path."""
+    info = where / "fake_cmds-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-cmds\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(entry_points)
+    (where / "fakecmd.py").write_text(
+        "def register(sub):\n"
+        "    p = sub.add_parser('hello', help='say hello')\n"
+        "    p.add_argument('--name', default='world')\n"
+        "    return lambda args: print(f'hello {args.name}') or 0\n")
+    return {**ENV, "PYTHONPATH": f"{ROOT}{os.pathsep}{where}"}
+
+
+def test_installed_entry_points_add_commands_and_a_broken_one_says_why(tmp_path):
+    env = fake_distribution(tmp_path, "[order_router.commands]\nhello = fakecmd:register\n"
+                            "broken = no_such_module_here:register\nsend = fakecmd:register\n")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "router", *args], capture_output=True,
+                              text=True, env=env, timeout=20)
+
+    hello = run("hello", "--name", "city")
+    assert (hello.returncode, hello.stdout) == (0, "hello city\n"), hello.stderr
+    top = run("--help").stdout
+    assert all(name in top for name in ("hello", "broken", "demo")), top
+    for args in (["broken"], ["broken", "--help"], ["broken", "--seconds", "3", "--", "x"]):
+        out = run(*args)
+        assert out.returncode == 1 and out.stdout == "", out
+        assert out.stderr.startswith("router broken: cannot load this command from "
+                                     "no_such_module_here:register"), out.stderr
+        assert len(out.stderr.splitlines()) == 1 and "pip install -e ." in out.stderr
+    assert "usage: router send" in run("send", "--help").stdout  # a built-in keeps its name
+
+
+def test_without_any_entry_point_a_command_elsewhere_is_one_usage_line(monkeypatch, capsys):
+    import importlib.metadata
+
+    from router import cli
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **kw: [])
+    monkeypatch.setattr(cli, "_checkout_entry_points", lambda: [])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["demo", "--seconds", "1"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("router: argument command: invalid choice: 'demo'"), err
+    assert len(err.splitlines()) == 1 and cli.COMMANDS_GROUP in err and "pip install" in err
+
+
+def test_installed_entry_points_come_before_the_checkouts(monkeypatch):
+    import importlib.metadata
+
+    from router import cli
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **kw: [])
+    assert [(ep.name, ep.value) for ep in cli._command_entry_points()] == [
+        ("demo", "workers.commands:demo")]  # from pyproject.toml: a checkout on PYTHONPATH
+    installed = importlib.metadata.EntryPoint("demo", "elsewhere:demo", cli.COMMANDS_GROUP)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **kw: [installed])
+    assert cli._command_entry_points() == [installed]
+
+
+def test_builtin_commands_do_not_look_up_the_others():
+    probe = ("import sys; from router import cli\n"
+             "try: cli.main(['send', '--help'])\nexcept SystemExit: pass\n"
+             "print(sorted(m for m in sys.modules if m.startswith(('workers', "
+             "'importlib.metadata'))), file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         env=ENV, timeout=20)
+    assert out.stderr.strip() == "[]", out.stderr
