@@ -192,6 +192,31 @@ cdef class Core:
         })
         return d
 
+    def send(self, bytes identity, bytes header, bytes payload) -> bool:
+        """Send one message the broker composed (a REQUEST to a worker, a REPLY, an
+        ERROR) to a connected peer, through the core's view of its peers: nothing goes
+        to a peer known to be gone, and one found unreachable is marked gone (its
+        disconnect reaches the broker as an event), as for the core's own sends.
+        False if it was not sent (gone, unknown, or its pipe is full)."""
+        it = self.peer_by_id.find(identity)
+        if it == self.peer_by_id.end():
+            return False
+        cdef int pi = deref(it).second
+        cdef Peer *p = self.peers[pi]
+        if not p.live or p.gone:
+            return False
+        if zmqapi.send(self.sock, p.identity.data(), p.identity.size(),
+                       ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0:
+            if zmqapi.errno_() == EHOSTUNREACH:
+                _unreachable(self, pi)
+            else:
+                self.c.blocked_sends += 1
+            return False
+        # after the routing frame is accepted the rest of the message cannot block
+        zmqapi.send(self.sock, <const char *>header, len(header), ZMQ_SNDMORE)
+        zmqapi.send(self.sock, <const char *>payload, len(payload), 0)
+        return True
+
     def drain_broker(self) -> list:
         """Service commands since the last call: ``(identity, header, payload)``."""
         out = [(bytes(b.identity), bytes(b.header), bytes(b.payload)) for b in self.broker_inbox]

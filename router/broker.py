@@ -28,8 +28,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
-import zmq
-
 from . import protocol as P
 from .lograte import RateLimitedLog
 from .protocol import Command, ErrorCode, Role
@@ -223,16 +221,23 @@ class Service:
         return not self.workers and not self.waiting
 
 
-class Broker:
-    """Routes REQUEST/REPLY between clients and service workers over the router socket."""
+#: How the broker sends: (routing id, header frame, payload frame) -> sent or not.
+#: The router passes :meth:`router.core.Core.send`, so its sends go through the core.
+SendFn = Callable[[bytes, bytes, bytes], bool]
 
-    def __init__(self, socket: zmq.Socket,
+
+class Broker:
+    """Routes REQUEST/REPLY between clients and service workers. It reads what the core
+    hands it (:meth:`handle`, :meth:`peer_connected`, :meth:`peer_gone`) and sends
+    through ``send``; it never touches the socket itself."""
+
+    def __init__(self, send: SendFn,
                  builtins: dict[str, Callable[[bytes], bytes]] | None = None, *,
                  errors_per_second: int = 20, max_services: int = MAX_SERVICES,
                  max_waiting: int = MAX_WAITING,
                  max_unregistered: int = MAX_UNREGISTERED,
                  max_per_client: int = MAX_PER_CLIENT, max_wait_ms: int = MAX_WAIT_MS) -> None:
-        self.socket = socket
+        self._send_fn = send
         #: Services the router answers itself (``router.history``, ``router.presence``).
         self.builtins = builtins or {}
         self.max_services, self.max_waiting = max_services, max_waiting
@@ -575,11 +580,8 @@ class Broker:
         self._send(identity, P.prefix(Command.ERROR) + P.ERROR.pack(code, msg_id), text.encode())
 
     def _send(self, identity: bytes, header: bytes, payload: bytes) -> bool:
-        try:
-            self.socket.send_multipart([identity, header, payload], zmq.DONTWAIT)
-            return True
-        except zmq.ZMQError:  # unreachable (gone) or its pipe is full
-            return False
+        """False when not sent: the peer is gone or its pipe is full."""
+        return self._send_fn(identity, header, payload)
 
     def _observe(self, seconds: float) -> None:
         i = 0

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 import zmq
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
@@ -67,14 +67,16 @@ def build_info() -> dict[str, str]:
 
 
 class RouterCollector:
-    """Collects from the latest snapshot of a :class:`router.server.Router`.
+    """Collects from the latest snapshot ``take_snapshot()`` returned (the router passes
+    :meth:`router.server.Router.snapshot`).
 
     Until the router's loop takes its first snapshot (journal replay) it exports only
     build info and disk space: no half-initialised figures.
     """
 
-    def __init__(self, router) -> None:
-        self.router = router
+    def __init__(self, take_snapshot: Callable[[], dict], data_dir: str) -> None:
+        self._take_snapshot = take_snapshot
+        self._data_dir = data_dir
         self._snapshot: dict | None = None
         self._taken = 0.0
         self._info = build_info()
@@ -84,13 +86,7 @@ class RouterCollector:
         now = time.monotonic()
         if not force and now - self._taken < REFRESH_SECONDS:
             return
-        r = self.router
-        snap = r.core.metrics()
-        snap["broker"] = r.broker.stats()
-        snap["journal_bytes"] = r.store.total_bytes if r.store else 0
-        h = r.history
-        snap["history"] = (h.written, h.dropped, h.failures, h.pending_bytes) if h else None
-        self._snapshot, self._taken = snap, now
+        self._snapshot, self._taken = self._take_snapshot(), now
 
     def describe(self) -> list:
         """No fixed description: prometheus_client then does not collect at registration."""
@@ -120,7 +116,7 @@ class RouterCollector:
         """Free space of the data directory's filesystem (journal and history live there);
         read at scrape time, in the HTTP thread: statvfs does not touch the core."""
         try:
-            st = os.statvfs(self.router.settings.data_dir)
+            st = os.statvfs(self._data_dir)
         except OSError:
             return  # no data dir (removed under the router): the series' absence says so
         yield GaugeMetricFamily(
@@ -310,13 +306,14 @@ class RouterCollector:
         yield fam
 
 
-def registry_for(router) -> tuple[CollectorRegistry, RouterCollector]:
+def registry_for(take_snapshot: Callable[[], dict],
+                 data_dir: str) -> tuple[CollectorRegistry, RouterCollector]:
     """A registry with the router's families and the process's own (CPU, memory, open
     files, start time, Python version and GC): what the router's /metrics serves."""
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
-    collector = RouterCollector(router)
+    collector = RouterCollector(take_snapshot, data_dir)
     registry.register(collector)
     return registry, collector

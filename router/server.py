@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import NamedTuple
 
 import orjson
 import zmq
@@ -52,6 +53,19 @@ def _find_malloc_trim():
 
 _malloc_trim = _find_malloc_trim()
 
+
+
+class PeerEvent(NamedTuple):
+    """One of Core.drain_events()'s tuples, by name. ``detail``: for a disconnect the
+    reason ("bye", "heartbeat timeout", "unreachable"); for a takeover "<address> by
+    <new holder>"; for an error its ErrorCode number."""
+
+    kind: str  # connect, disconnect, error, storage, takeover
+    name: str
+    role: int
+    identity: bytes
+    detail: str | int
+    naddrs: int
 
 class Router:
     """A running router: bind, then :meth:`serve` until :meth:`stop` or a signal."""
@@ -106,7 +120,7 @@ class Router:
         except BaseException:
             self._close_ops()
             raise
-        self.broker = Broker(self.socket, {"router.history": self._history_query,
+        self.broker = Broker(self.core.send, {"router.history": self._history_query,
                                            "router.presence": self._presence_query},
                              errors_per_second=settings.errors_per_second)
         # One budget per kind of peer event, so a storm of one kind hides no other kind.
@@ -124,7 +138,7 @@ class Router:
         from .metrics import registry_for
 
         s = self.settings
-        registry, self.metrics = registry_for(self)
+        registry, self.metrics = registry_for(self.snapshot, s.data_dir)
         try:
             self._ops = httpd.serve(s.metrics_port, s.metrics_host, registry, self.health)
         except OSError as exc:
@@ -197,7 +211,7 @@ class Router:
             while not self._stop.is_set():
                 self.health.beat()
                 self.core.run(SLICE_MS)  # returns early when service traffic arrived
-                self._log_events()  # connects first: the broker learns roles before READYs
+                self._on_peer_events()  # connects first: the broker learns roles before READYs
                 for identity, header, payload in self.core.drain_broker():
                     self._to_broker(identity, header, payload)
                 if time.monotonic() >= next_housekeeping:
@@ -229,7 +243,7 @@ class Router:
         """Between slices: logs, journal maintenance, order history, summaries. A
         failure here (a full disk under the history database, say) is logged, never
         allowed to stop the routing."""
-        self._log_events()
+        self._on_peer_events()
         for limited in self._logs.values():
             limited.flush()
         self.broker.tick()
@@ -318,28 +332,46 @@ class Router:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
-    def _log_events(self) -> None:
+    def _on_peer_events(self) -> None:
+        """What the core saw happen to peers since the last slice: the broker learns of
+        workers and clients coming and going, then the events are logged."""
+        for ev in map(PeerEvent._make, self.core.drain_events()):
+            if ev.kind == "connect":
+                self.broker.peer_connected(ev.identity, ev.role)
+            elif ev.kind == "disconnect":
+                self.broker.peer_gone(ev.identity)
+            self._log_event(ev)
+
+    def _log_event(self, ev: "PeerEvent") -> None:
         logs = self._logs
-        for kind, name, role, ident, code, naddrs in self.core.drain_events():
-            role_name = Role(role).name.lower() if role else "unknown"
-            if kind == "connect":
-                self.broker.peer_connected(ident, role)
-                logs["connect"].log(logging.INFO, "peer connected: %s (%s, %d addresses)",
-                                    name, role_name, naddrs)
-            elif kind == "disconnect":
-                self.broker.peer_gone(ident)
-                logs["disconnect"].log(logging.INFO, "peer disconnected: %s (%s, %s)",
-                                       name or ident.hex(), role_name, code)
-            elif kind == "takeover":
-                logs["takeover"].log(logging.WARNING, "address taken over: %s (was held by "
-                                     "%s); the old holder was told with ADDRESS_TAKEN",
-                                     code, name or ident.hex())
-            elif kind == "storage":
-                log.error("journal commit failed, sends refused with STORAGE_FAILED: %s",
-                          self.core.store_error)
-            else:
-                logs["refusal"].log(logging.WARNING, "refused request from %s: %s",
-                                    name or ident.hex(), ErrorCode(code).name)
+        role_name = Role(ev.role).name.lower() if ev.role else "unknown"
+        who = ev.name or ev.identity.hex()
+        if ev.kind == "connect":
+            logs["connect"].log(logging.INFO, "peer connected: %s (%s, %d addresses)",
+                                ev.name, role_name, ev.naddrs)
+        elif ev.kind == "disconnect":
+            logs["disconnect"].log(logging.INFO, "peer disconnected: %s (%s, %s)",
+                                   who, role_name, ev.detail)
+        elif ev.kind == "takeover":
+            logs["takeover"].log(logging.WARNING, "address taken over: %s (was held by "
+                                 "%s); the old holder was told with ADDRESS_TAKEN",
+                                 ev.detail, who)
+        elif ev.kind == "storage":
+            log.error("journal commit failed, sends refused with STORAGE_FAILED: %s",
+                      self.core.store_error)
+        else:
+            logs["refusal"].log(logging.WARNING, "refused request from %s: %s",
+                                who, ErrorCode(ev.detail).name)
+
+    def snapshot(self) -> dict:
+        """Everything the metrics collector exports, read in one go between slices:
+        the core's counters and gauges, the broker's, the journal's and history's."""
+        snap = self.core.metrics()
+        snap["broker"] = self.broker.stats()
+        snap["journal_bytes"] = self.store.total_bytes if self.store else 0
+        h = self.history
+        snap["history"] = (h.written, h.dropped, h.failures, h.pending_bytes) if h else None
+        return snap
 
     def _maybe_summary(self) -> None:
         interval = self.settings.summary_interval

@@ -201,8 +201,17 @@ class BrokerRig:
         self.url = f"inproc://broker-{id(self)}"
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.bind(self.url)
-        self.broker = Broker(self.sock, **kwargs)
+        self.broker = Broker(self.send, **kwargs)
         self.peers = []
+
+    def send(self, identity: bytes, header: bytes, payload: bytes) -> bool:
+        """The broker's way out (the core's send in the router): straight to the socket."""
+        import zmq
+        try:
+            self.sock.send_multipart([identity, header, payload], zmq.DONTWAIT)
+            return True
+        except zmq.ZMQError:
+            return False
 
     def peer(self, name: str):
         import zmq
