@@ -32,6 +32,7 @@ cdef void _ack_to(Core self, int ai, uint64_t seq) noexcept nogil:
         _unqueued(self, m)
         _release(self, m)
     a.acked = seq
+    a.last_used_ms = self.now_us // 1000
     a.attempts = 0  # progress: the redelivery backoff starts over
     a.inflight_ms = self.now_us // 1000 if a.sent > 0 else 0
     if a.peer >= 0 and a.sent < a.rel.size():

@@ -166,17 +166,21 @@ cdef void _on_join(Core self, int pi, const uint8_t *h, size_t hlen, bint leave)
     cdef int ai
     off += 2
     if leave and count == 0:
-        self.channels.erase(chan)  # LEAVE with no addresses closes the channel
+        _close_channel(self, chan)  # LEAVE with no addresses closes the channel
         return
-    cdef vector[int] *members = &self.channels[chan]
+    cdef Channel *ch = _open_channel(self, chan)
+    cdef vector[int] *members = &ch.members
     for i in range(count):
         ai = _address_slot(self, pi, h + off + 1, h[off])
         if ai < 0:
             break
         if leave:
-            remove_int(deref(members), ai)
+            if contains_int(deref(members), ai):
+                remove_int(deref(members), ai)
+                self.addrs[ai].nchannels -= 1
         elif not contains_int(deref(members), ai):
             members.push_back(ai)
+            self.addrs[ai].nchannels += 1  # a member is never reclaimed
         off += 1 + h[off]
     if members.empty():
         self.channels.erase(chan)
@@ -237,8 +241,9 @@ cdef void _on_send(Core self, int pi, const uint8_t *h, size_t hlen, zmq_msg_t *
         if it == self.channels.end():
             _refuse(self, pi, msg_id, cls, E_UNKNOWN_CHANNEL, "no such channel: JOIN first")
             return
-        targets = deref(it).second.data()
-        ntargets = deref(it).second.size()
+        deref(it).second.last_used_ms = now
+        targets = deref(it).second.members.data()
+        ntargets = deref(it).second.members.size()
     else:
         single = _address_of(self, pi, tname)  # validated above
         if single < 0:

@@ -36,6 +36,8 @@ cdef enum:
     BROKER_WAIT_MS = 5        # ... and the longest one waits for it while input flows
     ADDRESS_LINES = 5         # cache lines of an Address (sizeof ~ 300 bytes)
     EVENTS_MAX = 10000        # events kept for Python at most (it drains them each slice)
+    RECLAIM_WALK_PER_TICK = 4096   # addresses looked at per tick for idle reclaim (~50 us)
+    CHANNEL_CHECKS_PER_TICK = 1024 # channels looked at per tick for idle close
 
 # What Core.drain_events reports, and why a peer went away.
 cdef enum:
@@ -65,7 +67,11 @@ cdef class Core:
     # ---- addresses and channels (addresses.pxi) --------------------------------------
     cdef vector[Address*] addrs
     cdef NameIndex addr_by_name    # address name -> slot in addrs (ext/names.h)
-    cdef unordered_map[string, vector[int]] channels  # channel -> member address slots
+    cdef unordered_map[string, Channel] channels  # channel name -> members, last use
+    cdef deque[ChannelCheck] channel_checks  # idle-close checks, in due order
+    cdef vector[int] free_addrs    # reclaimed slots, reused for new names
+    cdef uint64_t seq_floor        # new addresses number above it (see _reclaim_idle)
+    cdef size_t reclaim_pos        # where the idle-address walk goes on next tick
 
     # ---- queues and sending (queues.pxi, delivery.pxi) ------------------------------
     cdef vector[int] dirty         # addresses with something to send this pass
@@ -142,3 +148,5 @@ cdef class Core:
     cdef uint32_t retry_ms
     cdef uint32_t retry_max_ms
     cdef uint32_t max_attempts
+    cdef uint64_t address_idle_ms  # unused this long, an empty unbound address is reclaimed
+    cdef uint64_t channel_idle_ms  # unused this long (no JOIN, LEAVE, SEND), a channel closes

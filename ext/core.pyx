@@ -57,7 +57,8 @@ cdef class Core:
                   uint64_t max_queued=5000000, uint64_t max_queued_per_sender=1000000,
                   store=None, uint32_t dedup_ms=120000,
                   uint32_t retry_ms=1000, uint32_t retry_max_ms=30000,
-                  uint32_t max_attempts=20, int batch=512, size_t dedup_capacity=2000000):
+                  uint32_t max_attempts=20, int batch=512, size_t dedup_capacity=2000000,
+                  uint64_t address_idle_ms=600000, uint64_t channel_idle_ms=7200000):
         if socket.type != zmq.ROUTER:
             raise ValueError(f"Core needs a ROUTER socket, got socket type {socket.type}")
         if heartbeat_ms == 0 or liveness == 0 or window == 0:
@@ -80,6 +81,8 @@ cdef class Core:
         self.retry_ms = max(retry_ms, 1)
         self.retry_max_ms = max(retry_max_ms, retry_ms)
         self.max_attempts = max_attempts
+        self.address_idle_ms = address_idle_ms
+        self.channel_idle_ms = channel_idle_ms
         self.batch = max(batch, 1)
         self.seg_live.push_back(0)
         self.sender_queued.push_back(0)  # sender id 0: no sender (never interned)
@@ -147,9 +150,14 @@ cdef class Core:
                  queued=c.queued, loops=c.loops, dedup_hits=c.dedup_hits,
                  redeliveries=c.redeliveries, failed=c.failed, commits=c.commits,
                  commit_failures=c.commit_failures, journal_bytes=c.journal_bytes,
-                 replayed=c.replayed, takeovers=c.takeovers, quarantined=c.quarantined)
+                 replayed=c.replayed, takeovers=c.takeovers, quarantined=c.quarantined,
+                 addresses_created=c.addresses_created,
+                 addresses_reclaimed=c.addresses_reclaimed,
+                 channels_closed_idle=c.channels_closed_idle)
         d["peers"] = self.peer_by_id.size()
         d["addresses"] = self.addr_by_name.size()
+        d["address_slots"] = self.addrs.size()  # live + reclaimed slots waiting for reuse
+        d["seq_floor"] = self.seq_floor
         d["sender_names"] = self.sender_ids.size()
         d["channels"] = self.channels.size()
         return d
@@ -185,7 +193,7 @@ cdef class Core:
             "oldest_queued_us": (wall_us() - self.oldest_us
                                  if self.oldest_us and wall_us() > self.oldest_us else 0),
             "ttl_timers": self.timers.size(),
-            "addresses": self.addrs.size(),
+            "addresses": self.addr_by_name.size(),
             "address_limit": self.max_addresses,
             "peers_by_role": {"sender": roles[1], "endpoint": roles[2], "gateway": roles[3],
                               "worker": roles[4]},
@@ -264,14 +272,19 @@ cdef class Core:
         return self.seg_live[segment] if segment < self.seg_live.size() else 0
 
     def checkpoint(self) -> bytes:
-        """CURSOR records for every address with a sequence: the head of a new segment,
-        so that compacting older segments never loses an address's numbering."""
+        """The head of a new segment: the numbering floor of new addresses, and CURSOR
+        records for every address with a sequence, so that compacting older segments
+        never loses an address's numbering."""
         cdef string buf
         cdef size_t i, start
         cdef Address *a
+        if self.seq_floor:
+            start = rec_begin(buf, REC_FLOOR)
+            rec_u64(buf, self.seq_floor)
+            rec_end(buf, start)
         for i in range(self.addrs.size()):
             a = self.addrs[i]
-            if a.next_seq == 0:
+            if a.next_seq == 0 or a.free:
                 continue
             start = rec_begin(buf, REC_CURSOR)
             rec_u64(buf, a.next_seq)

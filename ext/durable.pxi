@@ -128,6 +128,12 @@ cdef bint _replay_record(Core self, const uint8_t *p, uint32_t n):
     p += 1
     if kind != REC_MSG:
         self.replay_msg = NULL  # channel members' records are contiguous
+    if kind == REC_FLOOR:
+        if p + 8 != end:
+            return False
+        if get64(p) > self.seq_floor:
+            self.seq_floor = get64(p)
+        return True
     if kind == REC_ACK or kind == REC_CURSOR or kind == REC_FIN:
         if p + 8 > end:
             return False
@@ -240,4 +246,4 @@ cdef bint _replay_msg(Core self, const uint8_t *p, const uint8_t *end):
 cdef int _restore_address(Core self, const string &name) noexcept nogil:
     """Find or create an address named in the journal (no table limit at start-up)."""
     cdef int ai = self.addr_by_name.find(name)
-    return ai if ai >= 0 else _new_address(self, name)
+    return ai if ai >= 0 else _new_address(self, name, 0)

@@ -10,6 +10,7 @@
 #   REC_ACK    seq u64, address                  (cumulative ack)
 #   REC_CURSOR next_seq u64, acked u64, address  (checkpoint at the head of a segment)
 #   REC_FIN    msg_id u64, status u8, code u16, sender  (final receipt, for dedup)
+#   REC_FLOOR  seq u64  (new addresses number above it: reclaimed ones reached it)
 
 # Record kinds (REC_*) and REC_HEAD come from router/protocol.py (protocol.pxi).
 

@@ -8,11 +8,11 @@
  * and the slot number, so a lookup reads one or two adjacent slots and then the name
  * it has to compare anyway, which lives in the Address the caller touches next.
  *
- * Addresses are never removed (an address slot lives as long as the router), so the
- * table needs no tombstones. The hash is seeded per process so that a peer cannot pick
- * names that all land in one probe run. Names are owned by the caller: the index keeps
- * pointers to them, which must stay valid (Address objects are never moved or freed
- * while the core runs). */
+ * An idle address is reclaimed (addresses.pxi) and its slot reused for another name:
+ * erase() takes its entry out by shifting the rest of its probe run back (no
+ * tombstones, so lookups never slow down with churn). The hash is seeded per process so
+ * that a peer cannot pick names that all land in one probe run. Names are owned by the
+ * caller: the index keeps pointers to them, which must stay valid while indexed. */
 #ifndef ROUTER_NAMES_H
 #define ROUTER_NAMES_H
 
@@ -23,11 +23,12 @@
 
 struct NameIndex {
     std::vector<uint64_t> slots;            /* (tag << 32) | (slot + 1); 0 = empty */
-    std::vector<const std::string *> names; /* by address slot */
+    std::vector<const std::string *> names; /* by address slot; nullptr = free slot */
     uint64_t seed = 0x9e3779b97f4a7c15ULL;
     size_t mask = 0;
+    size_t live = 0;
 
-    size_t size() const { return names.size(); }
+    size_t size() const { return live; }
 
     void set_seed(uint64_t s) { seed = s | 1; }
 
@@ -91,9 +92,38 @@ struct NameIndex {
 
     /* Add a name not present yet, as the next slot number (names.size()). */
     void insert(const std::string *name) {
-        if ((names.size() + 1) * 2 > slots.size()) grow();
-        names.push_back(name);
-        place(*name, static_cast<uint32_t>(names.size()));
+        insert_at(name, names.size());
+    }
+
+    /* Add a name not present yet for address slot ``ai`` (a new slot, or a free one). */
+    void insert_at(const std::string *name, size_t ai) {
+        if (ai >= names.size()) names.resize(ai + 1, nullptr);
+        if ((live + 1) * 2 > slots.size()) grow();
+        names[ai] = name;
+        ++live;
+        place(*name, static_cast<uint32_t>(ai + 1));
+    }
+
+    /* Remove address slot ``ai``'s name; later entries of its probe run move back so
+     * that every name stays reachable from its home slot. */
+    void erase(size_t ai) {
+        if (ai >= names.size() || names[ai] == nullptr) return;
+        const std::string *k = names[ai];
+        size_t i = hash(k->data(), k->size()) & mask;
+        while (static_cast<uint32_t>(slots[i]) != ai + 1) i = (i + 1) & mask;
+        for (size_t j = (i + 1) & mask; slots[j] != 0; j = (j + 1) & mask) {
+            const std::string *o = names[static_cast<uint32_t>(slots[j]) - 1];
+            size_t home = hash(o->data(), o->size()) & mask;
+            /* move j back into the hole at i unless its home lies in (i, j] */
+            bool stays = (i <= j) ? (i < home && home <= j) : (i < home || home <= j);
+            if (!stays) {
+                slots[i] = slots[j];
+                i = j;
+            }
+        }
+        slots[i] = 0;
+        names[ai] = nullptr;
+        --live;
     }
 
   private:
@@ -110,7 +140,7 @@ struct NameIndex {
         slots.assign(n, 0);
         mask = n - 1;
         for (size_t ai = 0; ai < names.size(); ++ai)
-            place(*names[ai], static_cast<uint32_t>(ai + 1));
+            if (names[ai] != nullptr) place(*names[ai], static_cast<uint32_t>(ai + 1));
     }
 };
 

@@ -33,6 +33,7 @@ cdef int _admit(Core self, const int *targets, size_t ntargets, uint8_t cls,
 cdef void _enqueue(Core self, int ai, Msg *m, const string &key) noexcept nogil:
     cdef Address *a = self.addrs[ai]
     cdef Entry e
+    a.last_used_ms = self.now_us // 1000
     if m.cls <= CLASS_CHAT:
         a.next_seq += 1
         e.seq = a.next_seq

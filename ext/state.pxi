@@ -41,6 +41,8 @@ cdef extern from "names.h" nogil:
         int find(const char *, size_t)
         int find(const string &)
         void insert(const string *)
+        void insert_at(const string *, size_t)
+        void erase(size_t)
         uint64_t hash(const char *, size_t)
         void prefetch(uint64_t)
         int peek(uint64_t)
@@ -109,6 +111,18 @@ cdef cppclass Address:
     unordered_map[string, Msg*] latest   # conflated location per key
     Fifo[string] latest_order            # keys in arrival order
     bool dirty              # listed in Core.dirty
+    uint64_t last_used_ms   # last bind, unbind, enqueue or ack (idle reclaim)
+    uint32_t nchannels      # channels it is a member of (a member is never reclaimed)
+    bool free               # reclaimed: the slot waits in Core.free_addrs for a new name
+
+cdef cppclass Channel:
+    vector[int] members     # member address slots
+    uint64_t last_used_ms   # last JOIN, LEAVE or SEND (idle close)
+    bool checked            # has an entry in Core.channel_checks
+
+cdef struct ChannelCheck:
+    uint64_t due_ms         # look at the channel again then
+    string name
 
 cdef cppclass Peer:
     string identity         # ROUTER routing id
@@ -159,6 +173,9 @@ cdef struct Counters:
     uint64_t commit_failures
     uint64_t journal_bytes      # bytes handed to the store
     uint64_t replayed           # messages restored from the journal at start
+    uint64_t addresses_created
+    uint64_t addresses_reclaimed  # idle addresses whose slot was freed
+    uint64_t channels_closed_idle # channels closed for lack of use
     # histogram buckets over BOUNDS (core.pyx), per class
     uint64_t hop[5][N_BUCKETS]  # read -> DELIVER sent, recipient online, first send
     uint64_t hop_sum_us[5]

@@ -77,8 +77,16 @@ class Settings:
     #: reliable sends get SENDER_QUOTA and its best-effort ones are shed: one service
     #: flooding offline recipients cannot take the whole queue from the others.
     max_queued_per_sender: int = 1_000_000
-    #: Addresses the route table may hold.
+    #: Addresses the route table may hold at once (idle ones are reclaimed, see
+    #: address_idle_seconds, so this bounds the live table, not the names ever seen).
     max_addresses: int = 1_000_000
+    #: An address with nothing queued or in flight, bound by nobody and in no channel is
+    #: reclaimed after this many idle seconds (0 = never); one that comes back numbers
+    #: above everything it held (docs/PROTOCOL.md, "Address lifetime").
+    address_idle_seconds: float = 600.0
+    #: A channel nobody has used (JOIN, LEAVE or SEND) for this many seconds is closed
+    #: (0 = never): the channel of an order whose service never sent the closing LEAVE.
+    channel_idle_seconds: float = 7200.0
     #: Connected peers (connections) the router tracks.
     max_peers: int = 100_000
     #: Protocol heartbeat interval, ms; also sent to peers in WELCOME.
@@ -153,6 +161,12 @@ class Settings:
             raise ValueError(f"max_payload is capped at 256 MiB, got {self.max_payload}")
         if self.liveness > 255:
             raise ValueError(f"liveness must be at most 255, got {self.liveness}")
+        if not 0 <= self.channel_idle_seconds <= 365 * 86400:
+            raise ValueError("channel_idle_seconds must be 0 (never close) or a number "
+                             f"of seconds up to a year, got {self.channel_idle_seconds}")
+        if not 0 <= self.address_idle_seconds <= 365 * 86400:
+            raise ValueError("address_idle_seconds must be 0 (never reclaim) or a number "
+                             f"of seconds up to a year, got {self.address_idle_seconds}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ValueError(f"log_level must be debug/info/warning/error, got {self.log_level}")
         return self

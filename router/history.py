@@ -31,6 +31,9 @@ LZ4_MAGIC = b"\x04\x22\x4d\x18"
 
 #: Event bytes the writer may hold before it drops new buffers (and counts them).
 MAX_PENDING_BYTES = 64 << 20
+#: Retention: at most PRUNE_ROWS expired events deleted every PRUNE_SECONDS.
+PRUNE_SECONDS = 10.0
+PRUNE_ROWS = 5000
 
 _FIXED = HISTORY_EVENT  # kind, ts_us, msg_id, seq, status, code, class
 #: Event kind number -> the name stored in the history table.
@@ -103,6 +106,7 @@ class History:
         self.db.executescript(SCHEMA)
         self.retain_days = retain_days
         self._last_prune = 0.0
+        self.pruned = 0  #: events deleted for being older than the retention
 
     def record(self, blob: bytes) -> int:
         """Store the events of one drained buffer; return how many."""
@@ -121,12 +125,23 @@ class History:
         return len(decoded)
 
     def _maybe_prune(self) -> None:
+        """Every PRUNE_SECONDS, delete at most PRUNE_ROWS events older than the
+        retention: bounded work per write, so a long backlog of old events is worked off
+        over many passes instead of one statement that holds the database for seconds.
+        Rows are inserted in time order, so the oldest are the lowest rowids."""
         now = time.time()
-        if now - self._last_prune < 3600:
+        if now - self._last_prune < PRUNE_SECONDS:
             return
         self._last_prune = now
         cutoff = int((now - self.retain_days * 86400) * 1e6)
-        self.db.execute("DELETE FROM events WHERE ts_us < ?", (cutoff,))
+        cur = self.db.execute("DELETE FROM events WHERE rowid IN (SELECT rowid FROM events "
+                              "WHERE ts_us < ? ORDER BY rowid LIMIT ?)", (cutoff, PRUNE_ROWS))
+        self.pruned += max(cur.rowcount, 0)
+
+    def size_bytes(self) -> int:
+        """Bytes of the database on disk, its write-ahead log included."""
+        return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal"))
+                   if p.exists())
 
     def timeline(self, order: str) -> list[dict]:
         """Every event of ``order`` (``order:<id>`` or just the id), oldest first."""
@@ -179,6 +194,16 @@ class HistoryWriter:
             self._pending += len(blob)
         self._queue.put(blob)
         return True
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of the history database on disk (with its write-ahead log)."""
+        return self._db.size_bytes()
+
+    @property
+    def pruned(self) -> int:
+        """Events deleted for being older than the retention."""
+        return self._db.pruned
 
     @property
     def pending_bytes(self) -> int:

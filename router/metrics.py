@@ -205,8 +205,21 @@ class RouterCollector:
                                 value=s["oldest_queued_us"] / 1e6)
         yield GaugeMetricFamily("router_bound_addresses", "addresses bound to a connection",
                                 value=s["bound_addresses"])
-        yield GaugeMetricFamily("router_addresses", "addresses in the table (it only grows)",
+        yield GaugeMetricFamily("router_addresses", "addresses in the table (idle ones are "
+                                "reclaimed: see router_addresses_reclaimed)",
                                 value=s["addresses"])
+        yield CounterMetricFamily("router_addresses_created", "addresses created (first use "
+                                  "of a name, or of a name reclaimed before)",
+                                  value=s["addresses_created"])
+        yield CounterMetricFamily("router_addresses_reclaimed", "idle addresses reclaimed: "
+                                  "nothing queued, unbound, in no channel",
+                                  value=s["addresses_reclaimed"])
+        yield GaugeMetricFamily("router_channels", "channels open", value=s["channels"])
+        yield CounterMetricFamily("router_channels_closed_idle", "channels closed after "
+                                  "channel_idle_seconds without use",
+                                  value=s["channels_closed_idle"])
+        yield GaugeMetricFamily("router_sender_names", "sender names interned (dedup keys)",
+                                value=s["sender_names"])
         yield GaugeMetricFamily("router_address_limit", "max_addresses: beyond it, new "
                                 "addresses are refused ADDRESS_LIMIT", value=s["address_limit"])
         yield GaugeMetricFamily("router_metrics_snapshot_age_seconds",
@@ -260,7 +273,7 @@ class RouterCollector:
     def _history(self, h: tuple | None) -> Iterator[Metric]:
         if h is None:
             return  # --history false: no series rather than zeros that look healthy
-        written, dropped, failures, pending = h
+        written, dropped, failures, pending, size, pruned = h
         yield CounterMetricFamily("router_history_events", "order history events written",
                                   value=written)
         yield CounterMetricFamily("router_history_dropped_batches",
@@ -270,6 +283,11 @@ class RouterCollector:
                                   "batches the history database refused", value=failures)
         yield GaugeMetricFamily("router_history_pending_bytes",
                                 "history event bytes waiting for the writer", value=pending)
+        yield GaugeMetricFamily("router_history_bytes", "order history database size on disk",
+                                value=size)
+        yield CounterMetricFamily("router_history_pruned_events",
+                                  "history events deleted past the retention (history_days)",
+                                  value=pruned)
 
     def _services(self, b: dict) -> Iterator[Metric]:
         gauges = [("workers", GaugeMetricFamily(

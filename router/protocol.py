@@ -194,6 +194,7 @@ class Record(enum.IntEnum):
     ACK = 2  #: cumulative ack of an address
     CURSOR = 3  #: an address's numbering, at the head of a segment
     FIN = 4  #: a message's final receipt (for dedup after a restart)
+    FLOOR = 5  #: numbering floor of new addresses: above every reclaimed one's (checkpoint)
 
 
 #: Journal record header: body length u32, CRC-32C u32.

@@ -107,6 +107,8 @@ class Router:
             max_attempts=settings.max_attempts,
             batch=settings.commit_batch,
             dedup_capacity=settings.dedup_capacity,
+            address_idle_ms=int(settings.address_idle_seconds * 1000),
+            channel_idle_ms=int(settings.channel_idle_seconds * 1000),
         )
         # Ops endpoint first, so /healthz and /readyz (503) answer during a long replay.
         self.health = Health()
@@ -370,7 +372,8 @@ class Router:
         snap["broker"] = self.broker.stats()
         snap["journal_bytes"] = self.store.total_bytes if self.store else 0
         h = self.history
-        snap["history"] = (h.written, h.dropped, h.failures, h.pending_bytes) if h else None
+        snap["history"] = (h.written, h.dropped, h.failures, h.pending_bytes, h.size_bytes,
+                           h.pruned) if h else None
         return snap
 
     def _maybe_summary(self) -> None:

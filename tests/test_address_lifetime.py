@@ -1,0 +1,127 @@
+"""Idle addresses are reclaimed, and a name that comes back never sees its numbering go
+backwards: a real router process, real clients, restarts by SIGKILL."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+
+from router.client import Endpoint, Sender
+from router.protocol import Status
+
+from conftest import free_port
+
+
+def gauge(port: int, name: str) -> float:
+    """One unlabelled series from the router's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def wait_for(pred, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def one_order_life(url: str, user: str, sender: Sender, cursor: int = 0) -> int:
+    """``user`` binds, gets one reliable message, acks it and leaves; its seq."""
+    with Endpoint(url, [user], cursors={user: cursor}) as ep:
+        mid = sender.send(user, {"order": 1})
+        d = ep.recv(timeout=5)
+        assert d is not None and d.msg_id == mid
+        ep.ack(d)
+        ep.flush()
+        assert sender.wait(mid, Status.DELIVERED).status == Status.DELIVERED
+        return d.seq
+
+
+def test_new_users_keep_arriving_past_max_addresses(make_router):
+    """The operator's report: max_addresses 30, users each live one order and leave;
+    user 31 and every later one is admitted once idle addresses are reclaimed."""
+    port = free_port()
+    r = make_router("--max-addresses", "30", "--address-idle-seconds", "0.3",
+                    "--metrics-port", str(port))
+    with Sender(r.url, "orders-svc") as s:
+        for batch in range(3):
+            for i in range(25):
+                one_order_life(r.url, f"user:{batch}-{i}", s)
+            # the 25 just used go idle and are reclaimed (0.3 s, then one tick's walk);
+            # the counter is read from a snapshot at most 0.5 s old
+            want = 25 * (batch + 1)
+            wait_for(lambda: gauge(port, "router_addresses_reclaimed_total") >= want, 10,
+                     "idle reclaim")
+    assert gauge(port, "router_addresses_created_total") >= 75
+    wait_for(lambda: gauge(port, "router_addresses") == 0, 5, "an empty table")
+
+
+def test_a_returning_address_numbers_above_what_it_held(make_router):
+    port = free_port()
+    r = make_router("--address-idle-seconds", "0.3", "--metrics-port", str(port))
+    with Sender(r.url, "orders-svc") as s:
+        first = [one_order_life(r.url, "user:back", s, cursor=c) for c in (0, 1, 2)]
+        assert first == [1, 2, 3]
+        wait_for(lambda: gauge(port, "router_addresses_reclaimed_total") >= 1, 10, "reclaim")
+        # it comes back holding its old cursor: the next message is above it, not a repeat
+        again = one_order_life(r.url, "user:back", s, cursor=3)
+        assert again > 3
+        wait_for(lambda: gauge(port, "router_addresses_reclaimed_total") >= 2, 10, "reclaim")
+        # ... and from a new device that holds nothing (cursor 0)
+        assert one_order_life(r.url, "user:back", s, cursor=0) > again
+
+
+def test_a_channel_member_is_not_reclaimed_until_the_channel_closes(make_router):
+    port = free_port()
+    r = make_router("--address-idle-seconds", "0.2", "--metrics-port", str(port))
+    with Sender(r.url, "orders-svc") as s:
+        s.join("order:77", ["user:in-order", "merchant:in-order"])
+        s.poll(0.1)  # JOIN is sent at once; nothing comes back
+        time.sleep(1.0)  # several idle periods and walks: members stay
+        assert gauge(port, "router_addresses_reclaimed_total") == 0
+        s.leave("order:77")  # closed when the order ends
+        s.poll(0.1)
+        wait_for(lambda: gauge(port, "router_addresses_reclaimed_total") >= 2, 10,
+                 "members reclaimed after the channel closed")
+
+
+def test_numbering_stays_above_a_reclaimed_address_across_restarts(make_router):
+    """The floor survives a SIGKILL even after the segments that held the reclaimed
+    address's own records are deleted (tiny segments, 1 s retention)."""
+    port = free_port()
+    r = make_router("--address-idle-seconds", "0.3", "--segment-bytes", "1",
+                    "--dedup-seconds", "1", "--metrics-port", str(port))
+    with Sender(r.url, "orders-svc") as s:
+        for c in range(5):
+            one_order_life(r.url, "user:gone", s, cursor=c)
+    wait_for(lambda: gauge(port, "router_addresses_reclaimed_total") >= 1, 10, "reclaim")
+    time.sleep(2.5)  # segments roll every slice; those past retention are deleted
+    r.kill()
+    r.restart()
+    with Sender(r.url, "orders-svc") as s:
+        # a new device (cursor 0): numbering still continues above what the name held
+        assert one_order_life(r.url, "user:gone", s, cursor=0) > 5
+
+
+def test_an_abandoned_channel_closes_and_a_used_one_stays(make_router):
+    port = free_port()
+    r = make_router("--channel-idle-seconds", "0.5", "--address-idle-seconds", "0.3",
+                    "--metrics-port", str(port))
+    with Sender(r.url, "orders-svc") as s, Endpoint(r.url, ["user:busy"]) as ep:
+        s.join("order:abandoned", ["user:gone-away", "merchant:gone-away"])
+        s.join("order:busy", ["user:busy"])
+        for _ in range(8):  # 1.6 s of use, three idle periods of the abandoned one
+            s.send("order:busy", {"rider": "moving"}, channel=True)
+            d = ep.recv(timeout=5)
+            assert d is not None
+            ep.ack(d)
+            time.sleep(0.2)
+        wait_for(lambda: gauge(port, "router_channels_closed_idle_total") >= 1, 10,
+                 "the abandoned channel closed")
+        assert gauge(port, "router_channels_closed_idle_total") == 1
+        # its members were only held by the channel: now they are reclaimed too
+        wait_for(lambda: gauge(port, "router_addresses_reclaimed_total") >= 2, 10,
+                 "the abandoned channel's members reclaimed")
