@@ -165,7 +165,8 @@ class FileStore:
         """Open segment ``segment`` for appends, headed by ``head`` (the core's
         checkpoint of every address's cursors), and make its name durable."""
         if self._fd >= 0:
-            os.close(self._fd)
+            fd, self._fd = self._fd, -1  # closed: its number may go to a socket next
+            os.close(fd)
             self._closed[self._seg] = time.monotonic()
         self._fd = os.open(self._path(segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._seg, self._size = segment, os.fstat(self._fd).st_size

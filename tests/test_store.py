@@ -81,3 +81,49 @@ def test_a_finished_segment_is_reclaimed_after_its_retention(tmp_path):
     finally:
         store.close()
         sock.close(linger=0)
+
+
+def test_a_segment_that_cannot_be_opened_leaves_no_stale_fd(tmp_path, monkeypatch):
+    """Out of file descriptors (EMFILE) when rolling to a new segment: the old segment's
+    fd is closed, and its number may be handed to a socket at once. The store must not
+    write records to that number, nor close it again (measured: journal records written
+    into a libzmq connection, then libzmq aborting with EBADF in epoll.cpp)."""
+    import errno
+    import os
+    store = FileStore(tmp_path / "data", fsync=False)
+    store.start_segment(1, b"")
+    r, w = os.pipe()
+    real_open = os.open
+
+    def no_fds(path, *a, **k):
+        if str(path).endswith(".log"):
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(os, "open", no_fds)
+    try:
+        store.start_segment(2, b"")
+    except OSError:
+        pass
+    monkeypatch.setattr(os, "open", real_open)
+    other = os.dup(w)  # the lowest free number: the closed segment's
+    try:
+        try:
+            store.commit(b"records", sync=False)
+        except OSError:
+            pass
+        os.set_blocking(r, False)
+        try:
+            leaked = os.read(r, 100)
+        except BlockingIOError:
+            leaked = b""
+        assert leaked == b"", "records went to a descriptor the store no longer owns"
+        store.start_segment(2, b"")
+        os.write(other, b"x")  # still open: the store did not close it again
+    finally:
+        for fd in (r, w, other):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        store.close()
