@@ -4,8 +4,11 @@
 
 cdef void _handle(Core self, zmq_msg_t *f, int n, int extra) noexcept nogil:
     cdef uint64_t now = self.now_us // 1000
-    cdef int pi = _peer_slot(self, <const char *>zmqapi.msg_data(&f[0]),
-                                  zmqapi.msg_size(&f[0]), now)
+    cdef const char *ident = <const char *>zmqapi.msg_data(&f[0])
+    cdef size_t idlen = zmqapi.msg_size(&f[0])
+    cdef int pi = _peer_slot(self, ident, idlen, now)
+    if pi >= 0:
+        pi = _same_conn(self, pi, &f[n - 1], ident, idlen, now)
     if pi < 0:
         return  # peer table full: strangers are ignored until slots free up
     cdef Peer *p = self.peers[pi]

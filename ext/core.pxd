@@ -49,6 +49,7 @@ cdef enum:
     REASON_BYE = 1
     REASON_TIMEOUT = 2
     REASON_UNREACHABLE = 3
+    REASON_REPLACED = 4
 
 
 cdef class Core:

@@ -153,7 +153,7 @@ cdef class Core:
                  replayed=c.replayed, takeovers=c.takeovers, quarantined=c.quarantined,
                  addresses_created=c.addresses_created,
                  addresses_reclaimed=c.addresses_reclaimed,
-                 channels_closed_idle=c.channels_closed_idle)
+                 channels_closed_idle=c.channels_closed_idle, replaced=c.replaced)
         d["peers"] = self.peer_by_id.size()
         d["addresses"] = self.addr_by_name.size()
         d["address_slots"] = self.addrs.size()  # live + reclaimed slots waiting for reuse
@@ -235,13 +235,14 @@ cdef class Core:
         """Connects, disconnects and errors since the last call, as tuples
         ``(kind, name, role, identity, code, naddrs)`` with kind in
         ``"connect" | "disconnect" | "error" | "storage" | "takeover"``; for a disconnect
-        ``code`` is the reason: ``"bye" | "heartbeat timeout" | "unreachable"``; for a
+        ``code`` is the reason: ``"bye" | "heartbeat timeout" | "unreachable" | "replaced by a new connection"``; for a
         takeover (another connection bound one of this peer's addresses) it is the text
         ``"<address> by <new holder's name>"``."""
         kinds = {EV_CONNECT: "connect", EV_DISCONNECT: "disconnect", EV_ERROR: "error",
                  EV_STORAGE: "storage", EV_TAKEOVER: "takeover"}
         reasons = {REASON_BYE: "bye", REASON_TIMEOUT: "heartbeat timeout",
-                   REASON_UNREACHABLE: "unreachable"}
+                   REASON_UNREACHABLE: "unreachable",
+                   REASON_REPLACED: "replaced by a new connection"}
         out = [(kinds[e.kind], e.name.decode(errors="replace"), e.role, bytes(e.identity),
                 reasons[e.code] if e.kind == EV_DISCONNECT else
                 e.detail.decode(errors="replace") if e.kind == EV_TAKEOVER else e.code,

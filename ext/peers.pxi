@@ -64,6 +64,9 @@ cdef int _find_or_add_peer(Core self, const string &ident, uint64_t now) noexcep
         p.gen = 0
         self.peers.push_back(p)
     p.identity = ident
+    p.conn = NULL
+    p.fd = -1
+    p.has_conn = False
     p.name.clear()
     p.role = 0
     p.live = True
@@ -131,3 +134,32 @@ cdef void _event(Core self, int kind, int pi, int code) noexcept nogil:
     e.name = p.name
     e.identity = p.identity
     self.events.push_back(e)
+
+
+cdef int _same_conn(Core self, int pi, zmq_msg_t *f, const char *ident, size_t n,
+                    uint64_t now) noexcept nogil:
+    """The slot for this message's connection: ``pi`` when the message came on the
+    connection the slot was made for, else a new slot for the same routing id.
+
+    A client-chosen routing id comes back on a new connection once libzmq has freed
+    it (the old peer may still be listed until its liveness runs out), and with
+    ROUTER_HANDOVER a new connection takes it from a live one (libzmq stops reading
+    the old one). A connection is not the peer that said HELLO on another, so the old
+    peer is dropped as on a disconnect (its addresses go offline and keep their
+    queues) and the new one must say HELLO. One pointer load and compare per message
+    (zmqapi_msg_conn)."""
+    cdef Peer *p = self.peers[pi]
+    cdef const void *conn = zmqapi_msg_conn(f)
+    if p.has_conn:
+        if conn == p.conn:
+            return pi
+        self.c.replaced += 1
+        _drop_peer(self, pi, REASON_REPLACED)
+        pi = _peer_slot(self, ident, n, now)
+        if pi < 0:
+            return -1
+        p = self.peers[pi]
+    p.conn = conn
+    p.has_conn = True
+    p.fd = zmqapi.msg_get(f, ZMQ_SRCFD)  # once per connection: a map lookup
+    return pi

@@ -126,6 +126,9 @@ cdef struct ChannelCheck:
 
 cdef cppclass Peer:
     string identity         # ROUTER routing id
+    const void *conn        # the connection it came on (zmqapi_msg_conn); see _same_conn
+    int fd                  # ... and its fd (ZMQ_SRCFD), for logs: numbers are reused
+    bool has_conn           # conn is set (the slot has seen a message)
     string name             # from HELLO; senders' dedup scope
     uint32_t sender_id      # the name interned at its first SEND (0 until then)
     uint8_t role            # 0 until HELLO
@@ -158,6 +161,7 @@ cdef struct Counters:
     uint64_t refused[32]        # REFUSED receipts, by code
     uint64_t takeovers          # addresses moved to another connection while bound
     uint64_t quarantined        # messages ignored: their peer was far over its error budget
+    uint64_t replaced           # peers dropped: a new connection came under their routing id
     uint64_t shed               # best-effort dropped for space
     uint64_t conflated          # location replaced by a newer one
     uint64_t expired

@@ -37,6 +37,25 @@ typedef struct {
 #define ZMQ_SNDMORE 2
 #define ZMQ_POLLIN 1
 #define ZMQ_POLLOUT 2
+#define ZMQ_SRCFD 2
+
+/* The connection a received message came from, as one pointer load: the msg_t's
+ * metadata (libzmq's per-connection property set, created once per connection by its
+ * engine at the handshake and attached to every message it decodes, the ROUTER's
+ * routing-id frame included). It is the first field of every variant of libzmq's
+ * msg_t union from 4.1 to 4.3.5 (src/msg.hpp); zmq_msg_t is opaque, so this is an
+ * assumption about libzmq's layout, used only for those versions (zmqapi_load sets
+ * zmqapi_conn_by_pointer) and checked by the tests. NULL for inproc (no engine).
+ * Other versions use the official way, zmq_msg_get(ZMQ_SRCFD): a string-keyed
+ * std::map lookup plus atoi on the same metadata (research/srcfd_cost.c), and an fd
+ * number that the kernel reuses as soon as it is closed. */
+static int zmqapi_conn_by_pointer;
+static int (*zmqapi_msg_get_fn)(const zmq_msg_t *, int);
+static inline const void *zmqapi_msg_conn(const zmq_msg_t *m) {
+    if (zmqapi_conn_by_pointer)
+        return *(const void *const *)m;
+    return (const void *)(long)(zmqapi_msg_get_fn(m, ZMQ_SRCFD) + 2);
+}
 
 typedef struct {
     int (*msg_init)(zmq_msg_t *);
@@ -47,6 +66,8 @@ typedef struct {
     int (*msg_copy)(zmq_msg_t *, zmq_msg_t *);
     int (*msg_move)(zmq_msg_t *, zmq_msg_t *);
     int (*msg_more)(const zmq_msg_t *);
+    int (*msg_get)(const zmq_msg_t *, int);
+    const char *(*msg_gets)(const zmq_msg_t *, const char *);
     int (*msg_recv)(zmq_msg_t *, void *, int);
     int (*msg_send)(zmq_msg_t *, void *, int);
     int (*send)(void *, const void *, size_t, int);
@@ -111,6 +132,8 @@ static int zmqapi_load(const char *fallback, char *err, size_t errlen) {
     ZMQAPI_SYM(msg_copy, "zmq_msg_copy");
     ZMQAPI_SYM(msg_move, "zmq_msg_move");
     ZMQAPI_SYM(msg_more, "zmq_msg_more");
+    ZMQAPI_SYM(msg_get, "zmq_msg_get");
+    ZMQAPI_SYM(msg_gets, "zmq_msg_gets");
     ZMQAPI_SYM(msg_recv, "zmq_msg_recv");
     ZMQAPI_SYM(msg_send, "zmq_msg_send");
     ZMQAPI_SYM(send, "zmq_send");
@@ -119,6 +142,12 @@ static int zmqapi_load(const char *fallback, char *err, size_t errlen) {
     ZMQAPI_SYM(strerror, "zmq_strerror");
     ZMQAPI_SYM(version, "zmq_version");
 #undef ZMQAPI_SYM
+    {
+        int major, minor, patch;
+        zmqapi.version(&major, &minor, &patch);
+        zmqapi_conn_by_pointer = major == 4 && minor >= 1 && minor <= 3;
+        zmqapi_msg_get_fn = zmqapi.msg_get;
+    }
     /* The RTLD_NOLOAD handle only added a reference; pyzmq keeps the library mapped. */
     return 0;
 }

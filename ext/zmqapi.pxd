@@ -14,6 +14,7 @@ cdef extern from "zmqapi.h" nogil:
         ZMQ_SNDMORE
         ZMQ_POLLIN
         ZMQ_POLLOUT
+        ZMQ_SRCFD
     ctypedef struct zmqapi_t:
         int (*msg_init)(zmq_msg_t *) noexcept nogil
         int (*msg_init_size)(zmq_msg_t *, size_t) noexcept nogil
@@ -23,6 +24,8 @@ cdef extern from "zmqapi.h" nogil:
         int (*msg_copy)(zmq_msg_t *, zmq_msg_t *) noexcept nogil
         int (*msg_move)(zmq_msg_t *, zmq_msg_t *) noexcept nogil
         int (*msg_more)(const zmq_msg_t *) noexcept nogil
+        int (*msg_get)(const zmq_msg_t *, int) noexcept nogil
+        const char *(*msg_gets)(const zmq_msg_t *, const char *) noexcept nogil
         int (*msg_recv)(zmq_msg_t *, void *, int) noexcept nogil
         int (*msg_send)(zmq_msg_t *, void *, int) noexcept nogil
         int (*send)(void *, const void *, size_t, int) noexcept nogil
@@ -33,3 +36,4 @@ cdef extern from "zmqapi.h" nogil:
     zmqapi_t zmqapi
     char zmqapi_path[512]
     int zmqapi_load(const char *fallback, char *err, size_t errlen)
+    const void *zmqapi_msg_conn(const zmq_msg_t *m)

@@ -179,3 +179,23 @@ def test_a_fifth_hello_in_one_second_is_refused(router):
         assert frames[0][2] == Command.ERROR
         code, _ = P.ERROR.unpack_from(frames[0], P.PREFIX.size)
         assert code == ErrorCode.RATE_LIMITED and b"HELLO" in frames[1]
+
+
+# ---- connections under a routing id another connection had ---------------------------------
+
+def test_a_new_connection_under_a_known_routing_id_must_say_hello(router):
+    """A client-chosen routing id is free again once libzmq has closed the connection
+    that held it, while the peer that said HELLO on it is still listed (liveness has not
+    run out). A new connection under that id is not that peer: the core tells
+    connections apart (ext/zmqapi.h, zmqapi_msg_conn), drops the old peer as on a
+    disconnect and answers the newcomer NOT_READY until it says HELLO."""
+    with Peer(router.url, identity=b"client-chosen") as old:
+        old.hello(Role.ENDPOINT, "first", [("user:reused-id", 0)])
+    time.sleep(0.3)  # libzmq reads the old pipe to its end and frees the id
+    with Peer(router.url, identity=b"client-chosen") as new:
+        new.send(P.encode_bind([("user:other", 0)]))
+        err = new.recv_command(Command.ERROR, skip_others=True)
+        assert P.decode_error(err[0], err[1])[0] == ErrorCode.NOT_READY
+        router.wait_for_log("peer disconnected: first (endpoint, replaced by a new connection)")
+        new.hello(Role.SENDER, "second")
+
