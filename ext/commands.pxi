@@ -100,7 +100,7 @@ cdef void _on_hello(Core self, int pi, const uint8_t *h, size_t hlen) noexcept n
     p.name = string(<const char *>h + 6, h[5])
     # interned at the peer's first SEND: most peers (users', riders', merchants'
     # endpoints) never send, and interned names are kept for the router's life
-    p.sender_id = 0
+    _release_sender(self, p)
     self.peer_by_name[p.name] = pi  # receipts for this name now come here
     if not _bind_cursors(self, pi, h, hlen, 6 + h[5]):
         return
@@ -252,8 +252,7 @@ cdef void _on_send(Core self, int pi, const uint8_t *h, size_t hlen, zmq_msg_t *
         if single < 0:
             return  # _address_of already refused
     cdef DedupEntry *seen
-    if self.peers[pi].sender_id == 0:
-        self.peers[pi].sender_id = _intern(self, self.peers[pi].name)
+    _hold_sender(self, self.peers[pi])
     if cls <= CLASS_CHAT:
         seen = self.dedup.find(self.peers[pi].sender_id, msg_id)
         if seen != NULL:

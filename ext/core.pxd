@@ -21,6 +21,7 @@ include "state.pxi"
 cdef enum:
     OUTBOX_MAX = 100000       # receipts kept per disconnected sender name
     OUTBOX_NAMES = 10000      # disconnected sender names with kept receipts
+    OUTBOX_KEEP_MS = 3600000  # ... for at most an hour after the first one
     DEDUP_EXPIRE_PER_TICK = 20000  # dedup entries ended per tick at most (~7 ms)
     EXPIRE_PER_TICK = 20000        # TTL expiries per tick at most (the rest: next tick)
     WALK_PER_SNAPSHOT = 100000     # addresses summed per metrics snapshot (~1-2 ms)
@@ -79,8 +80,15 @@ cdef class Core:
     cdef vector[int] flush_peers   # _group_by_peer: peers with dirty addresses this pass
     cdef vector[int] blocked_peers # peers whose pipe was full: retried next pass
     cdef vector[Msg*] msg_pool     # released Msgs kept for reuse (_new_msg)
-    cdef vector[uint64_t] sender_queued  # queue entries held per sender id (_intern)
     cdef unordered_map[string, uint32_t] sender_ids  # interned sender names (dedup keys)
+    # by sender number (0: no sender): queue entries held, name, last use, live peers
+    # sending as it; numbers of forgotten names wait in free_sids (peers.pxi)
+    cdef vector[uint64_t] sender_queued
+    cdef vector[string] sender_names
+    cdef vector[uint64_t] sender_last_ms
+    cdef vector[uint32_t] sender_refs
+    cdef vector[uint32_t] free_sids
+    cdef size_t sender_pos
 
     # ---- acks, redelivery and expiry (acks.pxi) --------------------------------------
     cdef vector[int] inflight      # addresses with a redelivery timer running
@@ -89,6 +97,8 @@ cdef class Core:
     # ---- receipts (receipts.pxi) -----------------------------------------------------
     cdef vector[int] receipt_peers # peers with a RECEIPT batch to flush this pass
     cdef unordered_map[string, string] outbox  # receipts for senders not connected now
+    cdef unordered_map[string, uint64_t] outbox_since  # ... since when (its first)
+    cdef deque[OutboxAge] outbox_ages  # boxes in the order they were opened
 
     # ---- dedup (dedup.pxi) -----------------------------------------------------------
     cdef DedupTable dedup          # (sender, msg id) -> latest receipt (ext/dedup.h)

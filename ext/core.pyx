@@ -85,7 +85,11 @@ cdef class Core:
         self.channel_idle_ms = channel_idle_ms
         self.batch = max(batch, 1)
         self.seg_live.push_back(0)
-        self.sender_queued.push_back(0)  # sender id 0: no sender (never interned)
+        # sender number 0: no sender (never interned)
+        self.sender_queued.push_back(0)
+        self.sender_names.push_back(string())
+        self.sender_last_ms.push_back(0)
+        self.sender_refs.push_back(0)
         # Sized once: growing a hash table rehashes every entry in one step, which would
         # stop the loop for ~0.2 us per entry (100 ms at 500k entries).
         self.dedup.reserve(dedup_capacity)
@@ -153,7 +157,8 @@ cdef class Core:
                  replayed=c.replayed, takeovers=c.takeovers, quarantined=c.quarantined,
                  addresses_created=c.addresses_created,
                  addresses_reclaimed=c.addresses_reclaimed,
-                 channels_closed_idle=c.channels_closed_idle, replaced=c.replaced)
+                 channels_closed_idle=c.channels_closed_idle, replaced=c.replaced,
+                 senders_reclaimed=c.senders_reclaimed)
         d["peers"] = self.peer_by_id.size()
         d["addresses"] = self.addr_by_name.size()
         d["address_slots"] = self.addrs.size()  # live + reclaimed slots waiting for reuse

@@ -9,6 +9,7 @@ cdef void _remember(Core self, uint32_t sender, uint64_t msg_id,
     cdef DedupExp x
     if self.dedup_ms == 0:
         return
+    self.sender_last_ms[sender] = self.now_us // 1000
     e = self.dedup.upsert(sender, msg_id)
     e.status = ST_ACCEPTED
     e.code = 0

@@ -167,6 +167,8 @@ cdef void _tick(Core self, uint64_t now) noexcept nogil:
     _expire_ttls(self, now)
     _reclaim_idle(self, now)
     _close_idle_channels(self, now)
+    _reclaim_senders(self, now)
+    _expire_outbox(self, now)
     if beat:
         self.next_hb_ms = now + self.hb_ms
     for i in range(self.peers.size()):

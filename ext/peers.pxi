@@ -96,6 +96,7 @@ cdef void _drop_peer(Core self, int pi, int reason) noexcept nogil:
             self.c.peers_lost += 1
     _unbind_all(self, pi)
     _forget_name(self, pi)
+    _release_sender(self, p)
     self.c.receipts_dropped += p.nreceipts
     p.nreceipts = 0
     p.live = False
@@ -106,14 +107,68 @@ cdef void _drop_peer(Core self, int pi, int reason) noexcept nogil:
 
 
 cdef uint32_t _intern(Core self, const string &name) noexcept nogil:
-    """A small stable number for a sender name (never forgotten: names are few)."""
+    """A small number for a sender name: the dedup key and the quota's index. Kept
+    while the name is in use (see _reclaim_senders), then its number is reused."""
     it = self.sender_ids.find(name)
     if it != self.sender_ids.end():
+        self.sender_last_ms[deref(it).second] = self.now_us // 1000
         return deref(it).second
-    cdef uint32_t sid = <uint32_t>self.sender_ids.size() + 1
+    cdef uint32_t sid
+    if not self.free_sids.empty():
+        sid = self.free_sids.back()
+        self.free_sids.pop_back()
+    else:
+        sid = <uint32_t>self.sender_names.size()
+        self.sender_names.push_back(string())
+        self.sender_queued.push_back(0)
+        self.sender_last_ms.push_back(0)
+        self.sender_refs.push_back(0)
     self.sender_ids[name] = sid
-    self.sender_queued.resize(sid + 1, 0)
+    self.sender_names[sid] = name
+    self.sender_last_ms[sid] = self.now_us // 1000
     return sid
+
+
+cdef inline void _hold_sender(Core self, Peer *p) noexcept nogil:
+    """The peer sends as its name: intern it, and count the peer as a holder."""
+    if p.sender_id == 0:
+        p.sender_id = _intern(self, p.name)
+        self.sender_refs[p.sender_id] += 1
+
+
+cdef inline void _release_sender(Core self, Peer *p) noexcept nogil:
+    """The peer no longer sends as its name (it left, or said HELLO again)."""
+    if p.sender_id != 0:
+        self.sender_refs[p.sender_id] -= 1
+        p.sender_id = 0
+
+
+cdef void _reclaim_senders(Core self, uint64_t now) noexcept nogil:
+    """Forget sender names nobody sends as: no live connection holds the name's
+    number, none of its messages is queued, and the dedup window of its last message
+    has ended and been expired (so no dedup entry carries the number when it is reused).
+    Walks RECLAIM_WALK_PER_TICK numbers a tick, after address_idle_ms of disuse."""
+    if self.address_idle_ms == 0 or self.sender_names.size() <= 1:
+        return
+    cdef size_t n = min(<size_t>RECLAIM_WALK_PER_TICK, self.sender_names.size() - 1)
+    cdef size_t k
+    cdef uint32_t sid
+    cdef uint64_t window_end
+    for k in range(n):
+        if self.sender_pos == 0 or self.sender_pos >= self.sender_names.size():
+            self.sender_pos = 1  # number 0 is "no sender"
+        sid = <uint32_t>self.sender_pos
+        self.sender_pos += 1
+        if (self.sender_names[sid].empty() or self.sender_refs[sid] or self.sender_queued[sid]
+                or now - self.sender_last_ms[sid] < self.dedup_ms + self.address_idle_ms):
+            continue
+        window_end = self.sender_last_ms[sid] + self.dedup_ms
+        if not self.dedup_exp.empty() and self.dedup_exp.front().expires_ms <= window_end:
+            continue  # dedup expiry is behind: entries with this number may remain
+        self.sender_ids.erase(self.sender_names[sid])
+        self.sender_names[sid].clear()
+        self.free_sids.push_back(sid)
+        self.c.senders_reclaimed += 1
 
 
 cdef void _forget_name(Core self, int pi) noexcept nogil:

@@ -35,6 +35,12 @@ cdef void _hold_receipt(Core self, Msg *m, uint8_t status, uint16_t code) noexce
         self.c.receipts_dropped += 1
         return
     cdef string *box = &self.outbox[m.sender_name]
+    cdef OutboxAge age
+    if box.empty():  # a new box: it is dropped OUTBOX_KEEP_MS from now if still unclaimed
+        age.since_ms = self.now_us // 1000
+        age.name = m.sender_name
+        self.outbox_ages.push_back(age)
+        self.outbox_since[m.sender_name] = age.since_ms
     if box.size() >= OUTBOX_MAX * RECEIPT_ENTRY_SIZE:
         self.c.receipts_dropped += 1
         return
@@ -57,6 +63,24 @@ cdef void _deliver_outbox(Core self, int pi) noexcept nogil:
                         get16(e + RECEIPT_CODE))
         e += RECEIPT_ENTRY_SIZE
     self.outbox.erase(it)
+    self.outbox_since.erase(self.peers[pi].name)
+
+
+cdef void _expire_outbox(Core self, uint64_t now) noexcept nogil:
+    """Drop receipts held for a sender name that has not come back within
+    OUTBOX_KEEP_MS of its first held receipt (counted as dropped receipts)."""
+    cdef int n = 0
+    while (n < CHANNEL_CHECKS_PER_TICK and not self.outbox_ages.empty()
+           and now - self.outbox_ages.front().since_ms >= OUTBOX_KEEP_MS):
+        n += 1
+        it = self.outbox_since.find(self.outbox_ages.front().name)
+        if it != self.outbox_since.end() and deref(it).second == self.outbox_ages.front().since_ms:
+            box = self.outbox.find(deref(it).first)
+            if box != self.outbox.end():
+                self.c.receipts_dropped += deref(box).second.size() // RECEIPT_ENTRY_SIZE
+                self.outbox.erase(box)
+            self.outbox_since.erase(it)
+        self.outbox_ages.pop_front()
 
 
 cdef void _record_outcome(Core self, Msg *m, uint8_t status, uint16_t code) noexcept nogil:

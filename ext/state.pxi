@@ -120,6 +120,10 @@ cdef cppclass Channel:
     uint64_t last_used_ms   # last JOIN, LEAVE or SEND (idle close)
     bool checked            # has an entry in Core.channel_checks
 
+cdef struct OutboxAge:
+    uint64_t since_ms       # first receipt held for the name
+    string name
+
 cdef struct ChannelCheck:
     uint64_t due_ms         # look at the channel again then
     string name
@@ -180,6 +184,7 @@ cdef struct Counters:
     uint64_t addresses_created
     uint64_t addresses_reclaimed  # idle addresses whose slot was freed
     uint64_t channels_closed_idle # channels closed for lack of use
+    uint64_t senders_reclaimed    # sender names forgotten (their numbers reused)
     # histogram buckets over BOUNDS (core.pyx), per class
     uint64_t hop[5][N_BUCKETS]  # read -> DELIVER sent, recipient online, first send
     uint64_t hop_sum_us[5]

@@ -220,6 +220,9 @@ class RouterCollector:
                                   value=s["channels_closed_idle"])
         yield GaugeMetricFamily("router_sender_names", "sender names interned (dedup keys)",
                                 value=s["sender_names"])
+        yield CounterMetricFamily("router_sender_names_reclaimed", "sender names forgotten: "
+                                  "nobody sends as them, nothing queued, dedup window over",
+                                  value=s["senders_reclaimed"])
         yield GaugeMetricFamily("router_address_limit", "max_addresses: beyond it, new "
                                 "addresses are refused ADDRESS_LIMIT", value=s["address_limit"])
         yield GaugeMetricFamily("router_metrics_snapshot_age_seconds",

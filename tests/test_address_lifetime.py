@@ -125,3 +125,30 @@ def test_an_abandoned_channel_closes_and_a_used_one_stays(make_router):
         # its members were only held by the channel: now they are reclaimed too
         wait_for(lambda: gauge(port, "router_addresses_reclaimed_total") >= 2, 10,
                  "the abandoned channel's members reclaimed")
+
+
+def test_sender_names_are_forgotten_once_unused_and_dedup_holds_until_then(make_router):
+    port = free_port()
+    r = make_router("--address-idle-seconds", "0.3", "--dedup-seconds", "0.5",
+                    "--metrics-port", str(port))
+    with Endpoint(r.url, ["merchant:many"]) as ep:
+        for i in range(20):
+            with Sender(r.url, f"svc-{i}") as s:
+                mid = s.send("merchant:many", {"n": i})
+                d = ep.recv(timeout=5)
+                assert d is not None and d.msg_id == mid
+                ep.ack(d)
+                ep.flush()
+                assert s.wait(mid, Status.DELIVERED).status == Status.DELIVERED
+        wait_for(lambda: gauge(port, "router_sender_names_reclaimed_total") >= 20, 10,
+                 "sender names reclaimed")
+        assert gauge(port, "router_sender_names") == 0
+        # a name that comes back is a sender like any other: its repeat is still a repeat
+        with Sender(r.url, "svc-3") as s:
+            mid = s.send("merchant:many", {"again": 1})
+            s.send("merchant:many", {"again": 1}, msg_id=mid)
+            d = ep.recv(timeout=5)
+            assert d is not None and d.msg_id == mid
+            ep.ack(d)
+            ep.flush()
+            assert ep.recv(timeout=0.5) is None  # delivered once
