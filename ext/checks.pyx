@@ -21,6 +21,8 @@ cdef extern from "dedup.h" nogil:
         DedupEntry *find(uint32_t, uint64_t)
         DedupEntry *upsert(uint32_t, uint64_t)
         void erase(DedupEntry *)
+        size_t capacity()
+        bint growing()
 
 cdef extern from "crc32c.h" nogil:
     void crc32c_init()
@@ -86,3 +88,36 @@ def dedup_check(int ops, int keys, uint64_t seed) -> int:
     bad += t.size() != len(ref)
     del t
     return bad
+
+
+def dedup_growth_check(int keys, uint64_t seed) -> tuple:
+    """Insert ``keys`` ids into a small table (so it grows several times, moving entries
+    a few at a time), erasing and looking up as it goes; returns (disagreements with a
+    dict, final capacity, operations done while an old table was still being moved)."""
+    import random
+    cdef DedupTable *t = new DedupTable()
+    cdef DedupEntry *e
+    cdef int i, bad = 0, during = 0
+    rng = random.Random(seed)
+    live = {}
+    t.reserve(16)
+    for i in range(keys):
+        e = t.upsert(1 + i % 3, i)
+        e.status = i & 0xFF
+        live[(1 + i % 3, i)] = i & 0xFF
+        during += t.growing()
+        if i % 3 == 0:  # erase an older one, wherever it is now (old table or new)
+            k = rng.choice(list(live)) if len(live) < 64 else next(iter(live))
+            e = t.find(k[0], k[1])
+            if e == NULL:
+                bad += 1
+            else:
+                t.erase(e)
+                del live[k]
+    for (s, mid), v in live.items():
+        e = t.find(s, mid)
+        bad += e == NULL or e.status != v
+    bad += t.size() != len(live)
+    cap = t.capacity()
+    del t
+    return bad, cap, during

@@ -164,6 +164,8 @@ cdef class Core:
         d["address_slots"] = self.addrs.size()  # live + reclaimed slots waiting for reuse
         d["seq_floor"] = self.seq_floor
         d["sender_names"] = self.sender_ids.size()
+        d["dedup_entries"] = self.dedup.size()
+        d["dedup_capacity"] = self.dedup.capacity()
         d["channels"] = self.channels.size()
         return d
 

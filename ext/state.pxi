@@ -90,6 +90,8 @@ cdef extern from "dedup.h" nogil:
         DedupEntry *find(uint32_t, uint64_t)
         DedupEntry *upsert(uint32_t, uint64_t)
         void erase(DedupEntry *)
+        size_t capacity()
+        bint growing()
 
 cdef struct DedupExp:
     uint64_t expires_ms     # monotonic end of the dedup window

@@ -120,8 +120,9 @@ class Settings:
     #: A repeated message id from the same sender within this window is not redelivered.
     dedup_seconds: float = 120.0
     #: Reliable messages expected per dedup window (peak rate x window): the dedup table
-    #: is sized for it once (16 bytes a slot, 4/3 slots an id rounded up to a power of
-    #: two: 64 MB for the default); beyond it, growing the table pauses the router briefly.
+    #: starts sized for it (16 bytes a slot, 4/3 slots an id rounded up to a power of
+    #: two: 64 MB for the default). Beyond it the table doubles by itself, moving its
+    #: entries a few per insert, so a busier day than planned costs memory, not a pause.
     dedup_capacity: int = 2_000_000
     #: First redelivery of an unacked window after this many ms; doubles up to the cap.
     retry_ms: int = 1000

@@ -220,6 +220,11 @@ class RouterCollector:
                                   value=s["channels_closed_idle"])
         yield GaugeMetricFamily("router_sender_names", "sender names interned (dedup keys)",
                                 value=s["sender_names"])
+        yield GaugeMetricFamily("router_dedup_entries", "message ids inside their dedup window",
+                                value=s["dedup_entries"])
+        yield GaugeMetricFamily("router_dedup_capacity", "slots of the dedup table (it doubles "
+                                "at 3/4 full, moving entries a few per insert)",
+                                value=s["dedup_capacity"])
         yield CounterMetricFamily("router_sender_names_reclaimed", "sender names forgotten: "
                                   "nobody sends as them, nothing queued, dedup window over",
                                   value=s["senders_reclaimed"])
