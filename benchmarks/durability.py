@@ -55,9 +55,8 @@ from dataclasses import asdict, dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
 
-from proto import protocol as P  # noqa: E402
+from benchmarks.proto import protocol as P  # noqa: E402
 
 DRIVER_ROLES = ("sender-driver", "receiver-driver")
 SCENARIOS = ("throughput", "closed", "rate", "backlog", "metrics", "scrape")
@@ -78,174 +77,13 @@ FINAL_RE = re.compile(r"final: (?P<line>.*)$", re.M)
 
 
 # =======================================================================================
-# Driver programs (run as separate processes by the orchestrator below)
-
-
-def _driver_main(role: str, cfg_path: str) -> int:
-    import drivers as D  # builds/imports loadgen
-
-    with open(cfg_path) as fh:
-        cfg = json.load(fh)
-    try:
-        (_run_sender if role == "sender-driver" else _run_receiver)(D, cfg)
-    except Exception as exc:  # report, never hang the orchestrator
-        import traceback
-
-        D.emit("error", error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc())
-        return 1
-    return 0
-
-
-def _stdin_word() -> str | None:
-    """A line from the orchestrator if one is waiting, else None (never blocks)."""
-    ready, _, _ = select.select([sys.stdin], [], [], 0)
-    if ready:
-        return sys.stdin.readline().strip() or "eof"
-    return None
-
-
-def _run_sender(D, cfg: dict) -> None:
-    """HELLO as SENDER, then ``count`` SENDs to ``target``; per-message receipt times go
-    to ``out_prefix``.{send,accepted,terminal}.bin (int64 ns) and .status.bin (uint8).
-
-    wait: "delivered" (every message has a terminal receipt), "accepted" (every message
-    has a receipt) or "none". hold: after the loop, print {"event": "sent"} and keep
-    draining receipts (with heartbeats) until ``count`` DELIVERED receipts came or
-    "close" arrives on stdin; the result then has ``t_delivered_all_ns``.
-    """
-    import zmq
-
-    loadgen = D.loadgen
-    ctx = zmq.Context()
-    sock = D.make_socket(ctx, cfg)
-    welcome = D.handshake(sock, P.encode_hello(P.Role.SENDER, cfg.get("name", "bench-sender")),
-                          float(cfg.get("connect_timeout", 30)))
-    msg_class = P.MsgClass(int(cfg.get("msg_class", P.MsgClass.ORDER)))
-    header = P.encode_send(cfg["target"], 0, msg_class, kind=cfg.get("kind", ""))
-    pre = loadgen.drain_inbox(sock, 0.05)
-    D.emit("ready", welcome=welcome, pre=pre)
-    D.wait_go(float(cfg.get("go_timeout", 120)))
-    count = int(cfg["count"])
-    reliable = msg_class <= P.MsgClass.CHAT
-    wait = cfg.get("wait", "delivered") if reliable else "none"
-    hb = D.heartbeat_s(welcome)
-    cpu0 = time.process_time()
-    res = loadgen.run_sender(
-        sock, [header], count,
-        payload_size=int(cfg.get("payload", 200)),
-        rate=float(cfg.get("rate", 0)),
-        first_id=int(cfg.get("first_id", 1)),
-        window=int(cfg.get("window", 0)) if reliable else 0,
-        window_confirmed=reliable and cfg.get("window_on", "accepted") == "accepted",
-        wait_terminal=wait == "delivered",
-        wait_confirmed=wait == "accepted",
-        track_receipts=reliable,
-        deadline_s=float(cfg.get("deadline", 120)),
-        heartbeat_s=hb,
-    )
-    res["cpu_s"] = time.process_time() - cpu0
-    prefix = cfg.get("out_prefix")
-    for key, suffix in (("t_send_ns", "send"), ("t_accepted_ns", "accepted"),
-                        ("t_terminal_ns", "terminal"), ("terminal_status", "status")):
-        arr = res.pop(key, None)
-        if arr is not None and prefix:
-            with open(f"{prefix}.{suffix}.bin", "wb") as fh:
-                arr.tofile(fh)
-    if cfg.get("hold"):
-        D.emit("sent", sent=res["sent"], confirmed=res.get("confirmed"), cpu_s=res["cpu_s"],
-               receipts=res.get("receipts"), last_accepted_ns=res.get("last_accepted_ns"))
-        delivered = (res.get("receipts") or {}).get("DELIVERED", 0)
-        extra: dict = {}
-        t_all = 0
-        last_out = time.monotonic()
-        deadline = time.monotonic() + float(cfg.get("hold_deadline", 300))
-        word = None
-        while time.monotonic() < deadline:
-            got = loadgen.drain_inbox(sock, 0.02)
-            for k, v in got["receipts"].items():
-                extra[k] = extra.get(k, 0) + v
-            d = got["receipts"].get("DELIVERED", 0)
-            if d:
-                delivered += d
-                if delivered >= count and not t_all:
-                    t_all = got["last_terminal_ns"]
-            if hb and time.monotonic() - last_out >= hb / 2:
-                sock.send(P.prefix(P.Command.HEARTBEAT))
-                last_out = time.monotonic()
-            word = _stdin_word()
-            if word or t_all:
-                break
-        res["hold_receipts"] = extra
-        res["t_delivered_all_ns"] = t_all
-        res["hold_end"] = word or ("delivered" if t_all else "deadline")
-        if t_all and cfg.get("wait_close"):
-            while not word and time.monotonic() < deadline:
-                loadgen.drain_inbox(sock, 0.05)
-                if hb and time.monotonic() - last_out >= hb / 2:
-                    sock.send(P.prefix(P.Command.HEARTBEAT))
-                    last_out = time.monotonic()
-                word = _stdin_word()
-    sock.close(linger=int(cfg.get("close_linger_ms", 2000)))
-    ctx.term()
-    res["pre"] = pre
-    D.emit("result", **res)
-
-
-def _run_receiver(D, cfg: dict) -> None:
-    """ENDPOINT (or GATEWAY) receiver; with ``hello_on_go`` it connects without HELLO
-    and sends HELLO (cursor ``cursor`` for each address) at "go", so the measured time
-    starts at the HELLO. Results carry t_hello_ns and t_done_ns (after the final acks)."""
-    import zmq
-
-    loadgen = D.loadgen
-    ctx = zmq.Context()
-    cfg.setdefault("linger_ms", 1000)
-    sock = D.make_socket(ctx, cfg)
-    role = P.Role[cfg.get("role", "ENDPOINT")]
-    addresses = cfg.get("addresses", ["user:1"])
-    hello = P.encode_hello(role, cfg.get("name", "bench-endpoint"),
-                           [(a, int(cfg.get("cursor", 0))) for a in addresses])
-    welcome = None
-    if not cfg.get("hello_on_go"):
-        welcome = D.handshake(sock, hello, float(cfg.get("connect_timeout", 30)))
-        hb = D.heartbeat_s(welcome)
-    else:
-        hb = float(cfg.get("heartbeat_ms", 1000)) / 1000.0
-    D.emit("ready", welcome=welcome)
-    D.wait_go(float(cfg.get("go_timeout", 300)))
-    count = int(cfg["count"])
-    lat_file = cfg.get("lat_file")
-    cpu0 = time.process_time()
-    t_hello = time.monotonic_ns()
-    if cfg.get("hello_on_go"):
-        sock.send(hello)
-    res = loadgen.run_receiver(sock, count, **D.receiver_options(
-        cfg, count, len(addresses), hb, reliable=True, deadline=120.0))
-    t_done = time.monotonic_ns()
-    res["cpu_s"] = time.process_time() - cpu0
-    res["t_hello_ns"] = t_hello
-    res["t_done_ns"] = t_done
-    lat = res.pop("latencies")
-    if lat_file:
-        with open(lat_file, "wb") as fh:
-            lat.tofile(fh)
-    res["samples"] = len(lat)
-    sock.close()
-    ctx.term()
-    D.emit("result", **res)
-
-
-# =======================================================================================
 # Orchestrator
 
-if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] in DRIVER_ROLES:
-    sys.exit(_driver_main(sys.argv[1], sys.argv[2]))
+from benchmarks.drivers.build import ensure_built  # noqa: E402
+from benchmarks.harness import machine, procs  # noqa: E402
+from benchmarks.harness.driver_protocol import Driver  # noqa: E402
 
-import hop  # noqa: E402  (the orchestrator's process helpers)
-from build import ensure_built  # noqa: E402
-
-TrialError = hop.TrialError
-SELF = os.path.abspath(__file__)
+TrialError = procs.TrialError
 
 
 @dataclass
@@ -306,7 +144,7 @@ class RouterProc:
         self.workdir = workdir
         self.data_dir = data_dir
         self.mode = mode
-        self.port = port or hop.free_port()
+        self.port = port or procs.free_port()
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
         self.metrics_port = metrics_port
         self.log_path = os.path.join(workdir, f"{tag}.log")
@@ -331,10 +169,10 @@ class RouterProc:
         env = dict(os.environ)
         env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
         self.t_spawn_ns = time.monotonic_ns()
-        self.proc = hop._spawn(self.cmd, self.log_path, stdout=subprocess.DEVNULL,
+        self.proc = procs.spawn(self.cmd, self.log_path, stdout=subprocess.DEVNULL,
                                cwd=self.workdir, env=env)
         deadline = time.monotonic() + timeout
-        while not hop.listening(self.port):
+        while not procs.listening(self.port):
             self._check(deadline, "binding")
             time.sleep(0.002)
         self.t_listen_ns = time.monotonic_ns()
@@ -348,17 +186,17 @@ class RouterProc:
             time.sleep(0.002)
         self.t_serving_ns = time.monotonic_ns()
         if self.metrics_port:
-            while not hop.listening(self.metrics_port):
+            while not procs.listening(self.metrics_port):
                 self._check(deadline, "serving metrics")
                 time.sleep(0.01)
 
     def _check(self, deadline: float, what: str) -> None:
         if self.proc.poll() is not None:
             raise TrialError(f"router exited with {self.proc.returncode} before {what}: "
-                             f"{hop._tail(self.log_path)}")
+                             f"{procs.tail(self.log_path)}")
         if time.monotonic() > deadline:
             raise TrialError(f"router not {what} within the deadline: "
-                             f"{hop._tail(self.log_path)}")
+                             f"{procs.tail(self.log_path)}")
 
     def log(self) -> str:
         try:
@@ -379,12 +217,12 @@ class RouterProc:
         return m["line"].strip() if m else ""
 
     def cpu_s(self) -> float:
-        return hop.group_cpu_s(self.proc.pid) if self.proc and self.proc.poll() is None else 0.0
+        return machine.group_cpu_s(self.proc.pid) if self.proc and self.proc.poll() is None else 0.0
 
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
             raise TrialError(f"router exited with {self.proc.returncode}: "
-                             f"{hop._tail(self.log_path)}")
+                             f"{procs.tail(self.log_path)}")
 
     def kill9(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -393,12 +231,11 @@ class RouterProc:
             except ProcessLookupError:
                 pass
             self.proc.wait(10)
-        if self.proc in hop._LIVE:
-            hop._LIVE.remove(self.proc)
+        procs.kill(self.proc)
 
     def stop(self) -> None:
         if self.proc is not None:
-            hop._end(self.proc, grace=10.0)
+            procs.stop(self.proc, grace=10.0)
 
 
 def _du(path: str) -> int:
@@ -536,7 +373,7 @@ def machine_cpu() -> dict:
         # fields[0] is field 3 (state): flags is field 9, utime 14, stime 15.
         if int(fields[6]) & PF_KTHREAD:
             kth += int(fields[11]) + int(fields[12])
-    tck = hop.CLK_TCK
+    tck = machine.CLK_TCK
     return {"usersys": (v[0] + v[1] + v[2]) / tck, "irq": (v[5] + v[6]) / tck,
             "kthreads": kth / tck, "self": time.process_time(), "t": time.monotonic()}
 
@@ -576,7 +413,7 @@ class Trial:
         self.opts = opts
         self.tmp = tempfile.mkdtemp(prefix=f"dur-{scenario}-{label}-", dir=opts.workdir)
         self.data = os.path.join(self.tmp, "data")
-        self.drivers: list[hop.Driver] = []
+        self.drivers: list[Driver] = []
         self.routers: list[RouterProc] = []
         self.row: dict = {"scenario": scenario, "label": label, **router_stamp()}
 
@@ -585,9 +422,9 @@ class Trial:
         self.routers.append(r)
         return r
 
-    def driver(self, role: str, cfg: dict, tag: str) -> hop.Driver:
+    def driver(self, role: str, cfg: dict, tag: str) -> Driver:
         cfg = dict({"connect_timeout": 30, "go_timeout": 300}, **cfg)
-        d = hop.Driver(role, cfg, self.tmp, tag, script=SELF)
+        d = Driver("benchmarks.drivers.durability", role.replace("-driver", ""), cfg, self.tmp, tag)
         self.drivers.append(d)
         return d
 
@@ -598,7 +435,7 @@ class Trial:
             r.stop()
         if self.routers:
             self.row["router_final"] = self.routers[-1].final_line()
-            self.row["router_log"] = hop._tail(self.routers[-1].log_path, 1500)
+            self.row["router_log"] = procs.tail(self.routers[-1].log_path, 1500)
         if self.opts.keep:
             self.row["workdir"] = self.tmp
         else:
@@ -631,7 +468,7 @@ def trial_load(scenario: str, mode: str, opts: Options, rate: float = 0.0) -> di
     row.update(mode=mode, rate=rate, window=opts.window, window_on=window_on)
     scraper = None
     try:
-        mport = hop.free_port() if scrape else 0
+        mport = procs.free_port() if scrape else 0
         r = t.router(mode, metrics_port=mport)
         r.start()
         count = max(1, int(rate * opts.duration)) if rate else opts.count
@@ -807,7 +644,7 @@ def trial_metrics(metrics_on: bool, opts: Options) -> dict:
     row.update(metrics=label, count=opts.metrics_count)
     scraper = None
     try:
-        mport = hop.free_port() if metrics_on else 0
+        mport = procs.free_port() if metrics_on else 0
         r = t.router("fsync", metrics_port=mport)
         r.start()
         n = opts.metrics_count
@@ -1116,7 +953,7 @@ def _fs_of(path: str) -> str:
 
 def markdown(rows: list[dict], opts: Options, notes=(), env: dict | None = None,
              when: str | None = None) -> str:
-    env = env or hop.environment()
+    env = env or machine.environment()
     summary = summarize(rows)
     L = [f"## Durability benchmark, {when or time.strftime('%Y-%m-%d %H:%M')}", "",
          f"Machine: {env['cpu']}, {env['cores']} cores, Linux {env['kernel']}. Python "
@@ -1324,7 +1161,7 @@ def _append_markdown(path: str, report: str, env: dict) -> None:
 
 
 def full_environment() -> dict:
-    env = hop.environment()
+    env = machine.environment()
     env["fs"] = _fs_of(tempfile.gettempdir())
     return env
 
@@ -1346,7 +1183,7 @@ def main(argv=None) -> int:
     for s in scenarios:
         if s not in SCENARIOS:
             raise SystemExit(f"unknown scenario {s!r}; choose from {', '.join(SCENARIOS)}")
-    ok, why = hop.router_available()
+    ok, why = machine.router_available()
     if not ok:
         print(f"router unavailable: import router.core failed: {why}", file=sys.stderr)
         return 2
@@ -1356,19 +1193,19 @@ def main(argv=None) -> int:
                      "in the same run; none taken")
 
     def on_signal(signum, _frame):
-        hop.end_all()
+        procs.stop_all()
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_signal)
-    atexit.register(hop.end_all)
+    atexit.register(procs.stop_all)
     start = router_stamp()
     try:
         rows = run(scenarios, opts)
     except KeyboardInterrupt:
-        hop.end_all()
+        procs.stop_all()
         return 130
     finally:
-        hop.end_all()
+        procs.stop_all()
     end = router_stamp()
     for k in ("commit", "uncommitted", "core_built"):
         if start.get(k) != end.get(k):

@@ -14,14 +14,12 @@ failed trials, never on a missed performance target (this 2-core machine is shar
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import durability  # noqa: E402
-import hop  # noqa: E402
+from benchmarks import durability
+from benchmarks.harness.machine import router_available as router_importable
+from benchmarks.harness.procs import stop_all
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -34,7 +32,7 @@ REPEAT = int(os.environ.get("DUR_BENCH_REPEAT", "1"))
 
 @pytest.fixture(scope="module", autouse=True)
 def router_available():
-    ok, why = hop.router_available()
+    ok, why = router_importable()
     if not ok:
         pytest.skip(f"router unavailable: import router.core failed: {why}")
 
@@ -44,7 +42,7 @@ def opts():
     o = durability.Options(count=COUNT, backlog=BACKLOG, metrics_count=METRICS_COUNT,
                            duration=DURATION, repeat=REPEAT, deadline=120.0, verbose=False)
     yield o
-    hop.end_all()
+    stop_all()
 
 
 def run_scenarios(benchmark, scenarios, opts):
