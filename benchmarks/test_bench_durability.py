@@ -1,4 +1,4 @@
-"""pytest-benchmark suite: short versions of benchmarks/durability.py's scenarios.
+"""pytest-benchmark suite: short versions of ``python -m benchmarks durability``'s scenarios.
 
     pytest benchmarks/test_bench_durability.py
     DUR_BENCH_COUNT=500000 pytest benchmarks/test_bench_durability.py --benchmark-json out.json
@@ -17,7 +17,9 @@ import os
 
 import pytest
 
-from benchmarks import durability
+from benchmarks.durability.command import run
+from benchmarks.durability.options import DurabilityOptions
+from benchmarks.durability.report import commits_seen, ratios, summarize
 from benchmarks.harness.machine import router_available as router_importable
 from benchmarks.harness.procs import stop_all
 
@@ -39,22 +41,25 @@ def router_available():
 
 @pytest.fixture
 def opts():
-    o = durability.Options(count=COUNT, backlog=BACKLOG, metrics_count=METRICS_COUNT,
-                           duration=DURATION, repeat=REPEAT, deadline=120.0, verbose=False)
+    # quiet_wait=0: the suite runs its trials back to back (the command waits up to 30 s
+    # for a quiet machine before each).
+    o = DurabilityOptions(count=COUNT, backlog=BACKLOG, metrics_count=METRICS_COUNT,
+                          duration=DURATION, repeat=REPEAT, deadline=120.0, quiet_wait=0.0,
+                          verbose=False)
     yield o
     stop_all()
 
 
 def run_scenarios(benchmark, scenarios, opts):
-    rows = benchmark.pedantic(durability.run, args=(scenarios, opts),
+    rows = benchmark.pedantic(run, args=(scenarios, opts),
                               kwargs={"log": lambda *_: None}, rounds=1, iterations=1)
-    summary = durability.summarize(rows)
+    summary = summarize(rows)
     info = benchmark.extra_info
-    info["router_commits"] = durability._commits(rows)
+    info["router_commits"] = commits_seen(rows)
     for (sc, label, rate), s in summary.items():
         key = f"{sc}/{label}" + (f"@{rate:.0f}" if rate else "")
         info[key] = {k: v for k, v in s.items() if v is not None and k != "errors"}
-    info["ratios"] = durability.ratios(summary, rows)
+    info["ratios"] = ratios(summary, rows)
     errors = [f"{r['scenario']}/{r['label']}: {r['error']}" for r in rows if "error" in r]
     assert not errors, "\n\n".join(errors)
     return rows, summary
@@ -115,7 +120,7 @@ def test_metrics_cost(benchmark, opts):
     rows, summary = run_scenarios(benchmark, ["metrics"], opts)
     on = summary[("metrics", "on", 0.0)]
     assert on.get("scrape") and on["scrape"]["failed"] == 0, on.get("scrape")
-    ratio = durability.ratios(summary, rows).get(
+    ratio = ratios(summary, rows).get(
         "metrics on+scraped / off, NOTICE msg/s (medians)")
     info = benchmark.extra_info
     info["target: metrics on / off >= 0.95"] = ratio is not None and ratio >= 0.95
