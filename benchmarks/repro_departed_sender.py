@@ -1,7 +1,7 @@
 """Reproduce: messages of a sender that disconnects while they are still queued at a
 ROUTER_MANDATORY socket go missing once the ROUTER sends to that sender's identity.
 
-    python benchmarks/repro_departed_sender.py [--trials 4] [--count 150000]
+    python -m benchmarks repro-departed-sender [--trials 4] [--count 150000]
 
 No router involved: one ROUTER (ROUTER_MANDATORY, RCVHWM 100000) and one DEALER in this
 process over TCP. The DEALER sends ``count`` 200-byte messages and closes (linger -1);
@@ -11,19 +11,29 @@ does) until that fails with EHOSTUNREACH. Seen on pyzmq 27.3 / libzmq 4.3.5: wit
 probes every message is read; with probes EHOSTUNREACH comes while messages are still
 queued, and in some trials part of them is never read.
 
-This is why ``hop.py`` offers ``--sender-hold``: see benchmarks/RESULTS.md.
+This is why ``python -m benchmarks hop`` offers ``--sender-hold``: see benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
+from dataclasses import dataclass
 
 import zmq
 
+from benchmarks.harness.options import option, parse_options
+
+
+@dataclass
+class ReproOptions:
+    """Options of ``python -m benchmarks repro-departed-sender``."""
+
+    trials: int = option(4, "trials, each without and with probes")
+    count: int = option(150_000, "messages the DEALER sends per trial")
+
 
 def trial(count: int, probe: bool) -> tuple[int, int | None]:
+    """Messages read of ``count`` sent, and after how many EHOSTUNREACH came (probes)."""
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -57,11 +67,10 @@ def trial(count: int, probe: bool) -> tuple[int, int | None]:
     return got, unreachable_at
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=4)
-    parser.add_argument("--count", type=int, default=150_000)
-    args = parser.parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    """Run the trials; 1 if any message went missing."""
+    args = parse_options(ReproOptions, argv, prog="python -m benchmarks repro-departed-sender",
+                         doc=__doc__)
     lost_any = False
     for i in range(args.trials):
         for probe in (False, True):
@@ -70,7 +79,3 @@ def main(argv=None) -> int:
             print(f"trial {i} probe={probe!s:5}: read {got:,} of {args.count:,}"
                   + (f", EHOSTUNREACH after {at:,} read" if at is not None else ""))
     return 1 if lost_any else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

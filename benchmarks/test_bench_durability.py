@@ -1,4 +1,4 @@
-"""pytest-benchmark suite: short versions of benchmarks/durability.py's scenarios.
+"""pytest-benchmark suite: short versions of ``python -m benchmarks durability``'s scenarios.
 
     pytest benchmarks/test_bench_durability.py
     DUR_BENCH_COUNT=500000 pytest benchmarks/test_bench_durability.py --benchmark-json out.json
@@ -14,14 +14,14 @@ failed trials, never on a missed performance target (this 2-core machine is shar
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import durability  # noqa: E402
-import hop  # noqa: E402
+from benchmarks.durability.command import run
+from benchmarks.durability.options import DurabilityOptions
+from benchmarks.durability.report import commits_seen, ratios, summarize
+from benchmarks.harness.machine import router_available as router_importable
+from benchmarks.harness.procs import stop_all
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -34,29 +34,32 @@ REPEAT = int(os.environ.get("DUR_BENCH_REPEAT", "1"))
 
 @pytest.fixture(scope="module", autouse=True)
 def router_available():
-    ok, why = hop.router_available()
+    ok, why = router_importable()
     if not ok:
         pytest.skip(f"router unavailable: import router.core failed: {why}")
 
 
 @pytest.fixture
 def opts():
-    o = durability.Options(count=COUNT, backlog=BACKLOG, metrics_count=METRICS_COUNT,
-                           duration=DURATION, repeat=REPEAT, deadline=120.0, verbose=False)
+    # quiet_wait=0: the suite runs its trials back to back (the command waits up to 30 s
+    # for a quiet machine before each).
+    o = DurabilityOptions(count=COUNT, backlog=BACKLOG, metrics_count=METRICS_COUNT,
+                          duration=DURATION, repeat=REPEAT, deadline=120.0, quiet_wait=0.0,
+                          verbose=False)
     yield o
-    hop.end_all()
+    stop_all()
 
 
 def run_scenarios(benchmark, scenarios, opts):
-    rows = benchmark.pedantic(durability.run, args=(scenarios, opts),
+    rows = benchmark.pedantic(run, args=(scenarios, opts),
                               kwargs={"log": lambda *_: None}, rounds=1, iterations=1)
-    summary = durability.summarize(rows)
+    summary = summarize(rows)
     info = benchmark.extra_info
-    info["router_commits"] = durability._commits(rows)
+    info["router_commits"] = commits_seen(rows)
     for (sc, label, rate), s in summary.items():
         key = f"{sc}/{label}" + (f"@{rate:.0f}" if rate else "")
         info[key] = {k: v for k, v in s.items() if v is not None and k != "errors"}
-    info["ratios"] = durability.ratios(summary, rows)
+    info["ratios"] = ratios(summary, rows)
     errors = [f"{r['scenario']}/{r['label']}: {r['error']}" for r in rows if "error" in r]
     assert not errors, "\n\n".join(errors)
     return rows, summary
@@ -117,7 +120,7 @@ def test_metrics_cost(benchmark, opts):
     rows, summary = run_scenarios(benchmark, ["metrics"], opts)
     on = summary[("metrics", "on", 0.0)]
     assert on.get("scrape") and on["scrape"]["failed"] == 0, on.get("scrape")
-    ratio = durability.ratios(summary, rows).get(
+    ratio = ratios(summary, rows).get(
         "metrics on+scraped / off, NOTICE msg/s (medians)")
     info = benchmark.extra_info
     info["target: metrics on / off >= 0.95"] = ratio is not None and ratio >= 0.95

@@ -1,4 +1,4 @@
-"""pytest-benchmark suite: short versions of benchmarks/hop.py's scenarios.
+"""pytest-benchmark suite: short versions of ``python -m benchmarks hop``'s scenarios.
 
     pytest benchmarks/test_bench_hop.py
     HOP_BENCH_COUNT=500000 pytest benchmarks/test_bench_hop.py --benchmark-json out.json
@@ -13,13 +13,15 @@ included; the figures to read are in extra_info). The router contender is skippe
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import hop  # noqa: E402
+from benchmarks.harness.machine import router_available
+from benchmarks.harness.procs import stop_all
+from benchmarks.hop.command import run
+from benchmarks.hop.options import HopOptions
+from benchmarks.hop.report import ratios, summarize
+from benchmarks.hop.scenarios import SCENARIOS
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -29,35 +31,35 @@ DURATION = float(os.environ.get("HOP_BENCH_DURATION", "1.0"))
 
 @pytest.fixture(scope="module")
 def router_state():
-    ok, why = hop.router_available()
+    ok, why = router_available()
     return ok, why
 
 
 @pytest.fixture
 def opts():
-    o = hop.Options(count=COUNT, duration=DURATION, deadline=60.0, idle=2.0, verbose=False)
+    o = HopOptions(count=COUNT, duration=DURATION, deadline=60.0, idle=2.0, verbose=False)
     yield o
-    hop.end_all()
+    stop_all()
 
 
 def contenders_for(scenario: str, router_state) -> list[str]:
     ok, _ = router_state
-    return [c for c in hop.SUPPORTS[scenario] if c != "router" or ok]
+    return [c for c in SCENARIOS[scenario].contenders if c != "router" or ok]
 
 
 def run_scenarios(benchmark, scenarios, contenders, opts, router_state):
     rows = benchmark.pedantic(
-        hop.run, args=(scenarios, contenders, opts), kwargs={"log": lambda *_: None},
+        run, args=(scenarios, contenders, opts), kwargs={"log": lambda *_: None},
         rounds=1, iterations=1,
     )
-    summary = hop.summarize(rows)
+    summary = summarize(rows)
     info = benchmark.extra_info
     info["count"] = opts.count
     info["router"] = "available" if router_state[0] else f"skipped: {router_state[1]}"
     for (sc, c, rate), s in summary.items():
         key = f"{sc}/{c}" + (f"@{rate:.0f}" if rate else "")
         info[key] = {k: v for k, v in s.items() if v is not None and k != "errors"}
-    info["ratios"] = hop.ratios(summary)
+    info["ratios"] = ratios(summary)
     errors = [f"{r['scenario']}/{r['contender']}: {r['error']}" for r in rows if "error" in r]
     assert not errors, "\n\n".join(errors)
     return rows, summary

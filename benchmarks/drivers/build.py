@@ -1,33 +1,45 @@
-"""Build the native load generator (benchmarks/loadgen.pyx) in place.
+"""Build the native load generator (benchmarks/drivers/loadgen.pyx) in place.
 
-    python benchmarks/build.py            # build if missing or stale
-    python benchmarks/build.py --force    # rebuild
+    python -m benchmarks build            # build if missing or stale
+    python -m benchmarks build --force    # rebuild
 
 The module is compiled against ``ext/zmqapi.h`` (cimported through ``ext/zmqapi.pxd``) and
 never links libzmq: at import it resolves libzmq's functions from the copy pyzmq loaded.
-Other scripts call :func:`ensure_built` before ``import loadgen``.
+Driver programs call :func:`import_loadgen`; orchestrators call :func:`ensure_built` first
+so that several drivers starting at once find it built.
 """
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import importlib.machinery
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
+
+from benchmarks import ROOT
+from benchmarks.harness.options import option, parse_options
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 EXT_DIR = os.path.join(ROOT, "ext")
 PYX = os.path.join(HERE, "loadgen.pyx")
 BUILD_DIR = os.path.join(HERE, "build")
+MODULE = "benchmarks.drivers.loadgen"
 SOURCES = (
     PYX,
     os.path.abspath(__file__),
     os.path.join(EXT_DIR, "zmqapi.h"),
     os.path.join(EXT_DIR, "zmqapi.pxd"),
 )
+
+
+@dataclass
+class BuildOptions:
+    """Options of ``python -m benchmarks build``."""
+
+    force: bool = option(False, "rebuild even if up to date")
+    quiet: bool = option(False, "print nothing")
 
 
 def module_path() -> str:
@@ -45,12 +57,12 @@ def is_stale() -> bool:
 
 
 def build(force: bool = False, quiet: bool = False) -> str:
-    """Compile loadgen.pyx into benchmarks/ (setuptools build_ext, in place)."""
+    """Compile loadgen.pyx next to itself (setuptools build_ext, in place)."""
     from Cython.Build import cythonize
     from setuptools import Distribution, Extension
 
     ext = Extension(
-        "loadgen",
+        MODULE,
         [PYX],
         include_dirs=[EXT_DIR],
         extra_compile_args=["-O2", "-Wno-unused-function"],
@@ -65,7 +77,8 @@ def build(force: bool = False, quiet: bool = False) -> str:
     )
     dist = Distribution({"ext_modules": modules, "script_name": "build.py"})
     cmd = dist.get_command_obj("build_ext")
-    cmd.build_lib = HERE  # same result as --inplace for a top-level module in benchmarks/
+    # The dotted module name puts the result under ROOT/benchmarks/drivers/, as --inplace.
+    cmd.build_lib = ROOT
     cmd.build_temp = os.path.join(BUILD_DIR, "tmp")
     cmd.force = force
     dist.run_command("build_ext")
@@ -84,15 +97,15 @@ def ensure_built() -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if is_stale():
             proc = subprocess.run(
-                [sys.executable, os.path.abspath(__file__), "--quiet"],
+                [sys.executable, "-m", "benchmarks", "build", "--quiet"],
                 cwd=ROOT,
                 capture_output=True,
                 text=True,
             )
             if proc.returncode != 0 or is_stale():
                 raise RuntimeError(
-                    "building benchmarks/loadgen.pyx failed; run `python benchmarks/build.py`"
-                    f" to see why:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+                    "building benchmarks/drivers/loadgen.pyx failed; run `python -m "
+                    f"benchmarks build` to see why:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
                 )
     return module_path()
 
@@ -100,27 +113,20 @@ def ensure_built() -> str:
 def import_loadgen():
     """Build if needed, then import and return the ``loadgen`` module."""
     ensure_built()
-    if HERE not in sys.path:
-        sys.path.insert(0, HERE)
-    import loadgen
+    from benchmarks.drivers import loadgen
 
     return loadgen
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    if not args.force and not is_stale():
-        if not args.quiet:
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks build``: build loadgen if missing or stale (or --force)."""
+    opts = parse_options(BuildOptions, argv, prog="python -m benchmarks build",
+                         doc=__doc__)
+    if not opts.force and not is_stale():
+        if not opts.quiet:
             print(f"up to date: {module_path()}")
         return 0
-    path = build(force=args.force, quiet=args.quiet)
-    if not args.quiet:
+    path = build(force=opts.force, quiet=opts.quiet)
+    if not opts.quiet:
         print(f"built: {path}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Contender (a): the bare hop, ``zmq.proxy(ROUTER frontend, DEALER backend)``.
 
-    python benchmarks/proxy.py --frontend tcp://127.0.0.1:5001 --backend tcp://127.0.0.1:5002
+    python -m benchmarks.hop.proxy --frontend tcp://127.0.0.1:5001 --backend tcp://127.0.0.1:5002
 
 Senders connect DEALERs to the frontend, receivers connect DEALERs to the backend; a
 receiver gets [sender identity][SEND header][payload]. Prints READY once both are bound.

@@ -28,7 +28,6 @@ from zmqapi cimport (
 import array
 import errno
 import os
-import sys
 
 import zmq
 import zmq.backend.cython._zmq as _zmq_backend
@@ -37,10 +36,7 @@ cdef char _load_err[512]
 if zmqapi_load(os.fsencode(_zmq_backend.__file__), _load_err, sizeof(_load_err)) != 0:
     raise ImportError("loadgen: " + _load_err.decode(errors="replace"))
 
-_here = os.path.dirname(os.path.abspath(__file__))
-if _here not in sys.path:
-    sys.path.insert(0, _here)
-from proto import protocol as _P  # noqa: E402
+from benchmarks.proto import protocol as _P
 
 #: Path of the libzmq whose functions the loops call (pyzmq's own copy).
 LIBZMQ_PATH = zmqapi_path.decode(errors="replace")
@@ -71,7 +67,7 @@ if not (_P.SEND.format.lstrip("<>!=@").startswith("Q")
         and _P.DELIVER.format.lstrip("<>!=@") == "QQQBBBBB"
         and _P.RECEIPT_ENTRY.format.lstrip("<>!=@") == "QBH"
         and _P.ERROR.format.lstrip("<>!=@").startswith("H")):
-    raise ImportError("loadgen: router/protocol.py layouts changed; update benchmarks/loadgen.pyx")
+    raise ImportError("loadgen: router/protocol.py layouts changed; update benchmarks/drivers/loadgen.pyx")
 
 cdef enum:
     MAX_STATUS = 16

@@ -1,6 +1,6 @@
 """Contender (b): a tuned pure-Python ROUTER loop speaking the router's protocol.
 
-    python benchmarks/pyloop.py --bind tcp://127.0.0.1:5001
+    python -m benchmarks.hop.pyloop --bind tcp://127.0.0.1:5001
 
 Best effort only: no journal, no sequence numbers (DELIVER seq is 0), no acks, no
 receipts. It answers HELLO with WELCOME, keeps address -> identity from HELLO and BIND
@@ -15,7 +15,6 @@ Prints READY once bound; stops on SIGTERM/SIGINT.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import struct
 import sys
@@ -23,8 +22,7 @@ import time
 
 import zmq
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from proto import protocol as P  # noqa: E402
+from benchmarks.proto import protocol as P
 
 #: What WELCOME announces: heartbeat interval (ms), liveness, max payload (bytes).
 WELCOME_FIELDS = (1000, 3, 1 << 20)
@@ -157,7 +155,6 @@ def serve(sock: zmq.Socket, stats: Stats) -> None:
             # ACK, HEARTBEAT and anything else: nothing to do for a best-effort loop.
         except (IndexError, ValueError, struct.error):
             stats.bad += 1
-
 
 
 def main(argv=None) -> int:

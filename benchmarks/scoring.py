@@ -1,8 +1,8 @@
 """Dispatch scoring throughput and latency, plus a quality comparison against greedy.
 
-    python benchmarks/bench_scoring.py                       # 10k riders, 5k decisions
-    python benchmarks/bench_scoring.py --riders 20000 --decisions 20000 --no-quality
-    pytest benchmarks/bench_scoring.py                        # pytest-benchmark version
+    python -m benchmarks scoring                            # 10k riders, 5k decisions
+    python -m benchmarks scoring --riders 20000 --decisions 20000 --no-quality
+    pytest benchmarks/scoring.py                            # pytest-benchmark version
 
 One process, one core. Riders are spread over a city of ``--city-km`` squared (seeded):
 about half idle, the rest carrying one or two orders with routes and deadlines, a few
@@ -13,20 +13,15 @@ p99 < 20 ms.
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
-import sys
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from workers.dispatch import (DEFAULT_TRAVEL, Order, Rider, RiderIndex,  # noqa: E402
-                              Stop, rank)
-from workers.dispatch.quality import compare  # noqa: E402
+from benchmarks.harness.options import option, parse_options
+from workers.dispatch import DEFAULT_TRAVEL, Order, Rider, RiderIndex, Stop, rank
+from workers.dispatch.quality import compare
 
 TARGET_RATE = 2000.0
 TARGET_P99_MS = 20.0
@@ -160,21 +155,27 @@ def quality_report(seed: int, hours: float) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class ScoringOptions:
+    """Options of ``python -m benchmarks scoring``."""
+
+    riders: int = option(10_000, "riders in the city")
+    decisions: int = option(5_000, "rank() calls timed")
+    city_km: float = option(15.0, "side of the square city, km")
+    moves: int = option(5, "rider moves between decisions")
+    k: int = option(8, "minimum candidates to look for", flags=("-k",))
+    seed: int = option(42, "random seed of the city, the orders and the simulation")
+    quality: bool = option(True, "skip the simulation", flags=("--no-quality",))
+    quality_hours: float = option(2.0, "simulated hours per quality run")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--riders", type=int, default=10_000)
-    p.add_argument("--decisions", type=int, default=5_000)
-    p.add_argument("--city-km", type=float, default=15.0)
-    p.add_argument("--moves", type=int, default=5, help="rider moves between decisions")
-    p.add_argument("-k", type=int, default=8, help="minimum candidates to look for")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--no-quality", action="store_true", help="skip the simulation")
-    p.add_argument("--quality-hours", type=float, default=2.0)
-    a = p.parse_args(argv)
+    """``python -m benchmarks scoring``: timing, then quality; 1 if a target is missed."""
+    a = parse_options(ScoringOptions, argv, prog="python -m benchmarks scoring", doc=__doc__)
     f = run(a.riders, a.decisions, a.city_km * 1000, a.moves, a.seed, a.k)
     print(f"{a.riders} riders over {a.city_km:g} x {a.city_km:g} km, seed {a.seed}")
     print(report(f))
-    if not a.no_quality:
+    if a.quality:
         print(quality_report(a.seed, a.quality_hours))
     return 0 if f.rate >= TARGET_RATE and f.p99_ms < TARGET_P99_MS else 1
 
@@ -186,7 +187,3 @@ def test_rank_10k_riders(benchmark):
     it = iter(range(10**9))
     result = benchmark(lambda: rank(orders[next(it) % len(orders)], index, 0.0))
     assert result
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The contenders, each the process under test between the sender and the receivers.
+
+  proxy   zmq.proxy(ROUTER frontend, DEALER backend)                 benchmarks/hop/proxy.py
+  pyloop  a tuned pure-Python ROUTER loop speaking our protocol      benchmarks/hop/pyloop.py
+  router  ``python -m router serve --bind tcp://127.0.0.1:PORT``     (``--router-cmd``)
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shlex
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from benchmarks import ROOT
+from benchmarks.harness.machine import group_cpu_s
+from benchmarks.harness.procs import (TrialError, free_port, listening, python_env,
+                                      python_module, spawn, stop, tail)
+
+if TYPE_CHECKING:
+    from benchmarks.hop.options import HopOptions
+
+CONTENDERS = ("proxy", "pyloop", "router")
+
+
+class Hop:
+    """The process under test; subclasses start it and set its two endpoints."""
+
+    name = "?"
+    speaks_protocol = True
+    sender_endpoint = receiver_endpoint = ""
+
+    def __init__(self, workdir: str, opts: HopOptions) -> None:
+        self.workdir = workdir
+        self.opts = opts
+        self.proc: subprocess.Popen | None = None
+        self.log_path = os.path.join(workdir, f"{self.name}.log")
+
+    def start(self) -> None:
+        """Start the process; return once it accepts connections."""
+        raise NotImplementedError
+
+    def _wait_ready_line(self, timeout: float = 15.0) -> None:
+        """Until the process prints READY on stdout."""
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        buf = b""
+        while b"READY" not in buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                raise TrialError(f"{self.name} did not start: {tail(self.log_path)}")
+            ready, _, _ = select.select([fd], [], [], min(left, 0.2))
+            if ready:
+                buf += os.read(fd, 4096)
+
+    def cpu_s(self) -> float:
+        """CPU seconds its process group has used so far."""
+        return group_cpu_s(self.proc.pid) if self.proc else 0.0
+
+    def check_alive(self) -> None:
+        """Raise :class:`TrialError` if the process has exited."""
+        if self.proc is not None and self.proc.poll() is not None:
+            raise TrialError(f"{self.name} exited with {self.proc.returncode}: "
+                             f"{tail(self.log_path)}")
+
+    def stop(self) -> None:
+        """Stop the process (its whole group)."""
+        if self.proc is not None:
+            stop(self.proc)
+
+
+class ProxyHop(Hop):
+    """(a) the bare hop: senders on a ROUTER frontend, receivers on a DEALER backend."""
+
+    name = "proxy"
+    speaks_protocol = False
+
+    def start(self) -> None:
+        front, back = free_port(), free_port()
+        while back == front:
+            back = free_port()
+        self.sender_endpoint = f"tcp://127.0.0.1:{front}"
+        self.receiver_endpoint = f"tcp://127.0.0.1:{back}"
+        self.proc = spawn(
+            python_module("benchmarks.hop.proxy", "--frontend", self.sender_endpoint,
+                          "--backend", self.receiver_endpoint),
+            self.log_path, stdout=subprocess.PIPE, cwd=ROOT,
+        )
+        self._wait_ready_line()
+
+
+class PyLoopHop(Hop):
+    """(b) the pure-Python loop: one ROUTER endpoint for everyone."""
+
+    name = "pyloop"
+
+    def start(self) -> None:
+        ep = f"tcp://127.0.0.1:{free_port()}"
+        self.sender_endpoint = self.receiver_endpoint = ep
+        self.proc = spawn(python_module("benchmarks.hop.pyloop", "--bind", ep),
+                          self.log_path, stdout=subprocess.PIPE, cwd=ROOT)
+        self._wait_ready_line()
+
+
+class RouterHop(Hop):
+    """Our router, started with ``--router-cmd``; ready once its port listens."""
+
+    name = "router"
+
+    def start(self) -> None:
+        port = free_port()
+        ep = f"tcp://127.0.0.1:{port}"
+        self.sender_endpoint = self.receiver_endpoint = ep
+        cmd = shlex.split(self.opts.router_cmd.format(
+            python=shlex.quote(sys.executable), endpoint=ep, port=port,
+            workdir=shlex.quote(self.workdir),
+        ))
+        # cwd is the trial's scratch directory, so whatever the router writes stays there.
+        self.proc = spawn(cmd, self.log_path, stdout=subprocess.DEVNULL, cwd=self.workdir,
+                          env=python_env())
+        deadline = time.monotonic() + 30
+        while not listening(port):
+            if self.proc.poll() is not None:
+                raise TrialError(f"router exited with {self.proc.returncode} before binding "
+                                 f"{ep}: {tail(self.log_path)}")
+            if time.monotonic() > deadline:
+                raise TrialError(f"router did not bind {ep} within 30 s: "
+                                 f"{tail(self.log_path)}")
+            time.sleep(0.05)
+
+
+HOPS: dict[str, type[Hop]] = {"proxy": ProxyHop, "pyloop": PyLoopHop, "router": RouterHop}

@@ -1,0 +1,16 @@
+"""latency: best effort to one address at fixed offered rates (--rates), --duration
+seconds each; the sender is open loop, so a stall shows in the tail."""
+
+from __future__ import annotations
+
+from benchmarks.hop.scenarios import throughput
+from benchmarks.hop.scenarios.base import Scenario
+
+SCENARIO = Scenario(
+    name="latency",
+    contenders=("proxy", "pyloop", "router"),
+    title=lambda o: f"Latency at fixed offered rates, {o.duration:g} s each",
+    receivers=throughput.receivers,  # the same receiver, paced
+    rates=lambda o: [float(r) for r in o.rates],
+    paced=True,
+)
