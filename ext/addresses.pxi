@@ -71,9 +71,12 @@ cdef void _reclaim_idle(Core self, uint64_t now) noexcept nogil:
     if self.address_idle_ms == 0:
         return
     cdef size_t n = min(<size_t>RECLAIM_WALK_PER_TICK, self.addrs.size())
-    cdef size_t k, ai
+    cdef size_t k, ai, freed = 0
+    cdef uint64_t deadline = mono_us() + RECLAIM_BUDGET_US
     cdef Address *a
     for k in range(n):
+        if freed and freed % 64 == 0 and mono_us() > deadline:
+            break  # each one costs a name-index erase: keep the tick short
         if self.reclaim_pos >= self.addrs.size():
             self.reclaim_pos = 0
         ai = self.reclaim_pos
@@ -88,6 +91,7 @@ cdef void _reclaim_idle(Core self, uint64_t now) noexcept nogil:
         a.name.clear()
         self.free_addrs.push_back(<int>ai)
         self.c.addresses_reclaimed += 1
+        freed += 1
 
 
 cdef void _bind(Core self, int pi, int ai, uint64_t cursor) noexcept nogil:

@@ -38,6 +38,7 @@ cdef enum:
     ADDRESS_LINES = 5         # cache lines of an Address (sizeof ~ 300 bytes)
     EVENTS_MAX = 10000        # events kept for Python at most (it drains them each slice)
     RECLAIM_WALK_PER_TICK = 4096   # addresses looked at per tick for idle reclaim (~50 us)
+    RECLAIM_BUDGET_US = 1500       # ... and freed until this much time went (~2-4 us each)
     CHANNEL_CHECKS_PER_TICK = 1024 # channels looked at per tick for idle close
 
 # What Core.drain_events reports, and why a peer went away.

@@ -200,11 +200,13 @@ cdef class Core:
             "oldest_queued_us": (wall_us() - self.oldest_us
                                  if self.oldest_us and wall_us() > self.oldest_us else 0),
             "ttl_timers": self.timers.size(),
+            "reclaim_max_us": self.c.reclaim_max_us,
             "addresses": self.addr_by_name.size(),
             "address_limit": self.max_addresses,
             "peers_by_role": {"sender": roles[1], "endpoint": roles[2], "gateway": roles[3],
                               "worker": roles[4]},
         })
+        self.c.reclaim_max_us = 0  # a fresh maximum for the next snapshot
         return d
 
     def send(self, bytes identity, bytes header, bytes payload) -> bool:

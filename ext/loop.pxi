@@ -165,10 +165,14 @@ cdef void _tick(Core self, uint64_t now) noexcept nogil:
         _redeliver(self, now)
     _expire_dedup(self, now)
     _expire_ttls(self, now)
+    cdef uint64_t t0 = mono_us()
     _reclaim_idle(self, now)
     _close_idle_channels(self, now)
     _reclaim_senders(self, now)
     _expire_outbox(self, now)
+    t0 = mono_us() - t0
+    if t0 > self.c.reclaim_max_us:
+        self.c.reclaim_max_us = t0  # the longest since the last metrics snapshot
     if beat:
         self.next_hb_ms = now + self.hb_ms
     for i in range(self.peers.size()):

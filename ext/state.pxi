@@ -187,6 +187,7 @@ cdef struct Counters:
     uint64_t addresses_reclaimed  # idle addresses whose slot was freed
     uint64_t channels_closed_idle # channels closed for lack of use
     uint64_t senders_reclaimed    # sender names forgotten (their numbers reused)
+    uint64_t reclaim_max_us       # longest reclaim step of a tick (reset by metrics())
     # histogram buckets over BOUNDS (core.pyx), per class
     uint64_t hop[5][N_BUCKETS]  # read -> DELIVER sent, recipient online, first send
     uint64_t hop_sum_us[5]

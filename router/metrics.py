@@ -220,6 +220,9 @@ class RouterCollector:
                                   value=s["channels_closed_idle"])
         yield GaugeMetricFamily("router_sender_names", "sender names interned (dedup keys)",
                                 value=s["sender_names"])
+        yield GaugeMetricFamily("router_reclaim_step_max_seconds", "longest reclaim step of a "
+                                "loop tick (addresses, channels, names, receipts) since the "
+                                "previous snapshot", value=s["reclaim_max_us"] / 1e6)
         yield GaugeMetricFamily("router_dedup_entries", "message ids inside their dedup window",
                                 value=s["dedup_entries"])
         yield GaugeMetricFamily("router_dedup_capacity", "slots of the dedup table (it doubles "
