@@ -7,6 +7,7 @@ tcp://127.0.0.1 or ipc:// and stop it with SIGTERM (or SIGKILL where a test says
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -109,6 +110,10 @@ class RouterProcess:
     def pid(self) -> int:
         return self.proc.pid
 
+    def remove_files(self) -> None:
+        """Delete the temporary directory (socket, data dir, log); call after stop."""
+        shutil.rmtree(self.ipc_dir, ignore_errors=True)
+
 
 class Peer:
     """A raw DEALER socket speaking frames, for protocol-level tests."""
@@ -156,8 +161,9 @@ class Peer:
 
 
 @pytest.fixture
-def make_router():
-    """Factory: start routers with extra `serve` flags; all are stopped at teardown."""
+def make_router(request):
+    """Factory: start routers with extra `serve` flags; all are stopped at teardown and
+    their temporary directories removed if the test passed."""
     started: list[RouterProcess] = []
 
     def make(*args: str, env: dict | None = None) -> RouterProcess:
@@ -168,6 +174,22 @@ def make_router():
     yield make
     for r in started:
         r.stop(signal.SIGKILL)
+    # A failed test keeps its routers' directories (router.log, journal) to read.
+    rep = getattr(request.node, "rep_call", None)
+    for r in started:
+        if rep is not None and rep.passed:
+            r.remove_files()
+        else:
+            print(f"router files kept: {r.ipc_dir}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so fixtures can tell at teardown
+    whether the test passed."""
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
 
 
 @pytest.fixture
