@@ -70,6 +70,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -144,6 +145,8 @@ class Options:
     plot: bool = True
     #: PYTHONPATH of the router process (default: this checkout).
     router_path: str = ""
+    #: What router build runs, for the report (e.g. "main's working tree at 19:10").
+    router_note: str = ""
     #: Extra `router serve` flags, space separated.
     router_args: str = ""
     #: Keep the scratch directory (router log, data dir).
@@ -305,6 +308,14 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as fh:
         parts = fh.read().rsplit(")", 1)[1].split()
     return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (every core, /proc/stat)."""
+    with open("/proc/stat") as fh:
+        vals = [int(v) for v in fh.readline().split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
+    return (sum(vals[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def disk_bytes(path: Path) -> int:
@@ -853,7 +864,7 @@ class Sampler:
         self.rows: list[dict] = []
         self.q: queue.Queue = queue.Queue()
         self.prev_metrics: dict | None = None
-        self.prev_cpu = (0.0, time.monotonic())
+        self.prev_cpu = (0.0, 0.0, 0.0, time.monotonic())  # router, driver, machine, t
         self.prev_driver = {"sent": 0, "delivered": 0, "recv": 0}
         self.thread = threading.Thread(target=self._run, name="soak-sampler", daemon=True)
         self.thread.start()
@@ -892,6 +903,7 @@ class Sampler:
             if self.verbose:
                 r = self.rows[-1]
                 print(f"t={r['t']:6.0f}s rss={r['rss_mb']:6.1f}MB cpu={r['router_cpu']:4.0%} "
+                      f"other={r['other_cpu']:4.0%} "
                       f"addr={r['addresses']:6.0f} created={r['created']:8.0f} "
                       f"reclaimed={r['reclaimed']:8.0f} chan={r['channels']:5.0f} "
                       f"sent/s={r['sent_rate']:6.0f} e2e p99={r['e2e_p99_ms']:6.1f}ms "
@@ -902,16 +914,23 @@ class Sampler:
         r = self.router
         m = parse_metrics(r.scrape())
         now = time.monotonic()
-        cpu = cpu_seconds(r.pid)
-        cpu0, t0 = self.prev_cpu
-        self.prev_cpu = (cpu, now)
+        cpu, dcpu, busy = cpu_seconds(r.pid), cpu_seconds(os.getpid()), machine_busy_seconds()
+        cpu0, dcpu0, busy0, t0 = self.prev_cpu
+        self.prev_cpu = (cpu, dcpu, busy, now)
         row = dict(snap)
         dt = max(snap["t"] - (self.rows[-1]["t"] if self.rows else 0.0), 1e-9)
         for key, rate in (("sent", "sent_rate"), ("delivered", "delivered_rate"),
                           ("recv", "recv_rate")):
             row[rate] = (snap[key] - self.prev_driver[key]) / dt
             self.prev_driver[key] = snap[key]
-        row["router_cpu"] = (cpu - cpu0) / max(now - t0, 1e-9) if self.rows else math.nan
+        span = max(now - t0, 1e-9)
+        first = not self.rows
+        # cores used by the router, the driver, and everything else on the machine (the
+        # noise: other tenants' builds and tests)
+        row["router_cpu"] = math.nan if first else (cpu - cpu0) / span
+        row["driver_cpu"] = math.nan if first else (dcpu - dcpu0) / span
+        row["other_cpu"] = math.nan if first else max(
+            (busy - busy0) - (cpu - cpu0) - (dcpu - dcpu0), 0.0) / span
         row.update(router_figures(r, m))
         for name, key in (("router_delivery_latency_seconds", "router_delivery_p99_ms"),
                           ("router_hop_latency_seconds", "router_hop_p99_ms")):
@@ -965,6 +984,8 @@ class Result:
     flat: dict = field(default_factory=dict)  #: series -> (change, mean, relative, ok)
     p99_first_ms: float = math.nan
     p99_last_ms: float = math.nan
+    p99_typical_first_ms: float = math.nan  #: median of the first third's interval p99s
+    p99_typical_last_ms: float = math.nan
     out: Path | None = None
 
     @property
@@ -1007,22 +1028,35 @@ def evaluate(res: Result, flat_tolerance: float | None = None,
     targets.append(("every table size flat over the last two thirds", table_ok,
                     "; ".join(w for w in worst if not w.startswith("rss")) or
                     "all within tolerance (per-series figures below)"))
-    # p99: first third (without the first interval) against the last third
+    # p99: first third (without the first interval) against the last third. The target
+    # reads the median of the per-interval p99s: a sustained slowdown (a table that
+    # degrades with churn) moves it, a burst of other tenants' load on this shared
+    # machine in one or two intervals does not. The pooled p99 is reported beside it.
     first, last = LogHist(), LogHist()
+    first_p99, last_p99 = [], []
     for i, (t, h) in enumerate(s.e2e_all):
         if i > 0 and t <= T / 3 + 1e-6:
             first.merge(h)
+            first_p99.append(h.quantile(0.99) * 1e3)
         elif t > 2 * T / 3:
             last.merge(h)
+            last_p99.append(h.quantile(0.99) * 1e3)
     res.p99_first_ms = first.quantile(0.99) * 1e3
     res.p99_last_ms = last.quantile(0.99) * 1e3
-    p99_ok = (res.p99_last_ms <= res.p99_first_ms * (1 + p99_tol) + p99_floor_ms)
-    targets.append(("p99 SEND->DELIVERED, last third within "
-                    f"{p99_tol:.0%} of the first", p99_ok,
-                    f"{res.p99_first_ms:.1f} ms -> {res.p99_last_ms:.1f} ms "
-                    f"({res.p99_last_ms / res.p99_first_ms - 1:+.0%})"
-                    if first.n and last.n else "too few samples"))
-    limit = s.errors.get("ADDRESS_LIMIT", 0) + int(res.final.get("router_errors_address_limit", 0))
+    first_p99 = [v for v in first_p99 if not math.isnan(v)]
+    last_p99 = [v for v in last_p99 if not math.isnan(v)]
+    res.p99_typical_first_ms = statistics.median(first_p99) if first_p99 else math.nan
+    res.p99_typical_last_ms = statistics.median(last_p99) if last_p99 else math.nan
+    a, b = res.p99_typical_first_ms, res.p99_typical_last_ms
+    p99_ok = bool(first_p99 and last_p99) and b <= a * (1 + p99_tol) + p99_floor_ms
+    targets.append((f"p99 SEND->DELIVERED, last third within {p99_tol:.0%} of the first "
+                    "(median of the per-interval p99s)", p99_ok,
+                    f"{a:.1f} ms -> {b:.1f} ms ({b / a - 1:+.0%}); pooled p99 "
+                    f"{res.p99_first_ms:.1f} ms -> {res.p99_last_ms:.1f} ms"
+                    if first_p99 and last_p99 else "too few samples"))
+    # the router counts every ADDRESS_LIMIT it decides; the driver, those that reached it
+    limit = max(s.errors.get("ADDRESS_LIMIT", 0),
+                int(res.final.get("router_errors_address_limit", 0)))
     created = res.final.get("created", 0)
     targets.append(("no ADDRESS_LIMIT", limit == 0,
                     f"{limit} ADDRESS_LIMIT errors; {created:,.0f} addresses created against "
@@ -1069,7 +1103,8 @@ def versions(router_path: str) -> str:
 
 COLUMNS = [  # (key, header, format)
     ("t", "t (s)", "{:.0f}"), ("rss_mb", "RSS MB", "{:.1f}"),
-    ("router_cpu", "router CPU", "{:.0%}"), ("sent_rate", "sent/s", "{:.0f}"),
+    ("router_cpu", "router CPU", "{:.0%}"), ("other_cpu", "other CPU", "{:.0%}"),
+    ("sent_rate", "sent/s", "{:.0f}"),
     ("addresses", "addresses", "{:.0f}"), ("created", "created", "{:.0f}"),
     ("reclaimed", "reclaimed", "{:.0f}"), ("bound_addresses", "bound", "{:.0f}"),
     ("channels", "channels", "{:.0f}"), ("sender_names", "sender names", "{:.0f}"),
@@ -1099,7 +1134,8 @@ def write_report(res: Result, path: Path) -> None:
         f"--{f.name.replace('_', '-')} {getattr(o, f.name)}" for f in fields(Options)
         if getattr(o, f.name) != f.default and f.name not in ("out",)) + "`", ""]
     lines += [f"- machine: {machine()} (shared, noisy)",
-              f"- versions: {versions(o.router_path or str(ROOT))}",
+              f"- versions: {versions(o.router_path or str(ROOT))}"
+              + (f"; {o.router_note}" if o.router_note else ""),
               f"- router: `--address-idle-seconds {o.idle_seconds:g} --max-addresses "
               f"{o.max_addresses}` {o.router_args}, journal with fsync, order history on",
               f"- load: {o.rate:g} msg/s offered = {o.rate / (o.order_msgs + o.location_msgs):g} "
@@ -1143,8 +1179,15 @@ def write_report(res: Result, path: Path) -> None:
               f"{f.get('history_mb', 0):.0f} MB "
               f"({f.get('history_mb', 0) / max(s.orders_started, 1) * 1e6 / 1024:.2f} "
               "GB per million orders; history keeps `history_days`, so it grows by design)",
-              f"- p99 SEND->DELIVERED first third {res.p99_first_ms:.1f} ms, last third "
-              f"{res.p99_last_ms:.1f} ms", ""]
+              f"- p99 SEND->DELIVERED, pooled: first third {res.p99_first_ms:.1f} ms, last "
+              f"third {res.p99_last_ms:.1f} ms; median of the interval p99s: "
+              f"{res.p99_typical_first_ms:.1f} ms and {res.p99_typical_last_ms:.1f} ms",
+              "- other CPU: cores used by processes other than the router and the driver "
+              "(other tenants of this machine) per interval: "
+              + (f"mean {statistics.fmean(oc):.2f}, max {max(oc):.2f} of {os.cpu_count()}"
+                 if (oc := [r['other_cpu'] for r in rows
+                            if not math.isnan(r.get('other_cpu', math.nan))]) else "-"),
+              ""]
     lines += ["## Over time", "",
               "e2e: SEND to the DELIVERED receipt (the user and, for order.created, the "
               "merchant acked; gateways ack once per driver pass); deliver: SEND to the "
@@ -1215,7 +1258,11 @@ def write_plot(res: Result, path: Path) -> bool:
                        ("hop_p99_ms", "p99 SEND->DELIVER"),
                        ("e2e_p50_ms", "p50 SEND->DELIVERED"),
                        ("router_delivery_p99_ms", "router delivery p99 (bucket)")],
-          "latency per sample interval", "ms")
+          "latency per sample interval (grey dashes: other tenants' CPU)", "ms")
+    ax2 = axes[1][0].twinx()
+    ax2.plot(t, [r.get("other_cpu", math.nan) for r in rows], color="0.5", ls="--", lw=1)
+    ax2.set_ylim(0, os.cpu_count() or 2)
+    ax2.set_ylabel("other CPU, cores")
     panel(axes[1][1], [("created", "created"), ("reclaimed", "reclaimed")],
           "addresses created / reclaimed (cumulative)", "addresses")
     panel(axes[1][2], [("journal_mb", "journal/"), ("history_mb", "history.db")],
