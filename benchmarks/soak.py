@@ -67,6 +67,7 @@ import platform
 import queue
 import random
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -164,6 +165,9 @@ FLAT_FLOORS = {
     "sender_names": 1, "queued_reliable": 200, "queued_notice": 200,
     "queued_location": 200, "offline_backlog": 50, "offline_addresses": 20, "peers": 1,
 }
+#: An interval is "quiet" when processes other than the router and the driver used less
+#: than this many cores (the report gives the p99 over quiet intervals too).
+QUIET_CPU = 0.25
 #: Series checked for flatness (the table sizes the issue names, plus RSS).
 FLAT_SERIES = tuple(FLAT_FLOORS)
 
@@ -533,6 +537,7 @@ class Stats:
         self.stray = 0  # deliveries for an address this gateway does not hold
         self.errors = collections.Counter()  # ERROR code name -> count
         self.returns_checked = self.returns_violations = 0
+        self.returns_new_device = 0  # of the returns, those with cursor 0 (a new device)
         self.return_min_jump: int | None = None
         self.throttled = 0
         self.late_delivered = 0  # DELIVERED after its order was closed by the timeout
@@ -614,6 +619,7 @@ class Driver:
             _, user, held = gone.popleft()
             returning = True
             cursor = held if self.rng.random() < 0.5 else 0  # old device or a new one
+            s.returns_new_device += cursor == 0
             s.users_returning += 1
         else:
             user = b"user:%d" % self.next_user
@@ -986,6 +992,9 @@ class Result:
     p99_last_ms: float = math.nan
     p99_typical_first_ms: float = math.nan  #: median of the first third's interval p99s
     p99_typical_last_ms: float = math.nan
+    #: the same medians over the quiet intervals only (other CPU < QUIET_CPU)
+    p99_quiet: tuple = (math.nan, math.nan)
+    quiet_intervals: int = 0
     out: Path | None = None
 
     @property
@@ -1045,6 +1054,15 @@ def evaluate(res: Result, flat_tolerance: float | None = None,
     res.p99_last_ms = last.quantile(0.99) * 1e3
     first_p99 = [v for v in first_p99 if not math.isnan(v)]
     last_p99 = [v for v in last_p99 if not math.isnan(v)]
+    # the same in the intervals where other tenants left the machine nearly alone
+    quiet = {r["t"] for r in rows if r.get("other_cpu", math.inf) < QUIET_CPU}
+    res.p99_quiet = tuple(
+        statistics.median(v) if v else math.nan
+        for v in ([h.quantile(0.99) * 1e3 for i, (t, h) in enumerate(s.e2e_all)
+                   if i > 0 and t <= T / 3 + 1e-6 and t in quiet and h.n],
+                  [h.quantile(0.99) * 1e3 for t, h in s.e2e_all
+                   if t > 2 * T / 3 and t in quiet and h.n]))
+    res.quiet_intervals = len(quiet)
     res.p99_typical_first_ms = statistics.median(first_p99) if first_p99 else math.nan
     res.p99_typical_last_ms = statistics.median(last_p99) if last_p99 else math.nan
     a, b = res.p99_typical_first_ms, res.p99_typical_last_ms
@@ -1067,8 +1085,9 @@ def evaluate(res: Result, flat_tolerance: float | None = None,
                     + (f" ({dict(s.not_delivered)})" if s.not_delivered else "")))
     targets.append(("a returning user numbers above what it held",
                     s.returns_violations == 0 and s.returns_checked > 0,
-                    f"{s.returns_checked:,} returns checked, {s.returns_violations} "
-                    f"violations, smallest jump {s.return_min_jump}"))
+                    f"{s.returns_checked:,} returns checked ({s.returns_new_device:,} from a "
+                    f"new device, cursor 0), {s.returns_violations} violations, smallest "
+                    f"jump {s.return_min_jump}"))
     res.targets = targets
     return targets
 
@@ -1118,6 +1137,13 @@ COLUMNS = [  # (key, header, format)
 ]
 
 
+def _flag(name: str, value) -> str:
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else "--no-" + flag[2:]
+    return f"{flag} {shlex.quote(str(value))}"
+
+
 def _fmt(fmt: str, v) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
@@ -1131,8 +1157,8 @@ def write_report(res: Result, path: Path) -> None:
     lines = [f"# Soak: {o.minutes:g} minutes of address churn on one router "
              f"({datetime.date.today().isoformat()})", ""]
     lines += ["`python benchmarks/soak.py " + " ".join(
-        f"--{f.name.replace('_', '-')} {getattr(o, f.name)}" for f in fields(Options)
-        if getattr(o, f.name) != f.default and f.name not in ("out",)) + "`", ""]
+        _flag(f.name, getattr(o, f.name)) for f in fields(Options)
+        if getattr(o, f.name) != f.default and f.name not in ("out", "verbose")) + "`", ""]
     lines += [f"- machine: {machine()} (shared, noisy)",
               f"- versions: {versions(o.router_path or str(ROOT))}"
               + (f"; {o.router_note}" if o.router_note else ""),
@@ -1181,7 +1207,9 @@ def write_report(res: Result, path: Path) -> None:
               "GB per million orders; history keeps `history_days`, so it grows by design)",
               f"- p99 SEND->DELIVERED, pooled: first third {res.p99_first_ms:.1f} ms, last "
               f"third {res.p99_last_ms:.1f} ms; median of the interval p99s: "
-              f"{res.p99_typical_first_ms:.1f} ms and {res.p99_typical_last_ms:.1f} ms",
+              f"{res.p99_typical_first_ms:.1f} ms and {res.p99_typical_last_ms:.1f} ms; "
+              f"the same over the {res.quiet_intervals} quiet intervals (other tenants "
+              f"< {QUIET_CPU} cores): {res.p99_quiet[0]:.1f} ms and {res.p99_quiet[1]:.1f} ms",
               "- other CPU: cores used by processes other than the router and the driver "
               "(other tenants of this machine) per interval: "
               + (f"mean {statistics.fmean(oc):.2f}, max {max(oc):.2f} of {os.cpu_count()}"

@@ -141,5 +141,5 @@ def test_three_minutes_of_churn_at_3000_msgs(tmp_path):
     soak.evaluate(res, flat_tolerance=0.10, p99_tolerance=1.0, p99_floor_ms=20.0)
     failed = [f"{name}: {fig}" for name, ok, fig in res.targets if not ok]
     assert not failed, "\n".join(failed) + "\n" + (tmp_path / "soak.md").read_text()
-    assert res.final["created"] > 2 * opts.max_addresses
+    assert res.final["created"] > opts.max_addresses
     assert res.stats.sent_reliable + res.stats.sent_location > 0.9 * 3000 * 180
