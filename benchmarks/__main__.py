@@ -20,6 +20,9 @@ COMMANDS = {
     "scoring": ("benchmarks.scoring", "dispatch decisions/s and quality against greedy"),
     "repro-departed-sender": ("benchmarks.repro_departed_sender",
                               "the departed-sender loss, without the router"),
+    "soak": ("benchmarks.soak", "a compressed week of address churn: RSS, tables, p99, loss"),
+    "reclaim-step": ("benchmarks.reclaim_step",
+                     "the longest reclaim step when many addresses go idle at once"),
     "build": ("benchmarks.drivers.build", "build the native load drivers (loadgen)"),
 }
 

@@ -1,6 +1,6 @@
 """How long the router's reclaim step takes when many addresses go idle at once.
 
-``python benchmarks/reclaim_step.py N [--realtime]``: a router with
+``python -m benchmarks reclaim-step N [--realtime]``: a router with
 ``--address-idle-seconds 2``; one gateway connection binds N addresses and unbinds
 them; then the router's ``router_reclaim_step_max_seconds`` (the longest reclaim step of
 a loop tick since the previous metrics snapshot) is read every 0.3 s until the table is
@@ -56,8 +56,15 @@ def run(n: int, realtime: bool) -> tuple[float, float]:
         router.stop()
 
 
-if __name__ == "__main__":
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
-    took, step = run(count, "--realtime" in sys.argv)
+def main(argv: list[str] | None = None) -> int:
+    """Run once and print the figures."""
+    argv = sys.argv[1:] if argv is None else argv
+    count = int(next((a for a in argv if a.isdigit()), 100_000))
+    took, step = run(count, "--realtime" in argv)
     print(f"{count} addresses reclaimed in {took:.1f} s; longest reclaim step "
           f"{step * 1000:.2f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
