@@ -1152,6 +1152,18 @@ def _fmt(fmt: str, v) -> str:
     return fmt.format(v)
 
 
+def thirds(rows: list[dict], key: str, seconds: float) -> list[str]:
+    """Mean of ``key`` over each third of the run, over all intervals / quiet ones."""
+    out = []
+    for k in range(3):
+        lo, hi = k * seconds / 3, (k + 1) * seconds / 3 + 1e-6
+        sel = [r for r in rows if lo <= r["t"] < hi and not math.isnan(r.get(key, math.nan))]
+        quiet = [r[key] for r in sel if r.get("other_cpu", math.inf) < QUIET_CPU]
+        out.append(f"{statistics.fmean(r[key] for r in sel):.2f} / "
+                   + (f"{statistics.fmean(quiet):.2f}" if quiet else "-") if sel else "-")
+    return out
+
+
 def write_report(res: Result, path: Path) -> None:
     o, s, rows = res.opts, res.stats, res.rows
     lines = [f"# Soak: {o.minutes:g} minutes of address churn on one router "
@@ -1210,6 +1222,8 @@ def write_report(res: Result, path: Path) -> None:
               f"{res.p99_typical_first_ms:.1f} ms and {res.p99_typical_last_ms:.1f} ms; "
               f"the same over the {res.quiet_intervals} quiet intervals (other tenants "
               f"< {QUIET_CPU} cores): {res.p99_quiet[0]:.1f} ms and {res.p99_quiet[1]:.1f} ms",
+              "- router CPU, cores, by third (all intervals / quiet ones): "
+              + ", ".join(thirds(rows, "router_cpu", res.seconds)),
               "- other CPU: cores used by processes other than the router and the driver "
               "(other tenants of this machine) per interval: "
               + (f"mean {statistics.fmean(oc):.2f}, max {max(oc):.2f} of {os.cpu_count()}"
