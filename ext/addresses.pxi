@@ -174,17 +174,26 @@ cdef Channel *_open_channel(Core self, const string &chan) noexcept nogil:
     ch.last_used_ms = self.now_us // 1000
     if not ch.checked and self.channel_idle_ms:
         ch.checked = True
-        check.due_ms = ch.last_used_ms + self.channel_idle_ms
+        check.due_ms = ch.last_used_ms + _channel_recheck_ms(self)
         check.name = chan
         self.channel_checks.push_back(check)
     return ch
 
 
+cdef inline uint64_t _channel_recheck_ms(Core self) noexcept nogil:
+    """How long after it is queued a channel's check is due: short, so that the checks
+    of channels closed meanwhile (most orders close theirs) leave the queue soon, and
+    the same for every check, so that the queue stays in due order."""
+    return min(self.channel_idle_ms, <uint64_t>CHANNEL_RECHECK_MS)
+
+
 cdef void _close_idle_channels(Core self, uint64_t now) noexcept nogil:
     """Close channels nobody has used (JOIN, LEAVE, SEND) for channel_idle_ms: an order
-    whose service never closed its channel. Each channel has one check in a queue kept
-    in due order (every check is due channel_idle_ms after it was queued); a channel
-    used since its check was queued gets a new one. At most CHANNEL_CHECKS_PER_TICK."""
+    whose service never closed its channel. Each open channel has one check in a queue
+    kept in due order (each is due CHANNEL_RECHECK_MS after it was queued, at most); a
+    channel still in use is checked again later, a closed one's check is dropped, so
+    the queue holds about a minute of channel openings. At most
+    CHANNEL_CHECKS_PER_TICK a tick; a channel closes at most a recheck late."""
     cdef int n = 0
     cdef ChannelCheck check
     while (n < CHANNEL_CHECKS_PER_TICK and not self.channel_checks.empty()
@@ -199,5 +208,5 @@ cdef void _close_idle_channels(Core self, uint64_t now) noexcept nogil:
             _close_channel(self, check.name)
             self.c.channels_closed_idle += 1
         else:
-            check.due_ms = deref(it).second.last_used_ms + self.channel_idle_ms
+            check.due_ms = now + _channel_recheck_ms(self)
             self.channel_checks.push_back(check)

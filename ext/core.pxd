@@ -40,6 +40,7 @@ cdef enum:
     RECLAIM_WALK_PER_TICK = 4096   # addresses looked at per tick for idle reclaim (~50 us)
     RECLAIM_BUDGET_US = 1500       # ... and freed until this much time went (~2-4 us each)
     CHANNEL_CHECKS_PER_TICK = 1024 # channels looked at per tick for idle close
+    CHANNEL_RECHECK_MS = 60000     # ... each checked again this often while open
 
 # What Core.drain_events reports, and why a peer went away.
 cdef enum:
