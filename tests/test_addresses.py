@@ -8,7 +8,7 @@ from router import protocol as P
 from router.protocol import Command, ErrorCode, MsgClass, Role, Status
 
 from conftest import Peer
-from test_bad_input import refusal_of
+from support import refusal_of
 
 
 @pytest.mark.parametrize("bad", ["merchant", "merchant:", ":881", ":"])

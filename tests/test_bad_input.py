@@ -13,6 +13,7 @@ from router.client import Endpoint, Sender
 from router.protocol import Command, ErrorCode, MsgClass, Role, Status
 
 from conftest import Peer
+from support import refusal_of
 
 
 def error_of(peer: Peer, timeout: float = 2.0) -> tuple[ErrorCode, int, str]:
@@ -21,15 +22,6 @@ def error_of(peer: Peer, timeout: float = 2.0) -> tuple[ErrorCode, int, str]:
     return P.decode_error(frames[0], frames[1])
 
 
-def refusal_of(peer: Peer) -> tuple[list[P.Receipt], tuple[ErrorCode, int, str]]:
-    """A refused SEND yields a REFUSED receipt and an ERROR, in either order."""
-    got = {}
-    while len(got) < 2:
-        frames = peer.recv(timeout=2.0)
-        assert frames is not None, f"got only {list(got)}"
-        got.setdefault(frames[0][2], frames)
-    err = got[Command.ERROR]
-    return P.decode_receipts(got[Command.RECEIPT][0]), P.decode_error(err[0], err[1])
 
 
 @pytest.fixture

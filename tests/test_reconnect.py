@@ -9,7 +9,7 @@ import pytest
 
 from conftest import RouterProcess
 from netem import FaultProxy
-from test_reliability import Traffic
+from support import Traffic
 
 WINDOW = 256
 ARGS = ("--heartbeat-ms", "1000", "--liveness", "3", "--window", str(WINDOW),

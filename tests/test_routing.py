@@ -4,25 +4,12 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from router.client import Endpoint, Sender, payload_json
 from router.protocol import ErrorCode, MsgClass, Role, Status
 
+from support import drain
 
-def drain(ep: Endpoint, n: int, timeout: float = 5.0, ack: bool = True) -> list:
-    """Receive exactly ``n`` deliveries within ``timeout`` (fails otherwise)."""
-    out, deadline = [], time.monotonic() + timeout
-    while len(out) < n:
-        left = deadline - time.monotonic()
-        assert left > 0, f"got {len(out)} of {n} deliveries in {timeout}s"
-        d = ep.recv(timeout=left)
-        if d is not None:
-            out.append(d)
-            if ack:
-                ep.ack(d)
-    ep.flush()
-    return out
+
 
 
 def test_address_delivery_in_order_with_receipts(url):

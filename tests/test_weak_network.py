@@ -10,7 +10,7 @@ import pytest
 
 from conftest import RouterProcess
 from netem import MOBILE_PROFILE, FaultProxy
-from test_reliability import Traffic
+from support import Traffic
 
 ROUTER_ARGS = ("--heartbeat-ms", "1000", "--liveness", "5", "--retry-ms", "1000",
                "--retry-max-ms", "4000", "--max-attempts", "0")
