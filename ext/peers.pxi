@@ -65,7 +65,6 @@ cdef int _find_or_add_peer(Core self, const string &ident, uint64_t now) noexcep
         self.peers.push_back(p)
     p.identity = ident
     p.conn = NULL
-    p.fd = -1
     p.has_conn = False
     p.name.clear()
     p.role = 0
@@ -216,5 +215,4 @@ cdef int _same_conn(Core self, int pi, zmq_msg_t *f, const char *ident, size_t n
         p = self.peers[pi]
     p.conn = conn
     p.has_conn = True
-    p.fd = zmqapi.msg_get(f, ZMQ_SRCFD)  # once per connection: a map lookup
     return pi

@@ -133,7 +133,6 @@ cdef struct ChannelCheck:
 cdef cppclass Peer:
     string identity         # ROUTER routing id
     const void *conn        # the connection it came on (zmqapi_msg_conn); see _same_conn
-    int fd                  # ... and its fd (ZMQ_SRCFD), for logs: numbers are reused
     bool has_conn           # conn is set (the slot has seen a message)
     string name             # from HELLO; senders' dedup scope
     uint32_t sender_id      # the name interned at its first SEND (0 until then)

@@ -67,7 +67,6 @@ typedef struct {
     int (*msg_move)(zmq_msg_t *, zmq_msg_t *);
     int (*msg_more)(const zmq_msg_t *);
     int (*msg_get)(const zmq_msg_t *, int);
-    const char *(*msg_gets)(const zmq_msg_t *, const char *);
     int (*msg_recv)(zmq_msg_t *, void *, int);
     int (*msg_send)(zmq_msg_t *, void *, int);
     int (*send)(void *, const void *, size_t, int);
@@ -133,7 +132,6 @@ static int zmqapi_load(const char *fallback, char *err, size_t errlen) {
     ZMQAPI_SYM(msg_move, "zmq_msg_move");
     ZMQAPI_SYM(msg_more, "zmq_msg_more");
     ZMQAPI_SYM(msg_get, "zmq_msg_get");
-    ZMQAPI_SYM(msg_gets, "zmq_msg_gets");
     ZMQAPI_SYM(msg_recv, "zmq_msg_recv");
     ZMQAPI_SYM(msg_send, "zmq_msg_send");
     ZMQAPI_SYM(send, "zmq_send");

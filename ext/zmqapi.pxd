@@ -25,7 +25,6 @@ cdef extern from "zmqapi.h" nogil:
         int (*msg_move)(zmq_msg_t *, zmq_msg_t *) noexcept nogil
         int (*msg_more)(const zmq_msg_t *) noexcept nogil
         int (*msg_get)(const zmq_msg_t *, int) noexcept nogil
-        const char *(*msg_gets)(const zmq_msg_t *, const char *) noexcept nogil
         int (*msg_recv)(zmq_msg_t *, void *, int) noexcept nogil
         int (*msg_send)(zmq_msg_t *, void *, int) noexcept nogil
         int (*send)(void *, const void *, size_t, int) noexcept nogil
