@@ -9,7 +9,7 @@ import urllib.request
 from router.client import Endpoint, Sender
 from router.protocol import Status
 
-from conftest import free_port
+from support import free_port
 
 
 def gauge(port: int, name: str) -> float:

@@ -9,7 +9,7 @@ import pytest
 from router.aio import AsyncEndpoint, AsyncSender
 from router.protocol import MsgClass, Status
 from router.session import RouterUnavailable, payload_json
-from conftest import free_port
+from support import free_port
 
 
 def test_async_round_trip_and_iteration(url):

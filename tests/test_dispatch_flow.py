@@ -22,7 +22,7 @@ from workers.orders import IGNORED_REASONS, INBOX, OrderService, OrderState
 from workers.service import ServiceWorker
 from workers.sim.city import City, Config
 
-from conftest import ROOT
+from support import ROOT
 
 
 @pytest.fixture

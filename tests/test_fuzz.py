@@ -21,7 +21,7 @@ from router import protocol as P
 from router.client import Endpoint, Sender
 from router.protocol import Command, MsgClass, Role, Status
 
-from conftest import Peer
+from support import Peer
 
 #: The real flow's address: no mutation of the fuzz corpus comes near it.
 REAL_ADDRESS = "merchant:real-flow-7f3a9c"

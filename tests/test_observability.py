@@ -31,7 +31,7 @@ import pytest
 from router.core import histogram_bounds
 from router.protocol import RELIABLE_CLASSES, ErrorCode, MsgClass, Role, Status
 
-from conftest import ROOT, Peer, RouterProcess, free_port
+from support import ROOT, Peer, RouterProcess, free_port
 
 GRAFANA = ROOT / "grafana"
 DASHBOARDS = [GRAFANA / "dashboards" / "overview.json", GRAFANA / "dashboards" / "dispatch.json"]

@@ -18,8 +18,7 @@ from router.client import Endpoint, Sender, payload_json
 from router.history import History
 from router.protocol import Command, ErrorCode, MsgClass, Role, Status
 
-from conftest import ROOT, Peer, RouterProcess
-from support import Traffic, drain
+from support import ROOT, Peer, RouterProcess, Traffic, drain
 
 FAST = ("--heartbeat-ms", "300", "--retry-ms", "300", "--retry-max-ms", "1000")
 

@@ -16,7 +16,7 @@ from router.client import Sender
 from router.protocol import ErrorCode
 from workers.service import ServiceWorker
 
-from conftest import ROOT
+from support import ROOT
 
 ECHO_WORKER = """
 import os, sys, time
@@ -358,7 +358,7 @@ def test_broker_error_counts_and_rate_limit(rig):
 def test_made_up_service_names_leave_no_metric_series(make_router):
     # 25 made-up names once left 25 `service` series: only registered services are shown.
     import urllib.request
-    from conftest import free_port
+    from support import free_port
     port = free_port()
     r = make_router("--metrics-port", str(port), "--heartbeat-ms", "500")
 
@@ -437,7 +437,7 @@ def test_ttl_zero_requests_of_a_client_that_leaves_are_dropped(make_router):
     nothing for them afterwards (they used to wait forever)."""
     import time
     import urllib.request
-    from conftest import Peer, free_port
+    from support import Peer, free_port
     from router import protocol as P
     from router.protocol import Command, Role
     port = free_port()
