@@ -16,9 +16,9 @@ from support import ROOT, Peer, RouterProcess, free_port  # noqa: F401
 
 
 @pytest.fixture
-def make_router(request):
-    """Factory: start routers with extra `serve` flags; all are stopped at teardown and
-    their temporary directories removed if the test passed."""
+def make_router():
+    """Factory: start routers with extra `serve` flags; all are killed at teardown (their
+    temporary directories are then removed or kept as pytest_runtest_makereport says)."""
     started: list[RouterProcess] = []
 
     def make(*args: str, env: dict | None = None) -> RouterProcess:
@@ -29,22 +29,49 @@ def make_router(request):
     yield make
     for r in started:
         r.stop(signal.SIGKILL)
-    # A failed test keeps its routers' directories (router.log, journal) to read.
-    rep = getattr(request.node, "rep_call", None)
-    for r in started:
-        if rep is not None and rep.passed:
-            r.remove_files()
-        else:
-            print(f"router files kept: {r.ipc_dir}")
+
+
+#: (test id, directory) of the routers kept because a test failed while they existed.
+_kept: list[tuple[str, str]] = []
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """Keep each phase's report on the test item, so fixtures can tell at teardown
-    whether the test passed."""
+    """Router directories: when a test fails (setup, call or teardown), keep those of every
+    router that exists then and name them in the failure report, so that router.log and
+    the journal can be read; after each teardown, remove those of the stopped routers
+    not kept. A router still running (a module-scoped one) waits for a later teardown."""
     outcome = yield
     rep = outcome.get_result()
-    setattr(item, f"rep_{rep.when}", rep)
+    if rep.failed:
+        fresh = [r for r in RouterProcess.on_disk if not r.keep_files]
+        for r in fresh:
+            r.keep_files = True
+            _kept.append((item.nodeid, r.ipc_dir))
+        if fresh:
+            rep.sections.append(("router files kept", "\n".join(str(r.log_path)
+                                                                for r in fresh)))
+    if rep.when == "teardown":
+        for r in list(RouterProcess.on_disk):
+            if not r.keep_files and not r.running:
+                r.remove_files()
+
+
+def pytest_sessionfinish(session):
+    """Kill the routers still running (a test that never stopped its own) and remove
+    their directories unless kept."""
+    for r in list(RouterProcess.on_disk):
+        r.stop(signal.SIGKILL)
+        if not r.keep_files:
+            r.remove_files()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """List the router directories kept for failed tests."""
+    if _kept:
+        terminalreporter.section("router files kept (router.log, data/)")
+        for nodeid, path in _kept:
+            terminalreporter.line(f"{path}  {nodeid}")
 
 
 @pytest.fixture

@@ -35,11 +35,24 @@ def free_port() -> int:
 
 
 class RouterProcess:
-    """A `router serve` subprocess bound to one tcp and one ipc endpoint."""
+    """A `router serve` subprocess bound to one tcp and one ipc endpoint.
+
+    Its socket, data directory and router.log are in a temporary directory
+    (``ipc_dir``) that outlives stop() and kill(), so that restart() finds its data and
+    a test can read the log afterwards. Under pytest, conftest.py removes it after the
+    test, or keeps it and names it in the report when the test failed; elsewhere call
+    remove_files().
+    """
+
+    #: Every instance whose directory is still on disk (conftest.py's hooks remove
+    #: them, except those with ``keep_files`` set).
+    on_disk: list["RouterProcess"] = []
 
     def __init__(self, *args: str, env: dict | None = None) -> None:
         self.port = free_port()
         self.ipc_dir = tempfile.mkdtemp(prefix="router-test-")
+        self.keep_files = False  # set when a test failed while this router existed
+        RouterProcess.on_disk.append(self)
         self.url = f"tcp://127.0.0.1:{self.port}"
         self.ipc = f"ipc://{self.ipc_dir}/router.sock"
         self.log_path = Path(self.ipc_dir) / "router.log"
@@ -111,11 +124,19 @@ class RouterProcess:
 
     @property
     def pid(self) -> int:
+        """The router process's pid."""
         return self.proc.pid
+
+    @property
+    def running(self) -> bool:
+        """Started and not exited (yet)."""
+        return self.proc is not None and self.proc.poll() is None
 
     def remove_files(self) -> None:
         """Delete the temporary directory (socket, data dir, log); call after stop."""
         shutil.rmtree(self.ipc_dir, ignore_errors=True)
+        if self in RouterProcess.on_disk:
+            RouterProcess.on_disk.remove(self)
 
 
 class Peer:
