@@ -1,7 +1,7 @@
 """Helpers the test modules share (no test module imports another): router processes
 and raw peers, receiving a known number of deliveries, reading a refusal, and a steady
-reliable traffic generator; and the protocol fuzzers (hostile traffic). Fixtures that use
-them are in conftest.py."""
+reliable traffic generator, waiting on a condition (wait_until); and the protocol
+fuzzers (hostile traffic). Fixtures that use them are in conftest.py."""
 
 from __future__ import annotations
 
@@ -32,6 +32,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, message: str, interval: float = 0.05):
+    """Call ``predicate()`` every ``interval`` s until it returns something true, and
+    return that; fail with "timed out after <timeout> s waiting for <message>" once
+    ``timeout`` s have passed. For waits on a condition where a sleep would guess how
+    long it takes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
 
 
 class RouterProcess:
