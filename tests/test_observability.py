@@ -202,6 +202,18 @@ def scrape_when(port: int, predicate, what: str, timeout: float = 5.0) -> str:
     return wait_until(attempt, timeout, what)
 
 
+def scrape_after(port: int, since: float, timeout: float = 5.0) -> str:
+    """The first /metrics text from a snapshot taken after ``since``, a time.monotonic()
+    of this process (the router's router_metrics_snapshot_age_seconds counts on the
+    same system-wide clock); the collector takes one every REFRESH_SECONDS (0.5 s)."""
+    def attempt():
+        asked = time.monotonic()
+        text = scrape(port)
+        age = families(text)["router_metrics_snapshot_age_seconds"].samples[0].value
+        return text if asked - age > since else None
+    return wait_until(attempt, timeout, "a metrics snapshot taken after the traffic")
+
+
 def families(text: str) -> dict:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -658,8 +670,7 @@ def test_router_metrics_follow_the_contract():
     """Names, types, label names, label values and histogram buckets of /metrics."""
     with metrics_router() as (r, port), ExitStack() as stack, service_worker(r.url, "echo"):
         Load(r.url, stack).round()
-        time.sleep(1.2)  # the collector refreshes its snapshot once a second
-        fams = families(scrape(port))
+        fams = families(scrape_after(port, time.monotonic()))
     problems = contract_problems(fams, CONTRACT, "router")
     problems += [f"router: {name} is exported but not in docs/METRICS.md"
                  for name in sorted(set(fams) - set(CONTRACT))]
