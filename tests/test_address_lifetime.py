@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from pathlib import Path
 
 from router.client import Endpoint, Sender
 from router.protocol import Status
@@ -91,7 +92,11 @@ def test_numbering_stays_above_a_reclaimed_address_across_restarts(make_router):
         for c in range(5):
             one_order_life(r.url, "user:gone", s, cursor=c)
     wait_until(lambda: gauge(port, "router_addresses_reclaimed_total") >= 1, 10, "reclaim")
-    time.sleep(2.5)  # segments roll every slice; those past retention are deleted
+    # segments roll every slice; those past retention (1 s) are deleted
+    journal = Path(r.data_dir, "journal")
+    held = set(journal.glob("*.log"))  # every segment that may hold user:gone's records
+    wait_until(lambda: not held & set(journal.glob("*.log")), 10,
+               "the segments that held user:gone's records to be deleted")
     r.kill()
     r.restart()
     with Sender(r.url, "orders-svc") as s:
