@@ -86,7 +86,7 @@ class RouterProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"router exited with {self.proc.returncode}:\n{self.log()}")
-            if self._answers():
+            if answers_hello(self.url):
                 return self
             time.sleep(0.05)
         raise RuntimeError(f"router did not answer within {timeout}s:\n{self.log()}")
@@ -103,14 +103,6 @@ class RouterProcess:
         self.proc.kill()
         self.proc.wait(10)
 
-    def _answers(self) -> bool:
-        with Peer(self.url) as probe:
-            probe.send(P.encode_hello(P.Role.SENDER, "probe"))
-            frames = probe.recv(timeout=0.2)
-            if frames is None:
-                return False
-            probe.send(P.prefix(P.Command.BYE))
-            return True
 
     def log(self) -> str:
         """Everything the router logged so far."""
@@ -197,6 +189,16 @@ class Peer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def answers_hello(url: str, timeout: float = 0.2) -> bool:
+    """Whether a router at ``url`` answers a HELLO within ``timeout`` s (then says BYE)."""
+    with Peer(url) as probe:
+        probe.send(P.encode_hello(P.Role.SENDER, "probe"))
+        if probe.recv(timeout=timeout) is None:
+            return False
+        probe.send(P.prefix(P.Command.BYE))
+        return True
 
 
 def drain(ep: Endpoint, n: int, timeout: float = 5.0, ack: bool = True) -> list:
