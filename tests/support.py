@@ -157,9 +157,11 @@ class Peer:
         self.sock.connect(url)
 
     def send(self, *frames: bytes) -> None:
+        """Send one message of these frames as they are (no checks: tests send garbage)."""
         self.sock.send_multipart(list(frames))
 
     def recv(self, timeout: float = 2.0) -> list[bytes] | None:
+        """The next message's frames (heartbeats included), or None after ``timeout`` s."""
         if not self.sock.poll(int(timeout * 1000)):
             return None
         return self.sock.recv_multipart()
@@ -178,10 +180,12 @@ class Peer:
                 f"expected {command.name}, got {frames}"
 
     def hello(self, role: P.Role, name: str, cursors=()) -> None:
+        """Say HELLO and wait for the WELCOME (fails on anything else but heartbeats)."""
         self.send(P.encode_hello(role, name, cursors))
         self.recv_command(P.Command.WELCOME)
 
     def close(self) -> None:
+        """Close the socket at once, dropping anything unsent (no BYE)."""
         self.sock.close(linger=0)
 
     def __enter__(self) -> "Peer":
@@ -290,11 +294,13 @@ class Traffic:
             self.duplicates = ep.duplicates
 
     def start(self) -> "Traffic":
+        """Start the sender and gateway threads; returns self."""
         for t in self.threads:
             t.start()
         return self
 
     def delivered(self) -> set[tuple[str, int]]:
+        """(address, number) of every message the gateway got so far."""
         return {(a, n) for a, ns in self.got.items() for n in ns}
 
     def finish(self, timeout: float = 60.0) -> None:
