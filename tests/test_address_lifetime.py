@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from pathlib import Path
 
 from router.client import Endpoint, Sender
 from router.protocol import Status
 
-from conftest import free_port
+from support import free_port, wait_until
 
 
 def gauge(port: int, name: str) -> float:
@@ -19,13 +20,6 @@ def gauge(port: int, name: str) -> float:
             if line.startswith(name + " "):
                 return float(line.split()[-1])
     raise AssertionError(f"{name} not in /metrics")
-
-
-def wait_for(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def one_order_life(url: str, user: str, sender: Sender, cursor: int = 0) -> int:
@@ -53,10 +47,10 @@ def test_new_users_keep_arriving_past_max_addresses(make_router):
             # the 25 just used go idle and are reclaimed (0.3 s, then one tick's walk);
             # the counter is read from a snapshot at most 0.5 s old
             want = 25 * (batch + 1)
-            wait_for(lambda: gauge(port, "router_addresses_reclaimed_total") >= want, 10,
+            wait_until(lambda: gauge(port, "router_addresses_reclaimed_total") >= want, 10,
                      "idle reclaim")
     assert gauge(port, "router_addresses_created_total") >= 75
-    wait_for(lambda: gauge(port, "router_addresses") == 0, 5, "an empty table")
+    wait_until(lambda: gauge(port, "router_addresses") == 0, 5, "an empty table")
 
 
 def test_a_returning_address_numbers_above_what_it_held(make_router):
@@ -65,11 +59,11 @@ def test_a_returning_address_numbers_above_what_it_held(make_router):
     with Sender(r.url, "orders-svc") as s:
         first = [one_order_life(r.url, "user:back", s, cursor=c) for c in (0, 1, 2)]
         assert first == [1, 2, 3]
-        wait_for(lambda: gauge(port, "router_addresses_reclaimed_total") >= 1, 10, "reclaim")
+        wait_until(lambda: gauge(port, "router_addresses_reclaimed_total") >= 1, 10, "reclaim")
         # it comes back holding its old cursor: the next message is above it, not a repeat
         again = one_order_life(r.url, "user:back", s, cursor=3)
         assert again > 3
-        wait_for(lambda: gauge(port, "router_addresses_reclaimed_total") >= 2, 10, "reclaim")
+        wait_until(lambda: gauge(port, "router_addresses_reclaimed_total") >= 2, 10, "reclaim")
         # ... and from a new device that holds nothing (cursor 0)
         assert one_order_life(r.url, "user:back", s, cursor=0) > again
 
@@ -84,7 +78,7 @@ def test_a_channel_member_is_not_reclaimed_until_the_channel_closes(make_router)
         assert gauge(port, "router_addresses_reclaimed_total") == 0
         s.leave("order:77")  # closed when the order ends
         s.poll(0.1)
-        wait_for(lambda: gauge(port, "router_addresses_reclaimed_total") >= 2, 10,
+        wait_until(lambda: gauge(port, "router_addresses_reclaimed_total") >= 2, 10,
                  "members reclaimed after the channel closed")
 
 
@@ -97,8 +91,12 @@ def test_numbering_stays_above_a_reclaimed_address_across_restarts(make_router):
     with Sender(r.url, "orders-svc") as s:
         for c in range(5):
             one_order_life(r.url, "user:gone", s, cursor=c)
-    wait_for(lambda: gauge(port, "router_addresses_reclaimed_total") >= 1, 10, "reclaim")
-    time.sleep(2.5)  # segments roll every slice; those past retention are deleted
+    wait_until(lambda: gauge(port, "router_addresses_reclaimed_total") >= 1, 10, "reclaim")
+    # segments roll every slice; those past retention (1 s) are deleted
+    journal = Path(r.data_dir, "journal")
+    held = set(journal.glob("*.log"))  # every segment that may hold user:gone's records
+    wait_until(lambda: not held & set(journal.glob("*.log")), 10,
+               "the segments that held user:gone's records to be deleted")
     r.kill()
     r.restart()
     with Sender(r.url, "orders-svc") as s:
@@ -119,11 +117,11 @@ def test_an_abandoned_channel_closes_and_a_used_one_stays(make_router):
             assert d is not None
             ep.ack(d)
             time.sleep(0.2)
-        wait_for(lambda: gauge(port, "router_channels_closed_idle_total") >= 1, 10,
+        wait_until(lambda: gauge(port, "router_channels_closed_idle_total") >= 1, 10,
                  "the abandoned channel closed")
         assert gauge(port, "router_channels_closed_idle_total") == 1
         # its members were only held by the channel: now they are reclaimed too
-        wait_for(lambda: gauge(port, "router_addresses_reclaimed_total") >= 2, 10,
+        wait_until(lambda: gauge(port, "router_addresses_reclaimed_total") >= 2, 10,
                  "the abandoned channel's members reclaimed")
 
 
@@ -140,7 +138,7 @@ def test_sender_names_are_forgotten_once_unused_and_dedup_holds_until_then(make_
                 ep.ack(d)
                 ep.flush()
                 assert s.wait(mid, Status.DELIVERED).status == Status.DELIVERED
-        wait_for(lambda: gauge(port, "router_sender_names_reclaimed_total") >= 20, 10,
+        wait_until(lambda: gauge(port, "router_sender_names_reclaimed_total") >= 20, 10,
                  "sender names reclaimed")
         assert gauge(port, "router_sender_names") == 0
         # a name that comes back is a sender like any other: its repeat is still a repeat

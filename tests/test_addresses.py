@@ -7,8 +7,7 @@ import pytest
 from router import protocol as P
 from router.protocol import Command, ErrorCode, MsgClass, Role, Status
 
-from conftest import Peer
-from support import refusal_of
+from support import Peer, refusal_of
 
 
 @pytest.mark.parametrize("bad", ["merchant", "merchant:", ":881", ":"])

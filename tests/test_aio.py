@@ -9,7 +9,7 @@ import pytest
 from router.aio import AsyncEndpoint, AsyncSender
 from router.protocol import MsgClass, Status
 from router.session import RouterUnavailable, payload_json
-from conftest import free_port
+from support import free_port
 
 
 def test_async_round_trip_and_iteration(url):
@@ -99,8 +99,11 @@ def test_async_worker_serves_concurrently_and_acks_deliveries(router):
     from router.protocol import MsgClass, Status
     from workers.service_aio import AsyncServiceWorker
 
+    slow_started = asyncio.Event()
+
     async def handler(body: bytes) -> bytes:
         if body == b"slow":
+            slow_started.set()
             await asyncio.sleep(0.5)  # holds one credit; the other requests go on
         if body == b"bad":
             raise ValueError("no such dish")
@@ -113,7 +116,7 @@ def test_async_worker_serves_concurrently_and_acks_deliveries(router):
         svc = await AsyncSender.connect(router.url, "client")
         t0 = asyncio.get_running_loop().time()
         slow = asyncio.create_task(svc.request("menu", b"slow", ttl_ms=3000))
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(slow_started.wait(), 5)  # the worker is on it
         fast = await svc.request("menu", b"noodles", ttl_ms=3000)
         fast_at = asyncio.get_running_loop().time() - t0
         bad = await svc.request("menu", b"bad", ttl_ms=3000)

@@ -12,8 +12,7 @@ from router import protocol as P
 from router.client import Endpoint, Sender
 from router.protocol import Command, ErrorCode, MsgClass, Role, Status
 
-from conftest import Peer
-from support import refusal_of
+from support import Peer, refusal_of
 
 
 def error_of(peer: Peer, timeout: float = 2.0) -> tuple[ErrorCode, int, str]:

@@ -14,7 +14,7 @@ from router.aio import AsyncEndpoint, AsyncSender
 from router.client import Endpoint, Sender
 from router.protocol import ErrorCode, MsgClass, Status
 from router.session import RouterError, SenderSession, check_address, order_ref
-from conftest import free_port
+from support import free_port
 
 
 class FakeRouter:

@@ -22,7 +22,7 @@ from workers.orders import IGNORED_REASONS, INBOX, OrderService, OrderState
 from workers.service import ServiceWorker
 from workers.sim.city import City, Config
 
-from conftest import ROOT
+from support import ROOT, wait_until
 
 
 @pytest.fixture
@@ -37,18 +37,25 @@ def dispatch_worker(router):
 
 
 def publish_riders(url: str, riders: dict[str, tuple[float, float]]) -> None:
-    """Rider states on the dispatch channel, as the city publishes them."""
+    """Rider states on the dispatch channel, as the city publishes them; returns once the
+    dispatch worker has them (it ranks every one for an order at the origin)."""
     with Sender(url, "rider-states") as s:
         for rid, (x, y) in riders.items():
             s.send(RIDER_CHANNEL, {"id": rid, "x": x, "y": y, "load": 0, "capacity": 2,
                                    "route": []}, msg_class=MsgClass.LOCATION, key=rid,
                    channel=True)
-        s.poll(0.3)
+        probe = {"order": {"id": "probe", "merchant": [0, 0], "dropoff": [100, 100],
+                           "ready_at": 0, "promised_at": 1800}, "now": 0, "limit": 100}
+
+        def ranked() -> bool:
+            reply = s.request("dispatch", probe, ttl_ms=2000)
+            return reply.code == ErrorCode.NONE and set(riders) <= {
+                c["rider"] for c in orjson.loads(reply.payload)["candidates"]}
+        wait_until(ranked, 5, f"the dispatch worker to have the states of {sorted(riders)}")
 
 
 def test_silent_rider_offer_moves_to_next_within_a_second_of_ttl(router, dispatch_worker):
     publish_riders(router.url, {"rider:near": (100.0, 0.0), "rider:far": (900.0, 0.0)})
-    time.sleep(0.3)
     riders = Endpoint(router.url, ["rider:near", "rider:far"], role=Role.GATEWAY, name="riders")
     merchant = Endpoint(router.url, ["merchant:1"])
     svc = OrderService(router.url, offer_ttl_ms=1500, clock=time.time)
@@ -100,8 +107,11 @@ def test_seeded_city_delivers_every_order_with_complete_history(router, dispatch
         city.run(1.0)  # the parties receive and ack the last order.delivered
     finally:
         city.close()
-    time.sleep(0.5)  # the router writes history between slices
     hist = History(Path(router.data_dir) / "history.db")
+    wait_until(lambda: all(any(e["event"] == "final" and e["kind"] == "order.delivered"
+                               for e in hist.timeline(o.id)) for o in city.delivered), 5,
+               "each order's final order.delivered event in the history (written between "
+               "loop slices)")
     for order in city.delivered:
         kinds = [e["kind"] for e in hist.timeline(order.id) if e["event"] == "accepted"]
         for step in ("order.created", "order.accepted", "dispatch.offer", "dispatch.accepted",
@@ -133,7 +143,6 @@ def offered_order(url: str, n: int, offer_ttl_ms: int):
     """Order ``n``: placed by user:<n> at merchant:<n>, confirmed, and offered to
     rider:<n> (the only rider). Yields the service and the parties' connections."""
     publish_riders(url, {f"rider:{n}": (100.0, 0.0)})
-    time.sleep(0.3)
     parties = [Endpoint(url, [f"{who}:{n}"]) for who in ("rider", "merchant", "user")]
     rider, merchant, user = parties
     svc = OrderService(url, offer_ttl_ms=offer_ttl_ms, clock=time.time)
@@ -388,7 +397,6 @@ def test_unreadable_rider_states_do_not_stop_dispatch(router, dispatch_worker):
             s.send(RIDER_CHANNEL, bad, msg_class=MsgClass.LOCATION, key="bad", channel=True)
         s.poll(0.2)
     publish_riders(router.url, {"rider:ok": (10.0, 0.0)})
-    time.sleep(0.3)
     with Sender(router.url, "asker") as s:
         reply = s.request("dispatch", {"order": {"id": "1", "merchant": [0, 0],
                                                  "dropoff": [100, 100], "ready_at": 0,

@@ -7,7 +7,7 @@ import time
 from router import protocol as P
 from router.protocol import Command, ErrorCode, MsgClass, Role, Status
 
-from conftest import Peer
+from support import Peer
 
 
 def receipts_until(peer: Peer, msg_id: int, status: Status, timeout: float = 3.0) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from router import protocol as P
 from router.protocol import Command, Role
 
-from conftest import Peer
+from support import Peer
 
 
 def test_welcome_carries_the_routers_tunables(make_router):

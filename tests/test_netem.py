@@ -15,6 +15,7 @@ import pytest
 import zmq
 
 from netem import MOBILE_PROFILE, DelayProfile, FaultProxy
+from support import wait_until
 
 
 class _Echo(socketserver.BaseRequestHandler):
@@ -87,15 +88,6 @@ def refused(proxy: FaultProxy) -> bool:
         return sees_reset_or_eof(sock)
 
 
-def wait_for(cond, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def test_pass_through_many_connections(proxy):
     socks = [connect(proxy) for _ in range(20)]
     for i in range(100):
@@ -108,7 +100,7 @@ def test_pass_through_many_connections(proxy):
     c = proxy.counters
     assert c.accepted == 20
     assert c.bytes_up == c.bytes_down == 20 * 100 * 9
-    assert wait_for(lambda: proxy.counters.active == 0)
+    wait_until(lambda: proxy.counters.active == 0, 3.0, "no active connection left")
     assert proxy.counters.closed == 20
 
 
@@ -205,7 +197,7 @@ def test_stall_one_direction(proxy):
         recv_exact(s, 1)
         proxy.stall("down")
         s.sendall(b"ping")
-        assert wait_for(lambda: proxy.counters.bytes_up == 5)  # up still flows
+        wait_until(lambda: proxy.counters.bytes_up == 5, 3.0, "5 bytes up")  # up still flows
         assert not sees_reset_or_eof(s, timeout=0.3)  # the echo is held back
         proxy.unstall("down")
         assert recv_exact(s, 4) == b"ping"
@@ -239,7 +231,7 @@ def test_outage_refuses_then_recovers(proxy):
     old.close()
     assert refused(proxy)
     assert proxy.counters.refused >= 1
-    assert wait_for(lambda: not proxy.in_outage, timeout=2)
+    wait_until(lambda: not proxy.in_outage, 2, "the outage to end")
     with connect(proxy) as s:
         s.sendall(b"back")
         assert recv_exact(s, 4) == b"back"
@@ -250,7 +242,7 @@ def test_peer_reset_is_propagated(proxy):
         s.sendall(b"x")
         recv_exact(s, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
-    assert wait_for(lambda: proxy.counters.peer_resets == 1)
+    wait_until(lambda: proxy.counters.peer_resets == 1, 3.0, "one peer reset")
 
 
 def test_zmq_dealer_router_through_faults():

@@ -31,7 +31,7 @@ import pytest
 from router.core import histogram_bounds
 from router.protocol import RELIABLE_CLASSES, ErrorCode, MsgClass, Role, Status
 
-from conftest import ROOT, Peer, RouterProcess, free_port
+from support import ROOT, Peer, RouterProcess, free_port, wait_until
 
 GRAFANA = ROOT / "grafana"
 DASHBOARDS = [GRAFANA / "dashboards" / "overview.json", GRAFANA / "dashboards" / "dispatch.json"]
@@ -199,7 +199,19 @@ def scrape_when(port: int, predicate, what: str, timeout: float = 5.0) -> str:
     def attempt():
         text = scrape(port)
         return text if predicate(text) else None
-    return wait_for(attempt, timeout, what)
+    return wait_until(attempt, timeout, what)
+
+
+def scrape_after(port: int, since: float, timeout: float = 5.0) -> str:
+    """The first /metrics text from a snapshot taken after ``since``, a time.monotonic()
+    of this process (the router's router_metrics_snapshot_age_seconds counts on the
+    same system-wide clock); the collector takes one every REFRESH_SECONDS (0.5 s)."""
+    def attempt():
+        asked = time.monotonic()
+        text = scrape(port)
+        age = families(text)["router_metrics_snapshot_age_seconds"].samples[0].value
+        return text if asked - age > since else None
+    return wait_until(attempt, timeout, "a metrics snapshot taken after the traffic")
 
 
 def families(text: str) -> dict:
@@ -208,23 +220,13 @@ def families(text: str) -> dict:
     return {f.name: f for f in text_string_to_metric_families(text)}
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(interval)
-
-
 @contextmanager
 def metrics_router(*args: str):
     """A router process with --metrics-port; yields (router, metrics port)."""
     port = free_port()
     r = RouterProcess("--metrics-port", str(port), "--heartbeat-ms", "500", *args).start()
     try:
-        wait_for(lambda: _answers(port), 10, "the router's /metrics endpoint")
+        wait_until(lambda: _answers(port), 10, "the router's /metrics endpoint")
         yield r, port
     finally:
         r.stop(signal.SIGKILL)
@@ -306,7 +308,7 @@ def dispatch_worker(url: str, router_metrics_port: int):
                     'router_service_workers{service="dispatch"} 1.0' in scrape(router_metrics_port)
             except OSError:
                 return False
-        wait_for(up, 15, "the dispatch worker's /readyz and the router's worker gauge")
+        wait_until(up, 15, "the dispatch worker's /readyz and the router's worker gauge")
         yield port, proc
     finally:
         proc.terminate()
@@ -495,7 +497,7 @@ class Prometheus:
              "--storage.tsdb.retention.time=1h"],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=tmp)
         try:
-            wait_for(self._ready, 30, "prometheus to be ready", 0.2)
+            wait_until(self._ready, 30, "prometheus to be ready", 0.2)
         except BaseException:
             self.close()
             raise
@@ -668,8 +670,7 @@ def test_router_metrics_follow_the_contract():
     """Names, types, label names, label values and histogram buckets of /metrics."""
     with metrics_router() as (r, port), ExitStack() as stack, service_worker(r.url, "echo"):
         Load(r.url, stack).round()
-        time.sleep(1.2)  # the collector refreshes its snapshot once a second
-        fams = families(scrape(port))
+        fams = families(scrape_after(port, time.monotonic()))
     problems = contract_problems(fams, CONTRACT, "router")
     problems += [f"router: {name} is exported but not in docs/METRICS.md"
                  for name in sorted(set(fams) - set(CONTRACT))]
@@ -708,7 +709,7 @@ def test_dashboards_queries_return_data_from_real_prometheus(tmp_path):
                                    "dispatch": [f"127.0.0.1:{worker_port}"],
                                    "orders": [f"127.0.0.1:{orders_port}"]}, tmp_path)
         stack.callback(prom.close)
-        wait_for(lambda: sorted(prom.values("up")) == [1.0] * 3, 20,
+        wait_until(lambda: sorted(prom.values("up")) == [1.0] * 3, 20,
                  "the first successful scrape of every target")
         # Traffic starts only now, so every counter rises between scrapes.
         stack.enter_context(city(router.url))
@@ -801,7 +802,7 @@ def test_dashboards_queries_return_data_from_real_prometheus(tmp_path):
             rs = [rule for g in prom.api("rules")["data"]["groups"] for rule in g["rules"]]
             return rs if rs and all(not r["lastEvaluation"].startswith("0001") for r in rs) \
                 else None
-        rs = wait_for(evaluated, 10, "the alert rules to be evaluated")
+        rs = wait_until(evaluated, 10, "the alert rules to be evaluated")
         names = set(re.findall(r"^\s+- alert: (\w+)$", RULES.read_text(), re.M))
         assert {r["name"] for r in rs} == names
         problems = [p for r in rs for p in check_names(f"rule {r['name']}", r["query"])]
@@ -824,10 +825,10 @@ def test_dashboards_queries_return_data_from_real_prometheus(tmp_path):
             return {r["name"]: r["state"] for g in prom.api("rules")["data"]["groups"]
                     for r in g["rules"]}[name]
         worker.terminate()
-        wait_for(lambda: alert_state("RouterDispatchWorkersDown") == "pending", 15,
+        wait_until(lambda: alert_state("RouterDispatchWorkersDown") == "pending", 15,
                  "RouterDispatchWorkersDown to be pending after the worker stopped", 0.25)
         router.stop(signal.SIGKILL)
-        wait_for(lambda: alert_state("RouterDown") == "pending", 15,
+        wait_until(lambda: alert_state("RouterDown") == "pending", 15,
                  "RouterDown to be pending after the router was killed", 0.25)
 
 
@@ -879,7 +880,7 @@ def test_histogram_agrees_with_client_measurement():
         for mid in warm:
             assert s.wait(mid, Status.DELIVERED, timeout=5).status == Status.DELIVERED
         name = "router_delivery_latency_seconds"
-        wait_for(lambda: bucket_counts(scrape(port), name, "order")[-1][1] >= 5, 5,
+        wait_until(lambda: bucket_counts(scrape(port), name, "order")[-1][1] >= 5, 5,
                  "the warm-up deliveries in the histogram")
         text = scrape(port)
         before = bucket_counts(text, name, "order")
@@ -932,7 +933,7 @@ def test_ops_endpoints_of_a_router_process():
         status, ctype, body = http(port, "/metrics")
         assert status == 200 and ctype.startswith("text/plain") and "router_build_info{" in body
         assert "process_cpu_seconds_total" in body and "process_open_fds" in body
-        wait_for(lambda: http(port, "/readyz")[0] == 200, 5, "/readyz 200")
+        wait_until(lambda: http(port, "/readyz")[0] == 200, 5, "/readyz 200")
         assert http(port, "/healthz")[:2] == (200, "text/plain; charset=utf-8")
         for path in ("/", "/metricsx", "/metrics/extra", "/health", "/favicon.ico"):
             status, _, body = http(port, path)
@@ -959,7 +960,7 @@ def test_readyz_follows_the_router_lifecycle(tmp_path):
     t = threading.Thread(target=router.serve, kwargs={"install_signals": False}, daemon=True)
     t.start()
     try:
-        wait_for(lambda: http(port, "/readyz")[0] == 200, 5, "/readyz 200 once serving")
+        wait_until(lambda: http(port, "/readyz")[0] == 200, 5, "/readyz 200 once serving")
         with Sender(url, "ready-probe") as s:  # ready means it accepts sends
             mid = s.send("merchant:ready", b"x")
             assert s.wait(mid, Status.ACCEPTED, timeout=5).status == Status.ACCEPTED
@@ -1017,7 +1018,7 @@ def test_dispatch_worker_is_ready_only_after_ready_sent():
                 return http(port, "/readyz")
             except OSError:
                 return None
-        status, _, why = wait_for(answers, 10, "the worker's ops port")
+        status, _, why = wait_until(answers, 10, "the worker's ops port")
         assert (status, why) == (503, "not ready yet\n")
         assert http(port, "/healthz")[0] == 200
         assert http(port, "/nothing")[0] == 404

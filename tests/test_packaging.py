@@ -5,12 +5,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, free_port
+from router.client import Sender
+
+from support import ROOT, answers_hello, free_port, wait_until
 
 pytestmark = pytest.mark.long
 
@@ -33,11 +34,13 @@ def test_pip_install_in_fresh_venv_builds_and_routes(tmp_path):
     server = subprocess.Popen([str(venv / "bin" / "router"), "serve", "--bind", url],
                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        time.sleep(1.5)
+        wait_until(lambda: answers_hello(url), 10, "the installed router to answer a HELLO")
         listener = subprocess.Popen([str(venv / "bin" / "router"), "listen", "user:1",
                                      "--router", url, "--count", "1", "--timeout", "10"],
                                     cwd=tmp_path, stdout=subprocess.PIPE, text=True)
-        time.sleep(1.0)
+        with Sender(url, "packaging-probe") as probe:
+            wait_until(lambda: probe.presence(["user:1"])["user:1"] is not None, 10,
+                       "the listener to bind user:1")
         sent = subprocess.run([str(venv / "bin" / "router"), "send", "user:1", "hello",
                                "--router", url, "--wait", "delivered"], cwd=tmp_path,
                               capture_output=True, text=True, timeout=20)

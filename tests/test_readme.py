@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, RouterProcess
+from support import ROOT, RouterProcess
 
 EXAMPLE_PORT = 5555
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}

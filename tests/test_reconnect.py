@@ -7,9 +7,8 @@ import time
 
 import pytest
 
-from conftest import RouterProcess
 from netem import FaultProxy
-from support import Traffic
+from support import RouterProcess, Traffic
 
 WINDOW = 256
 ARGS = ("--heartbeat-ms", "1000", "--liveness", "3", "--window", str(WINDOW),

@@ -18,8 +18,7 @@ from router.client import Endpoint, Sender, payload_json
 from router.history import History
 from router.protocol import Command, ErrorCode, MsgClass, Role, Status
 
-from conftest import ROOT, Peer, RouterProcess
-from support import Traffic, drain
+from support import ROOT, Peer, RouterProcess, Traffic, drain, wait_until
 
 FAST = ("--heartbeat-ms", "300", "--retry-ms", "300", "--retry-max-ms", "1000")
 
@@ -314,8 +313,9 @@ def test_history_keeps_the_highest_sequences(router):
         later = s.send("user:big", {"status": "delivered"}, key="order:2003")
         drain(u, 1)
         s.wait(later, Status.DELIVERED, timeout=5)
-    time.sleep(0.3)  # one housekeeping slice writes the history
     db = History(Path(router.data_dir) / "history.db")
+    wait_until(lambda: [e["event"] for e in db.timeline("2003")][-1:] == ["final"], 5,
+               "order 2003's final event in the history (written between loop slices)")
     assert [e["seq"] for e in db.timeline("2002") if e["event"] == "sent"] == [cursor + 1]
     assert [e["event"] for e in db.timeline("2003")][-1] == "final"
     assert "order history failed" not in router.log()
@@ -337,8 +337,11 @@ def test_order_history_timeline(router):
         expired = s.send("rider:404", b"offer", kind="dispatch.offer", key="order:1001",
                          msg_class=MsgClass.DISPATCH, ttl_ms=200)
         s.wait(expired, Status.EXPIRED, timeout=5)
-    time.sleep(0.3)  # one housekeeping slice writes the history
-    events = History(Path(router.data_dir) / "history.db").timeline("1001")
+    db = History(Path(router.data_dir) / "history.db")
+    wait_until(lambda: any(e["msg_id"] == expired and e["event"] == "final"
+                           for e in db.timeline("1001")), 5,
+               "the expired offer's final event in the history (written between slices)")
+    events = db.timeline("1001")
     by_msg = defaultdict(list)
     for e in events:
         by_msg[e["msg_id"]].append((e["event"], e["address"], e["status"]))

@@ -7,7 +7,7 @@ import time
 from router.client import Endpoint, Sender, payload_json
 from router.protocol import ErrorCode, MsgClass, Role, Status
 
-from support import drain
+from support import drain, wait_until
 
 
 
@@ -108,12 +108,12 @@ def test_names_that_share_prefixes_route_to_their_own_gateway(router):
 def test_gateway_bind_more_and_unbind(router):
     with Endpoint(router.url, ["user:1"], role=Role.GATEWAY, name="gw") as gw, \
             Sender(router.url, "svc") as s:
-        gw.bind(["user:2"])
-        time.sleep(0.1)
+        gw.bind(["user:2"])  # BIND and UNBIND have no reply: presence shows them done
+        wait_until(lambda: s.presence(["user:2"])["user:2"] is not None, 5, "user:2 bound")
         s.send("user:2", b"hi")
         assert drain(gw, 1)[0].address == "user:2"
         gw.unbind(["user:2"])
-        time.sleep(0.1)
+        wait_until(lambda: s.presence(["user:2"])["user:2"] is None, 5, "user:2 unbound")
         s.send("user:2", b"held")
         assert gw.recv(timeout=0.3) is None
         with Endpoint(router.url, ["user:2"]) as other:

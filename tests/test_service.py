@@ -16,7 +16,7 @@ from router.client import Sender
 from router.protocol import ErrorCode
 from workers.service import ServiceWorker
 
-from conftest import ROOT
+from support import ROOT, wait_until
 
 ECHO_WORKER = """
 import os, sys, time
@@ -43,7 +43,7 @@ def start_worker(url: str, hang: bool = False) -> subprocess.Popen:
 def test_requests_are_balanced_over_workers(router):
     workers = [start_worker(router.url) for _ in range(2)]
     try:
-        time.sleep(0.3)
+        router.wait_for_log("worker ready for echo (credit 1), 2 workers")
         with Sender(router.url, "client") as c:
             pids = set()
             for i in range(20):
@@ -64,7 +64,7 @@ def test_worker_killed_mid_request_is_retried_on_another(make_router):
     a = start_worker(r.url, hang=True)
     b = None
     try:
-        time.sleep(0.2)
+        r.wait_for_log("worker ready for echo (credit 1), 1 workers")
         with Sender(r.url, "client") as c:
             rid = c.submit("echo", b"slow", ttl_ms=10000)
             c.poll(0.5)  # the only worker has taken it and hangs
@@ -358,7 +358,7 @@ def test_broker_error_counts_and_rate_limit(rig):
 def test_made_up_service_names_leave_no_metric_series(make_router):
     # 25 made-up names once left 25 `service` series: only registered services are shown.
     import urllib.request
-    from conftest import free_port
+    from support import free_port
     port = free_port()
     r = make_router("--metrics-port", str(port), "--heartbeat-ms", "500")
 
@@ -368,11 +368,14 @@ def test_made_up_service_names_leave_no_metric_series(make_router):
     w = start_worker(r.url)
     try:
         with Sender(r.url, "client") as c:
-            for i in range(25):
-                c.submit(f"made-up-{i}", b"x", ttl_ms=200)
+            made_up = {c.submit(f"made-up-{i}", b"x", ttl_ms=200) for i in range(25)}
             assert c.request("echo", b"hi", ttl_ms=3000).code == ErrorCode.NONE
-            time.sleep(0.5)
-            c.poll(0.1)
+
+            def all_answered() -> bool:  # each is answered by the end of its 200 ms TTL
+                c.poll(0.05)
+                made_up.difference_update({m for m in made_up if c.take_reply(m) is not None})
+                return not made_up
+            wait_until(all_answered, 5, "the made-up services' requests to be answered")
         deadline = time.monotonic() + 5
         while 'router_service_workers{service="echo"} 1.0' not in (text := scrape()):
             assert time.monotonic() < deadline, text
@@ -437,7 +440,7 @@ def test_ttl_zero_requests_of_a_client_that_leaves_are_dropped(make_router):
     nothing for them afterwards (they used to wait forever)."""
     import time
     import urllib.request
-    from conftest import Peer, free_port
+    from support import Peer, free_port
     from router import protocol as P
     from router.protocol import Command, Role
     port = free_port()

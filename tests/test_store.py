@@ -10,7 +10,7 @@ from router import storage
 from router.core import Core
 from router.journal import FileStore
 
-from conftest import Peer
+from support import Peer
 
 
 def make_core(tmp_path, store):

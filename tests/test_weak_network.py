@@ -8,9 +8,8 @@ import time
 
 import pytest
 
-from conftest import RouterProcess
 from netem import MOBILE_PROFILE, FaultProxy
-from support import Traffic
+from support import RouterProcess, Traffic
 
 ROUTER_ARGS = ("--heartbeat-ms", "1000", "--liveness", "5", "--retry-ms", "1000",
                "--retry-max-ms", "4000", "--max-attempts", "0")
