@@ -79,23 +79,39 @@ def _connect_endpoint(fake: FakeRouter, addresses, **kw) -> tuple[Endpoint, byte
     return ep, ident[0]
 
 
-def test_acks_batch_while_deliveries_wait_and_go_at_once_when_caught_up(fake):
+def test_acks_go_at_once_and_merge_into_one_cumulative_ack(fake):
+    # The engine sends an ack on its next pass without waiting for the application's
+    # next call, and acks made before that pass leave as one cumulative ACK.
     ep, ident = _connect_endpoint(fake, ["merchant:1"])
     try:
         for seq in (1, 2, 3):
             fake.deliver(ident, "merchant:1", seq)
-        first = ep.recv(timeout=2)
-        deadline = time.monotonic() + 2
-        while len(ep._ready) < 2 and time.monotonic() < deadline:  # all three arrived
-            ep._pump(0.05)
-        assert (first.seq, len(ep._ready)) == (1, 2)
-        ep.ack(first)
-        ep.ack(ep.recv(timeout=1))
-        assert fake.recv(0.3) is None  # seq 3 still waits in the endpoint: batched
-        ep.ack(ep.recv(timeout=1))  # caught up: one cumulative ACK now, not at the next call
+        got = [ep.recv(timeout=2) for _ in range(3)]
+        assert [d.seq for d in got] == [1, 2, 3]
+        ep.ack(got[0])
+        frames = fake.recv(1)  # no further call into the endpoint: the engine sent it
+        assert frames is not None and frames[1] == P.encode_ack([("merchant:1", 1)])
+        ep.ack(got[1])
+        ep.ack(got[2])
+        acks = []
+        while (frames := fake.recv(0.3)) is not None:
+            assert frames[1][2] == P.Command.ACK
+            acks.append(frames[1])
+        assert 1 <= len(acks) <= 2 and acks[-1] == P.encode_ack([("merchant:1", 3)])
+    finally:
+        ep.close()
+
+
+def test_a_redelivered_sequence_is_dropped_and_acked_again(fake):
+    ep, ident = _connect_endpoint(fake, ["merchant:1"])
+    try:
+        fake.deliver(ident, "merchant:1", 1)
+        assert ep.recv(timeout=2).seq == 1
+        fake.deliver(ident, "merchant:1", 1)   # the router resends what we hold
+        assert ep.recv(timeout=0.3) is None
         frames = fake.recv(1)
-        assert frames is not None and frames[1][2] == P.Command.ACK
-        assert frames[1] == P.encode_ack([("merchant:1", 3)])
+        assert frames is not None and frames[1] == P.encode_ack([("merchant:1", 1)])
+        assert ep.duplicates == 1
     finally:
         ep.close()
 
