@@ -195,7 +195,6 @@ class OrderService:
             self._on_event(d.payload)
             self.inbox.ack(d)
             d = self.inbox.recv(timeout=0)
-        self.inbox.flush()
         self.sender.poll(0)
         replies = self._replies[:]
         self._replies.clear()  # the same list: the sender appends to it
