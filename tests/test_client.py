@@ -13,7 +13,7 @@ from router import protocol as P
 from router.aio import AsyncEndpoint, AsyncSender
 from router.client import Endpoint, Sender
 from router.protocol import ErrorCode, MsgClass, Status
-from router.session import RouterError, SenderSession, check_address, order_ref
+from router.session import RouterError, check_address, order_ref
 from support import free_port
 
 
@@ -116,6 +116,26 @@ def test_a_redelivered_sequence_is_dropped_and_acked_again(fake):
         ep.close()
 
 
+def test_more_addresses_than_one_list_holds_go_in_hello_then_bind(fake):
+    names = [f"user:{i}" for i in range(P.MAX_LIST + 10)]
+    ep, ident = _connect_endpoint(fake, names, role=P.Role.GATEWAY, name="gw", timeout=10)
+    try:
+        frames = fake.recv(2)
+        assert frames is not None and frames[1][2] == P.Command.BIND
+        assert P.COUNT.unpack_from(frames[1], P.PREFIX.size)[0] == 10
+        for i in (0, P.MAX_LIST + 9):   # acks for every address split the same way
+            ep.ack(P.Delivery(names[i], 1, 1, 0, MsgClass.ORDER, "", "o", "", P.Flag(0), b""))
+        for n in names[1:P.MAX_LIST + 9]:
+            ep.ack(P.Delivery(n, 1, 1, 0, MsgClass.ORDER, "", "o", "", P.Flag(0), b""))
+        counts = []
+        while sum(counts) < len(names) and (frames := fake.recv(2)) is not None:
+            if frames[1][2] == P.Command.ACK:
+                counts.append(P.COUNT.unpack_from(frames[1], P.PREFIX.size)[0])
+        assert sum(counts) == len(names) and max(counts) <= P.MAX_LIST
+    finally:
+        ep.close()
+
+
 def test_router_error_after_welcome_reaches_on_error_and_errors(fake):
     seen: list[RouterError] = []
     ep, ident = _connect_endpoint(fake, ["user:7"], on_error=seen.append)
@@ -179,11 +199,12 @@ def test_addresses_are_kind_colon_id(bad):
         check_address(bad)
     with pytest.raises(ValueError):
         Endpoint("tcp://127.0.0.1:1", [bad], timeout=0.1)  # refused before connecting
-    session = SenderSession("svc")
-    with pytest.raises(ValueError, match="target"):
-        session.send(bad, b"x")
-    with pytest.raises(ValueError):
-        session.join("order:1", ["user:1", bad])
+    with Sender("tcp://127.0.0.1:1", "svc", wait=False) as s:  # checked before queueing
+        with pytest.raises(ValueError, match="target"):
+            s.send(bad, b"x")
+        with pytest.raises(ValueError):
+            s.join("order:1", ["user:1", bad])
+        assert s.stats()["sent"] == 0
 
 
 def test_sdk_checks_bind_and_ttl_before_sending(router):
