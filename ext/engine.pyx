@@ -6,7 +6,10 @@ this. The I/O thread owns the DEALER socket and its monitor socket; without the
 application's help it says HELLO once per connection (again when the router stays
 silent past its liveness), sends heartbeats, reads and checks every frame, drops
 redelivered sequences, sends cumulative ACKs, tracks reliable messages until the router
-confirms them and resends them in order after a re-HELLO. It runs without the GIL.
+confirms them and resends them in order after a re-HELLO. Between a dropped
+connection (or a re-HELLO) and the router's WELCOME, sends wait in the engine rather
+than reach a new connection ahead of its HELLO (best effort: at most MAX_HELD). It runs
+without the GIL.
 
 The application thread and the I/O thread meet in a few queues guarded by one mutex:
 - out-queue items (sends, control frames, binds), appended by the application;
@@ -79,6 +82,7 @@ cdef enum:
     PREFIX_SIZE = SEND_ID           # every header starts with the 4-byte prefix
     ITEM_HEAD = 5                   # out-queue item: kind byte + u32 header length
     RECV_BUDGET = 2048              # messages read per pass before other work
+    MAX_HELD = 100000               # best-effort sends held while the link is down
     MAX_LIST_ENTRIES = 0xFFFF       # protocol.MAX_LIST
     EVENT_HANDSHAKE_SUCCEEDED = 0x1000
     EVENT_DISCONNECTED = 0x0200
@@ -150,7 +154,7 @@ cdef class Engine:
     cdef bint stopped
     cdef uint64_t n_sent, n_delivered, n_duplicates, n_receipts, n_resent
     cdef uint64_t n_hellos, n_heartbeats, n_connects, n_disconnects, n_dropped_receipts
-    cdef uint64_t n_malformed, n_send_errors
+    cdef uint64_t n_malformed, n_send_errors, n_dropped_held, n_quiet_errors
     cdef bint welcomed_flag
     cdef uint32_t w_heartbeat_ms, w_liveness, w_max_payload
 
@@ -163,6 +167,7 @@ cdef class Engine:
     cdef vector[string] ev_local
     cdef vector[Rcpt] rc_local
     cdef vector[string] backlog
+    cdef vector[string] scratch
     cdef uint64_t confirmed_local
     cdef bint link, welcome_seen, hello_since_down, resend_due, ever_connected
     cdef uint64_t hello_at, last_heard, last_sent, last_resend_scan
@@ -217,7 +222,9 @@ cdef class Engine:
         items[2].events = ZMQ_POLLIN
         self._hello(eng_now_ms())
         while True:
-            timeout = 0 if busy or self.reack.size() else self._timer_ms(eng_now_ms())
+            timeout = 0 if (busy or self.reack.size()
+                            or (self.backlog.size() and not self._holding())) \
+                else self._timer_ms(eng_now_ms())
             pthread_mutex_lock(&self.mu)
             if self.stopping:
                 pthread_mutex_unlock(&self.mu)
@@ -273,28 +280,44 @@ cdef class Engine:
                            item.size() - ITEM_HEAD - hn, True)
 
     cdef void _send_queued(self) noexcept nogil:
+        """Take the out-queue and acks from the application and act on them."""
         cdef vector[string] items
         cdef unordered_map[string, uint64_t] acks
-        cdef size_t i
         pthread_mutex_lock(&self.mu)
         items.swap(self.out_q)
         acks.swap(self.ack_q)
         pthread_mutex_unlock(&self.mu)
-        if self.backlog.size():
-            # sends refused earlier (EAGAIN) go first, in order
-            self.backlog.insert(self.backlog.end(), items.begin(), items.end())
-            items.swap(self.backlog)
-            self.backlog.clear()
-        for i in range(items.size()):
-            if not self._take_item(items[i]):
-                self.backlog.insert(self.backlog.end(), items.begin() + i, items.end())
-                break
+        self._take_items(items)
         for kv in self.reack:
             if acks.count(kv.first) == 0 or acks[kv.first] < kv.second:
                 acks[kv.first] = kv.second
         self.reack.clear()
         if acks.size():
             self._send_acks(acks)
+
+    cdef bint _holding(self) noexcept nogil:
+        """Between a drop or a (re-)HELLO and its WELCOME, sends wait in the engine:
+        written to libzmq they would reach a new connection before its HELLO and be
+        refused (NOT_READY)."""
+        return self.resend_due or not self.link
+
+    cdef void _take_items(self, vector[string] &items) noexcept nogil:
+        """Act on ``items`` after what waits in the backlog, in order; what cannot go
+        now (holding, or the socket said EAGAIN) joins the backlog."""
+        cdef size_t i
+        cdef bint stuck = False
+        if self.backlog.size():
+            self.backlog.insert(self.backlog.end(), items.begin(), items.end())
+            items.swap(self.backlog)
+            self.backlog.clear()
+        for i in range(items.size()):
+            if stuck or not self._take_item(items[i]):
+                stuck = True
+                if items[i][0] != b's' or self.backlog.size() < MAX_HELD:
+                    self.backlog.push_back(string())
+                    self.backlog.back().swap(items[i])
+                else:
+                    self.n_dropped_held += 1   # best effort over the bound while held
 
     cdef bint _take_item(self, string &item) noexcept nogil:
         """Act on one out-queue item; False if the socket refused it (retry later)."""
@@ -310,7 +333,7 @@ cdef class Engine:
                 self.confirmed_local += 1   # the same id again: one pending message
             pend.item.swap(item)
             pend.sent_ms = 0
-            if self.resend_due:
+            if self._holding():
                 return True         # goes out after the WELCOME, behind older ones
             if not self._send_item(pend.item):
                 return True         # stays unconfirmed: the resend timer retries it
@@ -323,7 +346,7 @@ cdef class Engine:
         if kind == b'U':
             self._unbind(item)
             return True
-        if not self._send_item(item):
+        if self._holding() or not self._send_item(item):
             return False
         if kind == b's':
             self.n_sent += 1
@@ -653,6 +676,8 @@ cdef class Engine:
             # in send order, before anything new
             self.resend_due = False
             self._resend(eng_now_ms(), 0)
+            self._take_items(self.scratch)   # then what waited in the backlog
+            self.scratch.clear()
         cdef string extra
         pthread_mutex_lock(&self.mu)
         extra = self.welcome_frame
@@ -670,7 +695,12 @@ cdef class Engine:
         if hn < ERROR_FIXED:
             self.n_malformed += 1
             return
-        if eng_get16(h + PREFIX_SIZE) == E_NOT_READY:
+        cdef uint16_t code = eng_get16(h + PREFIX_SIZE)
+        if code == E_RATE_LIMITED and not self.welcome_seen:
+            # the router's summary of the NOT_READYs below, before our HELLO landed
+            self.n_quiet_errors += 1
+            return
+        if code == E_NOT_READY:
             # one HELLO answers a burst of NOT_READY (one per message in flight when the
             # connection changed): none while one is pending
             if not self._hello_pending(eng_now_ms()):
@@ -999,6 +1029,7 @@ cdef class Engine:
                    connects=self.n_connects, disconnects=self.n_disconnects,
                    dropped_receipts=self.n_dropped_receipts, malformed=self.n_malformed,
                    send_errors=self.n_send_errors, pending=self.pending,
+                   dropped_held=self.n_dropped_held, quiet_errors=self.n_quiet_errors,
                    queued_events=self.in_q.size())
         pthread_mutex_unlock(&self.mu)
         return out

@@ -113,6 +113,7 @@ def test_router_sigkill_under_load_loses_nothing_accepted_and_clients_return_fas
         router.stop(signal.SIGKILL)
         router.remove_files()
     print(f"\nreconnected {reconnect_s * 1000:.0f} ms after the restarted router was serving")
+    assert not s.errors and not ep.errors, (list(s.errors), list(ep.errors))  # no NOT_READY storm
     assert accepted <= set(got), f"{len(accepted - set(got))} accepted messages never delivered"
     assert len(set(got)) == len(sent)
     assert reconnect_s < 0.25
