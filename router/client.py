@@ -512,14 +512,17 @@ class Endpoint(Addresses, Client):
     Deliveries of reliable classes carry a per-address ``seq``; ack a delivery once it is
     processed. Redelivered sequences already received are dropped by the engine, so the
     application sees each message once, in order. ``cursors`` ({address: last seq
-    held}) resumes where a previous run stopped.
+    held}) resumes where a previous run stopped. ``auto_ack`` (default true): iterating
+    acks each delivery when the loop body is done with it; false: acks are the
+    application's (:meth:`ack`).
     """
 
     def __init__(self, endpoint: str, addresses: Iterable[str], *, name: str | None = None,
                  role: Role = Role.ENDPOINT, cursors: dict[str, int] | None = None,
-                 **options: Any) -> None:
+                 auto_ack: bool = True, **options: Any) -> None:
         addresses = list(addresses)
         start = self._start_cursors(addresses, cursors)
+        self.auto_ack = auto_ack
         self._ready: collections.deque[Delivery] = collections.deque()
         super().__init__(endpoint, name or (addresses[0] if addresses else "endpoint"),
                          role, cursors=start, **options)
@@ -564,10 +567,11 @@ class Endpoint(Addresses, Client):
         self._ready.append(d)
 
     def __iter__(self) -> Iterator[Delivery]:
-        """Deliveries forever; each is acked when the loop body finishes with it (when
-        the loop asks for the next one)."""
+        """Deliveries forever; with ``auto_ack`` each is acked when the loop body is
+        done with it (when the loop asks for the next one)."""
         while True:
             d = self.recv()
             if d is not None:
                 yield d
-                self.ack(d)
+                if self.auto_ack:
+                    self.ack(d)
