@@ -130,14 +130,20 @@ class History:
         """Every PRUNE_SECONDS, delete at most PRUNE_ROWS events older than the
         retention: bounded work per write, so a long backlog of old events is worked off
         over many passes instead of one statement that holds the database for seconds.
-        Rows are inserted in time order, so the oldest are the lowest rowids."""
+        Rows are inserted in time order, so the oldest are the lowest rowids: the step
+        looks at the first PRUNE_ROWS rows by rowid and no further (a filter on ts_us
+        alone would scan the whole table whenever nothing has expired yet, every
+        second, and the table grows all month)."""
         now = time.time()
         if now - self._last_prune < PRUNE_SECONDS:
             return
         self._last_prune = now
         cutoff = int((now - self.retain_days * 86400) * 1e6)
+        oldest = self.db.execute("SELECT ts_us FROM events ORDER BY rowid LIMIT 1").fetchone()
+        if oldest is None or oldest[0] >= cutoff:
+            return  # nothing expired: one index lookup, not a scan
         cur = self.db.execute("DELETE FROM events WHERE rowid IN (SELECT rowid FROM events "
-                              "WHERE ts_us < ? ORDER BY rowid LIMIT ?)", (cutoff, PRUNE_ROWS))
+                              "ORDER BY rowid LIMIT ?) AND ts_us < ?", (PRUNE_ROWS, cutoff))
         self.pruned += max(cur.rowcount, 0)
 
     def size_bytes(self) -> int:
