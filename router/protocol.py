@@ -458,8 +458,9 @@ def decode_request(header: bytes) -> tuple[int, int, str]:
 
 def decode_reply(header: bytes) -> tuple[int, ErrorCode]:
     """(request id, status) of a REPLY header."""
-    if len(header) != PREFIX.size + REPLY.size:
-        raise ProtocolError(ErrorCode.MALFORMED, "REPLY header is 14 bytes")
+    if len(header) != REPLY_AT["REPLY_FIXED"]:
+        raise ProtocolError(ErrorCode.MALFORMED,
+                            f"REPLY header is {REPLY_AT['REPLY_FIXED']} bytes")
     rid, code = REPLY.unpack_from(header, PREFIX.size)
     try:
         return rid, ErrorCode(code)
@@ -539,7 +540,7 @@ def decode_welcome(header: bytes) -> WelcomeInfo:
     """Decode a WELCOME: heartbeat ms, liveness, max payload bytes, and the tunables of the
     extension when the router sent one (None otherwise). Bytes after the fields of the
     layout this module knows are ignored: later layouts only append."""
-    base = PREFIX.size + WELCOME.size
+    base = WELCOME_AT["WELCOME_BASE"]  # the extension starts here, with its layout byte
     if len(header) < base:
         raise ProtocolError(ErrorCode.MALFORMED,
                             f"WELCOME header is {len(header)} bytes, needs {base}")
