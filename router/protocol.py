@@ -226,8 +226,8 @@ assert WELCOME_FIXED == PREFIX.size + WELCOME.size + WELCOME_EXT.size
 
 
 class Record(enum.IntEnum):
-    """Journal record kinds (the first body byte; layouts in ext/journal.pxi and
-    docs/PROTOCOL.md, "Journal")."""
+    """Journal record kinds (the first body byte; layouts below, written and read by
+    ext/journal.pxi and ext/durable.pxi; docs/PROTOCOL.md §10, "Journal record")."""
 
     MSG = 1  #: a reliable message for one address, with its seq
     ACK = 2  #: cumulative ack of an address

@@ -18,7 +18,8 @@ def test_compiled_core_uses_the_python_table():
 
 
 SECTIONS = {P.Command: "## 3.", P.Flag: "## 4.", P.Role: "## 5.", P.MsgClass: "## 6.",
-            P.Status: "## 7.", P.ErrorCode: "## 8."}
+            P.Status: "## 7.", P.ErrorCode: "## 8.", P.Record: "### Journal record",
+            P.HistoryEvent: "### History event"}
 
 
 @pytest.mark.parametrize("group", list(SECTIONS), ids=lambda g: g.__name__)
@@ -219,6 +220,12 @@ DOC_TABLES = {
     ("### Services", 0): _rows(P.READY_AT) + _var(P.READY_AT, "READY_FIXED"),
     ("### Services", 1): _rows(P.REQUEST_AT) + _var(P.REQUEST_AT, "REQUEST_FIXED"),
     ("### Services", 2): _rows(P.REPLY_AT),
+    ("### Journal record", 0): _rows(P.RECORD_AT) + _var(P.RECORD_AT, "REC_HEAD"),
+    # the MSG body by offset from its kind byte: the kind, then JOURNAL_MSG's fields
+    ("### Journal record", 1): _rows(P.RECORD_KIND_AT)
+    + [(P.RECORD_KIND.size + off, size) for off, size in _rows(P.JOURNAL_MSG_AT)]
+    + [(P.RECORD_KIND.size + P.JOURNAL_MSG.size, None)],
+    ("### History event", 0): _rows(P.HISTORY_AT) + _var(P.HISTORY_AT, "HIST_FIXED"),
 }
 
 
