@@ -26,14 +26,14 @@ cdef void _handle(Core self, zmq_msg_t *f, int n, int extra) noexcept nogil:
         return
     cdef const uint8_t *h = <const uint8_t *>zmqapi.msg_data(&f[1])
     cdef size_t hlen = zmqapi.msg_size(&f[1])
-    if hlen < 4:
+    if hlen < PREFIX_SIZE:
         _error(self, pi, E_MALFORMED, 0, "header frame shorter than the 4-byte prefix")
         return
-    if h[0] != SIGNATURE or h[1] != VERSION:
+    if h[PREFIX_SIGNATURE] != SIGNATURE or h[PREFIX_VERSION] != VERSION:
         _error(self, pi, E_BAD_VERSION, 0,
                     "signature/version not understood: this router speaks version 1")
         return
-    cdef uint8_t cmd = h[2]
+    cdef uint8_t cmd = h[PREFIX_COMMAND]
     if cmd == CMD_SEND or cmd == CMD_REQUEST or cmd == CMD_REPLY:
         if n != 3 or extra:
             if cmd == CMD_SEND and hlen >= SEND_TTL:
@@ -60,7 +60,7 @@ cdef void _handle(Core self, zmq_msg_t *f, int n, int extra) noexcept nogil:
     elif cmd == CMD_HELLO:
         _on_hello(self, pi, h, hlen)
     elif cmd == CMD_BIND:
-        _on_bind(self, pi, h, hlen, 4)
+        _on_bind(self, pi, h, hlen, BIND_LIST)
     elif cmd == CMD_UNBIND:
         _on_unbind(self, pi, h, hlen)
     elif cmd == CMD_JOIN or cmd == CMD_LEAVE:
@@ -75,13 +75,15 @@ cdef void _handle(Core self, zmq_msg_t *f, int n, int extra) noexcept nogil:
 
 cdef void _on_hello(Core self, int pi, const uint8_t *h, size_t hlen) noexcept nogil:
     cdef Peer *p = self.peers[pi]
-    if hlen < 6 or 6 + <size_t>h[5] > hlen or h[5] == 0:
+    if (hlen < HELLO_FIXED or HELLO_FIXED + <size_t>h[HELLO_NAME_LEN] > hlen
+            or h[HELLO_NAME_LEN] == 0):
         _error(self, pi, E_MALFORMED, 0, "HELLO needs role, a 1..255 byte name, cursor list")
         return
-    if h[4] < ROLE_SENDER or h[4] > ROLE_WORKER:
+    if h[HELLO_ROLE] < ROLE_SENDER or h[HELLO_ROLE] > ROLE_WORKER:
         _error(self, pi, E_BAD_ROLE, 0, "HELLO role must be 1 (sender) .. 4 (worker)")
         return
-    if not valid_cursor_list(h, hlen, 6 + h[5]):
+    cdef size_t cursors = HELLO_FIXED + <size_t>h[HELLO_NAME_LEN]  # the list, after the name
+    if not valid_cursor_list(h, hlen, cursors):
         _error(self, pi, E_MALFORMED, 0, "HELLO cursor list does not match its length")
         return
     if count_hello(p, self.now_us // 1000) > HELLOS_PER_SECOND:
@@ -94,15 +96,15 @@ cdef void _on_hello(Core self, int pi, const uint8_t *h, size_t hlen) noexcept n
         _unbind_all(self, pi)  # a repeated HELLO replaces the previous bindings
     else:
         self.c.peers_connected += 1
-    p.role = h[4]
+    p.role = h[HELLO_ROLE]
     if not p.name.empty():
         _forget_name(self, pi)
-    p.name = string(<const char *>h + 6, h[5])
+    p.name = string(<const char *>h + HELLO_FIXED, h[HELLO_NAME_LEN])
     # interned at the peer's first SEND: most peers (users', riders', merchants'
     # endpoints) never send, and interned names are kept for the router's life
     _release_sender(self, p)
     self.peer_by_name[p.name] = pi  # receipts for this name now come here
-    if not _bind_cursors(self, pi, h, hlen, 6 + h[5]):
+    if not _bind_cursors(self, pi, h, hlen, cursors):
         return
     _welcome(self, pi)
     _deliver_outbox(self, pi)
@@ -122,59 +124,60 @@ cdef bint _bind_cursors(Core self, int pi, const uint8_t *h, size_t hlen, size_t
     cdef int ai
     cdef uint8_t ln
     cdef uint64_t cursor
-    off += 2
+    off += COUNT_SIZE
     for i in range(count):
         ln = h[off]
-        cursor = get64(h + off + 1 + ln)
+        cursor = get64(h + off + NAME_HEAD + ln)
         if cursor > MAX_CURSOR:
             # numbering would continue above it and wrap at 2**64
             _error(self, pi, E_BAD_CURSOR, 0, "cursor above 2**62 (MAX_CURSOR): "
                         "sequences start at 1 and cannot get there; send the last "
                         "sequence you hold, or 0")
             return False
-        ai = _address_slot(self, pi, h + off + 1, ln)
+        ai = _address_slot(self, pi, h + off + NAME_HEAD, ln)
         if ai < 0:
             return False
         _bind(self, pi, ai, cursor)
-        off += 1 + ln + 8
+        off += NAME_HEAD + ln + SEQ_SIZE
     return True
 
 
 cdef void _on_unbind(Core self, int pi, const uint8_t *h, size_t hlen) noexcept nogil:
-    if not valid_address_list(h, hlen, 4):
+    if not valid_address_list(h, hlen, UNBIND_LIST):
         _error(self, pi, E_MALFORMED, 0, "UNBIND address list does not match its length")
         return
-    cdef uint16_t count = get16(h + 4)
-    cdef size_t off = 6
+    cdef uint16_t count = get16(h + UNBIND_LIST)
+    cdef size_t off = UNBIND_LIST + COUNT_SIZE
     cdef uint16_t i
     cdef int ai
     for i in range(count):
-        ai = self.addr_by_name.find(<const char *>h + off + 1, h[off])
+        ai = self.addr_by_name.find(<const char *>h + off + NAME_HEAD, h[off])
         if ai >= 0 and self.addrs[ai].peer == pi:
             _unbind(self, pi, ai)
-        off += 1 + h[off]
+        off += NAME_HEAD + h[off]
 
 
 cdef void _on_join(Core self, int pi, const uint8_t *h, size_t hlen, bint leave) noexcept nogil:
-    if hlen < 5 or h[4] == 0 or not valid_address_list(h, hlen, 5 + <size_t>h[4]):
+    if (hlen < JOIN_FIXED or h[JOIN_CHANNEL_LEN] == 0
+            or not valid_address_list(h, hlen, JOIN_FIXED + <size_t>h[JOIN_CHANNEL_LEN])):
         _error(self, pi, E_MALFORMED, 0, "JOIN/LEAVE needs a channel name and an address list")
         return
-    if not valid_name(h + 5, h[4]):
+    if not valid_name(h + JOIN_FIXED, h[JOIN_CHANNEL_LEN]):
         _error(self, pi, E_BAD_ADDRESS, 0, "channel names are printable ASCII without spaces")
         return
-    cdef string chan = string(<const char *>h + 5, h[4])
-    cdef size_t off = 5 + <size_t>h[4]
+    cdef string chan = string(<const char *>h + JOIN_FIXED, h[JOIN_CHANNEL_LEN])
+    cdef size_t off = JOIN_FIXED + <size_t>h[JOIN_CHANNEL_LEN]  # the address list
     cdef uint16_t count = get16(h + off)
     cdef uint16_t i
     cdef int ai
-    off += 2
+    off += COUNT_SIZE
     if leave and count == 0:
         _close_channel(self, chan)  # LEAVE with no addresses closes the channel
         return
     cdef Channel *ch = _open_channel(self, chan)
     cdef vector[int] *members = &ch.members
     for i in range(count):
-        ai = _address_slot(self, pi, h + off + 1, h[off])
+        ai = _address_slot(self, pi, h + off + NAME_HEAD, h[off])
         if ai < 0:
             break
         if leave:
@@ -184,24 +187,24 @@ cdef void _on_join(Core self, int pi, const uint8_t *h, size_t hlen, bint leave)
         elif not contains_int(deref(members), ai):
             members.push_back(ai)
             self.addrs[ai].nchannels += 1  # a member is never reclaimed
-        off += 1 + h[off]
+        off += NAME_HEAD + h[off]
     if members.empty():
         self.channels.erase(chan)
 
 
 cdef void _on_ack(Core self, int pi, const uint8_t *h, size_t hlen) noexcept nogil:
-    if not valid_cursor_list(h, hlen, 4):
+    if not valid_cursor_list(h, hlen, ACK_LIST):
         _error(self, pi, E_MALFORMED, 0, "ACK cursor list does not match its length")
         return
-    cdef uint16_t count = get16(h + 4)
-    cdef size_t off = 6
+    cdef uint16_t count = get16(h + ACK_LIST)
+    cdef size_t off = ACK_LIST + COUNT_SIZE
     cdef uint16_t i
     cdef int ai
     for i in range(count):
-        ai = self.addr_by_name.find(<const char *>h + off + 1, h[off])
+        ai = self.addr_by_name.find(<const char *>h + off + NAME_HEAD, h[off])
         if ai >= 0:
-            _ack_to(self, ai, get64(h + off + 1 + h[off]))
-        off += 1 + h[off] + 8
+            _ack_to(self, ai, get64(h + off + NAME_HEAD + h[off]))
+        off += NAME_HEAD + h[off] + SEQ_SIZE
     self.c.acks_in += count
 
 
@@ -214,7 +217,7 @@ cdef void _on_send(Core self, int pi, const uint8_t *h, size_t hlen, zmq_msg_t *
     cdef uint32_t ttl_ms = get32(h + SEND_TTL)
     cdef uint8_t cls = h[SEND_CLASS], lt = h[SEND_TARGET_LEN]
     cdef uint8_t lk = h[SEND_KIND_LEN], lkey = h[SEND_KEY_LEN]
-    cdef uint8_t flags = h[3]
+    cdef uint8_t flags = h[PREFIX_FLAGS]
     if hlen != SEND_FIXED + <size_t>lt + lk + lkey:
         _error(self, pi, E_MALFORMED, msg_id, "SEND header length does not match its fields")
         return

@@ -175,9 +175,10 @@ cdef class Core:
         from the thread that runs the loop (router.metrics snapshots between slices)."""
         cdef size_t i
         _walk_addresses(self, WALK_PER_SNAPSHOT)
-        roles = [0, 0, 0, 0, 0]
+        roles = [0] * (ROLE_WORKER + 1)  # by Role; 0: not said HELLO yet
         for i in range(self.peers.size()):
-            if self.peers[i].live and not self.peers[i].gone and self.peers[i].role <= 4:
+            if (self.peers[i].live and not self.peers[i].gone
+                    and self.peers[i].role <= ROLE_WORKER):
                 roles[self.peers[i].role] += 1
         d = self.stats()
         d.update({
@@ -203,8 +204,8 @@ cdef class Core:
             "reclaim_max_us": self.c.reclaim_max_us,
             "addresses": self.addr_by_name.size(),
             "address_limit": self.max_addresses,
-            "peers_by_role": {"sender": roles[1], "endpoint": roles[2], "gateway": roles[3],
-                              "worker": roles[4]},
+            "peers_by_role": {"sender": roles[ROLE_SENDER], "endpoint": roles[ROLE_ENDPOINT],
+                              "gateway": roles[ROLE_GATEWAY], "worker": roles[ROLE_WORKER]},
         })
         self.c.reclaim_max_us = 0  # a fresh maximum for the next snapshot
         return d
@@ -288,17 +289,21 @@ cdef class Core:
         cdef string buf
         cdef size_t i, start
         cdef Address *a
+        cdef uint8_t floor[JFLOOR_FIXED]
+        cdef uint8_t cursor[JCURSOR_FIXED]
         if self.seq_floor:
             start = rec_begin(buf, REC_FLOOR)
-            rec_u64(buf, self.seq_floor)
+            put64(floor + JFLOOR_SEQ, self.seq_floor)
+            buf.append(<const char *>floor, JFLOOR_FIXED)
             rec_end(buf, start)
         for i in range(self.addrs.size()):
             a = self.addrs[i]
             if a.next_seq == 0 or a.free:
                 continue
             start = rec_begin(buf, REC_CURSOR)
-            rec_u64(buf, a.next_seq)
-            rec_u64(buf, a.acked)
+            put64(cursor + JCURSOR_NEXT_SEQ, a.next_seq)
+            put64(cursor + JCURSOR_ACKED, a.acked)
+            buf.append(<const char *>cursor, JCURSOR_FIXED)
             rec_name(buf, a.name)
             rec_end(buf, start)
         return buf
@@ -322,8 +327,9 @@ cdef class Core:
         try:
             while off + REC_HEAD <= n:
                 p = &data[off]
-                blen = get32(p)
-                if blen == 0 or off + REC_HEAD + blen > n or crc32c(p + REC_HEAD, blen) != get32(p + 4):
+                blen = get32(p + REC_LEN)
+                if (blen == 0 or off + REC_HEAD + blen > n
+                        or crc32c(p + REC_HEAD, blen) != get32(p + REC_CRC)):
                     break
                 if not _replay_record(self, p + REC_HEAD, blen):
                     break

@@ -132,7 +132,7 @@ cdef void _unreachable(Core self, int pi) noexcept nogil:
 
 cdef int _deliver(Core self, Peer *p, Address *a, Msg *m, uint64_t seq) noexcept nogil:
     """Send one DELIVER: 0 sent, 1 peer's pipe full, -1 peer unreachable."""
-    cdef char buf[DELIVER_FIXED + 4 * 255]
+    cdef char buf[DELIVER_MAX]
     cdef size_t tl = m.tmpl_len
     cdef size_t la = a.name.size()
     cdef zmq_msg_t body

@@ -9,14 +9,16 @@ cdef void _journal_msg(Core self, Address *a, Msg *m, uint64_t seq) noexcept nog
     cdef size_t lc = <uint8_t>t[DELIVER_CHANNEL_LEN]
     cdef size_t start = rec_begin(self.jbuf, REC_MSG)
     cdef uint64_t expire_wall = 0
+    cdef uint8_t fixed[JMSG_FIXED]
     if m.expire_us:
         expire_wall = m.accepted_us + (m.expire_us - mono_ms()) * 1000
-    rec_u64(self.jbuf, seq)
-    rec_u64(self.jbuf, m.msg_id)
-    rec_u64(self.jbuf, m.accepted_us)
-    rec_u64(self.jbuf, expire_wall)
-    self.jbuf.push_back(<char>m.cls)
-    self.jbuf.push_back(t[3])
+    put64(fixed + JMSG_SEQ, seq)
+    put64(fixed + JMSG_ID, m.msg_id)
+    put64(fixed + JMSG_ACCEPTED, m.accepted_us)
+    put64(fixed + JMSG_EXPIRE, expire_wall)
+    fixed[JMSG_CLASS] = m.cls
+    fixed[JMSG_FLAGS] = <uint8_t>t[PREFIX_FLAGS]  # the template's flags: LZ4 or none
+    self.jbuf.append(<const char *>fixed, JMSG_FIXED)
     rec_name(self.jbuf, a.name)
     rec_name(self.jbuf, m.sender_name)
     self.jbuf.push_back(<char>lk)
@@ -36,12 +38,16 @@ cdef void _journal_small(Core self, uint8_t kind, uint64_t v, const string &name
     if self.store is None or self.replaying:
         return
     cdef size_t start = rec_begin(self.jbuf, kind)
-    cdef uint8_t sc[3]
-    rec_u64(self.jbuf, v)
+    cdef uint8_t ack[JACK_FIXED]
+    cdef uint8_t fin[JFIN_FIXED]
     if kind == REC_FIN:
-        sc[0] = status
-        put16(sc + 1, code)
-        self.jbuf.append(<const char *>sc, 3)
+        put64(fin + JFIN_ID, v)
+        fin[JFIN_STATUS] = status
+        put16(fin + JFIN_CODE, code)
+        self.jbuf.append(<const char *>fin, JFIN_FIXED)
+    else:
+        put64(ack + JACK_SEQ, v)
+        self.jbuf.append(<const char *>ack, JACK_FIXED)
     rec_name(self.jbuf, name)
     rec_end(self.jbuf, start)
 
@@ -121,50 +127,40 @@ cdef void _accepted(Core self, Msg *m) noexcept nogil:
 cdef bint _replay_record(Core self, const uint8_t *p, uint32_t n):
     """Apply one journal record during start-up; False if it does not parse."""
     cdef const uint8_t *end = p + n
-    cdef uint8_t kind = p[0]
-    cdef string addr, sender, kindname, chan, order, dkey
-    cdef uint64_t seq, v2 = 0
+    cdef uint8_t kind = p[JREC_KIND]
+    cdef string addr
+    cdef size_t fixed
     cdef int ai
-    p += 1
+    p += JREC_FIELDS
     if kind != REC_MSG:
         self.replay_msg = NULL  # channel members' records are contiguous
     if kind == REC_FLOOR:
-        if p + 8 != end:
+        if p + JFLOOR_FIXED != end:
             return False
-        if get64(p) > self.seq_floor:
-            self.seq_floor = get64(p)
+        if get64(p + JFLOOR_SEQ) > self.seq_floor:
+            self.seq_floor = get64(p + JFLOOR_SEQ)
         return True
     if kind == REC_ACK or kind == REC_CURSOR or kind == REC_FIN:
-        if p + 8 > end:
+        # fixed fields, then one name (the address; for FIN the sender), ending the body
+        fixed = (JACK_FIXED if kind == REC_ACK else
+                 JCURSOR_FIXED if kind == REC_CURSOR else JFIN_FIXED)
+        if p + fixed > end:
             return False
-        seq = get64(p)
-        p += 8
-        if kind == REC_CURSOR:
-            if p + 8 > end:
-                return False
-            v2 = get64(p)
-            p += 8
-        elif kind == REC_FIN:
-            if p + 3 > end:
-                return False
-            v2 = p[0] | (<uint64_t>get16(p + 1) << 8)
-            p += 3
-        p = rd_name(p, end, addr)
-        if p == NULL or p != end:
+        if rd_name(p + fixed, end, addr) != end:
             return False
         if kind == REC_FIN:
-            seen = self.dedup.find(_intern(self, addr), seq)
+            seen = self.dedup.find(_intern(self, addr), get64(p + JFIN_ID))
             if seen != NULL:
-                seen.status = <uint8_t>(v2 & 0xFF)
-                seen.code = <uint8_t>(v2 >> 8)
+                seen.status = p[JFIN_STATUS]
+                seen.code = <uint8_t>get16(p + JFIN_CODE)  # error codes fit 8 bits
             return True
         ai = _restore_address(self, addr)
         if kind == REC_CURSOR:
-            if seq > self.addrs[ai].next_seq:
-                self.addrs[ai].next_seq = seq
-            _ack_to(self, ai, v2)
+            if get64(p + JCURSOR_NEXT_SEQ) > self.addrs[ai].next_seq:
+                self.addrs[ai].next_seq = get64(p + JCURSOR_NEXT_SEQ)
+            _ack_to(self, ai, get64(p + JCURSOR_ACKED))
         else:
-            _ack_to(self, ai, seq)
+            _ack_to(self, ai, get64(p + JACK_SEQ))
         return True
     if kind != REC_MSG or p + JMSG_FIXED > end:
         return False

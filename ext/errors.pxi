@@ -52,12 +52,9 @@ cdef void _error(Core self, int pi, uint16_t code, uint64_t msg_id, const char *
         msg_id = 0
         text = "too many bad requests: further errors this second are not reported"
         self.c.errors[code] += 1
-    hdr[0] = SIGNATURE
-    hdr[1] = VERSION
-    hdr[2] = CMD_ERROR
-    hdr[3] = 0
-    put16(hdr + 4, code)
-    put64(hdr + 6, msg_id)
+    put_prefix(hdr, CMD_ERROR, 0)
+    put16(hdr + ERROR_CODE, code)
+    put64(hdr + ERROR_ID, msg_id)
     while text[tl] != 0:
         tl += 1
     if zmqapi.send(self.sock, p.identity.data(), p.identity.size(),

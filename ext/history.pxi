@@ -7,7 +7,8 @@
 
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 
-# Event kinds (H_*) and HIST_FIXED come from router/protocol.py (protocol.pxi).
+# Event kinds (H_*) and the event layout (HIST_* offsets, HIST_FIXED, HIST_NAMES,
+# HIST_PAYLOAD_HEAD) come from router/protocol.py (protocol.pxi).
 
 
 cdef inline object _signed64(uint64_t v):
@@ -28,23 +29,24 @@ def history_rows(const uint8_t[::1] blob, dict events, dict statuses, dict codes
         if off + HIST_FIXED > n:
             raise ValueError(f"history buffer cut short at byte {off} of {n}")
         p = &blob[off]
-        kind, st, code, cls = p[0], p[25], get16(p + 26), p[28]
-        ts, mid, seq = get64(p + 1), get64(p + 9), get64(p + 17)
+        kind, st, code, cls = p[HIST_KIND], p[HIST_STATUS], get16(p + HIST_CODE), p[HIST_CLASS]
+        ts, mid, seq = get64(p + HIST_TS), get64(p + HIST_ID), get64(p + HIST_SEQ)
         off += HIST_FIXED
         names = []
-        for i in range(5):  # order, sender, address, kind, channel
-            if off >= n or off + 1 + blob[off] > n:
+        for i in range(HIST_NAMES):  # order, sender, address, kind, channel
+            if off >= n or off + NAME_HEAD + blob[off] > n:
                 raise ValueError(f"history buffer cut short at byte {off} of {n}")
             ln = blob[off]
-            names.append(PyUnicode_DecodeUTF8(<const char *>&blob[off + 1], ln, "replace"))
-            off += 1 + ln
-        if off + 4 > n:
+            names.append(PyUnicode_DecodeUTF8(<const char *>&blob[off + NAME_HEAD], ln, "replace"))
+            off += NAME_HEAD + ln
+        if off + HIST_PAYLOAD_HEAD > n:
             raise ValueError(f"history buffer cut short at byte {off} of {n}")
         plen = get32(&blob[off])
-        if off + 4 + plen > n:
+        if off + HIST_PAYLOAD_HEAD + plen > n:
             raise ValueError(f"history payload runs past the buffer at byte {off}")
-        payload = bytes(blob[off + 4: off + 4 + plen]) if plen else None
-        off += 4 + plen
+        payload = (bytes(blob[off + HIST_PAYLOAD_HEAD: off + HIST_PAYLOAD_HEAD + plen])
+                   if plen else None)
+        off += HIST_PAYLOAD_HEAD + plen
         rows.append((names[0], ts, events.get(kind, str(kind)), _signed64(mid),
                      _signed64(seq), statuses.get(st, str(st)) if st else None,
                      codes.get(code, str(code)) if code else None,
@@ -58,21 +60,22 @@ cdef void _hist(Core self, uint8_t kind, Msg *m, const string &address, uint64_t
     """One history event of an order-linked message (router/history.py parses it):
     kind u8, ts_us u64, msg_id u64, seq u64, status u8, code u16, class u8, then
     names order, sender, address, kind, channel, and u32 payload length + payload
-    (ACCEPTED only)."""
+    (ACCEPTED only): router/protocol.py HISTORY_EVENT."""
     if self.replaying:
         return
     cdef const char *t = tmpl(m)
     cdef size_t lk = <uint8_t>t[DELIVER_KIND_LEN], lf = <uint8_t>t[DELIVER_SENDER_LEN]
     cdef size_t lc = <uint8_t>t[DELIVER_CHANNEL_LEN]
-    cdef uint8_t b[4]
-    self.history.push_back(<char>kind)
-    rec_u64(self.history, wall_us())
-    rec_u64(self.history, m.msg_id)
-    rec_u64(self.history, seq)
-    b[0] = status
-    put16(b + 1, code)
-    b[3] = m.cls
-    self.history.append(<const char *>b, 4)
+    cdef uint8_t head[HIST_FIXED]
+    cdef uint8_t plen[HIST_PAYLOAD_HEAD]
+    head[HIST_KIND] = kind
+    put64(head + HIST_TS, wall_us())
+    put64(head + HIST_ID, m.msg_id)
+    put64(head + HIST_SEQ, seq)
+    head[HIST_STATUS] = status
+    put16(head + HIST_CODE, code)
+    head[HIST_CLASS] = m.cls
+    self.history.append(<const char *>head, HIST_FIXED)
     rec_name(self.history, m.order)
     rec_name(self.history, m.sender_name)
     rec_name(self.history, address)
@@ -81,9 +84,9 @@ cdef void _hist(Core self, uint8_t kind, Msg *m, const string &address, uint64_t
     self.history.push_back(<char>lc)
     self.history.append(t + DELIVER_FIXED + lk + lf, lc)
     if kind == H_ACCEPTED:
-        put32(b, <uint32_t>zmqapi.msg_size(&m.payload))
-        self.history.append(<const char *>b, 4)
+        put32(plen, <uint32_t>zmqapi.msg_size(&m.payload))
+        self.history.append(<const char *>plen, HIST_PAYLOAD_HEAD)
         self.history.append(<const char *>zmqapi.msg_data(&m.payload),
                             zmqapi.msg_size(&m.payload))
     else:
-        self.history.append(4, <char>0)
+        self.history.append(HIST_PAYLOAD_HEAD, <char>0)

@@ -11,8 +11,10 @@
 #   REC_CURSOR next_seq u64, acked u64, address  (checkpoint at the head of a segment)
 #   REC_FIN    msg_id u64, status u8, code u16, sender  (final receipt, for dedup)
 #   REC_FLOOR  seq u64  (new addresses number above it: reclaimed ones reached it)
-
-# Record kinds (REC_*) and REC_HEAD come from router/protocol.py (protocol.pxi).
+#
+# Record kinds (REC_*), the head's offsets (REC_LEN, REC_CRC, REC_HEAD) and each kind's
+# fixed fields after its kind byte (JMSG_*, JACK_*, JCURSOR_*, JFIN_*, JFLOOR_*) come
+# from router/protocol.py (protocol.pxi).
 
 cdef extern from "crc32c.h" nogil:
     void crc32c_init()
@@ -34,14 +36,8 @@ cdef inline size_t rec_begin(string &buf, uint8_t kind) noexcept nogil:
 cdef inline void rec_end(string &buf, size_t start) noexcept nogil:
     cdef uint8_t *p = <uint8_t *>buf.data() + start
     cdef size_t body = buf.size() - start - REC_HEAD
-    put32(p, <uint32_t>body)
-    put32(p + 4, crc32c(p + REC_HEAD, body))
-
-
-cdef inline void rec_u64(string &buf, uint64_t v) noexcept nogil:
-    cdef uint8_t b[8]
-    put64(b, v)
-    buf.append(<const char *>b, 8)
+    put32(p + REC_LEN, <uint32_t>body)
+    put32(p + REC_CRC, crc32c(p + REC_HEAD, body))
 
 
 cdef inline void rec_name(string &buf, const string &s) noexcept nogil:
@@ -51,7 +47,7 @@ cdef inline void rec_name(string &buf, const string &s) noexcept nogil:
 
 cdef inline const uint8_t *rd_name(const uint8_t *p, const uint8_t *end, string &out) noexcept nogil:
     """Read one u8-length-prefixed name; NULL if it runs past ``end``."""
-    if p >= end or p + 1 + p[0] > end:
+    if p >= end or p + NAME_HEAD + p[0] > end:
         return NULL
-    out.assign(<const char *>p + 1, p[0])
-    return p + 1 + p[0]
+    out.assign(<const char *>p + NAME_HEAD, p[0])
+    return p + NAME_HEAD + p[0]

@@ -132,7 +132,7 @@ cdef uint64_t _prefetch_slot(Core self, zmq_msg_t *f, int n) noexcept nogil:
         return 0
     cdef const uint8_t *h = <const uint8_t *>zmqapi.msg_data(&f[1])
     cdef size_t hlen = zmqapi.msg_size(&f[1])
-    if (hlen < SEND_FIXED or h[2] != CMD_SEND or h[3] & FLAG_CHANNEL
+    if (hlen < SEND_FIXED or h[PREFIX_COMMAND] != CMD_SEND or h[PREFIX_FLAGS] & FLAG_CHANNEL
             or SEND_FIXED + <size_t>h[SEND_TARGET_LEN] > hlen):
         return 0
     cdef uint64_t hv = self.addr_by_name.hash(<const char *>h + SEND_FIXED, h[SEND_TARGET_LEN])
@@ -155,11 +155,8 @@ cdef void _tick(Core self, uint64_t now) noexcept nogil:
     cdef Peer *p
     cdef uint64_t dead_after = <uint64_t>self.hb_ms * self.liveness
     cdef bint beat = now >= self.next_hb_ms
-    cdef uint8_t hb[4]
-    hb[0] = SIGNATURE
-    hb[1] = VERSION
-    hb[2] = CMD_HEARTBEAT
-    hb[3] = 0
+    cdef uint8_t hb[PREFIX_SIZE]
+    put_prefix(hb, CMD_HEARTBEAT, 0)
     self.next_tick_ms = now + TICK_MS
     if not self.inflight.empty():
         _redeliver(self, now)
@@ -188,6 +185,6 @@ cdef void _tick(Core self, uint64_t now) noexcept nogil:
         elif beat and p.role != 0 and not p.gone:
             if zmqapi.send(self.sock, p.identity.data(), p.identity.size(),
                            ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0:
-                zmqapi.send(self.sock, hb, 4, 0)
+                zmqapi.send(self.sock, hb, PREFIX_SIZE, 0)
             elif zmqapi.errno_() == EHOSTUNREACH:
                 _unreachable(self, <int>i)

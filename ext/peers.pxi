@@ -16,20 +16,17 @@ cdef void _welcome(Core self, int pi) noexcept nogil:
     window, retry interval and cap, max attempts, dedup window, error rate."""
     cdef Peer *p = self.peers[pi]
     cdef uint8_t hdr[WELCOME_FIXED]
-    hdr[0] = SIGNATURE
-    hdr[1] = VERSION
-    hdr[2] = CMD_WELCOME
-    hdr[3] = 0
-    put32(hdr + 4, self.hb_ms)
-    hdr[8] = <uint8_t>self.liveness
-    put32(hdr + 9, self.max_payload)
-    hdr[13] = WELCOME_EXT_VERSION
-    put32(hdr + 14, self.window)
-    put32(hdr + 18, self.retry_ms)
-    put32(hdr + 22, self.retry_max_ms)
-    put32(hdr + 26, self.max_attempts)
-    put32(hdr + 30, <uint32_t>self.dedup_ms)
-    put32(hdr + 34, self.errors_per_second)
+    put_prefix(hdr, CMD_WELCOME, 0)
+    put32(hdr + WELCOME_HEARTBEAT, self.hb_ms)
+    hdr[WELCOME_LIVENESS] = <uint8_t>self.liveness
+    put32(hdr + WELCOME_MAX_PAYLOAD, self.max_payload)
+    hdr[WELCOME_LAYOUT] = WELCOME_EXT_VERSION
+    put32(hdr + WELCOME_WINDOW, self.window)
+    put32(hdr + WELCOME_RETRY, self.retry_ms)
+    put32(hdr + WELCOME_RETRY_MAX, self.retry_max_ms)
+    put32(hdr + WELCOME_MAX_ATTEMPTS, self.max_attempts)
+    put32(hdr + WELCOME_DEDUP, <uint32_t>self.dedup_ms)
+    put32(hdr + WELCOME_ERRORS_PER_SECOND, self.errors_per_second)
     if zmqapi.send(self.sock, p.identity.data(), p.identity.size(),
                    ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0:
         zmqapi.send(self.sock, hdr, WELCOME_FIXED, 0)

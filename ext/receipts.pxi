@@ -113,12 +113,9 @@ cdef void _append_receipt(Core self, Peer *p, int pi, uint64_t msg_id, uint8_t s
     entry[RECEIPT_STATUS] = status
     put16(entry + RECEIPT_CODE, code)
     if p.nreceipts == 0:
-        head[0] = SIGNATURE
-        head[1] = VERSION
-        head[2] = CMD_RECEIPT
-        head[3] = 0
-        put16(head + 4, 0)  # the count, set at flush
-        p.receipts.assign(<const char *>head, 6)
+        put_prefix(head, CMD_RECEIPT, 0)
+        put16(head + RECEIPT_COUNT, 0)  # the count, set at flush
+        p.receipts.assign(<const char *>head, RECEIPT_HEAD)
         self.receipt_peers.push_back(pi)
     p.receipts.append(<const char *>entry, RECEIPT_ENTRY_SIZE)
     p.nreceipts += 1
@@ -132,7 +129,7 @@ cdef bint _flush_receipts(Core self, int pi) noexcept nogil:
     if p.nreceipts == 0 or not p.live or p.gone:
         p.nreceipts = 0
         return True
-    put16(<uint8_t *>p.receipts.data() + 4, <uint16_t>p.nreceipts)
+    put16(<uint8_t *>p.receipts.data() + RECEIPT_COUNT, <uint16_t>p.nreceipts)
     if zmqapi.send(self.sock, p.identity.data(), p.identity.size(),
                    ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0:
         if zmqapi.errno_() == EAGAIN and p.nreceipts < 60000:

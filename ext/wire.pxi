@@ -40,6 +40,14 @@ cdef inline void put64(uint8_t *p, uint64_t v) noexcept nogil:
     put32(p + 4, <uint32_t>v)
 
 
+cdef inline void put_prefix(uint8_t *p, uint8_t command, uint8_t flags) noexcept nogil:
+    """The common prefix of a header frame the router writes (PREFIX_SIZE bytes)."""
+    p[PREFIX_SIGNATURE] = SIGNATURE
+    p[PREFIX_VERSION] = VERSION
+    p[PREFIX_COMMAND] = command
+    p[PREFIX_FLAGS] = flags
+
+
 cdef inline bint valid_name(const uint8_t *p, size_t n) noexcept nogil:
     """Addresses and channels: printable ASCII, no spaces (0x21..0x7e)."""
     cdef size_t i
@@ -63,43 +71,40 @@ cdef inline bint valid_address(const uint8_t *p, size_t n) noexcept nogil:
 
 cdef inline bint valid_cursor_list(const uint8_t *h, size_t hlen, size_t off) noexcept nogil:
     """A count, then that many [len][name][u64 seq] entries, ending exactly at hlen."""
-    if off + 2 > hlen:
+    if off + COUNT_SIZE > hlen:
         return False
     cdef uint16_t count = get16(h + off)
     cdef uint16_t i
-    off += 2
+    off += COUNT_SIZE
     for i in range(count):
-        if off >= hlen or off + 1 + <size_t>h[off] + 8 > hlen:
+        if off >= hlen or off + NAME_HEAD + <size_t>h[off] + SEQ_SIZE > hlen:
             return False
-        off += 1 + <size_t>h[off] + 8
+        off += NAME_HEAD + <size_t>h[off] + SEQ_SIZE
     return off == hlen
 
 
 cdef inline bint valid_address_list(const uint8_t *h, size_t hlen, size_t off) noexcept nogil:
     """A count, then that many [len][name] entries, ending exactly at hlen."""
-    if off + 2 > hlen:
+    if off + COUNT_SIZE > hlen:
         return False
     cdef uint16_t count = get16(h + off)
     cdef uint16_t i
-    off += 2
+    off += COUNT_SIZE
     for i in range(count):
-        if off >= hlen or off + 1 + <size_t>h[off] > hlen:
+        if off >= hlen or off + NAME_HEAD + <size_t>h[off] > hlen:
             return False
-        off += 1 + <size_t>h[off]
+        off += NAME_HEAD + <size_t>h[off]
     return off == hlen
 
 
 cdef inline void build_template(Msg *m, uint8_t flags, const string &sender,
                                 const string &channel, const uint8_t *kind,
                                 uint8_t lk) noexcept nogil:
-    """The DELIVER header of ``m`` without its seq (offset 4) and address (length at
-    offset 32, bytes appended): both are filled per delivery."""
+    """The DELIVER header of ``m`` without its seq (at DELIVER_SEQ) and address (length
+    at DELIVER_ADDRESS_LEN, bytes appended): both are filled per delivery."""
     cdef uint8_t fixed[DELIVER_FIXED]
     memset(fixed, 0, DELIVER_FIXED)
-    fixed[0] = SIGNATURE
-    fixed[1] = VERSION
-    fixed[2] = CMD_DELIVER
-    fixed[3] = flags & FLAG_LZ4
+    put_prefix(fixed, CMD_DELIVER, flags & FLAG_LZ4)
     put64(fixed + DELIVER_ID, m.msg_id)
     put64(fixed + DELIVER_ACCEPTED, m.accepted_us)
     fixed[DELIVER_CLASS] = m.cls

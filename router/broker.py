@@ -54,10 +54,14 @@ MAX_TRACKED_PEERS = 1 << 20
 #: Upper bounds (seconds) of the request-to-reply histogram.
 LATENCY_BOUNDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 
-_READY_FIXED = P.PREFIX.size + P.READY.size  # 7: prefix, credit u16, name length u8
-_REQUEST_FIXED = P.PREFIX.size + P.REQUEST.size  # 17: prefix, id u64, ttl u32, length u8
-_REPLY_SIZE = P.PREFIX.size + P.REPLY.size  # 14: prefix, job id u64, status u16
-_ID_END = P.PREFIX.size + 8  # a header this long has a readable id (REQUEST, REPLY)
+# Header layouts from router/protocol.py (offsets of docs/PROTOCOL.md §3, Services).
+_READY_FIXED = P.READY_AT["READY_FIXED"]  # 7: prefix, credit u16, name length u8
+_REQUEST_FIXED = P.REQUEST_AT["REQUEST_FIXED"]  # 17: prefix, id u64, ttl u32, length u8
+_REPLY_SIZE = P.REPLY_AT["REPLY_FIXED"]  # 14: prefix, job id u64, status u16
+#: REQUEST and REPLY both start with their id: a header this long has a readable one.
+_ID_AT = P.REQUEST_AT["REQUEST_ID"]
+_ID_END = P.REQUEST_AT["REQUEST_TTL"]
+assert (_ID_AT, _ID_END) == (P.REPLY_AT["REPLY_ID"], P.REPLY_AT["REPLY_STATUS"])
 _SPEC = "see docs/PROTOCOL.md §3, Services"
 
 
@@ -93,13 +97,15 @@ def parse_ready(header: bytes) -> tuple[int, str]:
     n = len(header)
     if n < _READY_FIXED:
         raise Refusal(ErrorCode.MALFORMED,
-                      f"READY header is {n} bytes, needs at least {_READY_FIXED}: prefix (4) "
-                      f"+ credit (u16) + service name length (u8) + the name ({_SPEC})")
+                      f"READY header is {n} bytes, needs at least {_READY_FIXED}: prefix "
+                      f"({P.PREFIX.size}) + credit (u16) + service name length (u8) + the "
+                      f"name ({_SPEC})")
     credit, ln = P.READY.unpack_from(header, P.PREFIX.size)
     if ln == 0:
         raise Refusal(ErrorCode.MALFORMED,
-                      f"READY names no service: its name length (offset 6) is 0; give a "
-                      f"1..255 byte service name ({_SPEC})")
+                      f"READY names no service: its name length (offset "
+                      f"{P.READY_AT['READY_NAME_LEN']}) is 0; give a 1..{P.MAX_NAME} byte "
+                      f"service name ({_SPEC})")
     if n != _READY_FIXED + ln:
         raise Refusal(ErrorCode.MALFORMED,
                       f"READY header is {n} bytes, but its service name length {ln} makes it "
@@ -112,17 +118,18 @@ def parse_request(header: bytes) -> tuple[int, int, str]:
     """(request id, ttl ms, service) of a REQUEST header, or a Refusal (carrying the
     request id when the header is long enough to hold one)."""
     n = len(header)
-    rid = int.from_bytes(header[P.PREFIX.size:_ID_END], "big") if n >= _ID_END else 0
+    rid = int.from_bytes(header[_ID_AT:_ID_END], "big") if n >= _ID_END else 0
     if n < _REQUEST_FIXED:
         raise Refusal(ErrorCode.MALFORMED,
                       f"REQUEST header is {n} bytes, needs at least {_REQUEST_FIXED}: prefix "
-                      f"(4) + request id (u64) + TTL ms (u32) + service name length (u8) + "
-                      f"the name ({_SPEC})", rid)
+                      f"({P.PREFIX.size}) + request id (u64) + TTL ms (u32) + service name "
+                      f"length (u8) + the name ({_SPEC})", rid)
     rid, ttl_ms, ln = P.REQUEST.unpack_from(header, P.PREFIX.size)
     if ln == 0:
         raise Refusal(ErrorCode.MALFORMED,
-                      f"REQUEST names no service: its name length (offset 16) is 0; give a "
-                      f"1..255 byte service name ({_SPEC})", rid)
+                      f"REQUEST names no service: its name length (offset "
+                      f"{P.REQUEST_AT['REQUEST_NAME_LEN']}) is 0; give a 1..{P.MAX_NAME} "
+                      f"byte service name ({_SPEC})", rid)
     if n != _REQUEST_FIXED + ln:
         raise Refusal(ErrorCode.MALFORMED,
                       f"REQUEST header is {n} bytes, but its service name length {ln} makes it "
@@ -135,11 +142,11 @@ def parse_reply(header: bytes) -> tuple[int, int]:
     """(job id, raw status) of a REPLY header, or a Refusal."""
     n = len(header)
     if n != _REPLY_SIZE:
-        jid = int.from_bytes(header[P.PREFIX.size:_ID_END], "big") if n >= _ID_END else 0
+        jid = int.from_bytes(header[_ID_AT:_ID_END], "big") if n >= _ID_END else 0
         raise Refusal(ErrorCode.MALFORMED,
-                      f"REPLY header is {n} bytes, must be {_REPLY_SIZE}: prefix (4) + job id "
-                      f"(u64) + status (u16); the answer goes in the second frame ({_SPEC})",
-                      jid)
+                      f"REPLY header is {n} bytes, must be {_REPLY_SIZE}: prefix "
+                      f"({P.PREFIX.size}) + job id (u64) + status (u16); the answer goes in "
+                      f"the second frame ({_SPEC})", jid)
     return P.REPLY.unpack_from(header, P.PREFIX.size)
 
 
@@ -272,7 +279,8 @@ class Broker:
 
     def handle(self, identity: bytes, header: bytes, payload: bytes) -> None:
         """One READY/REQUEST/REPLY from the core (which checked prefix and frame count)."""
-        command = header[2] if len(header) > 2 else 0
+        at = P.PREFIX_AT["PREFIX_COMMAND"]
+        command = header[at] if len(header) > at else 0
         try:
             if command == Command.READY:
                 self._on_ready(identity, header)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import queue
 import sqlite3
-import struct
 import threading
 import time
 from pathlib import Path
@@ -23,7 +22,8 @@ from typing import Iterator
 import lz4.frame
 
 from . import core as _native
-from .protocol import HISTORY_EVENT, ErrorCode, HistoryEvent, MsgClass, Status
+from .protocol import (HISTORY_EVENT, HISTORY_NAMES, HISTORY_PAYLOAD_LEN, NAME_LEN, ErrorCode,
+                       HistoryEvent, MsgClass, Status)
 
 log = logging.getLogger("router.history")
 
@@ -68,21 +68,23 @@ _CLASS = {int(c): c.name for c in MsgClass}
 
 
 def parse_events(blob: bytes) -> Iterator[tuple]:
-    """Rows from the core's history buffer (layout in ext/core.pyx, Core._hist): the
-    readable reference for the native decoder (:func:`rows`) the writer uses."""
+    """Rows from the core's history buffer (layout: router/protocol.py HISTORY_EVENT,
+    written by ext/history.pxi's _hist): the readable reference for the native decoder
+    (:func:`rows`) the writer uses."""
     off, n = 0, len(blob)
     fixed, unpack = _FIXED.size, _FIXED.unpack_from
+    head, plen_size = NAME_LEN.size, HISTORY_PAYLOAD_LEN.size
     while off < n:
         kind, ts, mid, seq, st, code, cls = unpack(blob, off)
         off += fixed
         names = []
-        for _ in range(5):  # order, sender, address, kind, channel
+        for _ in range(HISTORY_NAMES):  # order, sender, address, kind, channel
             ln = blob[off]
-            names.append(blob[off + 1: off + 1 + ln].decode(errors="replace"))
-            off += 1 + ln
-        (plen,) = struct.unpack_from(">I", blob, off)
-        payload = blob[off + 4: off + 4 + plen] if plen else None
-        off += 4 + plen
+            names.append(blob[off + head: off + head + ln].decode(errors="replace"))
+            off += head + ln
+        (plen,) = HISTORY_PAYLOAD_LEN.unpack_from(blob, off)
+        payload = blob[off + plen_size: off + plen_size + plen] if plen else None
+        off += plen_size + plen
         order, sender, address, mkind, channel = names
         status = _STATUS.get(st, str(st)) if st else None
         ecode = _CODE.get(code, str(code)) if code else None

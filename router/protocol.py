@@ -149,27 +149,54 @@ READY = struct.Struct(">HB")
 REQUEST = struct.Struct(">QIB")
 #: REPLY after the prefix: request id, status code (ErrorCode, 0 = ok).
 REPLY = struct.Struct(">QH")
+#: JOIN and LEAVE after the prefix: channel name length (then the name, then an address list).
+JOIN = struct.Struct(">B")
 #: Count of a list (ACK entries, RECEIPT entries, cursor and address lists).
 COUNT = struct.Struct(">H")
 #: Sequence number inside cursor and ACK entries.
 SEQ = struct.Struct(">Q")
+#: The length byte in front of every name (address, channel, kind, key, peer name).
+NAME_LEN = struct.Struct(">B")
 
 
 def field_offsets(prefix: str, base: int, layout: struct.Struct,
-                  names: tuple[str, ...]) -> dict[str, int]:
+                  names: tuple[str, ...], end: str = "FIXED") -> dict[str, int]:
     """``{prefix + name: offset}`` of each field of ``layout`` (one format code per field)
-    when it starts ``base`` bytes into its frame, plus ``prefix + "FIXED"``: where the
-    variable part begins. The offsets the core reads are derived here, never retyped."""
+    when it starts ``base`` bytes into its frame, plus ``prefix + end``: where the layout
+    ends (by default ``FIXED``: where the variable part begins). The offsets the core
+    reads are derived here, never retyped."""
     codes = layout.format.lstrip("<>!=@")
     assert len(codes) == len(names), (layout.format, names)
     out, off = {}, base
     for code, name in zip(codes, names):
         out[prefix + name] = off
         off += struct.calcsize(">" + code)
-    out[prefix + "FIXED"] = off
+    out[prefix + end] = off
     return out
 
 
+#: Byte offsets inside the common prefix; PREFIX_SIZE is where a command's fields begin.
+PREFIX_AT = field_offsets("PREFIX_", 0, PREFIX, ("SIGNATURE", "VERSION", "COMMAND", "FLAGS"),
+                          end="SIZE")
+#: Byte offsets inside a HELLO header frame: the peer name starts at HELLO_FIXED, its
+#: cursor list right after the name.
+HELLO_AT = field_offsets("HELLO_", PREFIX.size, HELLO, ("ROLE", "NAME_LEN"))
+#: Where the list of BIND (cursors), UNBIND (addresses) and ACK (cursors) starts.
+LIST_AT = {"BIND_LIST": PREFIX.size, "UNBIND_LIST": PREFIX.size, "ACK_LIST": PREFIX.size}
+#: Byte offsets inside a JOIN or LEAVE header frame: the channel name starts at
+#: JOIN_FIXED, its address list right after the name.
+JOIN_AT = field_offsets("JOIN_", PREFIX.size, JOIN, ("CHANNEL_LEN",))
+#: Sizes of the parts of a list: its count, a name's length byte, a cursor's sequence.
+#: An address-list entry is NAME_HEAD + name; a cursor-list entry adds SEQ_SIZE.
+LIST_SIZES = {"COUNT_SIZE": COUNT.size, "NAME_HEAD": NAME_LEN.size, "SEQ_SIZE": SEQ.size}
+#: Byte offsets inside a WELCOME header frame: the fields every router sends, ending at
+#: WELCOME_BASE (a WELCOME from before the extension), then the extension of layout
+#: WELCOME_EXT_VERSION, ending at WELCOME_FIXED (the size of the WELCOME the core writes).
+WELCOME_AT = field_offsets("WELCOME_", PREFIX.size, WELCOME,
+                           ("HEARTBEAT", "LIVENESS", "MAX_PAYLOAD"), end="BASE")
+WELCOME_AT.update(field_offsets("WELCOME_", WELCOME_AT["WELCOME_BASE"], WELCOME_EXT,
+                                ("LAYOUT", "WINDOW", "RETRY", "RETRY_MAX", "MAX_ATTEMPTS",
+                                 "DEDUP", "ERRORS_PER_SECOND")))
 #: Byte offsets inside a SEND header frame (then target, kind, key).
 SEND_AT = field_offsets("SEND_", PREFIX.size, SEND,
                         ("ID", "TTL", "CLASS", "TARGET_LEN", "KIND_LEN", "KEY_LEN"))
@@ -177,18 +204,30 @@ SEND_AT = field_offsets("SEND_", PREFIX.size, SEND,
 DELIVER_AT = field_offsets("DELIVER_", PREFIX.size, DELIVER,
                            ("SEQ", "ID", "ACCEPTED", "CLASS", "KIND_LEN", "SENDER_LEN",
                             "CHANNEL_LEN", "ADDRESS_LEN"))
+#: The longest DELIVER header frame: the fixed part and four names of MAX_NAME bytes.
+DELIVER_MAX = DELIVER_AT["DELIVER_FIXED"] + 4 * MAX_NAME
 #: Byte offsets inside one RECEIPT entry.
 RECEIPT_AT = field_offsets("RECEIPT_", 0, RECEIPT_ENTRY, ("ID", "STATUS", "CODE"))
-#: A RECEIPT frame: the prefix, a count, then entries of RECEIPT_ENTRY.size bytes.
-RECEIPT_HEAD = PREFIX.size + COUNT.size
+#: A RECEIPT frame: the prefix, a count (RECEIPT_COUNT), then from RECEIPT_HEAD entries
+#: of RECEIPT_ENTRY.size bytes.
+RECEIPT_FRAME_AT = field_offsets("RECEIPT_", PREFIX.size, COUNT, ("COUNT",), end="HEAD")
+RECEIPT_HEAD = RECEIPT_FRAME_AT["RECEIPT_HEAD"]
+#: Byte offsets inside an ERROR header frame; ERROR_FIXED is its size.
+ERROR_AT = field_offsets("ERROR_", PREFIX.size, ERROR, ("CODE", "ID"))
+#: Byte offsets inside READY, REQUEST and REPLY header frames (the service name of
+#: READY and REQUEST starts at READY_FIXED / REQUEST_FIXED; REPLY_FIXED is its size).
+READY_AT = field_offsets("READY_", PREFIX.size, READY, ("CREDIT", "NAME_LEN"))
+REQUEST_AT = field_offsets("REQUEST_", PREFIX.size, REQUEST, ("ID", "TTL", "NAME_LEN"))
+REPLY_AT = field_offsets("REPLY_", PREFIX.size, REPLY, ("ID", "STATUS"))
 #: Fixed sizes of the ERROR and WELCOME header frames the core writes.
-ERROR_FIXED = PREFIX.size + ERROR.size
-WELCOME_FIXED = PREFIX.size + WELCOME.size + WELCOME_EXT.size
+ERROR_FIXED = ERROR_AT["ERROR_FIXED"]
+WELCOME_FIXED = WELCOME_AT["WELCOME_FIXED"]
+assert WELCOME_FIXED == PREFIX.size + WELCOME.size + WELCOME_EXT.size
 
 
 class Record(enum.IntEnum):
-    """Journal record kinds (the first body byte; layouts in ext/journal.pxi and
-    docs/PROTOCOL.md, "Journal")."""
+    """Journal record kinds (the first body byte; layouts below, written and read by
+    ext/journal.pxi and ext/durable.pxi; docs/PROTOCOL.md §10, "Journal record")."""
 
     MSG = 1  #: a reliable message for one address, with its seq
     ACK = 2  #: cumulative ack of an address
@@ -197,13 +236,31 @@ class Record(enum.IntEnum):
     FLOOR = 5  #: numbering floor of new addresses: above every reclaimed one's (checkpoint)
 
 
-#: Journal record header: body length u32, CRC-32C u32.
-RECORD_HEAD = 8
+#: Journal record header: body length u32, CRC-32C (Castagnoli) u32 of the body; the
+#: body follows at REC_HEAD. (REC_LEN and REC_CRC are offsets; REC_MSG.. are kinds.)
+RECORD = struct.Struct(">II")
+RECORD_AT = field_offsets("REC_", 0, RECORD, ("LEN", "CRC"), end="HEAD")
+RECORD_HEAD = RECORD_AT["REC_HEAD"]
+#: A record body starts with its kind (a Record); the kind's fields follow at JREC_FIELDS.
+RECORD_KIND = struct.Struct(">B")
+RECORD_KIND_AT = field_offsets("JREC_", 0, RECORD_KIND, ("KIND",), end="FIELDS")
 #: A MSG record's body after its kind byte: seq, msg id, accepted_us, expire_wall_us,
 #: class, flags (then names address, sender, kind, channel, order; the payload is the rest).
 JOURNAL_MSG = struct.Struct(">QQQQBB")
 JOURNAL_MSG_AT = field_offsets("JMSG_", 0, JOURNAL_MSG,
                                ("SEQ", "ID", "ACCEPTED", "EXPIRE", "CLASS", "FLAGS"))
+#: An ACK record's body after its kind byte: the cumulative seq (then the address name).
+JOURNAL_ACK = struct.Struct(">Q")
+JOURNAL_ACK_AT = field_offsets("JACK_", 0, JOURNAL_ACK, ("SEQ",))
+#: A CURSOR record's body after its kind byte: next seq, acked (then the address name).
+JOURNAL_CURSOR = struct.Struct(">QQ")
+JOURNAL_CURSOR_AT = field_offsets("JCURSOR_", 0, JOURNAL_CURSOR, ("NEXT_SEQ", "ACKED"))
+#: A FIN record's body after its kind byte: msg id, status, code (then the sender name).
+JOURNAL_FIN = struct.Struct(">QBH")
+JOURNAL_FIN_AT = field_offsets("JFIN_", 0, JOURNAL_FIN, ("ID", "STATUS", "CODE"))
+#: A FLOOR record's body after its kind byte: the numbering floor (nothing follows).
+JOURNAL_FLOOR = struct.Struct(">Q")
+JOURNAL_FLOOR_AT = field_offsets("JFLOOR_", 0, JOURNAL_FLOOR, ("SEQ",))
 
 
 class HistoryEvent(enum.IntEnum):
@@ -218,6 +275,12 @@ class HistoryEvent(enum.IntEnum):
 #: History event head: kind u8, ts_us u64, msg id u64, seq u64, status u8, code u16,
 #: class u8 (then names order, sender, address, kind, channel; u32 payload length).
 HISTORY_EVENT = struct.Struct(">BQQQBHB")
+HISTORY_AT = field_offsets("HIST_", 0, HISTORY_EVENT,
+                           ("KIND", "TS", "ID", "SEQ", "STATUS", "CODE", "CLASS"))
+#: Names after the head, each NAME_LEN + bytes: order, sender, address, kind, channel.
+HISTORY_NAMES = 5
+#: After the names: the payload's length (0 but for ACCEPTED), then the payload.
+HISTORY_PAYLOAD_LEN = struct.Struct(">I")
 
 
 class ProtocolError(ValueError):
@@ -395,8 +458,9 @@ def decode_request(header: bytes) -> tuple[int, int, str]:
 
 def decode_reply(header: bytes) -> tuple[int, ErrorCode]:
     """(request id, status) of a REPLY header."""
-    if len(header) != PREFIX.size + REPLY.size:
-        raise ProtocolError(ErrorCode.MALFORMED, "REPLY header is 14 bytes")
+    if len(header) != REPLY_AT["REPLY_FIXED"]:
+        raise ProtocolError(ErrorCode.MALFORMED,
+                            f"REPLY header is {REPLY_AT['REPLY_FIXED']} bytes")
     rid, code = REPLY.unpack_from(header, PREFIX.size)
     try:
         return rid, ErrorCode(code)
@@ -476,7 +540,7 @@ def decode_welcome(header: bytes) -> WelcomeInfo:
     """Decode a WELCOME: heartbeat ms, liveness, max payload bytes, and the tunables of the
     extension when the router sent one (None otherwise). Bytes after the fields of the
     layout this module knows are ignored: later layouts only append."""
-    base = PREFIX.size + WELCOME.size
+    base = WELCOME_AT["WELCOME_BASE"]  # the extension starts here, with its layout byte
     if len(header) < base:
         raise ProtocolError(ErrorCode.MALFORMED,
                             f"WELCOME header is {len(header)} bytes, needs {base}")
@@ -504,11 +568,12 @@ def native_table() -> dict[str, int]:
     ):
         for member in group:
             table[prefix_ + member.name] = int(member)
-    table.update(SEND_AT)
-    table.update(DELIVER_AT)
-    table.update(RECEIPT_AT)
-    table.update(JOURNAL_MSG_AT)
-    table.update(RECEIPT_ENTRY_SIZE=RECEIPT_ENTRY.size, RECEIPT_HEAD=RECEIPT_HEAD,
-                 ERROR_FIXED=ERROR_FIXED, WELCOME_FIXED=WELCOME_FIXED,
-                 REC_HEAD=RECORD_HEAD, HIST_FIXED=HISTORY_EVENT.size)
+    for layout in (PREFIX_AT, HELLO_AT, LIST_AT, JOIN_AT, LIST_SIZES, WELCOME_AT, SEND_AT,
+                   DELIVER_AT, RECEIPT_AT, RECEIPT_FRAME_AT, ERROR_AT, READY_AT, REQUEST_AT,
+                   REPLY_AT, RECORD_AT, RECORD_KIND_AT, JOURNAL_MSG_AT, JOURNAL_ACK_AT,
+                   JOURNAL_CURSOR_AT, JOURNAL_FIN_AT, JOURNAL_FLOOR_AT, HISTORY_AT):
+        assert not table.keys() & layout.keys(), table.keys() & layout.keys()
+        table.update(layout)
+    table.update(DELIVER_MAX=DELIVER_MAX, RECEIPT_ENTRY_SIZE=RECEIPT_ENTRY.size,
+                 HIST_NAMES=HISTORY_NAMES, HIST_PAYLOAD_HEAD=HISTORY_PAYLOAD_LEN.size)
     return table

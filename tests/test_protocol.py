@@ -18,7 +18,8 @@ def test_compiled_core_uses_the_python_table():
 
 
 SECTIONS = {P.Command: "## 3.", P.Flag: "## 4.", P.Role: "## 5.", P.MsgClass: "## 6.",
-            P.Status: "## 7.", P.ErrorCode: "## 8."}
+            P.Status: "## 7.", P.ErrorCode: "## 8.", P.Record: "### Journal record",
+            P.HistoryEvent: "### History event"}
 
 
 @pytest.mark.parametrize("group", list(SECTIONS), ids=lambda g: g.__name__)
@@ -168,3 +169,234 @@ def test_worked_examples_are_what_the_encoders_write():
     assert P.decode_receipts(frames[11]) == [
         P.Receipt(mid + 2, P.Status.REFUSED, P.ErrorCode.TOO_LARGE)]
     assert P.decode_error(frames[12], b"")[:2] == (P.ErrorCode.TOO_LARGE, mid + 2)
+
+
+# ---- layouts: the table, the compiled core, the document and the journal agree ---------
+
+def _rows(at: dict) -> list[tuple[int, int]]:
+    """(offset, size) of each field of a field_offsets() table, in order (an entry's size
+    runs to the next entry; the last entry is where the layout ends)."""
+    items = list(at.values())
+    return [(off, nxt - off) for off, nxt in zip(items, items[1:]) if nxt > off]
+
+
+def _doc_table(heading: str, nth: int = 0) -> list[tuple[int, int | None]]:
+    """(offset, size) rows of the nth offset table under ``heading`` in PROTOCOL.md, for
+    rows whose offset is a number; size None when it is variable (*n*, 11 × *n*, …)."""
+    section = DOC.split(heading, 1)[1].split("\n### ", 1)[0]
+    tables = re.findall(r"^\| offset \| size \| field \|.*\n\|[-|]+\|\n((?:\|.*\n)+)", section, re.M)
+    rows = []
+    for line in tables[nth].splitlines():
+        offset, size = (c.strip() for c in line.strip("|").split("|")[:2])
+        if offset.isdigit():
+            rows.append((int(offset), int(size) if size.isdigit() else None))
+    return rows
+
+
+def _var(at: dict, end: str) -> list[tuple[int, None]]:
+    """The row where a layout's variable part (a name, a list) begins."""
+    return [(at[end], None)]
+
+
+DOC_TABLES = {
+    ("### HELLO", 0): [(0, P.PREFIX.size)] + _rows(P.HELLO_AT) + _var(P.HELLO_AT, "HELLO_FIXED"),
+    ("### WELCOME", 0): _rows(P.WELCOME_AT),
+    ("### SEND", 0): _rows(P.SEND_AT) + _var(P.SEND_AT, "SEND_FIXED"),
+    ("### DELIVER", 0): [(P.PREFIX_AT["PREFIX_FLAGS"], 1)] + _rows(P.DELIVER_AT)
+    + _var(P.DELIVER_AT, "DELIVER_FIXED"),
+    ("### RECEIPT", 0): _rows(P.RECEIPT_FRAME_AT) + _var(P.RECEIPT_FRAME_AT, "RECEIPT_HEAD"),
+    ("### ERROR", 0): _rows(P.ERROR_AT),
+    ("### Services", 0): _rows(P.READY_AT) + _var(P.READY_AT, "READY_FIXED"),
+    ("### Services", 1): _rows(P.REQUEST_AT) + _var(P.REQUEST_AT, "REQUEST_FIXED"),
+    ("### Services", 2): _rows(P.REPLY_AT),
+    ("### Journal record", 0): _rows(P.RECORD_AT) + _var(P.RECORD_AT, "REC_HEAD"),
+    # the MSG body by offset from its kind byte: the kind, then JOURNAL_MSG's fields
+    ("### Journal record", 1): _rows(P.RECORD_KIND_AT)
+    + [(P.RECORD_KIND.size + off, size) for off, size in _rows(P.JOURNAL_MSG_AT)]
+    + [(P.RECORD_KIND.size + P.JOURNAL_MSG.size, None)],
+    ("### History event", 0): _rows(P.HISTORY_AT) + _var(P.HISTORY_AT, "HIST_FIXED"),
+}
+
+
+@pytest.mark.parametrize("where", list(DOC_TABLES), ids=lambda w: f"{w[0][4:]}-{w[1]}")
+def test_document_layout_tables_match_the_offsets_the_core_uses(where):
+    assert _doc_table(*where) == DOC_TABLES[where]
+
+
+def test_document_names_the_receipt_entry_size_and_common_prefix():
+    receipt = DOC.split("### RECEIPT", 1)[1].split("\n### ", 1)[0]
+    assert f"| {P.RECEIPT_ENTRY.size} × *n* |" in receipt
+    prefix = _doc_table("### Common prefix")
+    assert prefix == _rows(P.PREFIX_AT)
+
+
+def test_the_new_layout_names_reach_the_compiled_core():
+    # core.constants() == native_table() (above) covers the values; these are the names
+    # ext/ reads, spelled as ext/ spells them.
+    c = core.constants()
+    for name in ("PREFIX_COMMAND", "PREFIX_FLAGS", "PREFIX_SIZE", "HELLO_ROLE", "HELLO_NAME_LEN",
+                 "HELLO_FIXED", "BIND_LIST", "UNBIND_LIST", "ACK_LIST", "JOIN_CHANNEL_LEN",
+                 "JOIN_FIXED", "COUNT_SIZE", "NAME_HEAD", "SEQ_SIZE", "WELCOME_LAYOUT",
+                 "WELCOME_ERRORS_PER_SECOND", "WELCOME_FIXED", "ERROR_CODE", "ERROR_ID",
+                 "ERROR_FIXED", "RECEIPT_COUNT", "RECEIPT_HEAD", "DELIVER_MAX", "REC_LEN",
+                 "REC_CRC", "REC_HEAD", "JREC_KIND", "JREC_FIELDS", "JACK_SEQ", "JACK_FIXED",
+                 "JCURSOR_NEXT_SEQ", "JCURSOR_ACKED", "JCURSOR_FIXED", "JFIN_ID", "JFIN_STATUS",
+                 "JFIN_CODE", "JFIN_FIXED", "JFLOOR_SEQ", "JFLOOR_FIXED", "HIST_KIND",
+                 "HIST_STATUS", "HIST_CODE", "HIST_CLASS", "HIST_FIXED", "HIST_NAMES",
+                 "HIST_PAYLOAD_HEAD"):
+        assert name in c, name
+    assert c["WELCOME_FIXED"] == len(P.encode_welcome(1, 1, 1, P.Tunables(1, 1, 1, 1, 1, 1)))
+    assert c["DELIVER_MAX"] == c["DELIVER_FIXED"] + 4 * P.MAX_NAME
+
+
+# Raw offsets into a frame, record or event in the core's sources: a pointer or array
+# named like the ones ext/ uses for them, plus or indexed by a number (``p``, which also
+# walks names, only plus a number: ``p[0]`` is a name's length byte). wire.pxi's byte
+# order helpers (get16 .. put64) index the bytes of one integer and are left out.
+_RAW = re.compile(r"\b(h|hdr|head|hb|t|fixed|entry|sc|b|blob|buf)\s*(\+\s*[1-9]\d*\b|\[\s*\d+\s*\])"
+                  r"|\bp\s*\+\s*[1-9]\d*\b")
+
+
+def test_no_wire_offsets_typed_by_hand_in_ext():
+    ext = Path(__file__).resolve().parent.parent / "ext"
+    found = []
+    for src in sorted([*ext.glob("*.pxi"), ext / "core.pyx"]):
+        if src.name in ("protocol.pxi", "wire.pxi"):
+            continue
+        for n, line in enumerate(src.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if _RAW.search(code):
+                found.append(f"{src.name}:{n}: {line.strip()}")
+    assert not found, "offsets to take from router/protocol.py:\n" + "\n".join(found)
+
+
+class _Recorder:
+    """A store that keeps the records the core commits."""
+
+    def __init__(self) -> None:
+        self.records = bytearray()
+
+    def commit(self, records: bytes, sync: bool) -> None:
+        self.records += records
+
+
+def _record(kind: P.Record, body: bytes) -> bytes:
+    from router import checks
+    raw = P.RECORD_KIND.pack(kind) + body
+    return P.RECORD.pack(len(raw), checks.crc32c_check(raw)[0]) + raw
+
+
+def _parse_records(blob: bytes) -> list[tuple[P.Record, bytes]]:
+    """(kind, fields after the kind byte) of each record, with its length and CRC checked."""
+    from router import checks
+    out, off = [], 0
+    while off < len(blob):
+        blen, crc = P.RECORD.unpack_from(blob, off)
+        assert P.RECORD_AT == {"REC_LEN": 0, "REC_CRC": 4, "REC_HEAD": P.RECORD_HEAD}
+        body = bytes(blob[off + P.RECORD_HEAD: off + P.RECORD_HEAD + blen])
+        assert len(body) == blen and checks.crc32c_check(body)[0] == crc
+        out.append((P.Record(body[P.RECORD_KIND_AT["JREC_KIND"]]),
+                    body[P.RECORD_KIND_AT["JREC_FIELDS"]:]))
+        off += P.RECORD_HEAD + blen
+    return out
+
+
+def _names(buf: bytes, off: int, count: int) -> tuple[list[str], int]:
+    out = []
+    for _ in range(count):
+        ln = P.NAME_LEN.unpack_from(buf, off)[0]
+        out.append(buf[off + P.NAME_LEN.size: off + P.NAME_LEN.size + ln].decode())
+        off += P.NAME_LEN.size + ln
+    return out, off
+
+
+@pytest.fixture
+def inproc_core(tmp_path):
+    import zmq
+    from support import Peer
+
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    url = f"ipc://{tmp_path}/core.sock"
+    sock.bind(url)
+    store = _Recorder()
+    c = core.Core(sock, store=store)
+    peers = [Peer(url), Peer(url)]
+    yield c, store, peers
+    for p in peers:
+        p.close()
+    sock.close(linger=0)
+
+
+def _until(c, peer, command: P.Command, passes: int = 400) -> list[bytes]:
+    """Run the core until ``peer`` gets a ``command`` (others are skipped)."""
+    for _ in range(passes):
+        c.run(5)
+        frames = peer.recv(0.005)
+        if frames and frames[0][P.PREFIX_AT["PREFIX_COMMAND"]] == command:
+            return frames
+    raise AssertionError(f"no {command.name}")
+
+
+def test_journal_records_and_history_events_follow_the_table(inproc_core):
+    from router.history import parse_events
+
+    c, store, (s, e) = inproc_core
+    s.send(P.encode_hello(P.Role.SENDER, "orders"))
+    _until(c, s, P.Command.WELCOME)
+    e.send(P.encode_hello(P.Role.ENDPOINT, "u7", [("user:7", 0)]))
+    _until(c, e, P.Command.WELCOME)
+    mid = 0x1122334455667788
+    s.send(P.encode_send("user:7", mid, P.MsgClass.ORDER, kind="order.created",
+                         key="order:1", ttl_ms=60_000, flags=P.Flag.LZ4), b"payload")
+    frames = _until(c, e, P.Command.DELIVER)
+    d = P.decode_deliver(frames[0], frames[1])
+    e.send(P.encode_ack([("user:7", d.seq)]))
+    while P.Status.DELIVERED not in [r.status for r in
+                                     P.decode_receipts(_until(c, s, P.Command.RECEIPT)[0])]:
+        pass
+
+    (k1, msg), (k2, ack), (k3, fin) = _parse_records(store.records)
+    assert (k1, k2, k3) == (P.Record.MSG, P.Record.ACK, P.Record.FIN)
+    seq, msg_id, acc, expire, cls, flags = P.JOURNAL_MSG.unpack_from(msg)
+    assert (seq, msg_id, acc, cls, flags) == (d.seq, mid, d.accepted_us, P.MsgClass.ORDER,
+                                              P.Flag.LZ4)
+    assert acc < expire <= acc + 60_000_000 + 1_000_000
+    names, end = _names(msg, P.JOURNAL_MSG.size, 5)
+    assert names == ["user:7", "orders", "order.created", "", "order:1"]
+    assert msg[end:] == b"payload"
+    assert P.JOURNAL_ACK.unpack_from(ack) == (d.seq,)
+    assert _names(ack, P.JOURNAL_ACK.size, 1) == (["user:7"], len(ack))
+    assert P.JOURNAL_FIN.unpack_from(fin) == (mid, P.Status.DELIVERED, 0)
+    assert _names(fin, P.JOURNAL_FIN.size, 1) == (["orders"], len(fin))
+
+    [(kind, cursor)] = _parse_records(c.checkpoint())
+    assert kind == P.Record.CURSOR
+    next_seq, acked = P.JOURNAL_CURSOR.unpack_from(cursor)
+    assert acked == d.seq and next_seq >= d.seq
+    assert _names(cursor, P.JOURNAL_CURSOR.size, 1) == (["user:7"], len(cursor))
+
+    events = list(parse_events(c.drain_history()))
+    assert [ev[2] for ev in events] == ["accepted", "sent", "acked", "final"]
+    assert {(ev[0], ev[3], ev[8]) for ev in events} == {("order:1", mid, "orders")}
+    assert events[0][12] == b"payload" and events[-1][5] == "DELIVERED"
+
+
+def test_the_core_replays_records_built_from_the_table(inproc_core):
+    c, store, _ = inproc_core
+    floor = _record(P.Record.FLOOR, P.JOURNAL_FLOOR.pack(1000))
+    body = P.JOURNAL_MSG.pack(5, 77, 1, 0, P.MsgClass.CHAT, 0)
+    for name in (b"user:9", b"orders", b"chat", b"", b""):
+        body += P.NAME_LEN.pack(len(name)) + name
+    msg = _record(P.Record.MSG, body + b"hello")
+    cursor = _record(P.Record.CURSOR, P.JOURNAL_CURSOR.pack(9, 3) + b"\x06user:8")
+    fin = _record(P.Record.FIN, P.JOURNAL_FIN.pack(77, P.Status.ACCEPTED, 0) + b"\x06orders")
+    blob = floor + msg + cursor + fin
+    assert c.replay(blob, 1) == (len(blob), 4)
+    st = c.stats()
+    assert (st["seq_floor"], st["replayed"], st["queued"]) == (1000, 1, 1)
+    # a FLOOR one byte too long does not parse: replay stops before it
+    bad = _record(P.Record.FLOOR, P.JOURNAL_FLOOR.pack(2000) + b"\x00")
+    assert c.replay(floor + bad, 2) == (len(floor), 1)
+    assert c.stats()["seq_floor"] == 1000
