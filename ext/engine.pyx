@@ -79,7 +79,6 @@ if zmqapi_load(zmq.backend.cython._zmq.__file__.encode(), _err, sizeof(_err)) !=
     raise ImportError(f"router client engine: {_err.decode()}")
 
 cdef enum:
-    PREFIX_SIZE = SEND_ID           # every header starts with the 4-byte prefix
     ITEM_HEAD = 5                   # out-queue item: kind byte + u32 header length
     RECV_BUDGET = 2048              # messages read per pass before other work
     MAX_HELD = 100000               # best-effort sends held while the link is down
@@ -95,10 +94,10 @@ cdef struct Rcpt:
 
 
 cdef inline void put_prefix(unsigned char *p, uint8_t cmd, uint8_t flags) noexcept nogil:
-    p[0] = SIGNATURE
-    p[1] = VERSION
-    p[2] = cmd
-    p[3] = flags
+    p[PREFIX_SIGNATURE] = SIGNATURE
+    p[PREFIX_VERSION] = VERSION
+    p[PREFIX_COMMAND] = cmd
+    p[PREFIX_FLAGS] = flags
 
 
 cdef inline bint is_reliable(uint8_t cls) noexcept nogil:
@@ -367,18 +366,18 @@ cdef class Engine:
 
     cdef void _list_start(self, string &frame, uint8_t cmd) noexcept nogil:
         """Start a BIND/UNBIND/ACK frame: the prefix and a count that _list_send fills."""
-        cdef unsigned char head[6]
+        cdef unsigned char head[PREFIX_SIZE + COUNT_SIZE]
         put_prefix(head, cmd, 0)
-        frame.assign(<const char *>head, 6)
+        frame.assign(<const char *>head, PREFIX_SIZE + COUNT_SIZE)
 
     cdef void _entry(self, string &frame, const string &name, uint64_t seq, bint with_seq) noexcept nogil:
         cdef unsigned char b[8]
         b[0] = <unsigned char>name.size()
-        frame.append(<const char *>b, 1)
+        frame.append(<const char *>b, NAME_HEAD)
         frame.append(name)
         if with_seq:
             eng_put64(b, seq)
-            frame.append(<const char *>b, 8)
+            frame.append(<const char *>b, SEQ_SIZE)
 
     cdef void _list_send(self, string &frame, size_t n, size_t at=PREFIX_SIZE) noexcept nogil:
         """Write the entry count ``n`` at offset ``at`` and send the frame."""
@@ -390,13 +389,13 @@ cdef class Engine:
         holds); what the router never confirmed goes again after its WELCOME."""
         cdef string frame
         cdef unsigned char head[8]
-        cdef size_t n = 0, at = PREFIX_SIZE + 2 + self.name.size()
+        cdef size_t n = 0, at = HELLO_FIXED + self.name.size()
         put_prefix(head, CMD_HELLO, 0)
-        head[4] = self.role
-        head[5] = <unsigned char>self.name.size()
-        frame.assign(<const char *>head, 6)
+        head[HELLO_ROLE] = self.role
+        head[HELLO_NAME_LEN] = <unsigned char>self.name.size()
+        frame.assign(<const char *>head, HELLO_FIXED)
         frame.append(self.name)
-        frame.append(b"\0\0", 2)
+        frame.append(b"\0\0", COUNT_SIZE)
         for kv in self.cursors:
             if self.unbound.count(kv.first):
                 continue
@@ -421,9 +420,9 @@ cdef class Engine:
         cdef uint64_t seq
         self._list_start(frame, CMD_BIND)
         while p < end:
-            name.assign(<const char *>p + 1, p[0])
-            seq = eng_get64(p + 1 + p[0])
-            p += 9 + p[0]
+            name.assign(<const char *>p + NAME_HEAD, p[0])
+            seq = eng_get64(p + NAME_HEAD + p[0])
+            p += NAME_HEAD + p[0] + SEQ_SIZE
             if self.cursors.count(name) == 0:
                 self.cursors[name] = seq
             self.unbound.erase(name)
@@ -443,8 +442,8 @@ cdef class Engine:
         cdef size_t n = 0
         self._list_start(frame, CMD_UNBIND)
         while p < end:
-            name.assign(<const char *>p + 1, p[0])
-            p += 1 + p[0]
+            name.assign(<const char *>p + NAME_HEAD, p[0])
+            p += NAME_HEAD + p[0]
             self.unbound.insert(name)   # the cursor stays: a later BIND resumes there
             if n == MAX_LIST_ENTRIES:
                 self._list_send(frame, n)
@@ -456,9 +455,9 @@ cdef class Engine:
             self._list_send(frame, n)
 
     cdef void _send_bye(self) noexcept nogil:
-        cdef unsigned char head[4]
+        cdef unsigned char head[PREFIX_SIZE]
         put_prefix(head, CMD_BYE, 0)
-        self._send2(<const char *>head, 4, NULL, 0, False)
+        self._send2(<const char *>head, PREFIX_SIZE, NULL, 0, False)
 
     # --- housekeeping
 
@@ -470,7 +469,7 @@ cdef class Engine:
         """A heartbeat when idle; a re-HELLO when the router stays silent past its
         liveness while the link is up (at most once per liveness period); resends of
         reliable messages unconfirmed for resend_after."""
-        cdef unsigned char head[4]
+        cdef unsigned char head[PREFIX_SIZE]
         if not self.link:
             return
         if now - self.last_heard > <uint64_t>self.heartbeat_ms * (self.liveness + 1):
@@ -480,7 +479,7 @@ cdef class Engine:
             return
         if now - self.last_sent >= self.heartbeat_ms // 2:
             put_prefix(head, CMD_HEARTBEAT, 0)
-            self._send2(<const char *>head, 4, NULL, 0, False)
+            self._send2(<const char *>head, PREFIX_SIZE, NULL, 0, False)
             self.n_heartbeats += 1
         if (not self.resend_due and self.unconfirmed.size()
                 and now - self.last_resend_scan >= self.resend_after_ms // 4 + 1):
@@ -587,10 +586,11 @@ cdef class Engine:
 
     cdef void _handle(self, const unsigned char *h, size_t hn, const unsigned char *b,
                       size_t bn, bint two) noexcept nogil:
-        if hn < PREFIX_SIZE or h[0] != SIGNATURE or h[1] != VERSION:
+        if (hn < PREFIX_SIZE or h[PREFIX_SIGNATURE] != SIGNATURE
+                or h[PREFIX_VERSION] != VERSION):
             self.n_malformed += 1
             return
-        cdef uint8_t cmd = h[2]
+        cdef uint8_t cmd = h[PREFIX_COMMAND]
         if cmd == CMD_DELIVER and two:
             self._on_deliver(h, hn, b, bn)
         elif cmd == CMD_RECEIPT:
@@ -648,7 +648,7 @@ cdef class Engine:
         if hn < RECEIPT_HEAD:
             self.n_malformed += 1
             return
-        cdef size_t count = eng_get16(h + PREFIX_SIZE), i
+        cdef size_t count = eng_get16(h + RECEIPT_COUNT), i
         cdef const unsigned char *e
         cdef Rcpt r
         if hn != RECEIPT_HEAD + count * RECEIPT_ENTRY_SIZE:
@@ -665,11 +665,11 @@ cdef class Engine:
         self.n_receipts += count
 
     cdef void _on_welcome(self, const unsigned char *h, size_t hn) noexcept nogil:
-        if hn < PREFIX_SIZE + 9:
+        if hn < WELCOME_BASE:
             self.n_malformed += 1
             return
-        self.heartbeat_ms = max(eng_get32(h + PREFIX_SIZE), 2)
-        self.liveness = max(h[PREFIX_SIZE + 4], 1)
+        self.heartbeat_ms = max(eng_get32(h + WELCOME_HEARTBEAT), 2)
+        self.liveness = max(h[WELCOME_LIVENESS], 1)
         self.welcome_seen = True
         if self.resend_due:
             # the WELCOME that answers a (re-)HELLO: everything unconfirmed goes again,
@@ -684,7 +684,7 @@ cdef class Engine:
         self.welcomed_flag = True
         self.w_heartbeat_ms = self.heartbeat_ms
         self.w_liveness = self.liveness
-        self.w_max_payload = eng_get32(h + PREFIX_SIZE + 5)
+        self.w_max_payload = eng_get32(h + WELCOME_MAX_PAYLOAD)
         pthread_mutex_unlock(&self.mu)
         if extra.size():
             self._send2(extra.data(), extra.size(), NULL, 0, False)
@@ -695,7 +695,7 @@ cdef class Engine:
         if hn < ERROR_FIXED:
             self.n_malformed += 1
             return
-        cdef uint16_t code = eng_get16(h + PREFIX_SIZE)
+        cdef uint16_t code = eng_get16(h + ERROR_CODE)
         if code == E_RATE_LIMITED and not self.welcome_seen:
             # the router's summary of the NOT_READYs below, before our HELLO landed
             self.n_quiet_errors += 1
@@ -1060,7 +1060,7 @@ cdef object _decode_event(const unsigned char *p, size_t n):
     cdef size_t lk = h[DELIVER_KIND_LEN], lf = h[DELIVER_SENDER_LEN]
     cdef size_t lc = h[DELIVER_CHANNEL_LEN], la = h[DELIVER_ADDRESS_LEN]
     cdef const unsigned char *v = h + DELIVER_FIXED
-    cdef uint8_t flags = h[3], cls = h[DELIVER_CLASS]
+    cdef uint8_t flags = h[PREFIX_FLAGS], cls = h[DELIVER_CLASS]
     if flags & FLAG_LZ4:
         payload = _decompress(payload)
     return Delivery(_text(v + lk + lf + lc, la), eng_get64(h + DELIVER_SEQ),
