@@ -17,8 +17,9 @@ Modes:
             its DELIVERED receipt (at most --window unconfirmed per publisher)
   request   request/reply through --receivers service workers (workers.service
             ServiceWorker, echoing the payload); latency is the round trip
-  sub       receivers only, bound to the addresses a `pub`/`reliable` run with the same
-            --tag and --receivers 0 sends to; stops after --count, --duration or Ctrl-C
+  sub       receivers only, for a `pub`/`reliable` run elsewhere with the same --tag and
+            --receivers 0 (which sends to bench:<tag>.0: run sub with --receivers 1);
+            stops after --count messages, --duration seconds from the first, or Ctrl-C
 
 The client loops take and hand over messages in batches (``_take``, ``_send_batch``):
 when the SDK gains ``recv_many``/``send_many``/``flush``, each is a one-line change.
@@ -280,8 +281,8 @@ def run_receiver(plan: Plan, r: int, ctl, slot: int) -> dict:
                 now = time.monotonic_ns()
                 for d in batch:
                     tally.add(d.payload, now)
-                if plan.reliable:
-                    ep.ack(batch[-1])  # cumulative
+                if plan.mode in ("reliable", "sub"):
+                    ep.ack(batch[-1])  # cumulative; a best-effort delivery needs none
                 ctl.tick(slot, tally.received)
                 if tally.received - looked < 256:  # look at the control now and then
                     continue
@@ -875,8 +876,11 @@ def check_plan(plan: Plan, max_payload: int | None = None) -> None:
                          f"({max_payload} B)")
     if plan.mode in ("pub", "reliable") and plan.receivers == 0 and plan.publishers == 0:
         raise ValueError("nothing to run: --publishers and --receivers are both 0")
-    if plan.mode in ("reliable", "request") and plan.receivers == 0:
-        raise ValueError(f"{plan.mode} mode needs --receivers 1 or more")
+    if plan.mode == "request" and plan.receivers == 0:
+        raise ValueError("request mode needs --receivers 1 or more (the service workers)")
+    if plan.mode in ("pub", "reliable") and plan.receivers == 0 and not plan.tag:
+        raise ValueError("--receivers 0 sends to bench:<tag>.0 for a `router bench sub` "
+                         "run elsewhere: give both the same --tag")
     if plan.mode != "sub" and plan.publishers < 1:
         raise ValueError(f"{plan.mode} mode needs --publishers 1 or more")
     if plan.mode == "sub" and plan.receivers < 1:
@@ -906,8 +910,10 @@ def main(plan: Plan, as_json: bool = False) -> int:
         print(orjson.dumps(summary).decode())
     else:
         print(table(summary))
-    if plan.mode in ("reliable", "request") and summary["delivered"] < summary["sent"]:
-        print(f"router bench: {summary['sent'] - summary['delivered']:,} of "
-              f"{summary['sent']:,} messages were not confirmed", file=sys.stderr)
+    confirmed = {"reliable": summary.get("receipts", {}).get("DELIVERED", 0),
+                 "request": summary["delivered"]}.get(plan.mode)
+    if confirmed is not None and confirmed < summary["sent"]:
+        print(f"router bench: {summary['sent'] - confirmed:,} of {summary['sent']:,} "
+              "messages were not confirmed", file=sys.stderr)
         return 1
     return 0

@@ -251,8 +251,9 @@ def _add_bench(sub) -> None:
   reliable  ORDER: receivers ack, publishers wait for DELIVERED receipts (--window)
   request   request/reply: --receivers service workers echo the payload; latency is
             the round trip, --window requests outstanding per publisher
-  sub       receivers only, bound to the addresses of a `pub`/`reliable` run with the
-            same --tag and --receivers 0 (latency needs both on this machine)
+  sub       receivers only, for a `pub`/`reliable` run elsewhere with the same --tag
+            and --receivers 0 (it sends to bench:<tag>.0); stops after --count
+            messages or --duration seconds (latency needs both on this machine)
 
 examples:
   router bench pub --count 200000
@@ -327,25 +328,36 @@ def _add_other_commands(parser: _Parser, sub) -> None:
 
 
 def _command_entry_points() -> list[EntryPoint]:
-    """The entry points of COMMANDS_GROUP (see :func:`entry_points_of`)."""
-    return entry_points_of(COMMANDS_GROUP)
-
-
-def entry_points_of(group: str) -> list[EntryPoint]:
-    """The entry points of ``group``: the installed distributions', then those the
+    """The entry points of COMMANDS_GROUP: the installed distributions', then those the
     source checkout this package runs from declares and no installed one does (a checkout
     on PYTHONPATH, or an editable install made before the entry point existed)."""
     from importlib.metadata import entry_points
 
+    return _first_by_name([*entry_points(group=COMMANDS_GROUP), *_checkout_entry_points()])
+
+
+def entry_points_of(group: str) -> list[EntryPoint]:
+    """The entry points of any ``group``, found as those of COMMANDS_GROUP are."""
+    from importlib.metadata import entry_points
+
+    return _first_by_name([*entry_points(group=group), *_checkout_group(group)])
+
+
+def _first_by_name(eps: list[EntryPoint]) -> list[EntryPoint]:
     found: dict[str, EntryPoint] = {}
-    for ep in [*entry_points(group=group), *_checkout_entry_points(group)]:
+    for ep in eps:
         found.setdefault(ep.name, ep)
     return list(found.values())
 
 
-def _checkout_entry_points(group: str = COMMANDS_GROUP) -> list[EntryPoint]:
-    """``group`` as the pyproject.toml beside this package declares it, when the
+def _checkout_entry_points() -> list[EntryPoint]:
+    """COMMANDS_GROUP as the pyproject.toml beside this package declares it, when the
     package runs from this project's source checkout; none otherwise."""
+    return _checkout_group(COMMANDS_GROUP)
+
+
+def _checkout_group(group: str) -> list[EntryPoint]:
+    """``group`` as the checkout's pyproject.toml declares it (see above)."""
     import tomllib
     from importlib.metadata import EntryPoint
 

@@ -1,0 +1,45 @@
+"""The users' benchmark (`python -m benchmarks sdk`) end to end, briefly: every contender
+delivers everything it sends, and the report has the ratios. Long: about a minute and a
+half; skipped, saying what to install, without nats-server, redis-server or the clients."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from support import ROOT
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.sdk import command  # noqa: E402
+from benchmarks.sdk.options import SdkOptions  # noqa: E402
+from benchmarks.sdk.report import markdown  # noqa: E402
+from benchmarks.sdk.servers import CONTENDERS  # noqa: E402
+
+pytestmark = pytest.mark.long
+
+
+@pytest.mark.timeout(900)
+def test_every_contender_delivers_and_the_report_has_the_ratios():
+    opts = SdkOptions(count=20_000, rates=(5000,), duration=1.0, repeat=1, idle=2.0,
+                      verbose=False)
+    try:
+        command.check_setup(opts)
+    except command.SetupError as exc:
+        pytest.skip(str(exc))
+    rows = command.run(opts)
+    assert [(r["contender"], r["rate"]) for r in rows] == [
+        (c, rate) for rate in (0.0, 5000.0) for c in CONTENDERS]
+    for r in rows:
+        assert "error" not in r, r["error"]
+        assert r["sent"] == r["count"] and r["delivered"] == r["sent"], r
+        assert r["msg_s"] > 0 and r["sender_cpu_us"] > 0 and r["receiver_cpu_us"] > 0
+        assert 0 < r["p50_us"] <= r["p99_us"] <= r["p999_us"]
+    env = command.env_record()
+    report = markdown(rows, opts, env)
+    for ratio in ("SDK best effort / nats core", "SDK best effort / redis",
+                  "SDK reliable / JetStream", "asyncio / blocking"):
+        assert ratio in report
+    assert env["nats-server"] not in ("-", "?") and env["redis-server"] not in ("-", "?")
