@@ -37,7 +37,7 @@ import struct
 import sys
 import time
 from array import array
-from typing import Any, Callable
+from typing import Callable
 
 #: Payload head: send time (CLOCK_MONOTONIC ns), publisher number, message index.
 HEAD = struct.Struct("<qII")
@@ -831,7 +831,7 @@ class Run:
                     p.join(5)
 
     def _watch(self) -> tuple[list[dict], list[dict]]:
-        plan, ctl = self.plan, self.ctl
+        ctl = self.ctl
         pubs: list[dict] = []
         recvs: list[dict] = []
         t0 = time.monotonic()

@@ -107,6 +107,14 @@ def markdown(rows: list[dict], opts: SdkOptions, env: dict, notes=(), when=None)
              f"time carried in the payload (CLOCK_MONOTONIC); CPU = the process's "
              f"user+system time over the measured phase (libzmq's I/O thread included).",
              ""]
+    ok = [r for r in rows if "error" not in r]
+    noisy = [r for r in ok if r.get("noisy")]
+    if ok:
+        other = sorted(r.get("other_cpu_s", 0) / max(r.get("window_s", 1), 1e-9) for r in ok)
+        notes = [*notes, f"noise: {len(noisy)} of {len(ok)} trials NOISY (other processes "
+                 f"used more than 10% of the machine's CPU while they ran); CPU used by "
+                 f"others, median {other[len(other) // 2]:.2f} cores, highest "
+                 f"{other[-1]:.2f} (kernel threads working for the trial count as others)"]
     lines += bullets(notes)
     lines += [f"### Throughput, {opts.count:,} messages as fast as the publisher goes", "",
               *table_head("contender", "delivered msg/s", "spread", "confirmed/s",

@@ -8,6 +8,7 @@ absent and :func:`install_hint` how to get them.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -64,11 +65,9 @@ def missing_clients(contenders) -> list[str]:
                 __import__(mod)
             except ImportError:
                 out.add({"nats": "nats-py", "redis": "redis"}[mod])
-    if any(CONTENDERS[c][0] == "redis" for c in contenders):
-        try:
-            import hiredis  # noqa: F401
-        except ImportError:
-            out.add("hiredis")
+    if any(CONTENDERS[c][0] == "redis" for c in contenders) \
+            and importlib.util.find_spec("hiredis") is None:
+        out.add("hiredis")
     return sorted(out)
 
 
