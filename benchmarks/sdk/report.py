@@ -42,8 +42,8 @@ def summarize(rows: list[dict], quiet_only: bool = True) -> dict:
         s = {"runs": len(rs), "failed": len(rs) - len(ok), "used": len(used),
              "quiet": len(quiet), "errors": [r["error"] for r in rs if "error" in r],
              **{k: median_of(used, k) for k in FIGURES}}
-        for k in ("msg_s", "p99_us", "confirmed_msg_s"):
-            vals = [v for v in (lookup(r, k) for r in used) if v is not None]
+        for k in ("msg_s", "p99_us", "confirmed_msg_s"):  # spread: every completed round
+            vals = [v for v in (lookup(r, k) for r in ok) if v is not None]
             s[f"{k}_range"] = (min(vals), max(vals)) if vals else None
         out[key] = s
     return out
@@ -65,6 +65,10 @@ def ratios(summary: dict, rates) -> dict:
         "SDK reliable DELIVERED receipts/s / JetStream PubAcks/s": div(
             get("sdk-reliable", "confirmed_msg_s"), get("jetstream", "confirmed_msg_s")),
         "asyncio / blocking (delivered msg/s)": div(get("sdk-asyncio"), get("sdk")),
+        "asyncio / blocking sender CPU per msg": div(get("sdk-asyncio", "sender_cpu_us"),
+                                                     get("sdk", "sender_cpu_us")),
+        "asyncio / blocking receiver CPU per msg": div(get("sdk-asyncio", "receiver_cpu_us"),
+                                                       get("sdk", "receiver_cpu_us")),
         "SDK / nats sender CPU per msg": div(get("sdk", "sender_cpu_us"),
                                              get("nats", "sender_cpu_us")),
         "SDK / nats receiver CPU per msg": div(get("sdk", "receiver_cpu_us"),
@@ -102,8 +106,8 @@ def markdown(rows: list[dict], opts: SdkOptions, env: dict, notes=(), when=None)
              f"One Python publisher process -> one Python receiver process over tcp "
              f"loopback, {opts.payload} B payloads, each system through its own Python "
              f"client; a fresh server per trial. {opts.repeat} interleaved rounds (every "
-             f"contender once per round, in turn); medians over the quiet rounds, and the "
-             f"spread (lowest-highest) over the same rounds. Latency = receive time - send "
+             f"contender once per round, in turn); medians over the quiet rounds (all "
+             f"rounds when none was quiet), and the spread (lowest-highest) over all rounds. Latency = receive time - send "
              f"time carried in the payload (CLOCK_MONOTONIC); CPU = the process's "
              f"user+system time over the measured phase (libzmq's I/O thread included).",
              ""]
