@@ -2,7 +2,7 @@
 this SDK, side by side with nats-py (nats-server core and JetStream) and redis-py +
 hiredis (redis-server), interleaved rounds, medians.
 
-    python -m benchmarks sdk                          # every contender, 3 rounds (~6 min)
+    python -m benchmarks sdk                          # every contender, 3 rounds (~4 min)
     python -m benchmarks sdk -c sdk,nats,redis --repeat 1 --rates ''
     python -m benchmarks sdk --markdown benchmarks/RESULTS.md --json sdk.json
 
