@@ -21,8 +21,9 @@ Modes:
             --receivers 0 (which sends to bench:<tag>.0: run sub with --receivers 1);
             stops after --count messages, --duration seconds from the first, or Ctrl-C
 
-The client loops take and hand over messages in batches (``_take``, ``_send_batch``):
-when the SDK gains ``recv_many``/``send_many``/``flush``, each is a one-line change.
+The client loops take and hand over messages in batches (``_take``, ``_send_batch``,
+``_asend_batch``) and wait for receipts in one place (``_settle``, ``_asettle``): when
+the SDK gains ``recv_many``/``send_many``/``flush``, each is a one-line change there.
 """
 
 from __future__ import annotations
@@ -183,6 +184,13 @@ def _send_batch(sender, targets: list[str], plan: Plan, p: int, first: int, n: i
         per_target[t] += 1
 
 
+def _settle(sender, state: dict, ctl, timeout: float) -> None:
+    """Wait for every unconfirmed message's final receipt, or ``timeout`` s (flush later)."""
+    deadline = time.monotonic() + timeout
+    while state["inflight"] > 0 and time.monotonic() < deadline and not ctl.stopped():
+        sender.poll(0.01)
+
+
 def _take(endpoint, timeout: float) -> list:
     """Deliveries waiting at the endpoint (recv_many later): at most one call's worth."""
     d = endpoint.recv(timeout=timeout)
@@ -242,10 +250,8 @@ def run_publisher(plan: Plan, p: int, ctl, slot: int) -> dict:
                 time.sleep(wait)
         last_ns = time.monotonic_ns()
         ctl.tick(slot, sent)
-        if plan.reliable:  # every receipt, or the timeout (flush(timeout) later)
-            deadline = time.monotonic() + max(plan.timeout, 10.0)
-            while state["inflight"] > 0 and time.monotonic() < deadline and not ctl.stopped():
-                sender.poll(0.01)
+        if plan.reliable:
+            _settle(sender, state, ctl, max(plan.timeout, 10.0))
         confirmed_ns = time.monotonic_ns()
         cpu = time.process_time() - cpu0
         result = {"role": "publisher", "slot": slot, "sent": sent, "per_target": per_target,
@@ -434,6 +440,23 @@ def run_worker(plan: Plan, r: int, ctl, slot: int) -> dict:
 # asyncio clients (the same loops over router.aio)
 
 
+async def _asend_batch(sender, targets: list[str], plan: Plan, p: int, first: int, n: int,
+                       pad: bytes, msg_class, per_target: list[int]) -> None:
+    """:func:`_send_batch` for the AsyncSender (send_many later)."""
+    nt = len(targets)
+    for i in range(first, first + n):
+        t = i % nt
+        await sender.send(targets[t], payload(plan.size, p, i, pad), msg_class=msg_class)
+        per_target[t] += 1
+
+
+async def _asettle(state: dict, ctl, timeout: float) -> None:
+    """:func:`_settle` for the AsyncSender, whose reader takes the receipts (flush later)."""
+    deadline = time.monotonic() + timeout
+    while state["inflight"] > 0 and time.monotonic() < deadline and not ctl.stopped():
+        await asyncio.sleep(0.01)
+
+
 async def _aio_publisher(plan: Plan, p: int, ctl, slot: int) -> dict:
     from .aio import AsyncSender
     from .protocol import MsgClass, Status
@@ -472,11 +495,8 @@ async def _aio_publisher(plan: Plan, p: int, ctl, slot: int) -> dict:
             if plan.reliable:
                 n = min(n, plan.window - state["inflight"])
             if n > 0:
-                for i in range(sent, sent + n):  # send_many later
-                    t = i % nt
-                    await sender.send(targets[t], payload(plan.size, p, i, pad),
-                                      msg_class=msg_class)
-                    per_target[t] += 1
+                await _asend_batch(sender, targets, plan, p, sent, n, pad, msg_class,
+                                   per_target)
                 sent += n
                 if plan.reliable:
                     state["inflight"] += n
@@ -494,9 +514,7 @@ async def _aio_publisher(plan: Plan, p: int, ctl, slot: int) -> dict:
         last_ns = time.monotonic_ns()
         ctl.tick(slot, sent)
         if plan.reliable:
-            deadline = time.monotonic() + max(plan.timeout, 10.0)
-            while state["inflight"] > 0 and time.monotonic() < deadline and not ctl.stopped():
-                await asyncio.sleep(0.01)
+            await _asettle(state, ctl, max(plan.timeout, 10.0))
         confirmed_ns = time.monotonic_ns()
         cpu = time.process_time() - cpu0
         result = {"role": "publisher", "slot": slot, "sent": sent, "per_target": per_target,
