@@ -51,6 +51,8 @@ SERVICE = "bench.echo"
 #: Entry point through which request mode finds its service worker class: router/ does
 #: not import the application (workers/); pyproject.toml points this at ServiceWorker.
 WORKER_GROUP = "order_router.bench"
+#: Seconds the clients get to report their figures after Ctrl-C.
+STOP_GRACE = 5.0
 #: Requests a bench worker takes at once (READY credit).
 WORKER_CREDIT = 8
 #: Default --window: unconfirmed reliable messages, or outstanding requests, per publisher.
@@ -782,6 +784,8 @@ def table(s: dict) -> str:
         rows.append(("unanswered", _fmt(s["unanswered"])))
     rows += [("reordered", _fmt(s["reordered"])), ("duplicates dropped", _fmt(s["duplicates"])),
              ("router errors", _fmt(s["errors"]))]
+    if s.get("interrupted"):
+        rows.append(("interrupted", "yes: stopped by Ctrl-C, figures up to then"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -837,8 +841,10 @@ class Run:
             self._wait_ready(self.n_recv + self.n_pub)
             self.ctl.t0.value = time.monotonic_ns()
             self.ctl.go_event.set()
-            pubs, recvs = self._watch()
-            return summarize(plan, pubs, recvs)
+            pubs, recvs, interrupted = self._watch()
+            summary = summarize(plan, pubs, recvs)
+            summary["interrupted"] = interrupted
+            return summary
         finally:
             self.ctl.stop_event.set()
             self.ctl.release.set()
@@ -848,26 +854,43 @@ class Run:
                     p.kill()
                     p.join(5)
 
-    def _watch(self) -> tuple[list[dict], list[dict]]:
+    def _watch(self) -> tuple[list[dict], list[dict], bool]:
+        """Collect every client's figures, printing progress; a first Ctrl-C stops the
+        clients and still collects what they measured (a second one quits)."""
         ctl = self.ctl
         pubs: list[dict] = []
         recvs: list[dict] = []
         t0 = time.monotonic()
         last_print, last_counts = t0, (0, 0)
+        interrupted_at = None
         while len(recvs) < self.n_recv or len(pubs) < self.n_pub:
-            msg = self._next(0.1)
-            if msg and msg["role"] == "publisher":
-                pubs.append(msg)
-                if len(pubs) == self.n_pub:
-                    self._set_expected(pubs)
-            elif msg and msg["role"] == "receiver":
-                recvs.append(msg)
-            now = time.monotonic()
-            if now - last_print >= 1.0:
-                last_counts = self._print_progress(now - t0, now - last_print, last_counts)
-                last_print = now
+            try:
+                msg = self._next(0.1)
+                if msg and msg["role"] == "publisher":
+                    pubs.append(msg)
+                    if len(pubs) == self.n_pub:
+                        self._set_expected(pubs)
+                elif msg and msg["role"] == "receiver":
+                    recvs.append(msg)
+                now = time.monotonic()
+                if interrupted_at is None and now - last_print >= 1.0:
+                    last_counts = self._print_progress(now - t0, now - last_print,
+                                                       last_counts)
+                    last_print = now
+                if interrupted_at is not None and now - interrupted_at > STOP_GRACE:
+                    silent = self.n_pub + self.n_recv - len(pubs) - len(recvs)
+                    raise BenchError(f"interrupted, and {silent} clients did not report "
+                                     f"within {STOP_GRACE:.0f} s")
+            except KeyboardInterrupt:
+                if interrupted_at is not None:
+                    raise
+                interrupted_at = time.monotonic()
+                ctl.stop_event.set()
+                print("interrupted: stopping the clients, figures so far follow "
+                      "(Ctrl-C again to quit now)", file=self.progress, flush=True)
         ctl.release.set()
-        return sorted(pubs, key=lambda m: m["slot"]), sorted(recvs, key=lambda m: m["slot"])
+        return (sorted(pubs, key=lambda m: m["slot"]), sorted(recvs, key=lambda m: m["slot"]),
+                interrupted_at is not None)
 
     def _set_expected(self, pubs: list[dict]) -> None:
         for r in range(self.n_recv):
@@ -928,6 +951,8 @@ def main(plan: Plan, as_json: bool = False) -> int:
         print(orjson.dumps(summary).decode())
     else:
         print(table(summary))
+    if summary["interrupted"]:
+        return 130
     confirmed = {"reliable": summary.get("receipts", {}).get("DELIVERED", 0),
                  "request": summary["delivered"]}.get(plan.mode)
     if confirmed is not None and confirmed < summary["sent"]:

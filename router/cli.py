@@ -255,6 +255,9 @@ def _add_bench(sub) -> None:
             and --receivers 0 (it sends to bench:<tag>.0); stops after --count
             messages or --duration seconds (latency needs both on this machine)
 
+Ctrl-C stops the clients and prints the figures measured so far (exit 130). Exit 1
+when a reliable message or a request was not confirmed.
+
 examples:
   router bench pub --count 200000
   router bench reliable --publishers 2 --receivers 2 --duration 10 --rate 20000

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -122,3 +123,24 @@ def test_help_documents_every_mode_and_option():
     for word in ("pub", "reliable", "request", "sub", "--url", "--size", "--count",
                  "--duration", "--rate", "--publishers", "--receivers", "--window", "--api"):
         assert word in out.stdout, word
+
+
+def test_ctrl_c_stops_the_clients_and_still_prints_the_figures(router):
+    # sub mode runs until told: Ctrl-C (SIGINT to the whole group, as a terminal sends)
+    sub = subprocess.Popen([sys.executable, "-m", "router", "bench", "sub", "--url",
+                            router.url, "--tag", "t2", "--count", "1000000", "--json"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                           start_new_session=True)
+    try:
+        pub = bench("reliable", "--url", router.url, "--tag", "t2", "--receivers", "0",
+                    "--count", "300", "--json")
+        assert pub.returncode == 0, pub.stderr
+        os.killpg(sub.pid, signal.SIGINT)
+        out, err = sub.communicate(timeout=30)
+    finally:
+        if sub.poll() is None:
+            os.killpg(sub.pid, signal.SIGKILL)
+    assert sub.returncode == 130, err
+    s = json.loads(out)
+    assert s["interrupted"] and s["delivered"] == 300 and s["p50_us"] > 0
+    assert "interrupted: stopping the clients" in err
