@@ -71,5 +71,6 @@ def native(name: str) -> Extension:
     return ext
 
 
-# core: the routing core; checks: its building blocks exposed to the tests only.
-setup(ext_modules=[native("core"), native("checks")])
+# core: the routing core; checks: its building blocks exposed to the tests only;
+# engine: the client SDK's I/O engine.
+setup(ext_modules=[native("core"), native("checks"), native("engine")])

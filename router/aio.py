@@ -1,64 +1,48 @@
-"""asyncio SDK: :class:`AsyncSender` and :class:`AsyncEndpoint` over zmq.asyncio.
+"""asyncio SDK: :class:`AsyncSender` and :class:`AsyncEndpoint`, on the same engine.
 
-Same protocol state as the blocking SDK (:mod:`router.session`); a background task per
-client reads the socket, answers housekeeping and fans events out to waiters::
+They are the blocking classes of :mod:`router.client` with awaitable waits: the native
+I/O thread (:mod:`router.engine`) does every protocol chore, and signals an eventfd that
+the event loop watches (``loop.add_reader``); each wake-up drains a whole batch of
+deliveries, replies and receipts. Names, options, errors and semantics are those of the
+blocking SDK::
 
     async with await AsyncEndpoint.connect(url, ["user:7"]) as user:
-        async for d in user:          # acked when the loop asks for the next one
+        async for d in user:          # acked when the loop body is done with it
             print(d.kind, d.payload)
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import logging
-from typing import AsyncIterator, Callable, Iterable
+import time
+from typing import Any, AsyncIterator, Iterable
 
-import zmq
-import zmq.asyncio
-
-from .client import FINAL, LINK_EVENTS, make_socket
-from .protocol import Command, Delivery, MsgClass, Receipt, Role, Status, prefix
-from .session import (
-    COMPRESS_ABOVE, EndpointSession, Payload, Reply, RouterError, RouterUnavailable,
-    SenderSession, Session, Welcome,
+from .client import (
+    FINAL, Addresses, Client, PendingLimitError, Receipt, _CODE, _STATUS, json_reply,
 )
+from .protocol import Delivery, Role, Status
+from .session import Payload, Reply, RouterUnavailable
 
-__all__ = ["AsyncSender", "AsyncEndpoint"]
-
-log = logging.getLogger("router.aio")
+__all__ = ["AsyncSender", "AsyncEndpoint", "AsyncClient"]
 
 
-class AsyncClient:
-    """A zmq.asyncio DEALER carrying one session, with a reader task: the base of
-    AsyncSender, AsyncEndpoint and workers.service_aio.AsyncServiceWorker (subclasses
-    take events in :meth:`_dispatch`).
+class AsyncClient(Client):
+    """asyncio twin of :class:`router.client.Client`; make it with ``await
+    cls.connect(...)`` inside a running event loop. Callbacks run in the loop."""
 
-    As in the blocking SDK, an ERROR instead of WELCOME fails the connect with that
-    :class:`RouterError`; later ERRORs are kept in :attr:`errors` (the latest 1000) and
-    handed to ``on_error`` (default: logged as a warning)."""
-
-    def __init__(self, session: Session, endpoint: str,
-                 context: zmq.asyncio.Context | None, *,
-                 on_error: Callable[[RouterError], None] | None = None) -> None:
-        self.session = session
-        self.endpoint = endpoint
-        self.context = context or zmq.asyncio.Context.instance()
-        self.socket = make_socket(self.context, endpoint)
-        self._monitor = self.socket.get_monitor_socket(LINK_EVENTS)
-        self._poller = zmq.asyncio.Poller()
-        self._poller.register(self.socket, zmq.POLLIN)
-        self._poller.register(self._monitor, zmq.POLLIN)
-        self.errors: collections.deque[RouterError] = collections.deque(maxlen=1000)
-        self.on_error = on_error
+    def __init__(self, endpoint: str, name: str, role: Role, **options: Any) -> None:
+        options.pop("wait", None)
+        options.pop("timeout", None)
+        super().__init__(endpoint, name, role, wait=False, use_fd=True, **options)
+        self._loop = asyncio.get_running_loop()
         self._welcomed = asyncio.Event()
-        self._refused: RouterError | None = None
-        self._reader: asyncio.Task | None = None
+        self._waiters: dict[int, list[tuple[int, asyncio.Future]]] = {}
+        self._reply_futures: dict[int, asyncio.Future] = {}
+        self._room: asyncio.Event = asyncio.Event()
+        self._receipt_queue: asyncio.Queue[Receipt] = asyncio.Queue()
+        self._loop.add_reader(self.engine.fileno(), self._on_readable)
 
     async def _start(self, timeout: float) -> None:
-        await self._send_all(self.session.hello())
-        self._reader = asyncio.create_task(self._read_loop())
         try:
             await asyncio.wait_for(self._welcomed.wait(), timeout)
         except asyncio.TimeoutError:
@@ -70,87 +54,161 @@ class AsyncClient:
             await self.close(bye=False)
             raise self._refused
 
-    async def _send(self, frames: list[bytes]) -> None:
-        await self.socket.send_multipart(frames, copy=False)
-        self.session.sent()
+    def _on_readable(self) -> None:
+        """The engine published: take the whole batch."""
+        self.engine.clear_signal()
+        self._dispatch(self.engine.take(0.0))
+        if self.welcome is not None or self._refused is not None:
+            self._welcomed.set()
+        self._take_receipts()
+        self._room.set()
 
-    async def _send_all(self, messages: list[list[bytes]]) -> None:
-        for frames in messages:
-            await self._send(frames)
-
-    async def _read_loop(self) -> None:
-        while True:
-            for frames in self.session.due():
-                await self._send(frames)
-            await self._before_wait()
-            hb = max(self.session.heartbeat_ms // 2, 1)
-            ready = dict(await self._poller.poll(hb))
-            if self._monitor in ready:
-                await self._follow_link()
-            if self.socket not in ready:
-                continue
-            frames = await self.socket.recv_multipart()
-            events, replies = self.session.handle(frames)
-            for reply in replies:
-                await self._send(reply)
-            for ev in events:
-                if isinstance(ev, Welcome):
-                    self._welcomed.set()
-                elif isinstance(ev, RouterError):
-                    self._router_error(ev)
-                else:
-                    self._dispatch(ev)
-
-    def _router_error(self, err: RouterError) -> None:
-        """Before WELCOME, an ERROR refuses the connection (``_start`` raises it)."""
-        if not self._welcomed.is_set():
-            self._refused = err
-            self._welcomed.set()  # wakes _start, which sees the refusal
-            return
-        self.errors.append(err)
-        if self.on_error is not None:
-            self.on_error(err)
+    def _on_reply(self, reply: Reply) -> None:
+        fut = self._reply_futures.pop(reply.request_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(reply)
         else:
-            log.warning("%s", err)
+            super()._on_reply(reply)
 
-    async def _follow_link(self) -> None:
-        """Connection ups and downs from libzmq's monitor: one HELLO per reconnect."""
-        while (event := await self._next_link_event()) is not None:
-            if event == zmq.EVENT_DISCONNECTED:
-                self.session.link_down()
-            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                await self._send_all(self.session.link_up())
+    def _take_receipts(self) -> int:
+        got = self.engine.take_receipts()
+        for mid, st, code in got:
+            r = Receipt(mid, _STATUS.get(st, st), _CODE.get(code, code))
+            if self._waiters and mid in self._waiters:
+                self._resolve(mid, r)
+            if st != Status.ACCEPTED and mid in self._callbacks:
+                self._callbacks.pop(mid)(r)
+            if self.on_receipt is not None:
+                self.on_receipt(r)
+            else:
+                self._receipt_queue.put_nowait(r)
+        return len(got)
 
-    async def _next_link_event(self) -> int | None:
-        if not await self._monitor.poll(0):
-            return None
-        frames = await self._monitor.recv_multipart()
-        return int.from_bytes(frames[0][:2], "little")
+    def _resolve(self, mid: int, r: Receipt) -> None:
+        keep = []
+        for until, fut in self._waiters.pop(mid):
+            if fut.done():
+                continue
+            if r.status == until or r.status >= Status.DELIVERED:
+                fut.set_result(r)
+            else:
+                keep.append((until, fut))
+        if keep:
+            self._waiters[mid] = keep
 
-    async def _before_wait(self) -> None:
-        """Hook: flush batched work before the reader waits."""
+    async def send(self, target: str, data: Payload, *, timeout: float | None = None,
+                   **options: Any) -> int:
+        """As :meth:`router.client.Client.send`; at ``max_pending`` it awaits room up to
+        ``timeout`` (default ``send_timeout``) s, then raises PendingLimitError."""
+        deadline = time.monotonic() + (self.send_timeout if timeout is None else timeout)
+        while True:
+            try:
+                return Client.send(self, target, data, timeout=0.0, **options)
+            except PendingLimitError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                self._room.clear()
+                try:
+                    await asyncio.wait_for(self._room.wait(), min(left, 0.1))
+                except asyncio.TimeoutError:
+                    pass
 
-    def _dispatch(self, event) -> None:
-        raise NotImplementedError
+    async def send_many(self, messages: Iterable[tuple[str, Payload]],
+                        **options: Any) -> list[int]:
+        """Send ``(target, data)`` pairs with the same options; return their ids."""
+        return [await self.send(target, data, **options) for target, data in messages]
+
+    async def wait(self, msg_id: int, until: Status = Status.DELIVERED,
+                   timeout: float = 5.0) -> Receipt:
+        """Wait for ``msg_id`` to reach ``until`` (or any final status); return the
+        receipt. Raises TimeoutError naming the last status seen."""
+        r = self.status(msg_id)
+        if r is not None and (r.status == until or r.status in FINAL):
+            return r
+        fut = self._loop.create_future()
+        self._waiters.setdefault(msg_id, []).append((int(until), fut))
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            r = self.status(msg_id)
+            seen = r.status.name if r else "nothing"
+            raise TimeoutError(f"message {msg_id}: waited {timeout}s for {until.name}, "
+                               f"last receipt: {seen}") from None
+
+    async def flush(self, timeout: float = 5.0) -> int:
+        """Await until the router has taken every pending reliable message; return how
+        many are still pending after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while self.engine.pending and time.monotonic() < deadline:
+            self._room.clear()
+            try:
+                await asyncio.wait_for(self._room.wait(), 0.05)
+            except asyncio.TimeoutError:
+                pass
+        return self.engine.pending
+
+    async def poll(self, timeout: float = 0.0) -> int:
+        """Let ``timeout`` s pass in the loop (the engine delivers meanwhile); return
+        the receipts taken now."""
+        if timeout > 0:
+            await asyncio.sleep(timeout)
+        self._dispatch(self.engine.take(0.0))
+        return self._take_receipts()
+
+    async def receipts(self) -> AsyncIterator[Receipt]:
+        """Receipts as they arrive (when no on_receipt callback is set)."""
+        while True:
+            yield await self._receipt_queue.get()
+
+    async def request(self, service: str, data: Payload, *, ttl_ms: int = 5000,
+                      timeout: float | None = None) -> Reply:
+        """Ask a service and await its reply (the broker answers by the TTL at the
+        latest, with NO_SERVICE or EXPIRED)."""
+        rid = self.submit(service, data, ttl_ms=ttl_ms)
+        fut = self._loop.create_future()
+        self._reply_futures[rid] = fut
+        try:
+            return await asyncio.wait_for(
+                fut, timeout if timeout is not None else ttl_ms / 1000 + 1)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"no reply from service {service!r} within the timeout; "
+                               "is the router running?") from None
+        finally:
+            self._reply_futures.pop(rid, None)
+
+    async def history(self, order_id: str, timeout: float = 5.0) -> list[dict]:
+        """The order's timeline from the router's history (the dispute record)."""
+        return json_reply(await self.request("router.history", str(order_id),
+                                              ttl_ms=int(timeout * 1000)))
+
+    async def presence(self, addresses: Iterable[str] = (), timeout: float = 5.0) -> dict:
+        """Which addresses are online (see :meth:`router.client.Client.presence`)."""
+        return json_reply(await self.request("router.presence", list(addresses),
+                                              ttl_ms=int(timeout * 1000)))
+
+    async def join(self, channel: str, addresses: Iterable[str]) -> None:
+        """Add addresses to a channel."""
+        Client.join(self, channel, addresses)
+
+    async def leave(self, channel: str, addresses: Iterable[str] = ()) -> None:
+        """Remove addresses from a channel; with none, close it."""
+        Client.leave(self, channel, addresses)
+
+    async def drain(self, timeout: float = 5.0) -> int:
+        """Await the router taking every pending message, then close."""
+        left = await self.flush(timeout)
+        await self.close()
+        return left
 
     async def close(self, bye: bool = True) -> None:
-        """Say BYE, stop the reader and close the socket."""
-        if self._reader:
-            self._reader.cancel()
-            try:
-                await self._reader
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._reader = None
+        """Send what is queued, say BYE unless told not to, and close."""
         if not self.socket.closed:
-            if bye:
-                try:
-                    await self._send([prefix(Command.BYE)])
-                except zmq.ZMQError:
-                    pass
-            self.socket.disable_monitor()
-            self._monitor.close(linger=0)
-            self.socket.close(linger=100 if bye else 0)
+            self._loop.remove_reader(self.engine.fileno())
+        Client.close(self, bye)
+        for fut in list(self._reply_futures.values()):
+            if not fut.done():
+                fut.cancel()
 
     async def __aenter__(self):
         return self
@@ -162,194 +220,79 @@ class AsyncClient:
 class AsyncSender(AsyncClient):
     """asyncio twin of :class:`router.client.Sender`; create with :meth:`connect`."""
 
-    def __init__(self, endpoint: str, name: str, *, context=None,
-                 compress_above: int = COMPRESS_ABOVE,
-                 on_receipt: Callable[[Receipt], None] | None = None,
-                 keep_receipts: int = 100_000,
-                 on_error: Callable[[RouterError], None] | None = None) -> None:
-        super().__init__(SenderSession(name, compress_above), endpoint, context,
-                         on_error=on_error)
-        self.on_receipt = on_receipt
-        self._keep = keep_receipts
-        self._latest: dict[int, Receipt] = {}
-        self._waiters: dict[int, list[tuple[Status, asyncio.Future]]] = {}
-        self._queue: asyncio.Queue[Receipt] = asyncio.Queue()
-        self._replies: dict[int, asyncio.Future] = {}
+    def __init__(self, endpoint: str, name: str, **options: Any) -> None:
+        super().__init__(endpoint, name, Role.SENDER, **options)
 
     @classmethod
     async def connect(cls, endpoint: str, name: str, *, timeout: float = 5.0,
-                      **kw) -> "AsyncSender":
+                      **options: Any) -> "AsyncSender":
         """Connect, say HELLO and wait for WELCOME."""
-        self = cls(endpoint, name, **kw)
+        self = cls(endpoint, name, **options)
         await self._start(timeout)
         return self
 
-    async def send(self, target: str, data: Payload, *, kind: str = "",
-                   msg_class: MsgClass = MsgClass.ORDER, ttl_ms: int = 0,
-                   order: str | int = "", key: str = "", channel: bool = False,
-                   msg_id: int | None = None) -> int:
-        """Send ``data`` to an address or channel; return the message id. ``order``
-        (``1002`` or ``order:1002``) ties a reliable message to that order's history;
-        the rest as :meth:`router.client.Sender.send`."""
-        mid, frames = self.session.send(target, data, kind=kind, msg_class=msg_class,
-                                        ttl_ms=ttl_ms, key=key, channel=channel, msg_id=msg_id,
-                                        order=order)
-        if frames:
-            await self._send(frames)
-        return mid
 
-    async def request(self, service: str, data: Payload, *, ttl_ms: int = 5000) -> Reply:
-        """Ask a service and wait for its reply (the broker answers by the TTL at the
-        latest, with NO_SERVICE or EXPIRED)."""
-        rid, frames = self.session.request(service, data, ttl_ms)
-        fut = asyncio.get_running_loop().create_future()
-        self._replies[rid] = fut
-        await self._send(frames)
-        try:
-            return await asyncio.wait_for(fut, ttl_ms / 1000 + 1)
-        except asyncio.TimeoutError:
-            raise TimeoutError(f"no reply from service {service!r}: is the router running?") from None
-        finally:
-            self._replies.pop(rid, None)
+class AsyncEndpoint(Addresses, AsyncClient):
+    """asyncio twin of :class:`router.client.Endpoint`; create with :meth:`connect`.
 
-    async def join(self, channel: str, addresses: Iterable[str]) -> None:
-        """Add addresses to a channel."""
-        await self._send(self.session.join(channel, addresses))
-
-    async def leave(self, channel: str, addresses: Iterable[str] = ()) -> None:
-        """Remove addresses from a channel; with none, close it."""
-        await self._send(self.session.join(channel, addresses, leave=True))
-
-    def _dispatch(self, r: Receipt | Reply) -> None:
-        if isinstance(r, Reply):
-            fut = self._replies.get(r.request_id)
-            if fut is not None and not fut.done():
-                fut.set_result(r)
-            return
-        self._latest.pop(r.msg_id, None)
-        self._latest[r.msg_id] = r
-        for until, fut in self._waiters.pop(r.msg_id, []):
-            if r.status == until or r.status in FINAL:
-                if not fut.done():
-                    fut.set_result(r)
-            else:
-                self._waiters.setdefault(r.msg_id, []).append((until, fut))
-        if len(self._latest) > self._keep:
-            del self._latest[next(iter(self._latest))]  # oldest first: dicts keep order
-        if self.on_receipt:
-            self.on_receipt(r)
-        else:
-            self._queue.put_nowait(r)
-
-    async def wait(self, msg_id: int, until: Status = Status.DELIVERED,
-                   timeout: float = 5.0) -> Receipt:
-        """Wait for ``msg_id`` to reach ``until`` or a final status."""
-        r = self._latest.get(msg_id)
-        if r and (r.status == until or r.status in FINAL):
-            return r
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(msg_id, []).append((until, fut))
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
-            raise TimeoutError(f"message {msg_id}: no {until.name} within {timeout}s") from None
-
-    async def receipts(self) -> AsyncIterator[Receipt]:
-        """Receipts as they arrive (when no on_receipt callback is set)."""
-        while True:
-            yield await self._queue.get()
-
-
-class AsyncEndpoint(AsyncClient):
-    """asyncio twin of :class:`router.client.Endpoint`; create with :meth:`connect`."""
+    ``auto_ack`` (default true): ``async for`` acks each delivery when the loop body is
+    done with it; false: acks are the application's (:meth:`ack`)."""
 
     def __init__(self, endpoint: str, addresses: Iterable[str], *, name: str | None = None,
                  role: Role = Role.ENDPOINT, cursors: dict[str, int] | None = None,
-                 context=None, on_error: Callable[[RouterError], None] | None = None) -> None:
+                 auto_ack: bool = True, **options: Any) -> None:
         addresses = list(addresses)
-        name = name or (addresses[0] if addresses else "endpoint")
-        super().__init__(EndpointSession(name, addresses, role, cursors), endpoint, context,
-                         on_error=on_error)
+        start = self._start_cursors(addresses, cursors)
+        self.auto_ack = auto_ack
         self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
-        self._flushing: asyncio.Task | None = None
+        super().__init__(endpoint, name or (addresses[0] if addresses else "endpoint"),
+                         role, cursors=start, **options)
 
     @classmethod
     async def connect(cls, endpoint: str, addresses: Iterable[str], *, timeout: float = 5.0,
-                      **kw) -> "AsyncEndpoint":
+                      **options: Any) -> "AsyncEndpoint":
         """Connect, bind ``addresses`` in HELLO and wait for WELCOME."""
-        self = cls(endpoint, addresses, **kw)
+        self = cls(endpoint, addresses, **options)
         await self._start(timeout)
         return self
 
-    @property
-    def cursors(self) -> dict[str, int]:
-        """Last sequence acked per address: persist it, and pass it as ``cursors`` to
-        resume there after this process restarts."""
-        return dict(self.session.acked)
-
-    def _dispatch(self, d: Delivery) -> None:
+    def _accept(self, d: Delivery) -> None:
         self._queue.put_nowait(d)
-
-    async def _before_wait(self) -> None:
-        await self.flush()
 
     async def bind(self, addresses: Iterable[str]) -> None:
         """Bind more addresses."""
-        await self._send_all(self.session.bind(addresses))
+        self._bind(addresses)
 
     async def unbind(self, addresses: Iterable[str]) -> None:
         """Release addresses."""
-        await self._send_all(self.session.unbind(addresses))
-
-    def ack(self, delivery: Delivery) -> None:
-        """Ack ``delivery`` and everything before it on its address.
-
-        As in the blocking Endpoint: batched while received deliveries still wait in
-        this endpoint, sent at once (by a task, since this call does not await) when
-        none does."""
-        self.session.ack(delivery)
-        if self._queue.empty() and self._flushing is None and not self.socket.closed:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # called outside the loop: the reader flushes it
-                return
-            self._flushing = loop.create_task(self._flush_now())
-
-    async def _flush_now(self) -> None:
-        try:
-            await self.flush()
-        except zmq.ZMQError:
-            pass  # closed meanwhile: close() flushed what was pending
-        finally:
-            self._flushing = None
-
-    async def flush(self) -> None:
-        """Send pending acks now."""
-        await self._send_all(self.session.take_acks())
+        self._unbind(addresses)
 
     async def recv(self, timeout: float | None = None) -> Delivery | None:
         """The next delivery, or None after ``timeout`` s."""
-        await self.flush()
+        if not self._queue.empty():
+            return self._queue.get_nowait()
         try:
             return await asyncio.wait_for(self._queue.get(), timeout)
         except asyncio.TimeoutError:
             return None
 
+    async def recv_many(self, max_count: int = 1000,
+                        timeout: float | None = None) -> list[Delivery]:
+        """Up to ``max_count`` deliveries: those here, else the first batch to come
+        within ``timeout`` s."""
+        first = await self.recv(timeout)
+        if first is None:
+            return []
+        out = [first]
+        while len(out) < max_count and not self._queue.empty():
+            out.append(self._queue.get_nowait())
+        return out
+
     async def __aiter__(self) -> AsyncIterator[Delivery]:
-        """Deliveries forever; each is acked (as :meth:`ack` says) when the loop asks
-        for the next one."""
+        """Deliveries forever; with ``auto_ack`` each is acked when the loop body is
+        done with it."""
         while True:
             d = await self._queue.get()
             yield d
-            self.ack(d)
-
-    async def close(self, bye: bool = True) -> None:
-        """Send pending acks, then close (with BYE unless ``bye`` is False)."""
-        if self._flushing is not None:
-            await self._flushing
-        if not self.socket.closed:
-            try:
-                await self.flush()
-            except zmq.ZMQError:
-                pass
-        await super().close(bye)
+            if self.auto_ack:
+                self.ack(d)

@@ -12,54 +12,79 @@ Example (against `router serve` on its default endpoint)::
         merchant.ack(d)
         assert orders.wait(mid, Status.DELIVERED, timeout=1.0).status == Status.DELIVERED
 
-These classes do their I/O when called (``recv``, ``wait``, ``poll``, ``ack``): a
-process that holds a connection and stops calling for longer than the router's
-heartbeat timeout (3 s by default) is dropped, and reconnects on the next call.
+Each client is one connection driven by a native I/O thread (:mod:`router.engine`): it
+says HELLO, heartbeats, reconnects, acks and resends on its own, so a caller that is
+busy elsewhere (a slow handler, a long ``wait``) never makes the connection go silent.
+Callbacks (``on_receipt``, ``on_error``, ``on_event``, per-message ``callback``) run in
+the application's thread, inside :meth:`Client.poll`, :meth:`Client.wait`,
+:meth:`Client.flush` and :meth:`Endpoint.recv`, as in confluent-kafka.
 
-The asyncio twins are in :mod:`router.aio`. Protocol state lives in
-:mod:`router.session`; these classes only move frames.
+The asyncio twins, on the same engine, are in :mod:`router.aio`.
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
+import os
+import threading
 import time
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import orjson
 import zmq
 
-from .protocol import (
-    Command, Delivery, ErrorCode, MsgClass, Receipt, Role, Status, prefix,
-)
 from .config import check_endpoint
+from .engine import Engine
+from .protocol import (
+    Delivery, ErrorCode, MsgClass, Receipt, Role, Status, decode_error, decode_reply,
+    decode_request, decode_welcome, encode_join, encode_request,
+)
 from .session import (
-    COMPRESS_ABOVE, EndpointSession, Payload, Reply, RouterError, RouterUnavailable,
-    SenderSession, Session, Welcome, payload_json,
+    COMPRESS_ABOVE, MAX_TTL_MS, Payload, Reply, Request, RouterError, RouterUnavailable,
+    Welcome, check_address, check_channel, encode_payload, order_ref, payload_json,
 )
 
-__all__ = ["Sender", "Endpoint", "RouterError", "RouterUnavailable", "payload_json"]
+__all__ = ["Sender", "Endpoint", "Client", "RouterError", "RouterUnavailable",
+           "PendingLimitError", "Addresses", "payload_json"]
 
 log = logging.getLogger("router.client")
 
 #: Final receipt statuses: nothing more will come for that message id.
 FINAL = frozenset({Status.DELIVERED, Status.EXPIRED, Status.REFUSED, Status.FAILED})
+_STATUS = {int(s): s for s in Status}
+_CODE = {int(c): c for c in ErrorCode}
+
+#: libzmq monitor events the engine follows: the link is up after the ZMTP handshake.
+LINK_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+#: Connection events handed to ``on_event``.
+LINK_NAMES = {0: "disconnected", 1: "connected", 2: "reconnected"}
 
 
-def make_socket(context: zmq.Context, endpoint: str) -> zmq.Socket:
+class PendingLimitError(RuntimeError):
+    """``max_pending`` reliable messages are already waiting for the router's ACCEPTED
+    and no room came within the send's timeout: the router is unreachable or slow.
+    Retry later, raise ``max_pending``, or wait with :meth:`Client.flush`."""
+
+
+def make_socket(context: zmq.Context, endpoint: str, reconnect_ivl: float = 0.1,
+                reconnect_ivl_max: float = 0.0) -> zmq.Socket:
     """A DEALER for one session: unbounded queues (the router applies the bounds),
-    reconnect with backoff from 100 ms to 5 s, ZMTP heartbeats to notice a dead link.
-    No fixed routing id: the router assigns one per connection, and a reconnect moves
-    the session's addresses by HELLO (docs/PROTOCOL.md §1).
+    reconnect every ``reconnect_ivl`` s plus libzmq's random jitter of up to the same
+    again (doubling up to ``reconnect_ivl_max`` when that is larger), ZMTP heartbeats to
+    notice a dead link. No fixed routing id: the router assigns one per connection, and
+    a reconnect moves the session's addresses by HELLO (docs/PROTOCOL.md §1).
     Raises ValueError for an endpoint that is not tcp://host:port or ipc://path."""
     check_endpoint(endpoint)
+    if reconnect_ivl <= 0:
+        raise ValueError(f"reconnect_ivl must be > 0 seconds, got {reconnect_ivl}")
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.RCVHWM, 0)
-    sock.setsockopt(zmq.RECONNECT_IVL, 100)
-    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
+    sock.setsockopt(zmq.RECONNECT_IVL, max(int(reconnect_ivl * 1000), 1))
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, max(int(reconnect_ivl_max * 1000), 0))
     # Safe here because RCVHWM is 0: libzmq 4.3.5 aborts when the heartbeat timer
     # fires on a connection whose input stopped at its RCVHWM (see router/server.py).
     sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
@@ -68,132 +93,351 @@ def make_socket(context: zmq.Context, endpoint: str) -> zmq.Socket:
     return sock
 
 
-#: libzmq monitor events a client follows: the link is up after the ZMTP handshake.
-LINK_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
-
-
-def link_event(monitor: zmq.Socket) -> int | None:
-    """Read one monitor event (non-blocking): its zmq.EVENT_* number, or None."""
-    try:
-        frames = monitor.recv_multipart(zmq.DONTWAIT)
-    except zmq.Again:
-        return None
-    return int.from_bytes(frames[0][:2], "little")
+def json_reply(reply: Reply) -> Any:
+    """The JSON body of a built-in service's reply; RouterError if it was refused."""
+    if reply.code != ErrorCode.NONE:
+        raise RouterError(reply.code, 0, reply.payload.decode(errors="replace"))
+    return orjson.loads(reply.payload)
 
 
 class Client:
-    """A DEALER socket carrying one session: the base of Sender, Endpoint and
-    workers.service.ServiceWorker (subclasses take events in :meth:`_accept`).
+    """One connection to the router, for any role: sending, requests and receipts.
 
-    Connecting waits for the router's WELCOME: an ERROR instead (the router refused the
-    HELLO, say BAD_ADDRESS) raises that :class:`RouterError`; silence raises
-    :class:`RouterUnavailable`. Later ERRORs (a refused command, another connection
-    taking over an address) are kept in :attr:`errors` and handed to ``on_error``
-    (default: logged as a warning).
+    :class:`Sender`, :class:`Endpoint` and the service workers build on it. Connecting
+    waits for the router's WELCOME when ``wait`` is true (the default): an ERROR instead
+    (the router refused the HELLO, say BAD_ADDRESS) raises that :class:`RouterError`,
+    silence for ``timeout`` s raises :class:`RouterUnavailable`. With ``wait=False`` the
+    constructor returns at once and the engine connects in the background (sends made
+    meanwhile are queued). Later ERRORs are kept in :attr:`errors` and handed to
+    ``on_error`` (default: logged as a warning).
+
+    ``max_pending`` bounds reliable messages not yet ACCEPTED by the router (0: no
+    bound): beyond it :meth:`send` waits up to ``send_timeout`` s, then raises
+    :class:`PendingLimitError`.
     """
 
-    def __init__(self, session: Session, endpoint: str, context: zmq.Context | None,
-                 timeout: float, *,
-                 on_error: Callable[[RouterError], None] | None = None) -> None:
-        self.session = session
-        self.endpoint = endpoint
-        self.context = context or zmq.Context.instance()
-        self.socket = make_socket(self.context, endpoint)
-        self._monitor = self.socket.get_monitor_socket(LINK_EVENTS)
-        self._poller = zmq.Poller()
-        self._poller.register(self.socket, zmq.POLLIN)
-        self._poller.register(self._monitor, zmq.POLLIN)
+    def __init__(self, endpoint: str, name: str, role: Role, *,
+                 context: zmq.Context | None = None, timeout: float = 5.0,
+                 wait: bool = True, compress_above: int = COMPRESS_ABOVE,
+                 resend_after: float = 3.0, keep_receipts: int = 100_000,
+                 max_pending: int = 0, send_timeout: float = 5.0,
+                 reconnect_ivl: float = 0.1, reconnect_ivl_max: float = 0.0,
+                 on_receipt: Callable[[Receipt], None] | None = None,
+                 on_error: Callable[[RouterError], None] | None = None,
+                 on_event: Callable[[str], None] | None = None,
+                 on_reply: Callable[[Reply], None] | None = None,
+                 cursors: dict[str, int] | None = None,
+                 welcome_frame: bytes | None = None,
+                 use_fd: bool = False) -> None:
+        if max_pending < 0:
+            raise ValueError(f"max_pending must be >= 0 (0: no bound), got {max_pending}")
+        self.endpoint, self.name, self.role = endpoint, name, Role(role)
+        self.compress_above = compress_above
+        self.max_pending, self.send_timeout = max_pending, send_timeout
+        self.on_receipt, self.on_error, self.on_event = on_receipt, on_error, on_event
+        self.on_reply = on_reply
         #: The latest router ERRORs seen on this connection, oldest first.
         self.errors: collections.deque[RouterError] = collections.deque(maxlen=1000)
-        self.on_error = on_error
+        #: The router's latest WELCOME (None until the first).
+        self.welcome: Welcome | None = None
+        #: Whether the connection is up (as libzmq's monitor last said).
+        self.connected = False
         self._refused: RouterError | None = None
-        self._send_all(session.hello())
+        self._replies: dict[int, Reply] = {}
+        self._callbacks: dict[int, Callable[[Receipt], None]] = {}
+        self._inbox: collections.deque[tuple] = collections.deque(maxlen=keep_receipts)
+        # Sender-chosen ids: a random 32-bit prefix per client and a counter, so two
+        # runs of one service do not reuse ids inside the router's dedup window.
+        self._ids = itertools.count((int.from_bytes(os.urandom(4), "big") << 32) | 1)
+        self.context = context or zmq.Context.instance()
+        self.socket = make_socket(self.context, endpoint, reconnect_ivl, reconnect_ivl_max)
+        self._monitor = self.socket.get_monitor_socket(LINK_EVENTS)
+        self.engine = Engine(self.socket.underlying, self._monitor.underlying, int(role),
+                             name.encode(), resend_after=resend_after,
+                             keep_receipts=keep_receipts, use_app_fd=use_fd)
+        if cursors:
+            self.engine.preset([(check_address(a).encode(), int(seq))
+                                for a, seq in cursors.items()])
+        if welcome_frame is not None:
+            self.engine.after_welcome(welcome_frame)
+        self._thread = threading.Thread(target=self.engine.run, daemon=True,
+                                        name=f"router-engine:{name}")
+        self._thread.start()
+        if wait:
+            self._await_welcome(timeout)
+
+    # ------------------------------------------------------------------ connecting
+
+    def _await_welcome(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while session.welcome is None:
+        while self.welcome is None and self._refused is None:
             left = deadline - time.monotonic()
-            if self._refused is not None or left <= 0:
-                Client.close(self, bye=False)
-                if self._refused is not None:
-                    raise self._refused
-                raise RouterUnavailable(
-                    f"no WELCOME from the router at {endpoint} within {timeout}s: "
-                    "is `router serve` running there?")
-            self._pump(min(left, 0.1))
+            if left <= 0:
+                break
+            self._dispatch(self.engine.take(min(left, 0.1)))
+        if self.welcome is None:
+            self.close(bye=False)
+            if self._refused is not None:
+                raise self._refused
+            raise RouterUnavailable(
+                f"no WELCOME from the router at {self.endpoint} within {timeout}s: "
+                "is `router serve` running there?")
 
-    def _send(self, frames: list[bytes]) -> None:
-        self.socket.send_multipart(frames, copy=False)
-        self.session.sent()
+    # ------------------------------------------------------------------ events
 
-    def _send_all(self, messages: list[list[bytes]]) -> None:
-        for frames in messages:
-            self._send(frames)
+    def _dispatch(self, events: list) -> int:
+        """Hand each event to its place; return how many deliveries/requests there were."""
+        taken = 0
+        for ev in events:
+            if type(ev) is Delivery:
+                self._accept(ev)
+                taken += 1
+                continue
+            tag, header, payload = ev
+            if tag == "W":
+                self.welcome = Welcome(*decode_welcome(header)[:3])
+            elif tag == "E":
+                self._router_error(RouterError(*decode_error(header, payload)))
+            elif tag == "R":
+                rid, code = decode_reply(header)
+                self._on_reply(Reply(rid, code, payload))
+            elif tag == "Q":
+                job, ttl, service = decode_request(header)
+                self._accept(Request(job, service, ttl, payload))
+                taken += 1
+            elif tag == "L":
+                self.connected = header != 0
+                if self.on_event is not None:
+                    self.on_event(LINK_NAMES[header])
+        return taken
 
-    def _pump(self, timeout: float | None) -> int:
-        """Send housekeeping, wait up to ``timeout`` s for input, handle all that came;
-        return how many events were handed to :meth:`_accept`."""
-        for frames in self.session.due():
-            self._send(frames)
-        accepted = 0
-        wait_ms = None if timeout is None else int(timeout * 1000)
-        # Wake at least every heartbeat period so heartbeats and re-HELLO keep flowing.
-        hb = max(self.session.heartbeat_ms // 2, 1)
-        wait_ms = hb if wait_ms is None else min(wait_ms, hb)
-        ready = dict(self._poller.poll(wait_ms))
-        if self._monitor in ready:
-            self._follow_link()
-        if self.socket not in ready:
-            return accepted
-        while True:
-            try:
-                frames = self.socket.recv_multipart(zmq.DONTWAIT)
-            except zmq.Again:
-                return accepted
-            evs, replies = self.session.handle(frames)
-            for reply in replies:
-                self._send(reply)
-            for ev in evs:
-                if isinstance(ev, RouterError):
-                    self._router_error(ev)
-                elif not isinstance(ev, Welcome):
-                    self._accept(ev)
-                    accepted += 1
+    def _on_reply(self, reply: Reply) -> None:
+        """A service's reply: to ``on_reply``, else kept for :meth:`take_reply`."""
+        if self.on_reply is not None:
+            self.on_reply(reply)
+        else:
+            self._replies[reply.request_id] = reply
 
-    def _follow_link(self) -> None:
-        """Connection ups and downs from libzmq's monitor: one HELLO per reconnect."""
-        while (event := link_event(self._monitor)) is not None:
-            if event == zmq.EVENT_DISCONNECTED:
-                self.session.link_down()
-            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._send_all(self.session.link_up())
-
-    def _accept(self, event: Delivery | Receipt) -> None:
-        """Take one delivery or receipt (it may arrive while waiting for WELCOME)."""
-        raise NotImplementedError
+    def _accept(self, event: Delivery | Request) -> None:
+        """Take one delivery (or request, for workers); the base drops them."""
+        log.warning("%s: dropped a %s this client does not take", self.name,
+                    type(event).__name__)
 
     def _router_error(self, err: RouterError) -> None:
         """An ERROR from the router: before WELCOME it refuses the connection (raised by
         the constructor); after, it is recorded and reported."""
-        if self.session.welcome is None and self._refused is None:
+        if self.welcome is None and self._refused is None:
             self._refused = err
             return
         self.errors.append(err)
-        self._on_error(err)
-
-    def _on_error(self, err: RouterError) -> None:
         if self.on_error is not None:
             self.on_error(err)
         else:
             log.warning("%s", err)
 
+    def _take_receipts(self) -> int:
+        """Move receipts from the engine to callbacks or the inbox; return how many."""
+        got = self.engine.take_receipts()
+        if not got:
+            return 0
+        cbs = self._callbacks
+        if self.on_receipt is None and not cbs:
+            self._inbox.extend(got)
+            return len(got)
+        for mid, st, code in got:
+            r = Receipt(mid, _STATUS.get(st, st), _CODE.get(code, code))
+            if cbs and st != Status.ACCEPTED and mid in cbs:
+                cbs.pop(mid)(r)
+            if self.on_receipt is not None:
+                self.on_receipt(r)
+            else:
+                self._inbox.append((mid, st, code))
+        return len(got)
+
+    def poll(self, timeout: float = 0.0) -> int:
+        """Serve callbacks and take what arrived within ``timeout`` s; return how many
+        receipts came."""
+        if timeout > 0:
+            self.engine.wait_any(timeout)
+        self._dispatch(self.engine.take(0.0))
+        return self._take_receipts()
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, target: str, data: Payload, *, kind: str = "",
+             msg_class: MsgClass = MsgClass.ORDER, ttl_ms: int = 0, order: str | int = "",
+             key: str = "", channel: bool = False, msg_id: int | None = None,
+             callback: Callable[[Receipt], None] | None = None,
+             timeout: float | None = None) -> int:
+        """Send ``data`` to an address (or a channel with ``channel=True``); return the id.
+
+        dict/list payloads go as JSON; payloads above ``compress_above`` bytes go lz4'd.
+        ``order`` (``1002`` or ``order:1002``) ties a reliable message to that order's
+        history (`router history 1002`); a message sent to an ``order:<id>`` channel is
+        tied to it anyway. ``key`` is the raw key field: the conflation key of LOCATION
+        messages (for example the rider); ``key="order:1002"`` is the same as ``order``.
+        ``callback`` gets the message's final receipt (from :meth:`poll` or
+        :meth:`flush`). Raises ValueError for an invalid target (an address is
+        ``<kind>:<id>``) or TTL, :class:`PendingLimitError` when ``max_pending`` reliable
+        messages wait for the router for longer than ``timeout`` (default
+        ``send_timeout``) s.
+        """
+        if order != "":
+            if key:
+                raise ValueError(f"give order= or key=, not both (got order={order!r}, "
+                                 f"key={key!r}): the order travels as the key")
+            key = order_ref(order)
+        if not 0 <= ttl_ms <= MAX_TTL_MS:
+            raise ValueError(f"ttl_ms must be 0 (no TTL) .. {MAX_TTL_MS}, got {ttl_ms}")
+        payload, flags = encode_payload(data, self.compress_above)
+        if self.welcome is not None and len(payload) > self.welcome.max_payload:
+            raise ValueError(
+                f"payload of {len(payload)} bytes is over the router's cap of "
+                f"{self.welcome.max_payload}; split it or raise max_payload on the router")
+        mid = next(self._ids) if msg_id is None else msg_id
+        if callback is not None:
+            self._callbacks[mid] = callback
+        ok = self.engine.send(target.encode(), payload, mid, msg_class, kind.encode(),
+                              key.encode(), ttl_ms, flags, channel, self.max_pending,
+                              self.send_timeout if timeout is None else timeout)
+        if ok:
+            return mid
+        self._callbacks.pop(mid, None)
+        if ok is None:
+            if channel:
+                check_channel(target)
+            check_address(target, "target")
+            raise ValueError(f"target {target!r} is not valid")
+        raise PendingLimitError(
+            f"{self.max_pending} reliable messages already wait for the router's "
+            f"ACCEPTED (is the router at {self.endpoint} reachable?); retry later or "
+            "raise max_pending")
+
+    def send_many(self, messages: Iterable[tuple[str, Payload]], **options: Any) -> list[int]:
+        """Send ``(target, data)`` pairs with the same options as :meth:`send`; return
+        their ids in order."""
+        send = self.send
+        return [send(target, data, **options) for target, data in messages]
+
+    @property
+    def pending(self) -> int:
+        """Reliable messages sent and not yet ACCEPTED (or refused) by the router."""
+        return self.engine.pending
+
+    def flush(self, timeout: float = 5.0) -> int:
+        """Wait up to ``timeout`` s until the router has taken every reliable message
+        sent (ACCEPTED, so it is durable there) and serve callbacks; return how many
+        are still pending (0: all taken)."""
+        self.engine.flush(timeout)
+        self.poll()
+        return self.engine.pending
+
+    def status(self, msg_id: int) -> Receipt | None:
+        """The latest receipt seen for ``msg_id``, if any (the last ``keep_receipts``)."""
+        got = self.engine.status_of(msg_id)
+        return None if got is None else Receipt(msg_id, _STATUS[got[0]], _CODE.get(got[1], got[1]))
+
+    def wait(self, msg_id: int, until: Status = Status.DELIVERED, timeout: float = 5.0) -> Receipt:
+        """Wait for ``msg_id`` to reach ``until`` (or any final status); return the receipt.
+
+        Raises TimeoutError naming the last status seen."""
+        got = self.engine.wait_status(msg_id, int(until), int(Status.DELIVERED), timeout)
+        self.poll()
+        if got is None:
+            r = self.status(msg_id)
+            seen = r.status.name if r else "nothing"
+            raise TimeoutError(f"message {msg_id}: waited {timeout}s for {until.name}, "
+                               f"last receipt: {seen}")
+        return Receipt(msg_id, _STATUS[got[0]], _CODE.get(got[1], got[1]))
+
+    def receipts(self, timeout: float = 1.0) -> Iterator[Receipt]:
+        """Yield receipts as they come, until ``timeout`` s pass with none (when no
+        ``on_receipt`` callback takes them)."""
+        while True:
+            if not self._inbox:
+                self.poll(timeout)
+                if not self._inbox:
+                    return
+            mid, st, code = self._inbox.popleft()
+            yield Receipt(mid, _STATUS.get(st, st), _CODE.get(code, code))
+
+    # ------------------------------------------------------------------ requests
+
+    def submit(self, service: str, data: Payload, *, ttl_ms: int = 5000) -> int:
+        """Send a request without waiting; return its id for :meth:`take_reply`."""
+        payload, _ = encode_payload(data, -1)
+        rid = next(self._ids)
+        self.engine.send_frames(encode_request(service, rid, ttl_ms), payload)
+        return rid
+
+    def take_reply(self, request_id: int) -> Reply | None:
+        """The reply to a submitted request if it has arrived (call :meth:`poll`)."""
+        return self._replies.pop(request_id, None)
+
+    def request(self, service: str, data: Payload, *, ttl_ms: int = 5000,
+                timeout: float | None = None) -> Reply:
+        """Ask a service (its workers) and wait for the reply.
+
+        The broker answers every request, at the latest when ``ttl_ms`` passes
+        (code NO_SERVICE or EXPIRED); ``timeout`` (default: the TTL plus a second) only
+        guards against a router that is gone."""
+        rid = self.submit(service, data, ttl_ms=ttl_ms)
+        deadline = time.monotonic() + (timeout if timeout is not None else ttl_ms / 1000 + 1)
+        while rid not in self._replies:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no reply from service {service!r} within the timeout; "
+                                   "is the router running?")
+            self._dispatch(self.engine.take(min(left, 0.5)))
+        return self._replies.pop(rid)
+
+    def history(self, order_id: str, timeout: float = 5.0) -> list[dict]:
+        """The order's timeline from the router's history (the dispute record)."""
+        return json_reply(self.request("router.history", str(order_id),
+                                       ttl_ms=int(timeout * 1000)))
+
+    def presence(self, addresses: Iterable[str] = (), timeout: float = 5.0) -> dict:
+        """Which addresses are online: {address: online_since or None}, where
+        online_since is the Unix time in seconds (a float) at which the address's
+        current binding began, not a duration; with no addresses, every online one."""
+        return json_reply(self.request("router.presence", list(addresses),
+                                       ttl_ms=int(timeout * 1000)))
+
+    # ------------------------------------------------------------------ channels
+
+    def join(self, channel: str, addresses: Iterable[str]) -> None:
+        """Add addresses to a channel (created on first JOIN)."""
+        names = [check_address(a) for a in addresses]
+        self.engine.send_frames(encode_join(check_channel(channel), names))
+
+    def leave(self, channel: str, addresses: Iterable[str] = ()) -> None:
+        """Remove addresses from a channel; with none, close the channel."""
+        names = [check_address(a) for a in addresses]
+        self.engine.send_frames(encode_join(check_channel(channel), names, leave=True))
+
+    # ------------------------------------------------------------------ lifetime
+
+    def stats(self) -> dict[str, int]:
+        """This connection's counters: sent, delivered, duplicates, receipts, resent,
+        hellos, heartbeats, connects, disconnects, pending..."""
+        return self.engine.stats()
+
+    def drain(self, timeout: float = 5.0) -> int:
+        """Wait for the router to take every pending reliable message (as
+        :meth:`flush`), then close; return how many were still pending."""
+        left = self.flush(timeout)
+        self.close()
+        return left
+
     def close(self, bye: bool = True) -> None:
-        """Say BYE (unless told not to) and close the socket."""
+        """Send what is queued (acks included), say BYE unless told not to, and close."""
         if self.socket.closed:
             return
-        if bye:
-            try:
-                self.socket.send(prefix(Command.BYE), zmq.DONTWAIT)
-            except zmq.ZMQError:
-                pass
+        self.engine.stop(bye)
+        self._thread.join(timeout=5.0)
+        if self._thread.is_alive():  # never seen: the loop wakes on the stop signal
+            log.error("%s: engine thread did not stop; leaving its socket open", self.name)
+            return
         self.socket.disable_monitor()
         self._monitor.close(linger=0)
         self.socket.close(linger=100 if bye else 0)
@@ -210,221 +454,124 @@ class Sender(Client):
 
     ``name`` scopes the sender's message ids. Every reliable send is answered by receipts
     (ACCEPTED, then DELIVERED, or REFUSED/EXPIRED/FAILED); read them with :meth:`wait`,
-    :meth:`receipts`, or an ``on_receipt`` callback.
+    :meth:`receipts`, an ``on_receipt`` callback, or a per-message ``callback``.
     """
 
-    def __init__(self, endpoint: str, name: str, *, context: zmq.Context | None = None,
-                 compress_above: int = COMPRESS_ABOVE, timeout: float = 5.0,
-                 on_receipt: Callable[[Receipt], None] | None = None,
-                 keep_receipts: int = 100_000, resend_after: float = 3.0,
-                 on_error: Callable[[RouterError], None] | None = None) -> None:
-        self.on_receipt = on_receipt
-        self._latest: collections.OrderedDict[int, Receipt] = collections.OrderedDict()
-        self._keep = keep_receipts
-        self._inbox: collections.deque[Receipt] = collections.deque(maxlen=keep_receipts)
-        self._replies: dict[int, Reply] = {}
-        super().__init__(SenderSession(name, compress_above, resend_after), endpoint, context,
-                         timeout, on_error=on_error)
-
-    def send(self, target: str, data: Payload, *, kind: str = "",
-             msg_class: MsgClass = MsgClass.ORDER, ttl_ms: int = 0, order: str | int = "",
-             key: str = "", channel: bool = False, msg_id: int | None = None) -> int:
-        """Send ``data`` to an address (or a channel with ``channel=True``); return the id.
-
-        dict/list payloads go as JSON; payloads above ``compress_above`` bytes go lz4'd.
-        ``order`` (``1002`` or ``order:1002``) ties a reliable message to that order's
-        history (`router history 1002`); a message sent to an ``order:<id>`` channel is
-        tied to it anyway. ``key`` is the raw key field: the conflation key of LOCATION
-        messages (for example the rider); ``key="order:1002"`` is the same as ``order``.
-        Raises ValueError for an invalid target (an address is ``<kind>:<id>``) or TTL.
-        """
-        mid, frames = self.session.send(target, data, kind=kind, msg_class=msg_class,
-                                        ttl_ms=ttl_ms, key=key, channel=channel, msg_id=msg_id,
-                                        order=order)
-        if frames:
-            self._send(frames)
-        return mid
-
-    def request(self, service: str, data: Payload, *, ttl_ms: int = 5000,
-                timeout: float | None = None) -> Reply:
-        """Ask a service (its workers) and wait for the reply.
-
-        The broker answers every request, at the latest when ``ttl_ms`` passes
-        (code NO_SERVICE or EXPIRED); ``timeout`` (default: the TTL plus a second) only
-        guards against a router that is gone.
-        """
-        rid = self.submit(service, data, ttl_ms=ttl_ms)
-        deadline = time.monotonic() + (timeout if timeout is not None else ttl_ms / 1000 + 1)
-        while rid not in self._replies:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no reply from service {service!r} within the timeout; "
-                                   "is the router running?")
-            self._pump(min(left, 0.05))
-        return self._replies.pop(rid)
-
-    def history(self, order_id: str, timeout: float = 5.0) -> list[dict]:
-        """The order's timeline from the router's history (the dispute record)."""
-        reply = self.request("router.history", str(order_id), ttl_ms=int(timeout * 1000))
-        if reply.code != ErrorCode.NONE:
-            raise RouterError(reply.code, 0, reply.payload.decode(errors="replace"))
-        return orjson.loads(reply.payload)
-
-    def presence(self, addresses: Iterable[str] = (), timeout: float = 5.0) -> dict:
-        """Which addresses are online: {address: online_since or None}, where
-        online_since is the Unix time in seconds (a float) at which the address's
-        current binding began, not a duration; with no addresses, every online one."""
-        reply = self.request("router.presence", list(addresses), ttl_ms=int(timeout * 1000))
-        if reply.code != ErrorCode.NONE:
-            raise RouterError(reply.code, 0, reply.payload.decode(errors="replace"))
-        return orjson.loads(reply.payload)
-
-    def submit(self, service: str, data: Payload, *, ttl_ms: int = 5000) -> int:
-        """Send a request without waiting; return its id for :meth:`take_reply`."""
-        rid, frames = self.session.request(service, data, ttl_ms)
-        self._send(frames)
-        return rid
-
-    def take_reply(self, request_id: int) -> Reply | None:
-        """The reply to a submitted request if it has arrived (call :meth:`poll`)."""
-        return self._replies.pop(request_id, None)
-
-    def join(self, channel: str, addresses: Iterable[str]) -> None:
-        """Add addresses to a channel (created on first JOIN)."""
-        self._send(self.session.join(channel, addresses))
-
-    def leave(self, channel: str, addresses: Iterable[str] = ()) -> None:
-        """Remove addresses from a channel; with none, close the channel."""
-        self._send(self.session.join(channel, addresses, leave=True))
-
-    def poll(self, timeout: float = 0.0) -> int:
-        """Handle what the router sent within ``timeout`` s; return how many receipts."""
-        return self._pump(timeout)
-
-    def _accept(self, r: Receipt | Reply) -> None:
-        if isinstance(r, Reply):
-            self._replies[r.request_id] = r
-            return
-        self._latest[r.msg_id] = r
-        self._latest.move_to_end(r.msg_id)
-        if len(self._latest) > self._keep:
-            self._latest.popitem(last=False)
-        if self.on_receipt:
-            self.on_receipt(r)
-        else:
-            self._inbox.append(r)
-
-    def receipts(self, timeout: float = 1.0) -> Iterator[Receipt]:
-        """Yield receipts as they come, until ``timeout`` s pass with none."""
-        while True:
-            if not self._inbox:
-                self.poll(timeout)
-                if not self._inbox:
-                    return
-            yield self._inbox.popleft()
-
-    def status(self, msg_id: int) -> Receipt | None:
-        """The latest receipt seen for ``msg_id``, if any."""
-        return self._latest.get(msg_id)
-
-    def wait(self, msg_id: int, until: Status = Status.DELIVERED, timeout: float = 5.0) -> Receipt:
-        """Wait for ``msg_id`` to reach ``until`` (or any final status); return the receipt.
-
-        Raises TimeoutError naming the last status seen.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            r = self._latest.get(msg_id)
-            if r and (r.status == until or r.status in FINAL):
-                return r
-            left = deadline - time.monotonic()
-            if left <= 0:
-                seen = r.status.name if r else "nothing"
-                raise TimeoutError(f"message {msg_id}: waited {timeout}s for {until.name}, "
-                                   f"last receipt: {seen}")
-            self.poll(min(left, 0.05))
+    def __init__(self, endpoint: str, name: str, **options: Any) -> None:
+        super().__init__(endpoint, name, Role.SENDER, **options)
 
 
-class Endpoint(Client):
-    """One party (or a gateway for many): bound addresses, deliveries, acks.
+class Addresses:
+    """What an endpoint adds to a client: bound addresses, their cursors, and acks
+    (shared by :class:`Endpoint`, the asyncio endpoint and the service workers)."""
 
-    Deliveries of reliable classes carry a per-address ``seq``; ack a delivery once it is
-    processed. Acks are cumulative: while deliveries already received wait in this
-    endpoint for :meth:`recv`, acks are batched into the next ACK; once the application
-    has caught up (nothing left waiting), :meth:`ack` sends the ACK at once. Redelivered sequences already handed
-    over are dropped here, so the application sees each message once, in order.
-    ``cursors`` ({address: last seq held}) resumes where a previous run stopped.
-    """
+    engine: Engine
 
-    def __init__(self, endpoint: str, addresses: Iterable[str], *, name: str | None = None,
-                 role: Role = Role.ENDPOINT, cursors: dict[str, int] | None = None,
-                 context: zmq.Context | None = None, timeout: float = 5.0,
-                 on_error: Callable[[RouterError], None] | None = None) -> None:
-        addresses = list(addresses)
-        name = name or (addresses[0] if addresses else "endpoint")
-        self._ready: collections.deque[Delivery] = collections.deque()
-        super().__init__(EndpointSession(name, addresses, role, cursors), endpoint, context,
-                         timeout, on_error=on_error)
+    def _start_cursors(self, addresses: Iterable[str],
+                       cursors: dict[str, int] | None) -> dict[str, int]:
+        start = {check_address(a): 0 for a in addresses}
+        start.update({check_address(a): seq for a, seq in (cursors or {}).items()})
+        #: Last sequence the application acked per address.
+        self.acked: dict[str, int] = dict(start)
+        return start
 
     @property
     def duplicates(self) -> int:
         """Redelivered messages dropped because this endpoint already had them."""
-        return self.session.duplicates
+        return self.engine.stats()["duplicates"]
 
     @property
     def cursors(self) -> dict[str, int]:
         """Last sequence acked per address: persist it, and pass it as ``cursors`` to
         resume there after this process restarts."""
-        return dict(self.session.acked)
+        return dict(self.acked)
+
+    def _bind(self, addresses: Iterable[str]) -> None:
+        names = [check_address(a) for a in addresses]
+        for a in names:
+            self.acked.setdefault(a, 0)
+        self.engine.bind([(a.encode(), self.acked[a]) for a in names])
+
+    def _unbind(self, addresses: Iterable[str]) -> None:
+        self.engine.unbind([check_address(a).encode() for a in addresses])
+
+    def ack(self, delivery: Delivery) -> None:
+        """Ack ``delivery`` and all before it on its address (deliveries without a
+        sequence, best effort, need none). Acks are cumulative and go out on the
+        engine's next pass, merged with the others."""
+        seq = delivery.seq
+        if seq and seq > self.acked.get(delivery.address, 0):
+            self.acked[delivery.address] = seq
+            self.engine.ack(delivery.address.encode(), seq)
+
+
+class Endpoint(Addresses, Client):
+    """One party (or a gateway for many): bound addresses, deliveries, acks; it can send
+    too (a merchant confirms on the connection it receives on).
+
+    Deliveries of reliable classes carry a per-address ``seq``; ack a delivery once it is
+    processed. Redelivered sequences already received are dropped by the engine, so the
+    application sees each message once, in order. ``cursors`` ({address: last seq
+    held}) resumes where a previous run stopped. ``auto_ack`` (default true): iterating
+    acks each delivery when the loop body is done with it; false: acks are the
+    application's (:meth:`ack`).
+    """
+
+    def __init__(self, endpoint: str, addresses: Iterable[str], *, name: str | None = None,
+                 role: Role = Role.ENDPOINT, cursors: dict[str, int] | None = None,
+                 auto_ack: bool = True, **options: Any) -> None:
+        addresses = list(addresses)
+        start = self._start_cursors(addresses, cursors)
+        self.auto_ack = auto_ack
+        self._ready: collections.deque[Delivery] = collections.deque()
+        super().__init__(endpoint, name or (addresses[0] if addresses else "endpoint"),
+                         role, cursors=start, **options)
 
     def bind(self, addresses: Iterable[str]) -> None:
         """Bind more addresses on this connection."""
-        self._send_all(self.session.bind(addresses))
+        self._bind(addresses)
 
     def unbind(self, addresses: Iterable[str]) -> None:
         """Release addresses; their messages wait at the router for the next binder."""
-        self._send_all(self.session.unbind(addresses))
-
-    def ack(self, delivery: Delivery) -> None:
-        """Ack ``delivery`` and all before it on its address.
-
-        Sent at once when no received delivery is waiting for :meth:`recv` (the
-        application has caught up, so the sender hears DELIVERED without waiting for
-        this endpoint's next call); otherwise batched with the acks of the deliveries
-        still waiting, and sent by the :meth:`recv` that finds none left."""
-        self.session.ack(delivery)
-        if not self._ready and not self.socket.closed:
-            self.flush()
-
-    def flush(self) -> None:
-        """Send pending acks now."""
-        self._send_all(self.session.take_acks())
+        self._unbind(addresses)
 
     def recv(self, timeout: float | None = None) -> Delivery | None:
         """The next delivery, or None after ``timeout`` s (None: wait forever)."""
+        if not self._ready:
+            self._fill(timeout)
+        return self._ready.popleft() if self._ready else None
+
+    def recv_many(self, max_count: int = 1000, timeout: float | None = None) -> list[Delivery]:
+        """Up to ``max_count`` deliveries: those already here, else waiting up to
+        ``timeout`` s for the first batch (None: forever)."""
+        if not self._ready:
+            self._fill(timeout)
+        ready = self._ready
+        if len(ready) <= max_count:
+            out = list(ready)
+            ready.clear()
+            return out
+        return [ready.popleft() for _ in range(max_count)]
+
+    def _fill(self, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._ready:
-            self.flush()
-            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            self._pump(left)  # at least one look, even with timeout 0
-            if not self._ready and left == 0.0:
-                return None
-        return self._ready.popleft()
+        while True:
+            left = 1.0 if deadline is None else max(deadline - time.monotonic(), 0.0)
+            self._dispatch(self.engine.take(left))
+            if self._callbacks or self.on_receipt is not None:
+                self._take_receipts()
+            if self._ready or (deadline is not None and time.monotonic() >= deadline):
+                return
 
     def _accept(self, d: Delivery) -> None:
         self._ready.append(d)
 
     def __iter__(self) -> Iterator[Delivery]:
-        """Deliveries forever; each is acked when the loop asks for the next one (the
-        ACK batched as :meth:`ack` says)."""
+        """Deliveries forever; with ``auto_ack`` each is acked when the loop body is
+        done with it (when the loop asks for the next one)."""
         while True:
             d = self.recv()
             if d is not None:
                 yield d
-                self.ack(d)
-
-    def close(self, bye: bool = True) -> None:
-        """Send pending acks, then close (with BYE unless ``bye`` is False)."""
-        if not self.socket.closed:
-            self.flush()
-        super().close(bye)
+                if self.auto_ack:
+                    self.ack(d)

@@ -274,7 +274,7 @@ class Traffic:
                 while (left := next_at - time.monotonic()) > 0:  # paced, receipts in between
                     s.poll(left)
             deadline = time.monotonic() + 60
-            while s.session.unconfirmed and time.monotonic() < deadline:
+            while s.pending and time.monotonic() < deadline:
                 s.poll(0.05)
             self.settled.set()
             while not self.stop_all.is_set():

@@ -81,7 +81,7 @@ def test_env_settings_reach_the_router():
     r = RouterProcess(env={"ROUTER_MAX_PAYLOAD": "3000"}).start()
     try:
         with Sender(r.url, "svc") as s:
-            assert s.session.welcome.max_payload == 3000
+            assert s.welcome.max_payload == 3000
     finally:
         r.stop()
 

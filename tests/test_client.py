@@ -13,7 +13,7 @@ from router import protocol as P
 from router.aio import AsyncEndpoint, AsyncSender
 from router.client import Endpoint, Sender
 from router.protocol import ErrorCode, MsgClass, Status
-from router.session import RouterError, SenderSession, check_address, order_ref
+from router.session import RouterError, check_address, order_ref
 from support import free_port
 
 
@@ -79,23 +79,59 @@ def _connect_endpoint(fake: FakeRouter, addresses, **kw) -> tuple[Endpoint, byte
     return ep, ident[0]
 
 
-def test_acks_batch_while_deliveries_wait_and_go_at_once_when_caught_up(fake):
+def test_acks_go_at_once_and_merge_into_one_cumulative_ack(fake):
+    # The engine sends an ack on its next pass without waiting for the application's
+    # next call, and acks made before that pass leave as one cumulative ACK.
     ep, ident = _connect_endpoint(fake, ["merchant:1"])
     try:
         for seq in (1, 2, 3):
             fake.deliver(ident, "merchant:1", seq)
-        first = ep.recv(timeout=2)
-        deadline = time.monotonic() + 2
-        while len(ep._ready) < 2 and time.monotonic() < deadline:  # all three arrived
-            ep._pump(0.05)
-        assert (first.seq, len(ep._ready)) == (1, 2)
-        ep.ack(first)
-        ep.ack(ep.recv(timeout=1))
-        assert fake.recv(0.3) is None  # seq 3 still waits in the endpoint: batched
-        ep.ack(ep.recv(timeout=1))  # caught up: one cumulative ACK now, not at the next call
+        got = [ep.recv(timeout=2) for _ in range(3)]
+        assert [d.seq for d in got] == [1, 2, 3]
+        ep.ack(got[0])
+        frames = fake.recv(1)  # no further call into the endpoint: the engine sent it
+        assert frames is not None and frames[1] == P.encode_ack([("merchant:1", 1)])
+        ep.ack(got[1])
+        ep.ack(got[2])
+        acks = []
+        while (frames := fake.recv(0.3)) is not None:
+            assert frames[1][2] == P.Command.ACK
+            acks.append(frames[1])
+        assert 1 <= len(acks) <= 2 and acks[-1] == P.encode_ack([("merchant:1", 3)])
+    finally:
+        ep.close()
+
+
+def test_a_redelivered_sequence_is_dropped_and_acked_again(fake):
+    ep, ident = _connect_endpoint(fake, ["merchant:1"])
+    try:
+        fake.deliver(ident, "merchant:1", 1)
+        assert ep.recv(timeout=2).seq == 1
+        fake.deliver(ident, "merchant:1", 1)   # the router resends what we hold
+        assert ep.recv(timeout=0.3) is None
         frames = fake.recv(1)
-        assert frames is not None and frames[1][2] == P.Command.ACK
-        assert frames[1] == P.encode_ack([("merchant:1", 3)])
+        assert frames is not None and frames[1] == P.encode_ack([("merchant:1", 1)])
+        assert ep.duplicates == 1
+    finally:
+        ep.close()
+
+
+def test_more_addresses_than_one_list_holds_go_in_hello_then_bind(fake):
+    names = [f"user:{i}" for i in range(P.MAX_LIST + 10)]
+    ep, ident = _connect_endpoint(fake, names, role=P.Role.GATEWAY, name="gw", timeout=10)
+    try:
+        frames = fake.recv(2)
+        assert frames is not None and frames[1][2] == P.Command.BIND
+        assert P.COUNT.unpack_from(frames[1], P.PREFIX.size)[0] == 10
+        for i in (0, P.MAX_LIST + 9):   # acks for every address split the same way
+            ep.ack(P.Delivery(names[i], 1, 1, 0, MsgClass.ORDER, "", "o", "", P.Flag(0), b""))
+        for n in names[1:P.MAX_LIST + 9]:
+            ep.ack(P.Delivery(n, 1, 1, 0, MsgClass.ORDER, "", "o", "", P.Flag(0), b""))
+        counts = []
+        while sum(counts) < len(names) and (frames := fake.recv(2)) is not None:
+            if frames[1][2] == P.Command.ACK:
+                counts.append(P.COUNT.unpack_from(frames[1], P.PREFIX.size)[0])
+        assert sum(counts) == len(names) and max(counts) <= P.MAX_LIST
     finally:
         ep.close()
 
@@ -163,11 +199,12 @@ def test_addresses_are_kind_colon_id(bad):
         check_address(bad)
     with pytest.raises(ValueError):
         Endpoint("tcp://127.0.0.1:1", [bad], timeout=0.1)  # refused before connecting
-    session = SenderSession("svc")
-    with pytest.raises(ValueError, match="target"):
-        session.send(bad, b"x")
-    with pytest.raises(ValueError):
-        session.join("order:1", ["user:1", bad])
+    with Sender("tcp://127.0.0.1:1", "svc", wait=False) as s:  # checked before queueing
+        with pytest.raises(ValueError, match="target"):
+            s.send(bad, b"x")
+        with pytest.raises(ValueError):
+            s.join("order:1", ["user:1", bad])
+        assert s.stats()["sent"] == 0
 
 
 def test_sdk_checks_bind_and_ttl_before_sending(router):

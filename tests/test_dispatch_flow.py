@@ -135,7 +135,7 @@ def wait_for(ep: Endpoint, kind: str, svc: OrderService, seconds: float = 5.0, p
             ep.ack(d)
             if d.kind == kind:
                 return d
-    raise AssertionError(f"no {kind} for {ep.session.name} within {seconds}s")
+    raise AssertionError(f"no {kind} for {ep.name} within {seconds}s")
 
 
 @contextlib.contextmanager

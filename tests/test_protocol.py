@@ -68,20 +68,9 @@ def test_check_prefix_errors():
 
 
 def test_lists_longer_than_one_message_holds_are_split():
-    from router.session import EndpointSession
-    from router.protocol import Role
     names = [f"user:{i}" for i in range(P.MAX_LIST + 10)]
     with pytest.raises(ValueError, match="at most 65,535 addresses"):
         P.encode_addresses(names)
-    s = EndpointSession("gw", names, Role.GATEWAY, None)
-    hello, bind = s.hello()
-    assert hello[0][2] == P.Command.HELLO and bind[0][2] == P.Command.BIND
-    count = P.COUNT.unpack_from(bind[0], P.PREFIX.size)[0]
-    assert count == 10
-    for n in names:
-        s.ack(P.Delivery(n, 1, 7, 0, P.MsgClass.ORDER, "", "orders", "", P.Flag(0), b""))
-    acks = s.take_acks()
-    assert [P.COUNT.unpack_from(m[0], P.PREFIX.size)[0] for m in acks] == [P.MAX_LIST, 10]
 
 
 def test_welcome_without_extension_decodes_with_no_tunables():

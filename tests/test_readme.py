@@ -24,12 +24,17 @@ EXAMPLE_PORT = 5555
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
+def readme_blocks() -> list[str]:
+    """Every ```python block of README.md, in order."""
+    return re.findall(r"^```python\n(.*?)^```", (ROOT / "README.md").read_text(),
+                      re.S | re.M)
+
+
 def readme_example() -> str:
-    """The first ```python block of README.md."""
-    text = (ROOT / "README.md").read_text()
-    m = re.search(r"^```python\n(.*?)^```", text, re.S | re.M)
-    assert m, "README.md has no ```python block"
-    return m.group(1)
+    """The first ```python block of README.md: the example."""
+    blocks = readme_blocks()
+    assert blocks, "README.md has no ```python block"
+    return blocks[0]
 
 
 def literal_blocks(doc: str) -> list[str]:
@@ -119,6 +124,18 @@ def test_readme_example_runs_verbatim_and_prints_what_it_says(example_router, tm
     for want, got in zip(expected, printed):
         assert matches(want, got), f"printed {got!r}, the README says {want!r}"
     assert "'notes': 'no scallions'" in printed[0]
+
+
+def test_every_other_readme_block_runs_and_prints_what_it_says(example_router, tmp_path):
+    blocks = readme_blocks()[1:]
+    assert blocks, "the README's SDK section has a python block"
+    for code in blocks:
+        out = run_example(code, tmp_path)
+        assert out.returncode == 0, f"README block failed:\n{code}\n{out.stderr}"
+        printed, expected = out.stdout.splitlines(), expected_lines(code)
+        assert len(printed) == len(expected), out.stdout
+        for want, got in zip(expected, printed):
+            assert matches(want, got), f"printed {got!r}, the README says {want!r}"
 
 
 def test_docstring_examples_that_claim_output_run(example_router, tmp_path):

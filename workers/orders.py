@@ -134,22 +134,6 @@ class Finished:
     merchant: str
 
 
-class _ServiceSender(Sender):
-    """A Sender that hands every REPLY to ``on_reply`` as it arrives, so a reply for a
-    request nobody waits for is seen (and counted) instead of kept forever."""
-
-    def __init__(self, url: str, name: str, on_reply: Callable[[Reply], None],
-                 on_receipt: Callable[[Receipt], None]) -> None:
-        self._on_reply = on_reply
-        super().__init__(url, name, on_receipt=on_receipt)
-
-    def _accept(self, r: Receipt | Reply) -> None:
-        if isinstance(r, Reply):
-            self._on_reply(r)
-        else:
-            super()._accept(r)
-
-
 class OrderService:
     """Order lifecycle over the router. ``clock`` gives the simulated time in seconds
     (offers and promises use it); real-time TTLs are ``offer_ttl_ms``, and the dispatch
@@ -167,7 +151,9 @@ class OrderService:
                  request_ttl_ms: int = 5000, keep_finished: int = 50_000,
                  on_sent: Callable[[int], None] | None = None) -> None:
         self._replies: list[Reply] = []
-        self.sender = _ServiceSender(url, name, self._replies.append, self._on_receipt)
+        # every REPLY goes to _replies as it arrives, so one nobody waits for is seen
+        self.sender = Sender(url, name, on_reply=self._replies.append,
+                             on_receipt=self._on_receipt)
         self.inbox = Endpoint(url, [INBOX], name=f"{name}-inbox")
         self.offer_ttl_ms, self.max_offers, self.clock = offer_ttl_ms, max_offers, clock
         self.retry_base_s, self.retry_cap_s = retry_base_s, retry_cap_s
@@ -209,7 +195,6 @@ class OrderService:
             self._on_event(d.payload)
             self.inbox.ack(d)
             d = self.inbox.recv(timeout=0)
-        self.inbox.flush()
         self.sender.poll(0)
         replies = self._replies[:]
         self._replies.clear()  # the same list: the sender appends to it

@@ -16,9 +16,9 @@ from typing import Callable, Iterable
 import zmq
 
 from router import protocol as P
-from router.client import Client
+from router.client import Endpoint
 from router.protocol import Delivery, ErrorCode, Role
-from router.session import EndpointSession, Request, Welcome
+from router.session import Request
 
 log = logging.getLogger("workers.service")
 
@@ -51,13 +51,15 @@ def reply_payload(body: object) -> bytes:
     raise TypeError(f"the handler returned {type(body).__name__}, not bytes")
 
 
-class ServiceWorker(Client):
+class ServiceWorker(Endpoint):
     """Serve ``service`` with ``handler`` (request payload -> reply payload).
 
     ``on_delivery`` receives deliveries for ``addresses`` (acked after it returns).
     A handler exception is logged with its traceback and answered, so it cannot kill the
     worker: the requester gets WORKER_FAILED with the exception's type and message, or
-    MALFORMED when the handler raised :class:`BadRequest`.
+    MALFORMED when the handler raised :class:`BadRequest`. The connection lives on the
+    client engine's I/O thread: heartbeats go on while a handler runs, and READY goes
+    again after every WELCOME (a router restart) without the worker's help.
     """
 
     def __init__(self, endpoint: str, service: str, handler: Handler, *,
@@ -68,29 +70,17 @@ class ServiceWorker(Client):
         self.on_delivery = on_delivery
         self.served = 0
         self._pending: list = []
-        session = EndpointSession(name or f"worker:{service}", addresses, Role.WORKER)
-        self._ready_for: Welcome | None = None
-        super().__init__(session, endpoint, context, timeout)
-        self._say_ready()
-
-    def _say_ready(self) -> None:
-        """READY once per WELCOME: a re-HELLO (router restart) needs it again."""
-        if self.session.welcome is not None and self.session.welcome is not self._ready_for:
-            self._ready_for = self.session.welcome
-            self._send([P.encode_ready(self.service, self.credit)])
+        super().__init__(endpoint, addresses, name=name or f"worker:{service}",
+                         role=Role.WORKER, context=context, timeout=timeout,
+                         welcome_frame=P.encode_ready(service, credit))
 
     def _accept(self, event) -> None:
         self._pending.append(event)
 
-    def _pump(self, timeout: float | None) -> int:
-        n = super()._pump(timeout)
-        if self._ready_for is not None or self.session.welcome is not None:
-            self._say_ready()
-        return n
-
     def serve_once(self, timeout: float = 0.1) -> int:
         """Handle what arrives within ``timeout`` s; return the number of requests served."""
-        self._pump(timeout)
+        if not self._pending:
+            self._dispatch(self.engine.take(timeout))
         served = 0
         events, self._pending = self._pending, []
         for ev in events:
@@ -99,8 +89,7 @@ class ServiceWorker(Client):
                 served += 1
             elif isinstance(ev, Delivery) and self.on_delivery:
                 self.on_delivery(ev)
-                self.session.ack(ev)
-        self._send_all(self.session.take_acks())
+                self.ack(ev)
         self.served += served
         return served
 
@@ -110,7 +99,7 @@ class ServiceWorker(Client):
         except Exception as exc:  # one request must not take the worker down
             log.exception("handler failed for %s job %d", req.service, req.job_id)
             code, body = failure_reply(exc, req.service)
-        self._send([P.encode_reply(req.job_id, code), body])
+        self.engine.send_frames(P.encode_reply(req.job_id, code), body)
 
     def run(self, should_stop: Callable[[], bool] = lambda: False,
             seconds: float | None = None) -> None:

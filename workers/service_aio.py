@@ -21,9 +21,9 @@ import logging
 from typing import Awaitable, Callable, Iterable, Union
 
 from router import protocol as P
-from router.aio import AsyncClient
+from router.aio import AsyncEndpoint
 from router.protocol import Delivery, ErrorCode, Role
-from router.session import EndpointSession, Request, Welcome
+from router.session import Request
 from workers.service import BadRequest, reply_payload, failure_reply
 
 __all__ = ["AsyncServiceWorker", "BadRequest"]
@@ -33,60 +33,49 @@ log = logging.getLogger("workers.service")
 AsyncHandler = Callable[[bytes], Union[bytes, Awaitable[bytes]]]
 
 
-class AsyncServiceWorker(AsyncClient):
+class AsyncServiceWorker(AsyncEndpoint):
     """Serve ``service`` with ``handler`` (request payload -> reply payload); create it
     with :meth:`connect`.
 
     ``on_delivery`` receives deliveries for ``addresses`` (acked after it returns). A
     handler exception is logged with its traceback and answered: WORKER_FAILED with the
     exception's type and message, or MALFORMED when it raised :class:`BadRequest`.
+    READY goes again after every WELCOME from the engine's I/O thread.
     """
 
     def __init__(self, endpoint: str, service: str, handler: AsyncHandler, *,
                  name: str | None = None, credit: int = 1, addresses: Iterable[str] = (),
                  on_delivery: Callable[[Delivery], None] | None = None,
-                 context=None) -> None:
-        super().__init__(EndpointSession(name or f"worker:{service}", addresses, Role.WORKER),
-                         endpoint, context)
+                 **options) -> None:
         self.service, self.handler, self.credit = service, handler, credit
         self.on_delivery = on_delivery
         self.served = 0
-        self._ready_for: Welcome | None = None
         self._running: set[asyncio.Task] = set()
+        self._closed = asyncio.Event()
+        super().__init__(endpoint, addresses, name=name or f"worker:{service}",
+                         role=Role.WORKER, welcome_frame=P.encode_ready(service, credit),
+                         **options)
 
     @classmethod
     async def connect(cls, endpoint: str, service: str, handler: AsyncHandler, *,
                       timeout: float = 5.0, **kwargs) -> "AsyncServiceWorker":
-        """Connect, say HELLO, wait for WELCOME and say READY."""
+        """Connect, say HELLO, wait for WELCOME (READY follows it)."""
         worker = cls(endpoint, service, handler, **kwargs)
         await worker._start(timeout)
-        await worker._say_ready()
         return worker
 
     async def run(self) -> None:
         """Serve until the worker is closed (or this task is cancelled)."""
-        if self._reader is not None:
-            await asyncio.shield(self._reader)
+        await self._closed.wait()
 
-    async def _say_ready(self) -> None:
-        """READY once per WELCOME: a re-HELLO (router restart) needs it again."""
-        welcome = self.session.welcome
-        if welcome is not None and welcome is not self._ready_for:
-            self._ready_for = welcome
-            await self._send([P.encode_ready(self.service, self.credit)])
-
-    async def _before_wait(self) -> None:
-        await self._say_ready()
-        await self._send_all(self.session.take_acks())
-
-    def _dispatch(self, event) -> None:
+    def _accept(self, event) -> None:
         if isinstance(event, Request):
             task = asyncio.create_task(self._answer(event))
             self._running.add(task)  # keep a reference until it is done
             task.add_done_callback(self._running.discard)
         elif isinstance(event, Delivery) and self.on_delivery:
             self.on_delivery(event)
-            self.session.ack(event)
+            self.ack(event)
 
     async def _answer(self, req: Request) -> None:
         try:
@@ -98,17 +87,14 @@ class AsyncServiceWorker(AsyncClient):
         except Exception as exc:  # one request must not take the worker down
             log.exception("handler failed for %s job %d", req.service, req.job_id)
             code, body = failure_reply(exc, req.service)
-        await self._send([P.encode_reply(req.job_id, code), body])
+        if not self.socket.closed:
+            self.engine.send_frames(P.encode_reply(req.job_id, code), body)
         self.served += 1
 
     async def close(self, bye: bool = True) -> None:
-        """Cancel requests still running (the router retries them elsewhere), send
-        pending acks, then close (with BYE unless ``bye`` is False)."""
+        """Cancel requests still running (the router retries them elsewhere), then close
+        (pending acks go first; BYE unless ``bye`` is False)."""
         for task in list(self._running):
             task.cancel()
-        if not self.socket.closed:
-            try:
-                await self._send_all(self.session.take_acks())
-            except Exception:  # closing anyway
-                pass
         await super().close(bye)
+        self._closed.set()

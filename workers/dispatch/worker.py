@@ -129,7 +129,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, lambda *a: stopping.append(1))
     worker = make_worker(args.router, args.name)  # returns after HELLO, WELCOME and READY
     health.set_ready(True)
-    log.info("dispatch worker %s ready", worker.session.name)
+    log.info("dispatch worker %s ready", worker.name)
     worker.run(lambda: health.beat() or bool(stopping))
     health.stopping()
     worker.close()

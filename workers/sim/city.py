@@ -197,14 +197,13 @@ class City:
                 self.gateway.ack(d)
             if d.msg_class == MsgClass.LOCATION:
                 continue
-            if d.sender == self.service.sender.session.name:
+            if d.sender == self.service.sender.name:
                 self.latency.received(d.sender, d.msg_id, self.back_at.get(d.address, -math.inf))
             try:
                 self._react(d.address, d.kind, orjson.loads(d.payload))
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 # not from this city (e.g. `router send` by hand): an app would skip it
                 self.unreadable += 1
-        self.gateway.flush()
 
     def _react(self, party: str, kind: str, body: dict) -> None:
         now, rng = self.clock(), self.rng
