@@ -21,9 +21,9 @@ Modes:
             --receivers 0 (which sends to bench:<tag>.0: run sub with --receivers 1);
             stops after --count messages, --duration seconds from the first, or Ctrl-C
 
-The client loops take and hand over messages in batches (``_take``, ``_send_batch``,
-``_asend_batch``) and wait for receipts in one place (``_settle``, ``_asettle``): when
-the SDK gains ``recv_many``/``send_many``/``flush``, each is a one-line change there.
+The client loops hand messages to the SDK and take them from it in batches
+(``send_many`` and ``recv_many`` in ``_send_batch``, ``_asend_batch`` and ``_take``),
+and wait for DELIVERED receipts in one place (``_settle``, ``_asettle``).
 """
 
 from __future__ import annotations
@@ -44,8 +44,10 @@ from typing import Callable
 HEAD = struct.Struct("<qII")
 MIN_SIZE = HEAD.size
 MODES = ("pub", "reliable", "request", "sub")
-#: Messages a loop hands to the SDK (or takes from it) before it looks at the clock.
+#: Messages a loop hands to the SDK before it looks at the clock.
 BATCH = 64
+#: Deliveries a receiver takes from the SDK at once.
+RECV_BATCH = 1000
 #: The service the bench's workers serve in request mode.
 SERVICE = "bench.echo"
 #: Entry point through which request mode finds its service worker class: router/ does
@@ -176,27 +178,35 @@ def _ends(plan: Plan, p: int, started: float) -> Callable[[int], bool]:
 # Blocking clients
 
 
+def _batch(targets: list[str], plan: Plan, p: int, first: int, n: int, pad: bytes,
+           per_target: list[int]) -> list[tuple[str, bytes]]:
+    """Messages first..first+n-1 as (target, payload), round robin over the targets."""
+    nt = len(targets)
+    out = []
+    for i in range(first, first + n):
+        out.append((targets[i % nt], payload(plan.size, p, i, pad)))
+        per_target[i % nt] += 1
+    return out
+
+
 def _send_batch(sender, targets: list[str], plan: Plan, p: int, first: int, n: int,
                 pad: bytes, msg_class, per_target: list[int]) -> None:
-    """Send messages first..first+n-1 round robin over the targets (send_many later)."""
-    nt = len(targets)
-    for i in range(first, first + n):
-        t = i % nt
-        sender.send(targets[t], payload(plan.size, p, i, pad), msg_class=msg_class)
-        per_target[t] += 1
+    """Send messages first..first+n-1 round robin over the targets."""
+    sender.send_many(_batch(targets, plan, p, first, n, pad, per_target), msg_class=msg_class)
 
 
 def _settle(sender, state: dict, ctl, timeout: float) -> None:
-    """Wait for every unconfirmed message's final receipt, or ``timeout`` s (flush later)."""
+    """Wait for every unconfirmed message's final receipt (DELIVERED, which ``flush``
+    does not wait for: it stops at ACCEPTED), or ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while state["inflight"] > 0 and time.monotonic() < deadline and not ctl.stopped():
         sender.poll(0.01)
 
 
 def _take(endpoint, timeout: float) -> list:
-    """Deliveries waiting at the endpoint (recv_many later): at most one call's worth."""
-    d = endpoint.recv(timeout=timeout)
-    return [] if d is None else [d]
+    """The deliveries waiting at the endpoint (RECV_BATCH at most), or the first batch
+    to come within ``timeout`` s."""
+    return endpoint.recv_many(RECV_BATCH, timeout)
 
 
 def run_publisher(plan: Plan, p: int, ctl, slot: int) -> dict:
@@ -354,8 +364,24 @@ def run_requester(plan: Plan, p: int, ctl, slot: int) -> dict:
     from .client import Sender
     from .protocol import ErrorCode
 
+    outstanding: dict[int, int] = {}
+    lat, failed = array("q"), {}
+    counts = {"answered": 0, "t_last": 0}
+
+    def on_reply(reply) -> None:
+        t = time.monotonic_ns()
+        sent_ns = outstanding.pop(reply.request_id, None)
+        if sent_ns is None:
+            return
+        counts["t_last"] = t
+        lat.append(t - sent_ns)
+        if reply.code == ErrorCode.NONE:
+            counts["answered"] += 1
+        else:
+            failed[reply.code.name] = failed.get(reply.code.name, 0) + 1
+
     sender = Sender(plan.url, f"bench-req-{plan.tag}-{p}", timeout=plan.timeout,
-                    compress_above=-1)
+                    compress_above=-1, on_reply=on_reply)
     try:
         pad = bytes(plan.size - HEAD.size)
         ctl_ready(ctl, slot)
@@ -365,41 +391,32 @@ def run_requester(plan: Plan, p: int, ctl, slot: int) -> dict:
         finished = _ends(plan, p, first_ns / 1e9)
         share = plan.share(p) if not plan.duration else 1 << 62
         ttl = int(max(plan.timeout, 1.0) * 1000)
-        outstanding: dict[int, int] = {}
-        lat, failed, sent, answered = array("q"), {}, 0, 0
-        t_last = first_ns
+        deadline = None
+        sent = 0
         while not ctl.stopped():
             done_sending = finished(sent)
-            if done_sending and not outstanding:
-                break
+            if done_sending:
+                if not outstanding:
+                    break
+                deadline = deadline or time.monotonic() + ttl / 1000 + 1
+                if time.monotonic() > deadline:
+                    break
             now = time.monotonic()
             n = 0 if done_sending else min(pacer.allowed(sent, now), share - sent,
                                            plan.window - len(outstanding))
             for i in range(sent, sent + n):
+                t = time.monotonic_ns()
                 outstanding[sender.submit(plan.service, payload(plan.size, p, i, pad),
-                                          ttl_ms=ttl)] = time.monotonic_ns()
+                                          ttl_ms=ttl)] = t
             sent += n
-            got = sender.poll(0 if n else 0.001)
-            # Replies come back about in request order: look at the oldest requests
-            # until as many replies as poll() took are found.
-            for rid in list(outstanding) if got else ():
-                reply = sender.take_reply(rid)
-                if reply is None:
-                    continue
-                got -= 1
-                t_last = time.monotonic_ns()
-                lat.append(t_last - outstanding.pop(rid))
-                if reply.code == ErrorCode.NONE:
-                    answered += 1
-                else:
-                    failed[reply.code.name] = failed.get(reply.code.name, 0) + 1
-                if not got:
-                    break
+            sender.poll(0 if n else 0.001)  # replies go to on_reply
             ctl.tick(slot, sent)
         cpu = time.process_time() - cpu0
-        result = {"role": "publisher", "slot": slot, "sent": sent, "answered": answered,
-                  "failed": failed, "unanswered": len(outstanding), "t_first_ns": first_ns,
-                  "t_last_ns": t_last, "t_confirmed_ns": t_last, "cpu_s": cpu,
+        result = {"role": "publisher", "slot": slot, "sent": sent,
+                  "answered": counts["answered"], "failed": failed,
+                  "unanswered": len(outstanding), "t_first_ns": first_ns,
+                  "t_last_ns": counts["t_last"] or first_ns,
+                  "t_confirmed_ns": counts["t_last"] or first_ns, "cpu_s": cpu,
                   "lat": lat.tobytes(), "per_target": [], "receipts": {}, "errors": 0}
         ctl_sent(ctl, slot, result)
         return result
@@ -444,16 +461,13 @@ def run_worker(plan: Plan, r: int, ctl, slot: int) -> dict:
 
 async def _asend_batch(sender, targets: list[str], plan: Plan, p: int, first: int, n: int,
                        pad: bytes, msg_class, per_target: list[int]) -> None:
-    """:func:`_send_batch` for the AsyncSender (send_many later)."""
-    nt = len(targets)
-    for i in range(first, first + n):
-        t = i % nt
-        await sender.send(targets[t], payload(plan.size, p, i, pad), msg_class=msg_class)
-        per_target[t] += 1
+    """:func:`_send_batch` for the AsyncSender."""
+    await sender.send_many(_batch(targets, plan, p, first, n, pad, per_target),
+                           msg_class=msg_class)
 
 
 async def _asettle(state: dict, ctl, timeout: float) -> None:
-    """:func:`_settle` for the AsyncSender, whose reader takes the receipts (flush later)."""
+    """:func:`_settle` for the AsyncSender, which takes receipts as they come."""
     deadline = time.monotonic() + timeout
     while state["inflight"] > 0 and time.monotonic() < deadline and not ctl.stopped():
         await asyncio.sleep(0.01)
@@ -540,32 +554,28 @@ async def _aio_receiver(plan: Plan, r: int, ctl, slot: int) -> dict:
                                      name=f"bench-arecv-{plan.tag}-{r}", timeout=plan.timeout,
                                      on_error=lambda e: errors.__setitem__(0, errors[0] + 1))
     tally = Tally()
-
-    async def consume() -> None:
-        async for d in ep:  # acked when the loop asks for the next one
-            tally.add(d.payload, time.monotonic_ns())
-            if not tally.received % 256:
-                ctl.tick(slot, tally.received)
-
     try:
         ctl_ready(ctl, slot)
         await asyncio.to_thread(ctl.wait_go)
         tally.idle_since = time.monotonic()
-        cpu0 = time.process_time()
-        task = asyncio.create_task(consume())
-        while not ctl.stopped() and not task.done():
-            await asyncio.sleep(0.02)
-            ctl.tick(slot, tally.received)
+        cpu0, looked = time.process_time(), 0
+        while not ctl.stopped():
+            batch = await ep.recv_many(RECV_BATCH, 0.05)
+            if batch:
+                now = time.monotonic_ns()
+                for d in batch:
+                    tally.add(d.payload, now)
+                if plan.mode in ("reliable", "sub"):
+                    ep.ack(batch[-1])  # cumulative
+                ctl.tick(slot, tally.received)
+                if tally.received - looked < 256:
+                    continue
+            looked = tally.received
             if tally.finished(ctl.expected_for(r), plan):
                 break
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
         result = tally.result(slot, time.process_time() - cpu0)
         result["errors"] = errors[0]
-        result["duplicates"] = 0
+        result["duplicates"] = ep.duplicates
         return result
     finally:
         await ep.close()
@@ -936,7 +946,7 @@ def probe(url: str, timeout: float) -> int:
     from .client import Sender
 
     with Sender(url, "bench-probe", timeout=timeout) as s:
-        return s.session.welcome.max_payload
+        return s.welcome.max_payload
 
 
 def main(plan: Plan, as_json: bool = False) -> int:
