@@ -14,6 +14,7 @@ blocking SDK::
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from typing import Any, AsyncIterator, Iterable
 
@@ -244,7 +245,10 @@ class AsyncEndpoint(Addresses, AsyncClient):
         addresses = list(addresses)
         start = self._start_cursors(addresses, cursors)
         self.auto_ack = auto_ack
-        self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
+        # deliveries wait in a deque; one Event wakes a waiting reader per batch
+        # (an asyncio.Queue would cost a future and a wake-up per message)
+        self._ready: collections.deque[Delivery] = collections.deque()
+        self._arrived = asyncio.Event()
         super().__init__(endpoint, name or (addresses[0] if addresses else "endpoint"),
                          role, cursors=start, **options)
 
@@ -257,7 +261,8 @@ class AsyncEndpoint(Addresses, AsyncClient):
         return self
 
     def _accept(self, d: Delivery) -> None:
-        self._queue.put_nowait(d)
+        self._ready.append(d)
+        self._arrived.set()
 
     async def bind(self, addresses: Iterable[str]) -> None:
         """Bind more addresses."""
@@ -269,30 +274,41 @@ class AsyncEndpoint(Addresses, AsyncClient):
 
     async def recv(self, timeout: float | None = None) -> Delivery | None:
         """The next delivery, or None after ``timeout`` s."""
-        if not self._queue.empty():
-            return self._queue.get_nowait()
-        try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
-        except asyncio.TimeoutError:
+        if not self._ready and not await self._wait_ready(timeout):
             return None
+        return self._ready.popleft()
+
+    async def _wait_ready(self, timeout: float | None) -> bool:
+        """Wait until a delivery is here (False after ``timeout`` s)."""
+        while not self._ready:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+            except asyncio.TimeoutError:
+                return bool(self._ready)
+        return True
 
     async def recv_many(self, max_count: int = 1000,
                         timeout: float | None = None) -> list[Delivery]:
         """Up to ``max_count`` deliveries: those here, else the first batch to come
         within ``timeout`` s."""
-        first = await self.recv(timeout)
-        if first is None:
+        if not self._ready and not await self._wait_ready(timeout):
             return []
-        out = [first]
-        while len(out) < max_count and not self._queue.empty():
-            out.append(self._queue.get_nowait())
-        return out
+        ready = self._ready
+        if len(ready) <= max_count:
+            out = list(ready)
+            ready.clear()
+            return out
+        return [ready.popleft() for _ in range(max_count)]
 
     async def __aiter__(self) -> AsyncIterator[Delivery]:
         """Deliveries forever; with ``auto_ack`` each is acked when the loop body is
         done with it."""
+        ready = self._ready
         while True:
-            d = await self._queue.get()
+            if not ready:
+                await self._wait_ready(None)
+            d = ready.popleft()
             yield d
             if self.auto_ack:
                 self.ack(d)
