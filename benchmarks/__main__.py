@@ -17,6 +17,8 @@ COMMANDS = {
             "the core message path: router vs bare proxy vs pure-Python loop"),
     "durability": ("benchmarks.durability.command",
                    "journal, backlog resume and metrics endpoint costs"),
+    "sdk": ("benchmarks.sdk.command",
+            "the users' benchmark: this SDK vs nats-py (core, JetStream) and redis-py"),
     "scoring": ("benchmarks.scoring", "dispatch decisions/s and quality against greedy"),
     "repro-departed-sender": ("benchmarks.repro_departed_sender",
                               "the departed-sender loss, without the router"),

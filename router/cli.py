@@ -1,5 +1,5 @@
-"""The `router` command: serve, config, send, listen, join, leave, presence, history
-and --version, and the commands other packages add through the ``order_router.commands``
+"""The `router` command: serve, config, send, listen, join, leave, presence, history,
+bench and --version, and the commands other packages add through the ``order_router.commands``
 entry points (this project's `router demo`, which lives in workers/).
 
 A user's mistake (a bad endpoint, address or value, no router running, a busy port, a
@@ -235,6 +235,69 @@ def _add_history(sub) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per event")
 
 
+def _add_bench(sub) -> None:
+    from .bench import MODES  # argparse and constants only: no client is imported
+
+    p = sub.add_parser(
+        "bench", help="load a running router through this SDK and report msg/s, CPU and "
+        "latency", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Start publisher and receiver processes (each its own SDK client),\n"
+        "point them at a running router and report what a user gets: delivered msg/s\n"
+        "and MB/s, CPU per message on each side, latency p50/p99/p99.9 (the send time\n"
+        "travels in the payload). A progress line goes to stderr every second, the\n"
+        "table to stdout.",
+        epilog="""modes:
+  pub       best effort (NOTICE); delivered, and lost if the router dropped any
+  reliable  ORDER: receivers ack, publishers wait for DELIVERED receipts (--window)
+  request   request/reply: --receivers service workers echo the payload; latency is
+            the round trip, --window requests outstanding per publisher
+  sub       receivers only, for a `pub`/`reliable` run elsewhere with the same --tag
+            and --receivers 0 (it sends to bench:<tag>.0); stops after --count
+            messages or --duration seconds (latency needs both on this machine)
+
+Ctrl-C stops the clients and prints the figures measured so far (exit 130). Exit 1
+when a reliable message or a request was not confirmed.
+
+examples:
+  router bench pub --count 200000
+  router bench reliable --publishers 2 --receivers 2 --duration 10 --rate 20000
+  router bench request --receivers 2 --window 32 --json""")
+    p.add_argument("mode", choices=MODES, help="what to measure (see below)")
+    p.add_argument("--url", "--router", dest="router", default=config.DEFAULT_BIND,
+                   type=_endpoint, metavar="ENDPOINT",
+                   help="the router's endpoint (default %(default)s)")
+    p.add_argument("--size", type=_int_in(16, 256 << 20, " bytes"), default=200,
+                   metavar="BYTES", help="payload bytes per message, 16 or more "
+                   "(default %(default)s)")
+    p.add_argument("--count", "-n", type=_int_in(1, 2**40), default=100_000, metavar="N",
+                   help="messages in all publishers together (default %(default)s); "
+                   "ignored with --duration")
+    p.add_argument("--duration", type=_seconds, default=0.0, metavar="SECONDS",
+                   help="send for this long instead of --count messages")
+    p.add_argument("--rate", type=_int_in(0, 10**9, " msg/s"), default=0, metavar="MSG_S",
+                   help="offered rate of all publishers together, paced open loop "
+                   "(default 0 = as fast as they can)")
+    p.add_argument("--publishers", "-p", type=_int_in(0, 256), default=1, metavar="N",
+                   help="publisher processes (default %(default)s)")
+    p.add_argument("--receivers", "-r", type=_int_in(0, 256), default=1, metavar="M",
+                   help="receiver processes, each bound to its own address; service "
+                   "workers in request mode (default %(default)s)")
+    p.add_argument("--window", type=_int_in(1, 10**7), default=0, metavar="N",
+                   help="reliable: unconfirmed messages per publisher (default 1000); "
+                   "request: outstanding requests per publisher (default 32)")
+    p.add_argument("--api", choices=["blocking", "asyncio"], default="blocking",
+                   help="which SDK the clients use: router.client or router.aio "
+                   "(default %(default)s)")
+    p.add_argument("--tag", default="", help="names the run's addresses bench:<tag>.<n> "
+                   "(default: random, so no earlier run's leftovers arrive)")
+    p.add_argument("--idle", type=_seconds, default=2.0, metavar="SECONDS",
+                   help="once the publishers are done, a receiver stops after this long "
+                   "without a message (default %(default)s)")
+    p.add_argument("--timeout", type=_seconds, default=5.0, metavar="SECONDS",
+                   help="how long to wait for the router (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+
 def build_parser(other_commands: bool = True) -> argparse.ArgumentParser:
     """The argparse tree of the `router` command; with ``other_commands``, also the
     commands other packages add (COMMANDS_GROUP)."""
@@ -249,6 +312,7 @@ def build_parser(other_commands: bool = True) -> argparse.ArgumentParser:
     _add_leave(sub)
     _add_presence(sub)
     _add_history(sub)
+    _add_bench(sub)
     if other_commands:
         _add_other_commands(parser, sub)
     return parser
@@ -272,8 +336,19 @@ def _command_entry_points() -> list[EntryPoint]:
     on PYTHONPATH, or an editable install made before the entry point existed)."""
     from importlib.metadata import entry_points
 
+    return _first_by_name([*entry_points(group=COMMANDS_GROUP), *_checkout_entry_points()])
+
+
+def entry_points_of(group: str) -> list[EntryPoint]:
+    """The entry points of any ``group``, found as those of COMMANDS_GROUP are."""
+    from importlib.metadata import entry_points
+
+    return _first_by_name([*entry_points(group=group), *_checkout_group(group)])
+
+
+def _first_by_name(eps: list[EntryPoint]) -> list[EntryPoint]:
     found: dict[str, EntryPoint] = {}
-    for ep in [*entry_points(group=COMMANDS_GROUP), *_checkout_entry_points()]:
+    for ep in eps:
         found.setdefault(ep.name, ep)
     return list(found.values())
 
@@ -281,6 +356,11 @@ def _command_entry_points() -> list[EntryPoint]:
 def _checkout_entry_points() -> list[EntryPoint]:
     """COMMANDS_GROUP as the pyproject.toml beside this package declares it, when the
     package runs from this project's source checkout; none otherwise."""
+    return _checkout_group(COMMANDS_GROUP)
+
+
+def _checkout_group(group: str) -> list[EntryPoint]:
+    """``group`` as the checkout's pyproject.toml declares it (see above)."""
     import tomllib
     from importlib.metadata import EntryPoint
 
@@ -289,8 +369,8 @@ def _checkout_entry_points() -> list[EntryPoint]:
             project = tomllib.load(f).get("project", {})
         if project.get("name") != "order-router":
             return []
-        table = project.get("entry-points", {}).get(COMMANDS_GROUP, {})
-        return [EntryPoint(name, value, COMMANDS_GROUP) for name, value in table.items()]
+        table = project.get("entry-points", {}).get(group, {})
+        return [EntryPoint(name, value, group) for name, value in table.items()]
     except (OSError, tomllib.TOMLDecodeError, AttributeError):
         return []
 
@@ -581,10 +661,26 @@ def _history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import BenchError, Plan, check_plan, main as bench_main
+
+    plan = Plan(mode=args.mode, url=args.router, size=args.size, count=args.count,
+                duration=args.duration, rate=args.rate, publishers=args.publishers,
+                receivers=args.receivers, window=args.window, api=args.api, tag=args.tag,
+                idle=args.idle, timeout=args.timeout)
+    try:
+        check_plan(plan)
+        return bench_main(plan, as_json=args.json)
+    except ValueError as exc:
+        raise CliError(str(exc), 2) from None
+    except BenchError as exc:
+        raise CliError(str(exc)) from None
+
+
 #: The built-in commands' handlers.
 _HANDLERS: dict[str, Handler] = {
     "serve": _serve, "config": _config, "send": _send, "listen": _listen, "join": _join,
-    "leave": _leave, "presence": _presence, "history": _history}
+    "leave": _leave, "presence": _presence, "history": _history, "bench": _bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

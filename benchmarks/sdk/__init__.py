@@ -1,0 +1,1 @@
+"""``python -m benchmarks sdk``: the users' benchmark, this SDK against nats-py and redis-py."""
