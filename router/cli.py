@@ -101,11 +101,12 @@ def _seconds(text: str) -> float:
 def _versions() -> str:
     import zmq
 
-    from . import core
+    from . import core, libzmq_check
 
     return (f"router {__version__}\npyzmq {zmq.__version__}\nlibzmq {zmq.zmq_version()}\n"
             f"Cython {core.cython_version()} (compiled the core)\nnative core: libzmq "
-            f"{'.'.join(map(str, core.libzmq_version()))} from {core.libzmq_path()}")
+            f"{'.'.join(map(str, core.libzmq_version()))} from {core.libzmq_path()}\n"
+            f"client-chosen routing ids: {libzmq_check.describe()}")
 
 
 class _VersionAction(argparse.Action):

@@ -74,8 +74,10 @@ class RouterCollector:
     build info and disk space: no half-initialised figures.
     """
 
-    def __init__(self, take_snapshot: Callable[[], dict], data_dir: str) -> None:
+    def __init__(self, take_snapshot: Callable[[], dict], data_dir: str,
+                 peer_ids_honoured: bool | None = None) -> None:
         self._take_snapshot = take_snapshot
+        self._peer_ids_honoured = peer_ids_honoured
         self._data_dir = data_dir
         self._snapshot: dict | None = None
         self._taken = 0.0
@@ -98,6 +100,13 @@ class RouterCollector:
                                 labels=list(self._info))
         fam.add_metric(list(self._info.values()), 1)
         yield fam
+        if self._peer_ids_honoured is not None:  # None: the startup probe failed
+            yield GaugeMetricFamily(
+                "router_libzmq_peer_chosen_ids",
+                "1: the loaded libzmq gives a connection the routing id its peer chose "
+                "(stock; a hostile peer can exhaust memory or abort the router: run "
+                "scripts/build-hardened-libzmq); 0: ids are always the router's",
+                value=int(self._peer_ids_honoured))
         yield from self._disk()
         s = self._snapshot
         if s is None:
@@ -335,14 +344,17 @@ class RouterCollector:
         yield fam
 
 
-def registry_for(take_snapshot: Callable[[], dict],
-                 data_dir: str) -> tuple[CollectorRegistry, RouterCollector]:
+def registry_for(take_snapshot: Callable[[], dict], data_dir: str,
+                 peer_ids_honoured: bool | None = None,
+                 ) -> tuple[CollectorRegistry, RouterCollector]:
     """A registry with the router's families and the process's own (CPU, memory, open
-    files, start time, Python version and GC): what the router's /metrics serves."""
+    files, start time, Python version and GC): what the router's /metrics serves.
+    ``peer_ids_honoured``: the startup probe's answer (router/libzmq_check.py), exported
+    as router_libzmq_peer_chosen_ids; None exports nothing."""
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
-    collector = RouterCollector(take_snapshot, data_dir)
+    collector = RouterCollector(take_snapshot, data_dir, peer_ids_honoured)
     registry.register(collector)
     return registry, collector

@@ -21,7 +21,7 @@ import orjson
 import zmq
 
 from . import core as _native
-from . import httpd, storage
+from . import httpd, libzmq_check, storage
 from .broker import Broker
 from .config import Settings
 from .history import History, HistoryWriter
@@ -72,13 +72,16 @@ class Router:
 
     __slots__ = ("settings", "context", "socket", "core", "endpoints", "store", "history",
                  "recovery", "broker", "metrics", "health", "_ops", "_stop", "_last_summary",
-                 "_last_stats", "_logs", "_history_reader", "_last_trim")
+                 "_last_stats", "_logs", "_history_reader", "_last_trim", "peer_ids_honoured")
 
     def __init__(self, settings: Settings, context: zmq.Context | None = None) -> None:
         self.settings = settings.validate()
         self.context = context or zmq.Context.instance()
         self.socket = self._make_socket()
         self.endpoints: list[str] = []
+        #: Whether the loaded libzmq gives a connection the routing id its peer chose
+        #: (stock) or always one of the ROUTER's own (hardened); None: the probe failed.
+        self.peer_ids_honoured = self._probe_peer_ids()
         data = Path(settings.data_dir)
         self.store = FileStore(
             data / "journal", segment_bytes=settings.segment_bytes,
@@ -140,7 +143,8 @@ class Router:
         from .metrics import registry_for
 
         s = self.settings
-        registry, self.metrics = registry_for(self.snapshot, s.data_dir)
+        registry, self.metrics = registry_for(self.snapshot, s.data_dir,
+                                              self.peer_ids_honoured)
         try:
             self._ops = httpd.serve(s.metrics_port, s.metrics_host, registry, self.health)
         except OSError as exc:
@@ -153,6 +157,16 @@ class Router:
         if self._ops:
             self._ops.close()
             self._ops = None
+
+    @staticmethod
+    def _probe_peer_ids() -> bool | None:
+        """Ask the loaded libzmq once (router/libzmq_check.py, well under a second)."""
+        try:
+            return libzmq_check.honours_peer_routing_ids()
+        except (libzmq_check.ProbeError, zmq.ZMQError) as exc:
+            log.warning("could not tell whether libzmq accepts client-chosen routing ids: "
+                        "%s", exc)
+            return None
 
     def _bind(self, endpoints: list[str]) -> None:
         for endpoint in endpoints:
@@ -202,6 +216,8 @@ class Router:
         self._log_recovery()
         log.info("router serving on %s (native core on %s)", ", ".join(self.endpoints),
                  _native.libzmq_path())
+        if self.peer_ids_honoured:
+            log.warning(libzmq_check.WARNING)
         if self.metrics:
             log.info("metrics on http://%s:%d/metrics (health: /healthz, /readyz)",
                      self.settings.metrics_host, self.settings.metrics_port)

@@ -203,6 +203,7 @@ class BrokerRig:
         self.sock.bind(self.url)
         self.broker = Broker(self.send, **kwargs)
         self.peers = []
+        self.ids: dict[str, bytes] = {}
 
     def send(self, identity: bytes, header: bytes, payload: bytes) -> bool:
         """The broker's way out (the core's send in the router): straight to the socket."""
@@ -214,11 +215,15 @@ class BrokerRig:
             return False
 
     def peer(self, name: str):
+        """A DEALER peer; the routing id the ROUTER gave it is ``self.ids[name]`` (peers
+        do not choose theirs: a hardened libzmq would ignore it, docs/PROTOCOL.md §1)."""
         import zmq
         s = self.ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.IDENTITY, name.encode())
         s.setsockopt(zmq.LINGER, 0)
         s.connect(self.url)
+        s.send(b"")  # read here, not by the broker: tells the ROUTER's id for this peer
+        assert self.sock.poll(2000), f"peer {name} never reached the ROUTER"
+        self.ids[name] = self.sock.recv_multipart()[0]
         self.peers.append(s)
         return s
 
@@ -332,7 +337,7 @@ def test_service_table_is_bounded(rig):
     code, _, text = P.decode_error(err[0], err[1])
     assert code == ErrorCode.SERVICE_LIMIT and "2 services" in text and "gamma" in text
     assert set(r.broker.stats()["services"]) == {"alpha", "beta"}
-    r.broker.peer_gone(b"wa")  # alpha's only worker left: alpha is idle, it makes room
+    r.broker.peer_gone(r.ids["wa"])  # alpha's only worker left: alpha is idle, it makes room
     c.send(P.encode_ready("gamma"))
     r.pump()
     assert r.inbox(c) == []
@@ -411,7 +416,7 @@ def test_a_departed_clients_requests_are_dropped(rig):
         client.send_multipart([P.encode_request("nobody", 100 + i, 0), b"?"])
     r.pump()
     assert len(r.broker.jobs) == 100
-    r.broker.peer_gone(b"c1")
+    r.broker.peer_gone(r.ids["c1"])
     assert r.broker.jobs == {} and r.broker.stats()["unregistered_waiting"] == 0
     assert r.broker.stats()["abandoned"] == 100
     # the worker's answer to the one it held is dropped as late; its credit is free again
