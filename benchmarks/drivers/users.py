@@ -15,7 +15,7 @@ messaging system, through that system's own Python client.
                 AckAll acks the last message of each fetched batch
   redis         redis-py with hiredis: PUBLISH pipelined per batch, PubSub receiver
 
-The SDK systems run the very loops of `router bench` (router/bench.py), through a
+The SDK systems run the very loops of `router bench` (router/bench/), through a
 :class:`DriverControl` in place of its shared-memory control. Every payload is
 router.bench.HEAD (send time CLOCK_MONOTONIC ns, publisher, index) then padding; the
 receiver writes one latency sample (int64 ns) per message to ``lat_file``.
