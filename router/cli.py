@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
 if TYPE_CHECKING:  # importlib.metadata is imported only when other commands are looked up
     from importlib.metadata import EntryPoint
 
-from . import __version__, config
+from . import __version__, argtypes, config
+from .bench.command import add_parser as add_bench_parser
 from .protocol import MsgClass, Status
 from .session import MAX_TTL_MS, RouterError, RouterUnavailable, check_address, check_channel, \
     order_ref
@@ -54,48 +55,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         hint = f"; {self.hint}" if self.hint else ""
         self.exit(2, f"{self.prog}: {message}{hint} (see {self.prog} --help)\n")
-
-
-def _arg_type(check: Callable[[str], object]) -> Callable[[str], str]:
-    """An argparse type that runs ``check`` and turns its ValueError into a usage error."""
-
-    def convert(text: str) -> str:
-        try:
-            check(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-        return text
-
-    return convert
-
-
-_endpoint = _arg_type(config.check_endpoint)
-_address = _arg_type(check_address)
-_channel = _arg_type(check_channel)
-
-
-def _int_in(low: int, high: int, unit: str = "") -> Callable[[str], int]:
-    """An argparse type: an integer in low..high (argparse names the flag)."""
-    def convert(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be {low}..{high}{unit}, got {value}")
-        return value
-
-    return convert
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"seconds must be 0 or more, got {text}")
-    return value
 
 
 def _versions() -> str:
@@ -151,7 +110,7 @@ def _add_config(sub) -> None:
 
 def _add_client(p: argparse.ArgumentParser, name: str | None = "cli") -> None:
     """The flags every command that connects to a router takes."""
-    p.add_argument("--router", default=config.DEFAULT_BIND, type=_endpoint, metavar="ENDPOINT",
+    p.add_argument("--router", default=config.DEFAULT_BIND, type=argtypes.endpoint, metavar="ENDPOINT",
                    help="the router's endpoint, tcp://host:port or ipc:///path "
                    "(default %(default)s)")
     if name:
@@ -170,7 +129,7 @@ def _add_send(sub) -> None:
                    help="message class: order, dispatch and chat are reliable (journaled, "
                    "acked, receipted); notice and location are best effort "
                    "(default %(default)s)")
-    p.add_argument("--ttl-ms", type=_int_in(0, MAX_TTL_MS, " ms"), default=0, metavar="MS",
+    p.add_argument("--ttl-ms", type=argtypes.int_in(0, MAX_TTL_MS, " ms"), default=0, metavar="MS",
                    help="time to live: not acked by then, the message EXPIREs "
                    "(default 0 = no TTL)")
     p.add_argument("--order", default="", metavar="ID",
@@ -180,7 +139,7 @@ def _add_send(sub) -> None:
     p.add_argument("--wait", choices=["accepted", "delivered", "none"], default="accepted",
                    help="receipt to wait for: accepted (the router holds it, journaled), "
                    "delivered (every recipient acked it) or none (default %(default)s)")
-    p.add_argument("--timeout", type=_seconds, default=5.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=argtypes.seconds, default=5.0, metavar="SECONDS",
                    help="how long to wait for the router and for the receipt "
                    "(default %(default)s)")
 
@@ -190,40 +149,40 @@ def _add_listen(sub) -> None:
                        description="Bind addresses and print each delivery (one line), "
                        "acking it; router errors go to stderr. SIGTERM or Ctrl-C leaves "
                        "cleanly (BYE) with exit 0.")
-    p.add_argument("addresses", nargs="+", type=_address, metavar="ADDRESS",
+    p.add_argument("addresses", nargs="+", type=argtypes.address, metavar="ADDRESS",
                    help="<kind>:<id>, for example merchant:881")
     _add_client(p, name=None)
-    p.add_argument("--count", type=_int_in(0, 2**63), default=0,
+    p.add_argument("--count", type=argtypes.int_in(0, 2**63), default=0,
                    help="exit after N deliveries (0 = never)")
-    p.add_argument("--timeout", type=_seconds, default=0,
+    p.add_argument("--timeout", type=argtypes.seconds, default=0,
                    help="exit after N idle seconds (0 = never)")
 
 
 def _add_join(sub) -> None:
     p = sub.add_parser("join", help="add addresses to a channel (created on first join)")
-    p.add_argument("channel", type=_channel, help="the channel, for example order:1001")
-    p.add_argument("addresses", nargs="+", type=_address, metavar="ADDRESS")
+    p.add_argument("channel", type=argtypes.channel, help="the channel, for example order:1001")
+    p.add_argument("addresses", nargs="+", type=argtypes.address, metavar="ADDRESS")
     _add_client(p)
-    p.add_argument("--timeout", type=_seconds, default=5.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=argtypes.seconds, default=5.0, metavar="SECONDS",
                    help="how long to wait for the router (default %(default)s)")
 
 
 def _add_leave(sub) -> None:
     p = sub.add_parser("leave", help="remove addresses from a channel (none: close it)")
-    p.add_argument("channel", type=_channel)
-    p.add_argument("addresses", nargs="*", type=_address, metavar="ADDRESS",
+    p.add_argument("channel", type=argtypes.channel)
+    p.add_argument("addresses", nargs="*", type=argtypes.address, metavar="ADDRESS",
                    help="addresses to remove; with none, the channel is closed")
     _add_client(p)
-    p.add_argument("--timeout", type=_seconds, default=5.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=argtypes.seconds, default=5.0, metavar="SECONDS",
                    help="how long to wait for the router (default %(default)s)")
 
 
 def _add_presence(sub) -> None:
     p = sub.add_parser("presence", help="which addresses are online")
-    p.add_argument("addresses", nargs="*", type=_address, metavar="ADDRESS",
+    p.add_argument("addresses", nargs="*", type=argtypes.address, metavar="ADDRESS",
                    help="addresses to ask about; with none, every online address")
     _add_client(p)
-    p.add_argument("--timeout", type=_seconds, default=5.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=argtypes.seconds, default=5.0, metavar="SECONDS",
                    help="how long to wait for the router (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print the router's JSON answer")
 
@@ -234,69 +193,6 @@ def _add_history(sub) -> None:
     p.add_argument("--data-dir", default=config.Settings().data_dir,
                    help="the router's data directory (default %(default)s)")
     p.add_argument("--json", action="store_true", help="one JSON object per event")
-
-
-def _add_bench(sub) -> None:
-    from .bench import MODES  # argparse and constants only: no client is imported
-
-    p = sub.add_parser(
-        "bench", help="load a running router through this SDK and report msg/s, CPU and "
-        "latency", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Start publisher and receiver processes (each its own SDK client),\n"
-        "point them at a running router and report what a user gets: delivered msg/s\n"
-        "and MB/s, CPU per message on each side, latency p50/p99/p99.9 (the send time\n"
-        "travels in the payload). A progress line goes to stderr every second, the\n"
-        "table to stdout.",
-        epilog="""modes:
-  pub       best effort (NOTICE); delivered, and lost if the router dropped any
-  reliable  ORDER: receivers ack, publishers wait for DELIVERED receipts (--window)
-  request   request/reply: --receivers service workers echo the payload; latency is
-            the round trip, --window requests outstanding per publisher
-  sub       receivers only, for a `pub`/`reliable` run elsewhere with the same --tag
-            and --receivers 0 (it sends to bench:<tag>.0); stops after --count
-            messages or --duration seconds (latency needs both on this machine)
-
-Ctrl-C stops the clients and prints the figures measured so far (exit 130). Exit 1
-when a reliable message or a request was not confirmed.
-
-examples:
-  router bench pub --count 200000
-  router bench reliable --publishers 2 --receivers 2 --duration 10 --rate 20000
-  router bench request --receivers 2 --window 32 --json""")
-    p.add_argument("mode", choices=MODES, help="what to measure (see below)")
-    p.add_argument("--url", "--router", dest="router", default=config.DEFAULT_BIND,
-                   type=_endpoint, metavar="ENDPOINT",
-                   help="the router's endpoint (default %(default)s)")
-    p.add_argument("--size", type=_int_in(16, 256 << 20, " bytes"), default=200,
-                   metavar="BYTES", help="payload bytes per message, 16 or more "
-                   "(default %(default)s)")
-    p.add_argument("--count", "-n", type=_int_in(1, 2**40), default=100_000, metavar="N",
-                   help="messages in all publishers together (default %(default)s); "
-                   "ignored with --duration")
-    p.add_argument("--duration", type=_seconds, default=0.0, metavar="SECONDS",
-                   help="send for this long instead of --count messages")
-    p.add_argument("--rate", type=_int_in(0, 10**9, " msg/s"), default=0, metavar="MSG_S",
-                   help="offered rate of all publishers together, paced open loop "
-                   "(default 0 = as fast as they can)")
-    p.add_argument("--publishers", "-p", type=_int_in(0, 256), default=1, metavar="N",
-                   help="publisher processes (default %(default)s)")
-    p.add_argument("--receivers", "-r", type=_int_in(0, 256), default=1, metavar="M",
-                   help="receiver processes, each bound to its own address; service "
-                   "workers in request mode (default %(default)s)")
-    p.add_argument("--window", type=_int_in(1, 10**7), default=0, metavar="N",
-                   help="reliable: unconfirmed messages per publisher (default 1000); "
-                   "request: outstanding requests per publisher (default 32)")
-    p.add_argument("--api", choices=["blocking", "asyncio"], default="blocking",
-                   help="which SDK the clients use: router.client or router.aio "
-                   "(default %(default)s)")
-    p.add_argument("--tag", default="", help="names the run's addresses bench:<tag>.<n> "
-                   "(default: random, so no earlier run's leftovers arrive)")
-    p.add_argument("--idle", type=_seconds, default=2.0, metavar="SECONDS",
-                   help="once the publishers are done, a receiver stops after this long "
-                   "without a message (default %(default)s)")
-    p.add_argument("--timeout", type=_seconds, default=5.0, metavar="SECONDS",
-                   help="how long to wait for the router (default %(default)s)")
-    p.add_argument("--json", action="store_true", help="print the figures as JSON")
 
 
 def build_parser(other_commands: bool = True) -> argparse.ArgumentParser:
@@ -313,7 +209,7 @@ def build_parser(other_commands: bool = True) -> argparse.ArgumentParser:
     _add_leave(sub)
     _add_presence(sub)
     _add_history(sub)
-    _add_bench(sub)
+    add_bench_parser(sub)
     if other_commands:
         _add_other_commands(parser, sub)
     return parser
