@@ -732,7 +732,7 @@ class Driver:
 
     def _deliver(self, gw: Gateway, head: bytes, now: float) -> None:
         s = self.stats
-        seq, mid, _, cls, lk, lf, lc, la = P.DELIVER.unpack_from(head, P.PREFIX.size)
+        seq, mid, _, cls, lk, lf, lc, lo, la = P.DELIVER.unpack_from(head, P.PREFIX.size)
         addr = head[len(head) - la:]
         if cls not in RELIABLE:
             s.recv_location += 1

@@ -53,7 +53,9 @@ if zmqapi_load(zmq.backend.cython._zmq.__file__.encode(), _err, sizeof(_err)) !=
     raise ImportError(f"router client engine: {_err.decode()}")
 
 cdef enum:
-    ITEM_HEAD = 5                   # out-queue item: kind byte + u32 header length
+    ITEM_KIND = 0                   # out-queue item: its kind byte,
+    ITEM_LEN = 1                    # the u32 length of its header frame,
+    ITEM_HEAD = 5                   # then the header frame, then the body
     RECV_BUDGET = 2048              # messages read per pass before other work
     MAX_HELD = 100000               # best-effort sends held while the link is down
     MAX_LIST_ENTRIES = 0xFFFF       # protocol.MAX_LIST
@@ -391,6 +393,7 @@ from router.protocol import Delivery, Flag, MsgClass
 import lz4.frame
 
 _CLASSES = tuple(MsgClass)
+cdef size_t N_CLASSES = len(_CLASSES)
 _FLAGS = tuple(Flag(i) for i in range(4))
 _decompress = lz4.frame.decompress
 
@@ -411,12 +414,14 @@ cdef object _decode_event(const unsigned char *p, size_t n):
         return (chr(tag), PyBytes_FromStringAndSize(<const char *>h, hn), payload)
     cdef size_t lk = h[DELIVER_KIND_LEN], lf = h[DELIVER_SENDER_LEN]
     cdef size_t lc = h[DELIVER_CHANNEL_LEN], la = h[DELIVER_ADDRESS_LEN]
+    cdef size_t lo = h[DELIVER_ORDER_LEN]
     cdef const unsigned char *v = h + DELIVER_FIXED
     cdef uint8_t flags = h[PREFIX_FLAGS], cls = h[DELIVER_CLASS]
     if flags & FLAG_LZ4:
         payload = _decompress(payload)
-    return Delivery(_text(v + lk + lf + lc, la), eng_get64(h + DELIVER_SEQ),
+    return Delivery(_text(v + lk + lf + lc + lo, la), eng_get64(h + DELIVER_SEQ),
                     eng_get64(h + DELIVER_ID), eng_get64(h + DELIVER_ACCEPTED),
-                    _CLASSES[cls] if cls < len(_CLASSES) else cls,
+                    _CLASSES[cls] if cls < N_CLASSES else cls,
                     _text(v, lk), _text(v + lk, lf), _text(v + lk + lf, lc),
-                    _FLAGS[flags] if flags < 4 else flags, payload)
+                    _FLAGS[flags] if flags < 4 else flags, payload,
+                    _text(v + lk + lf + lc, lo) if lo else "")

@@ -83,7 +83,8 @@ cdef void _on_deliver(Engine self, const unsigned char *h, size_t hn,
         return
     cdef size_t lk = h[DELIVER_KIND_LEN], lf = h[DELIVER_SENDER_LEN]
     cdef size_t lc = h[DELIVER_CHANNEL_LEN], la = h[DELIVER_ADDRESS_LEN]
-    if DELIVER_FIXED + lk + lf + lc + la != hn or la == 0:
+    cdef size_t lo = h[DELIVER_ORDER_LEN]
+    if DELIVER_FIXED + lk + lf + lc + lo + la != hn or la == 0:
         self.n_malformed += 1
         return
     cdef uint64_t seq = eng_get64(h + DELIVER_SEQ)

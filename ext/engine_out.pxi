@@ -15,8 +15,8 @@ cdef bint _send2(Engine self, const char *h, size_t hn, const char *b, size_t bn
 
 cdef bint _send_item(Engine self, const string &item) noexcept nogil:
     cdef const char *p = item.data()
-    cdef uint32_t hn = eng_get32(<const unsigned char *>p + 1)
-    cdef char kind = p[0]
+    cdef uint32_t hn = eng_get32(<const unsigned char *>p + ITEM_LEN)
+    cdef char kind = p[ITEM_KIND]
     if kind == b'F':
         return _send2(self, p + ITEM_HEAD, hn, NULL, 0, False)
     return _send2(self, p + ITEM_HEAD, hn, p + ITEM_HEAD + hn,
@@ -122,9 +122,8 @@ cdef void _list_start(Engine self, string &frame, uint8_t cmd) noexcept nogil:
 
 
 cdef void _entry(Engine self, string &frame, const string &name, uint64_t seq, bint with_seq) noexcept nogil:
-    cdef unsigned char b[8]
-    b[0] = <unsigned char>name.size()
-    frame.append(<const char *>b, NAME_HEAD)
+    cdef unsigned char b[SEQ_SIZE]
+    frame.push_back(<char>name.size())   # the name's length byte (NAME_HEAD)
     frame.append(name)
     if with_seq:
         eng_put64(b, seq)
@@ -141,7 +140,7 @@ cdef void _hello(Engine self, uint64_t now) noexcept nogil:
     """HELLO with every bound address and its cursor (BINDs for more than a list
     holds); what the router never confirmed goes again after its WELCOME."""
     cdef string frame
-    cdef unsigned char head[8]
+    cdef unsigned char head[HELLO_FIXED]
     cdef size_t n = 0, at = HELLO_FIXED + self.name.size()
     put_prefix(head, CMD_HELLO, 0)
     head[HELLO_ROLE] = self.role

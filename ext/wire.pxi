@@ -101,7 +101,8 @@ cdef inline void build_template(Msg *m, uint8_t flags, const string &sender,
                                 const string &channel, const uint8_t *kind,
                                 uint8_t lk) noexcept nogil:
     """The DELIVER header of ``m`` without its seq (at DELIVER_SEQ) and address (length
-    at DELIVER_ADDRESS_LEN, bytes appended): both are filled per delivery."""
+    at DELIVER_ADDRESS_LEN, bytes appended): both are filled per delivery. ``m.order``
+    must be set: it travels in the header."""
     cdef uint8_t fixed[DELIVER_FIXED]
     memset(fixed, 0, DELIVER_FIXED)
     put_prefix(fixed, CMD_DELIVER, flags & FLAG_LZ4)
@@ -111,7 +112,8 @@ cdef inline void build_template(Msg *m, uint8_t flags, const string &sender,
     fixed[DELIVER_KIND_LEN] = lk
     fixed[DELIVER_SENDER_LEN] = <uint8_t>sender.size()
     fixed[DELIVER_CHANNEL_LEN] = <uint8_t>channel.size()
-    cdef size_t n = DELIVER_FIXED + lk + sender.size() + channel.size()
+    fixed[DELIVER_ORDER_LEN] = <uint8_t>m.order.size()
+    cdef size_t n = DELIVER_FIXED + lk + sender.size() + channel.size() + m.order.size()
     cdef char *t = m.tmpl_short
     if n > TMPL_INLINE:  # rare: long names; the common case costs no allocation
         m.tmpl_long.resize(n)
@@ -120,6 +122,8 @@ cdef inline void build_template(Msg *m, uint8_t flags, const string &sender,
     memcpy(t + DELIVER_FIXED, kind, lk)
     memcpy(t + DELIVER_FIXED + lk, sender.data(), sender.size())
     memcpy(t + DELIVER_FIXED + lk + sender.size(), channel.data(), channel.size())
+    memcpy(t + DELIVER_FIXED + lk + sender.size() + channel.size(), m.order.data(),
+           m.order.size())
     m.tmpl_len = <uint16_t>n
 
 

@@ -137,8 +137,9 @@ WELCOME_EXT_VERSION = 1
 WELCOME_EXT = struct.Struct(">BIIIIII")
 #: SEND after the prefix: msg id, ttl ms, class, target len, kind len, key len.
 SEND = struct.Struct(">QIBBBB")
-#: DELIVER after the prefix: seq, msg id, accepted_us, class, kind/from/channel/addr lens.
-DELIVER = struct.Struct(">QQQBBBBB")
+#: DELIVER after the prefix: seq, msg id, accepted_us, class, kind/from/channel/order/addr
+#: lens.
+DELIVER = struct.Struct(">QQQBBBBBB")
 #: One RECEIPT entry: msg id, status, code.
 RECEIPT_ENTRY = struct.Struct(">QBH")
 #: ERROR after the prefix: code, related msg id (0 if none).
@@ -200,12 +201,12 @@ WELCOME_AT.update(field_offsets("WELCOME_", WELCOME_AT["WELCOME_BASE"], WELCOME_
 #: Byte offsets inside a SEND header frame (then target, kind, key).
 SEND_AT = field_offsets("SEND_", PREFIX.size, SEND,
                         ("ID", "TTL", "CLASS", "TARGET_LEN", "KIND_LEN", "KEY_LEN"))
-#: Byte offsets inside a DELIVER header frame (then kind, sender, channel, address).
+#: Byte offsets inside a DELIVER header frame (then kind, sender, channel, order, address).
 DELIVER_AT = field_offsets("DELIVER_", PREFIX.size, DELIVER,
                            ("SEQ", "ID", "ACCEPTED", "CLASS", "KIND_LEN", "SENDER_LEN",
-                            "CHANNEL_LEN", "ADDRESS_LEN"))
-#: The longest DELIVER header frame: the fixed part and four names of MAX_NAME bytes.
-DELIVER_MAX = DELIVER_AT["DELIVER_FIXED"] + 4 * MAX_NAME
+                            "CHANNEL_LEN", "ORDER_LEN", "ADDRESS_LEN"))
+#: The longest DELIVER header frame: the fixed part and five names of MAX_NAME bytes.
+DELIVER_MAX = DELIVER_AT["DELIVER_FIXED"] + 5 * MAX_NAME
 #: Byte offsets inside one RECEIPT entry.
 RECEIPT_AT = field_offsets("RECEIPT_", 0, RECEIPT_ENTRY, ("ID", "STATUS", "CODE"))
 #: A RECEIPT frame: the prefix, a count (RECEIPT_COUNT), then from RECEIPT_HEAD entries
@@ -304,6 +305,9 @@ class Delivery(NamedTuple):
     channel: str
     flags: Flag
     payload: bytes
+    #: The order this message belongs to (``order:<id>``, "" if none): its key when that
+    #: is an order reference, or the ``order:<id>`` channel it was sent to.
+    order: str = ""
 
 
 class Tunables(NamedTuple):
@@ -485,19 +489,18 @@ def decode_deliver(header: bytes, payload: bytes) -> Delivery:
     """Decode a DELIVER header frame and its payload frame."""
     _, flags = check_prefix(header)
     off = PREFIX.size
-    seq, msg_id, acc, cls, lk, lf, lc, la = DELIVER.unpack_from(header, off)
+    seq, msg_id, acc, cls, lk, lf, lc, lo, la = DELIVER.unpack_from(header, off)
     off += DELIVER.size
-    end = off + lk + lf + lc + la
+    end = off + lk + lf + lc + lo + la
     if end != len(header):
         raise ProtocolError(ErrorCode.MALFORMED, f"DELIVER header {len(header)} != {end}")
-    kind = header[off : off + lk]
-    sender = header[off + lk : off + lk + lf]
-    chan = header[off + lk + lf : off + lk + lf + lc]
-    addr = header[off + lk + lf + lc : end]
-    return Delivery(
-        addr.decode(), seq, msg_id, acc, MsgClass(cls), kind.decode(), sender.decode(),
-        chan.decode(), flags, payload,
-    )
+    names, at = [], off
+    for n in (lk, lf, lc, lo, la):
+        names.append(header[at:at + n].decode())
+        at += n
+    kind, sender, chan, order, addr = names
+    return Delivery(addr, seq, msg_id, acc, MsgClass(cls), kind, sender, chan, flags, payload,
+                    order)
 
 
 def decode_receipts(header: bytes) -> list[Receipt]:

@@ -42,7 +42,7 @@ class FakeRouter:
 
     def deliver(self, identity: bytes, address: str, seq: int) -> None:
         raw = address.encode()
-        hdr = (P.prefix(P.Command.DELIVER) + P.DELIVER.pack(seq, seq, 0, MsgClass.ORDER, 0, 0, 0,
+        hdr = (P.prefix(P.Command.DELIVER) + P.DELIVER.pack(seq, seq, 0, MsgClass.ORDER, 0, 0, 0, 0,
                                                             len(raw)) + raw)
         self.sock.send_multipart([identity, hdr, b"x"])
 

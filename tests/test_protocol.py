@@ -43,11 +43,12 @@ def test_send_round_trip_layout():
 
 
 def test_deliver_decode():
-    fixed = P.DELIVER.pack(3, 42, 1_700_000_000_000_000, P.MsgClass.CHAT, 4, 6, 7, 6)
-    header = P.prefix(P.Command.DELIVER) + fixed + b"chat" + b"orders" + b"order:1" + b"user:7"
+    fixed = P.DELIVER.pack(3, 42, 1_700_000_000_000_000, P.MsgClass.CHAT, 4, 6, 7, 7, 6)
+    header = (P.prefix(P.Command.DELIVER) + fixed + b"chat" + b"orders" + b"order:1"
+              + b"order:1" + b"user:7")
     d = P.decode_deliver(header, b"hi")
-    assert (d.address, d.seq, d.msg_id, d.kind, d.sender, d.channel) == (
-        "user:7", 3, 42, "chat", "orders", "order:1")
+    assert (d.address, d.seq, d.msg_id, d.kind, d.sender, d.channel, d.order) == (
+        "user:7", 3, 42, "chat", "orders", "order:1", "order:1")
     with pytest.raises(P.ProtocolError):
         P.decode_deliver(header + b"x", b"hi")
 
@@ -156,8 +157,8 @@ def test_worked_examples_are_what_the_encoders_write():
     assert P.decode_receipts(frames[4]) == [P.Receipt(mid, P.Status.ACCEPTED, P.ErrorCode.NONE)]
     d = P.decode_deliver(frames[5], b"")
     # the delivery is the next sequence after the cursor the merchant presented
-    assert (d.address, d.seq, d.msg_id, d.kind, d.sender, d.channel) == (
-        "merchant:881", cursor + 1, mid, "order.created", "orders", "")
+    assert (d.address, d.seq, d.msg_id, d.kind, d.sender, d.channel, d.order) == (
+        "merchant:881", cursor + 1, mid, "order.created", "orders", "", "")
     assert frames[6] == P.encode_ack([("merchant:881", d.seq)])
     assert P.decode_receipts(frames[7]) == [P.Receipt(mid, P.Status.DELIVERED, P.ErrorCode.NONE)]
     assert P.decode_receipts(frames[8]) == [
@@ -246,7 +247,7 @@ def test_the_new_layout_names_reach_the_compiled_core():
                  "HIST_PAYLOAD_HEAD"):
         assert name in c, name
     assert c["WELCOME_FIXED"] == len(P.encode_welcome(1, 1, 1, P.Tunables(1, 1, 1, 1, 1, 1)))
-    assert c["DELIVER_MAX"] == c["DELIVER_FIXED"] + 4 * P.MAX_NAME
+    assert c["DELIVER_MAX"] == c["DELIVER_FIXED"] + 5 * P.MAX_NAME
 
 
 # Raw offsets into a frame, record or event in the core's sources: a pointer or array

@@ -59,12 +59,12 @@ cdef Py_ssize_t ERROR_SIZE = _P.ERROR.size
 # Offsets inside the fixed layouts, derived from the struct formats rather than typed in.
 cdef Py_ssize_t SEND_ID_OFF = PREFIX_SIZE  # SEND: msg id is the first field (">Q...")
 cdef Py_ssize_t DELIVER_SEQ_OFF = PREFIX_SIZE  # DELIVER: seq is the first field
-cdef Py_ssize_t DELIVER_LENS_OFF = PREFIX_SIZE + DELIVER_SIZE - 4  # kind/from/channel/addr lens
+cdef Py_ssize_t DELIVER_LENS_OFF = PREFIX_SIZE + DELIVER_SIZE - 5  # kind/from/channel/order/addr lens
 cdef Py_ssize_t RECEIPT_STATUS_OFF = 8  # entry: msg id (Q), status (B), code (H)
 cdef Py_ssize_t RECEIPT_CODE_OFF = 9
 
 if not (_P.SEND.format.lstrip("<>!=@").startswith("Q")
-        and _P.DELIVER.format.lstrip("<>!=@") == "QQQBBBBB"
+        and _P.DELIVER.format.lstrip("<>!=@") == "QQQBBBBBB"
         and _P.RECEIPT_ENTRY.format.lstrip("<>!=@") == "QBH"
         and _P.ERROR.format.lstrip("<>!=@").startswith("H")):
     raise ImportError("loadgen: router/protocol.py layouts changed; update benchmarks/drivers/loadgen.pyx")
@@ -72,7 +72,7 @@ if not (_P.SEND.format.lstrip("<>!=@").startswith("Q")
 cdef enum:
     MAX_STATUS = 16
     MAX_CODE = 64
-    HDR_COPY = 2048  # a DELIVER header is at most 4 + 29 + 4 * 255 bytes
+    HDR_COPY = 2048  # a DELIVER header is at most 4 + 30 + 5 * 255 bytes
     ACK_FRAME_MAX = 65536
 
 cdef uint8_t ST_ACCEPTED = _P.Status.ACCEPTED
@@ -733,7 +733,7 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
     cdef int64_t t0, deadline, idle_ns, ack_ns, hb_ns, now, ts, t_first = 0, t_last = 0
     cdef int64_t last_ack, last_out, idx, tmo
     cdef uint64_t dseq, max_dseq = 0, min_dseq = <uint64_t>-1
-    cdef size_t size, hsize = 0, la, lk, lf, lc
+    cdef size_t size, hsize = 0, la, lk, lf, lc, lo
     cdef const uint8_t *data
     cdef int rc, e, more, err = 0
     cdef const char *reason = "count"
@@ -835,8 +835,9 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
                     lk = hdr[DELIVER_LENS_OFF]
                     lf = hdr[DELIVER_LENS_OFF + 1]
                     lc = hdr[DELIVER_LENS_OFF + 2]
-                    la = hdr[DELIVER_LENS_OFF + 3]
-                    if PREFIX_SIZE + DELIVER_SIZE + lk + lf + lc + la != hsize or la == 0:
+                    lo = hdr[DELIVER_LENS_OFF + 3]
+                    la = hdr[DELIVER_LENS_OFF + 4]
+                    if PREFIX_SIZE + DELIVER_SIZE + lk + lf + lc + lo + la != hsize or la == 0:
                         bad_deliver += 1
                     else:
                         dseq = rd_be64(hdr + DELIVER_SEQ_OFF)

@@ -103,7 +103,7 @@ def serve(sock: zmq.Socket, stats: Stats) -> None:
                     continue
                 hdr = (
                     pre
-                    + pack_deliver(0, msg_id, acc, cls, lk, len(sender), len(chan), len(addr))
+                    + pack_deliver(0, msg_id, acc, cls, lk, len(sender), len(chan), 0, len(addr))
                     + kind + sender + chan + addr
                 )
                 send(peer, SNDMORE)
