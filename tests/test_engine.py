@@ -152,7 +152,7 @@ def scenario_blocking(url: str) -> dict:
         mid = s.send("merchant:5", {"order": 1}, kind="order.created", order=1)
         d = m.recv(timeout=2)
         m.ack(d)
-        out["delivery"] = (d.address, d.seq, d.kind, d.sender, d.payload)
+        out["delivery"] = (d.address, d.seq, d.kind, d.sender, d.order, d.payload)
         out["status"] = s.wait(mid, Status.DELIVERED, timeout=2).status
         reply_mid = m.send("user:5", b"confirmed")  # an endpoint sends on its own connection
         out["reply_pending"] = m.flush(2)
@@ -171,7 +171,7 @@ async def scenario_async(url: str) -> dict:
         mid = await s.send("merchant:5", {"order": 1}, kind="order.created", order=1)
         d = await m.recv(timeout=2)
         m.ack(d)
-        out["delivery"] = (d.address, d.seq, d.kind, d.sender, d.payload)
+        out["delivery"] = (d.address, d.seq, d.kind, d.sender, d.order, d.payload)
         out["status"] = (await s.wait(mid, Status.DELIVERED, timeout=2)).status
         reply_mid = await m.send("user:5", b"confirmed")
         out["reply_pending"] = await m.flush(2)
@@ -188,7 +188,7 @@ def test_blocking_and_asyncio_clients_behave_the_same(make_router):
     b = asyncio.run(scenario_async(make_router().url))
     assert a == b
     assert a["status"] == Status.DELIVERED and a["reply_pending"] == 0
-    assert a["delivery"][:4] == ("merchant:5", 1, "order.created", "svc")
+    assert a["delivery"][:5] == ("merchant:5", 1, "order.created", "svc", "order:1")
 
 
 def test_one_libzmq_is_mapped_with_the_router_core_and_the_engine_loaded(make_router):
