@@ -9,7 +9,7 @@ what the engineer changed):
 ``LATENCY_WARMUP``       untimed rounds before them (default 300)
 ``LATENCY_ROUTER_ARGS``  extra ``router serve`` flags, e.g. ``--fsync false``
 ``LATENCY_BATCH``        messages per timed batch in test_throughput_batch.py (10000)
-``LATENCY_BATCH_ROUNDS`` timed batches per throughput benchmark (default 15)
+``LATENCY_BATCH_ROUNDS`` timed batches per throughput benchmark (default 30)
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ ROUNDS = int(os.environ.get("LATENCY_ROUNDS", "3000"))
 WARMUP = int(os.environ.get("LATENCY_WARMUP", "300"))
 ROUTER_ARGS = shlex.split(os.environ.get("LATENCY_ROUTER_ARGS", ""))
 BATCH = int(os.environ.get("LATENCY_BATCH", "10000"))
-BATCH_ROUNDS = int(os.environ.get("LATENCY_BATCH_ROUNDS", "15"))
+BATCH_ROUNDS = int(os.environ.get("LATENCY_BATCH_ROUNDS", "30"))
 
 #: Seconds any single wait inside a round may take before the round fails (a lost
 #: message must fail the benchmark, not hang it).
