@@ -5,8 +5,8 @@ pytest-benchmark and adds the tail percentiles and the machine's load to extra_i
 Settings (environment variables, so that a saved run and a compared run differ only in
 what the engineer changed):
 
-``LATENCY_ROUNDS``       timed rounds per benchmark (default 3000)
-``LATENCY_WARMUP``       untimed rounds before them (default 300)
+``LATENCY_ROUNDS``       timed rounds per benchmark (default 5000)
+``LATENCY_WARMUP``       untimed rounds before them (default 500)
 ``LATENCY_ROUTER_ARGS``  extra ``router serve`` flags, e.g. ``--fsync false``
 ``LATENCY_BATCH``        messages per timed batch in test_throughput_batch.py (10000)
 ``LATENCY_BATCH_ROUNDS`` timed batches per throughput benchmark (default 30)
@@ -28,8 +28,8 @@ from benchmarks.harness.procs import spawn, stop
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 from support import RouterProcess  # noqa: E402  (tests/support.py: `router serve` subprocess)
 
-ROUNDS = int(os.environ.get("LATENCY_ROUNDS", "3000"))
-WARMUP = int(os.environ.get("LATENCY_WARMUP", "300"))
+ROUNDS = int(os.environ.get("LATENCY_ROUNDS", "5000"))
+WARMUP = int(os.environ.get("LATENCY_WARMUP", "500"))
 ROUTER_ARGS = shlex.split(os.environ.get("LATENCY_ROUTER_ARGS", ""))
 BATCH = int(os.environ.get("LATENCY_BATCH", "10000"))
 BATCH_ROUNDS = int(os.environ.get("LATENCY_BATCH_ROUNDS", "30"))
