@@ -10,6 +10,8 @@ what the engineer changed):
 ``LATENCY_ROUTER_ARGS``  extra ``router serve`` flags, e.g. ``--fsync false``
 ``LATENCY_BATCH``        messages per timed batch in test_throughput_batch.py (10000)
 ``LATENCY_BATCH_ROUNDS`` timed batches per throughput benchmark (default 30)
+``LATENCY_PIN``          ``1``: the router and the echo worker on the last CPU, this
+                         process (clients, engine threads) on the others (default off)
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ WARMUP = int(os.environ.get("LATENCY_WARMUP", "500"))
 ROUTER_ARGS = shlex.split(os.environ.get("LATENCY_ROUTER_ARGS", ""))
 BATCH = int(os.environ.get("LATENCY_BATCH", "10000"))
 BATCH_ROUNDS = int(os.environ.get("LATENCY_BATCH_ROUNDS", "30"))
+PIN = os.environ.get("LATENCY_PIN", "0") not in ("", "0")
 
 #: Seconds any single wait inside a round may take before the round fails (a lost
 #: message must fail the benchmark, not hang it).
@@ -46,11 +49,33 @@ PAYLOAD = bytes(range(200))
 ECHO_SERVICE = "bench.echo"
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of process ``pid`` (0: this one) onto ``cpus``; threads it starts
+    later inherit that."""
+    for tid in os.listdir(f"/proc/{pid or os.getpid()}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:  # the thread ended meanwhile
+            pass
+
+
+def server_cpus() -> tuple[set[int], set[int]]:
+    """(CPUs for the router and the worker, CPUs for this process) under LATENCY_PIN."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return {cpus[-1]}, set(cpus[:-1]) or {cpus[-1]}
+
+
 def start_router() -> RouterProcess:
     """A ``router serve`` on tcp://127.0.0.1 with the journal on (fsync on: the
     defaults), history on, no periodic summary; ``LATENCY_ROUTER_ARGS`` come last and
-    win."""
-    return RouterProcess("--journal", "true", "--summary-interval", "0", *ROUTER_ARGS).start()
+    win. With LATENCY_PIN, the router goes to the last CPU and this process to the
+    others (before any client exists, so the engine threads inherit it)."""
+    router = RouterProcess("--journal", "true", "--summary-interval", "0", *ROUTER_ARGS).start()
+    if PIN:
+        theirs, ours = server_cpus()
+        pin(router.pid, theirs)
+        pin(0, ours)
+    return router
 
 
 def stop_router(router: RouterProcess, failed: bool = False) -> None:
@@ -68,6 +93,8 @@ def start_echo_worker(url: str, workdir: str) -> subprocess.Popen:
     proc = spawn([sys.executable, "-m", "benchmarks.latency.echo_worker", url, ECHO_SERVICE],
                  os.path.join(workdir, "echo-worker.log"), stdout=subprocess.PIPE, cwd=ROOT)
     line = proc.stdout.readline()
+    if PIN:
+        pin(proc.pid, server_cpus()[0])
     if not line.startswith(b"ready"):
         stop(proc)
         raise RuntimeError(f"echo worker did not start: {line!r}; see {workdir}/echo-worker.log")
@@ -130,6 +157,7 @@ def measure(benchmark, fn, *, rounds: int = ROUNDS, warmup: int = WARMUP, setup=
         "rounds": rounds, "warmup_rounds": warmup,
         "router_args": " ".join(ROUTER_ARGS) or "(defaults: journal on, fsync on)",
         "nproc": n,
+        "pinned": PIN,
         "loadavg_before": [round(x, 2) for x in load0],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         # Share of the machine's CPU that other processes (other people's work, kernel
