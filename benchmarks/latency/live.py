@@ -116,6 +116,14 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def steal_s() -> float:
+    """CPU seconds the hypervisor gave to other guests while this one wanted them (all
+    cores, since boot; /proc/stat's steal column): noise no process list shows."""
+    with open("/proc/stat") as fh:
+        fields = fh.readline().split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+
+
 def percentile(sorted_values: list[float], q: float) -> float:
     """The ``q`` quantile (nearest rank) of sorted values."""
     n = len(sorted_values)
@@ -139,6 +147,7 @@ def measure(benchmark, fn, *, rounds: int = ROUNDS, warmup: int = WARMUP, setup=
     gc.collect()
     load0 = os.getloadavg()
     m0 = machine_cpu()
+    steal0 = steal_s()
     cpu0 = {pid: proc_cpu_s(pid) for pid in pids}
     result = benchmark.pedantic(fn, setup=setup, teardown=teardown, rounds=rounds,
                                 warmup_rounds=warmup, iterations=1)
@@ -163,6 +172,8 @@ def measure(benchmark, fn, *, rounds: int = ROUNDS, warmup: int = WARMUP, setup=
         # Share of the machine's CPU that other processes (other people's work, kernel
         # threads excluded) took while this benchmark ran: above ~0.1 it was disturbed.
         "other_cpu_share": round(noise["other_cpu_s"] / max(noise["window_s"] * n, 1e-9), 3),
+        # Share of the machine's CPU time stolen by the hypervisor meanwhile.
+        "steal_share": round((steal_s() - steal0) / max(noise["window_s"] * n, 1e-9), 3),
         "window_s": round(noise["window_s"], 2),
     })
     if extra:

@@ -92,6 +92,7 @@ def spread_rows(runs: list[dict]) -> list[dict]:
             "spread": (max(medians) - min(medians)) / mid if mid else 0.0,
             "p99": [b["extra_info"].get("p99_us") for b in per],
             "other": [b["extra_info"].get("other_cpu_share") for b in per],
+            "steal": [b["extra_info"].get("steal_share") for b in per],
             "msg_s": [b["extra_info"].get("msg_s_median") for b in per],
         })
     return rows
@@ -118,20 +119,21 @@ def report(rows: list[dict], runs: list[dict], walls: list[float], opts: SpreadO
         ("- wall time per run: " + ", ".join(f"{w:.0f} s" for w in walls)) if walls else None,
         "",
         "| benchmark | median per run | median of medians | spread | p99 per run (us) | "
-        "other CPU share (max) |",
-        "|---|---|---|---|---|---|",
+        "other CPU share (max) | steal share (max) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ok = "" if r["spread"] <= opts.target else " **over**"
         p99 = ", ".join(f"{v:.0f}" for v in r["p99"] if v is not None)
         other = max((v for v in r["other"] if v is not None), default=None)
+        steal = max((v for v in r["steal"] if v is not None), default=None)
         extra = ""
         if any(r["msg_s"]):
             extra = " (" + ", ".join(f"{v / 1000:.0f}k" for v in r["msg_s"] if v) + " msg/s)"
         lines.append(
             f"| {r['name']} | {', '.join(fmt_time(m) for m in r['medians'])}{extra} | "
             f"{fmt_time(r['median'])} | {r['spread'] * 100:.1f}%{ok} | {p99} | "
-            f"{other if other is not None else '?'} |")
+            f"{other if other is not None else '?'} | {steal if steal is not None else '?'} |")
     return "\n".join(line for line in lines if line is not None) + "\n"
 
 
