@@ -25,6 +25,8 @@ COMMANDS = {
     "soak": ("benchmarks.soak", "a compressed week of address churn: RSS, tables, p99, loss"),
     "reclaim-step": ("benchmarks.reclaim_step",
                      "the longest reclaim step when many addresses go idle at once"),
+    "latency-spread": ("benchmarks.latency.spread",
+                       "run the latency suite N times: spread of each benchmark's median"),
     "build": ("benchmarks.drivers.build", "build the native load drivers (loadgen)"),
 }
 
