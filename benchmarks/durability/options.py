@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 from benchmarks.durability.router import MODES
 from benchmarks.durability.scenarios import SCENARIOS
-from benchmarks.harness.options import comma_list, option
+from benchmarks.harness.options import TrialOptions, comma_list, option
 
 
 @dataclass
-class DurabilityOptions:
+class DurabilityOptions(TrialOptions):
     """What a durability run measures and how; the pytest suite builds it directly."""
 
     scenarios: tuple = option(tuple(SCENARIOS), "comma list of " + ", ".join(SCENARIOS),
@@ -39,14 +39,3 @@ class DurabilityOptions:
     quiet_wait: float = option(30.0, "before each trial wait up to this many seconds until "
                                      "other processes use less than 10% of the machine "
                                      "(0: don't wait)")
-    keep: bool = option(False, "keep trial directories and logs")
-    verbose: bool = option(True, "print nothing while the trials run",
-                           flags=("-q", "--quiet"))
-    workdir: str | None = option(None, "where trial directories go (default: the system's "
-                                       "temporary directory)", metavar="DIR")
-    markdown: str | None = option(None, "append the markdown report to FILE",
-                                  metavar="FILE", saved=False)
-    json: str | None = option(None, "write every trial row to FILE", metavar="FILE",
-                              saved=False)
-    report: str | None = option(None, "run nothing: print the report of a --json FILE of "
-                                      "an earlier run", metavar="FILE", saved=False)

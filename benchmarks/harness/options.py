@@ -107,3 +107,22 @@ def options_from_saved(cls: type, saved: dict) -> Any:
             v = saved[f.name]
             out[f.name] = tuple(v) if isinstance(f.default, tuple) and isinstance(v, list) else v
     return cls(**out)
+
+
+@dataclasses.dataclass
+class TrialOptions:
+    """What every benchmark command offers about its trials and its output: keeping
+    their files, quiet, where they run, the markdown and JSON reports. A command's
+    options dataclass derives from it."""
+
+    keep: bool = option(False, "keep trial directories and logs")
+    verbose: bool = option(True, "print nothing while the trials run",
+                           flags=("-q", "--quiet"))
+    workdir: str | None = option(None, "where trial directories go (default: the system's "
+                                       "temporary directory)", metavar="DIR")
+    markdown: str | None = option(None, "append the markdown report to FILE",
+                                  metavar="FILE", saved=False)
+    json: str | None = option(None, "write every trial row to FILE", metavar="FILE",
+                              saved=False)
+    report: str | None = option(None, "run nothing: print the report of a --json FILE of "
+                                      "an earlier run", metavar="FILE", saved=False)

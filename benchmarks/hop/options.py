@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from benchmarks.harness.options import comma_list, option
+from benchmarks.harness.options import TrialOptions, comma_list, option
 from benchmarks.hop.contenders import CONTENDERS
 from benchmarks.hop.scenarios import SCENARIOS
 
@@ -12,7 +12,7 @@ DEFAULT_ROUTER_CMD = "{python} -m router serve --bind {endpoint}"
 
 
 @dataclass
-class HopOptions:
+class HopOptions(TrialOptions):
     """What a hop run measures and how; the pytest suite builds it directly."""
 
     scenarios: tuple = option(tuple(SCENARIOS), "comma list of " + ", ".join(SCENARIOS),
@@ -45,14 +45,3 @@ class HopOptions:
                                       "message is queued)")
     skip_router_check: bool = option(False, "run the router even if `import router.core` "
                                             "fails")
-    keep: bool = option(False, "keep trial directories and logs")
-    verbose: bool = option(True, "print nothing while the trials run",
-                           flags=("-q", "--quiet"))
-    workdir: str | None = option(None, "where trial directories go (default: the system's "
-                                       "temporary directory)", metavar="DIR")
-    markdown: str | None = option(None, "append the markdown report to FILE",
-                                  metavar="FILE", saved=False)
-    json: str | None = option(None, "write every trial row to FILE", metavar="FILE",
-                              saved=False)
-    report: str | None = option(None, "run nothing: print the report of a --json FILE of "
-                                      "an earlier run", metavar="FILE", saved=False)

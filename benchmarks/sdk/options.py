@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from benchmarks.harness.options import comma_list, option
+from benchmarks.harness.options import TrialOptions, comma_list, option
 from benchmarks.sdk.servers import CONTENDERS
 
 
 @dataclass
-class SdkOptions:
+class SdkOptions(TrialOptions):
     """What a users' benchmark run measures and how; the long test builds it directly."""
 
     contenders: tuple = option(tuple(CONTENDERS), "comma list of " + ", ".join(CONTENDERS),
@@ -26,14 +26,3 @@ class SdkOptions:
     idle: float = option(3.0, "a receiver stops after this long without a message, once "
                               "its publisher has sent everything")
     deadline: float = option(120.0, "seconds per trial, at most")
-    keep: bool = option(False, "keep trial directories and logs")
-    verbose: bool = option(True, "print nothing while the trials run",
-                           flags=("-q", "--quiet"))
-    workdir: str | None = option(None, "where trial directories go (default: the system's "
-                                       "temporary directory)", metavar="DIR")
-    markdown: str | None = option(None, "append the markdown report to FILE",
-                                  metavar="FILE", saved=False)
-    json: str | None = option(None, "write every trial row to FILE", metavar="FILE",
-                              saved=False)
-    report: str | None = option(None, "run nothing: print the report of a --json FILE of "
-                                      "an earlier run", metavar="FILE", saved=False)
