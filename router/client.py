@@ -287,18 +287,23 @@ class Client:
                 raise ValueError(f"give order= or key=, not both (got order={order!r}, "
                                  f"key={key!r}): the order travels as the key")
             key = order_ref(order)
-        if not 0 <= ttl_ms <= MAX_TTL_MS:
+        if ttl_ms and not 0 <= ttl_ms <= MAX_TTL_MS:
             raise ValueError(f"ttl_ms must be 0 (no TTL) .. {MAX_TTL_MS}, got {ttl_ms}")
-        payload, flags = encode_payload(data, self.compress_above)
-        if self.welcome is not None and len(payload) > self.welcome.max_payload:
+        if type(data) is bytes and len(data) <= self.compress_above:
+            payload, flags = data, 0   # the common case, without a call
+        else:
+            payload, flags = encode_payload(data, self.compress_above)
+        welcome = self.welcome
+        if welcome is not None and len(payload) > welcome.max_payload:
             raise ValueError(
                 f"payload of {len(payload)} bytes is over the router's cap of "
                 f"{self.welcome.max_payload}; split it or raise max_payload on the router")
         mid = next(self._ids) if msg_id is None else msg_id
         if callback is not None:
             self._callbacks[mid] = callback
-        ok = self.engine.send(target.encode(), payload, mid, msg_class, kind.encode(),
-                              key.encode(), ttl_ms, flags, channel, self.max_pending,
+        ok = self.engine.send(target.encode(), payload, mid, int(msg_class),
+                              kind.encode() if kind else b"", key.encode() if key else b"",
+                              ttl_ms, flags, channel, self.max_pending,
                               self.send_timeout if timeout is None else timeout)
         if ok:
             return mid
