@@ -14,7 +14,6 @@ blocking SDK::
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
 from typing import Any, AsyncIterator, Iterable
 
@@ -242,15 +241,9 @@ class AsyncEndpoint(Addresses, AsyncClient):
     def __init__(self, endpoint: str, addresses: Iterable[str], *, name: str | None = None,
                  role: Role = Role.ENDPOINT, cursors: dict[str, int] | None = None,
                  auto_ack: bool = True, **options: Any) -> None:
-        addresses = list(addresses)
-        start = self._start_cursors(addresses, cursors)
-        self.auto_ack = auto_ack
-        # deliveries wait in a deque; one Event wakes a waiting reader per batch
-        # (an asyncio.Queue would cost a future and a wake-up per message)
-        self._ready: collections.deque[Delivery] = collections.deque()
-        self._arrived = asyncio.Event()
-        super().__init__(endpoint, name or (addresses[0] if addresses else "endpoint"),
-                         role, cursors=start, **options)
+        name, start = self._start_addresses(addresses, name, cursors, auto_ack)
+        self._arrived = asyncio.Event()  # one wake-up per batch, not a future per message
+        super().__init__(endpoint, name, role, cursors=start, **options)
 
     @classmethod
     async def connect(cls, endpoint: str, addresses: Iterable[str], *, timeout: float = 5.0,
@@ -294,12 +287,7 @@ class AsyncEndpoint(Addresses, AsyncClient):
         within ``timeout`` s."""
         if not self._ready and not await self._wait_ready(timeout):
             return []
-        ready = self._ready
-        if len(ready) <= max_count:
-            out = list(ready)
-            ready.clear()
-            return out
-        return [ready.popleft() for _ in range(max_count)]
+        return self._take_ready(max_count)
 
     async def __aiter__(self) -> AsyncIterator[Delivery]:
         """Deliveries forever; with ``auto_ack`` each is acked when the loop body is

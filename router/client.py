@@ -472,6 +472,27 @@ class Addresses:
 
     engine: Engine
 
+    def _start_addresses(self, addresses: Iterable[str], name: str | None,
+                         cursors: dict[str, int] | None,
+                         auto_ack: bool) -> tuple[str, dict[str, int]]:
+        """Set up the endpoint side; return the connection's name (the first address
+        unless given) and the cursors its first HELLO presents."""
+        addresses = list(addresses)
+        self.auto_ack = auto_ack
+        #: Received deliveries the application has not taken yet.
+        self._ready: collections.deque[Delivery] = collections.deque()
+        start = self._start_cursors(addresses, cursors)
+        return name or (addresses[0] if addresses else "endpoint"), start
+
+    def _take_ready(self, max_count: int) -> list[Delivery]:
+        """Up to ``max_count`` of the deliveries already received, oldest first."""
+        ready = self._ready
+        if len(ready) <= max_count:
+            out = list(ready)
+            ready.clear()
+            return out
+        return [ready.popleft() for _ in range(max_count)]
+
     def _start_cursors(self, addresses: Iterable[str],
                        cursors: dict[str, int] | None) -> dict[str, int]:
         start = {check_address(a): 0 for a in addresses}
@@ -525,12 +546,8 @@ class Endpoint(Addresses, Client):
     def __init__(self, endpoint: str, addresses: Iterable[str], *, name: str | None = None,
                  role: Role = Role.ENDPOINT, cursors: dict[str, int] | None = None,
                  auto_ack: bool = True, **options: Any) -> None:
-        addresses = list(addresses)
-        start = self._start_cursors(addresses, cursors)
-        self.auto_ack = auto_ack
-        self._ready: collections.deque[Delivery] = collections.deque()
-        super().__init__(endpoint, name or (addresses[0] if addresses else "endpoint"),
-                         role, cursors=start, **options)
+        name, start = self._start_addresses(addresses, name, cursors, auto_ack)
+        super().__init__(endpoint, name, role, cursors=start, **options)
 
     def bind(self, addresses: Iterable[str]) -> None:
         """Bind more addresses on this connection."""
@@ -551,12 +568,7 @@ class Endpoint(Addresses, Client):
         ``timeout`` s for the first batch (None: forever)."""
         if not self._ready:
             self._fill(timeout)
-        ready = self._ready
-        if len(ready) <= max_count:
-            out = list(ready)
-            ready.clear()
-            return out
-        return [ready.popleft() for _ in range(max_count)]
+        return self._take_ready(max_count)
 
     def _fill(self, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
