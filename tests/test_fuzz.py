@@ -117,7 +117,13 @@ def test_connections_sharing_a_routing_id_never_abort_the_router(make_router):
     fuzz_round(make_router, seconds=6.0, peers=1, seed=7, shared=4)
 
 
+#: How long the long shared-id fuzz runs; ROUTER_FUZZ_SECONDS=1800 is the 30-minute run
+#: recorded in benchmarks/RESULTS.md (docs/OPERATIONS-libzmq.md).
+LONG_FUZZ_SECONDS = float(os.environ.get("ROUTER_FUZZ_SECONDS", 300))
+
+
 @pytest.mark.long
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(int(LONG_FUZZ_SECONDS) + 120)
 def test_shared_routing_ids_and_fuzz_for_five_minutes(make_router):
-    fuzz_round(make_router, seconds=300.0, peers=2, seed=random.randrange(1 << 30), shared=4)
+    fuzz_round(make_router, seconds=LONG_FUZZ_SECONDS, peers=2,
+               seed=random.randrange(1 << 30), shared=4)
