@@ -58,7 +58,7 @@ cdef void _handle(Core self, zmq_msg_t *f, int n, int extra) noexcept nogil:
     elif cmd == CMD_HEARTBEAT:
         pass
     elif cmd == CMD_HELLO:
-        _on_hello(self, pi, h, hlen)
+        _on_hello(self, pi, h, hlen, &f[1])
     elif cmd == CMD_BIND:
         _on_bind(self, pi, h, hlen, BIND_LIST)
     elif cmd == CMD_UNBIND:
@@ -73,7 +73,8 @@ cdef void _handle(Core self, zmq_msg_t *f, int n, int extra) noexcept nogil:
         _error(self, pi, E_UNKNOWN_COMMAND, 0, "unknown command, or one only the router sends")
 
 
-cdef void _on_hello(Core self, int pi, const uint8_t *h, size_t hlen) noexcept nogil:
+cdef void _on_hello(Core self, int pi, const uint8_t *h, size_t hlen,
+                    zmq_msg_t *header) noexcept nogil:
     cdef Peer *p = self.peers[pi]
     if (hlen < HELLO_FIXED or HELLO_FIXED + <size_t>h[HELLO_NAME_LEN] > hlen
             or h[HELLO_NAME_LEN] == 0):
@@ -92,6 +93,9 @@ cdef void _on_hello(Core self, int pi, const uint8_t *h, size_t hlen) noexcept n
         _error(self, pi, E_RATE_LIMITED, 0, "more than 4 HELLOs a second on one "
                     "connection: say HELLO once, then BIND and UNBIND")
         return
+    cdef string name = string(<const char *>h + HELLO_FIXED, h[HELLO_NAME_LEN])
+    if not _hello_allowed(self, pi, header, h[HELLO_ROLE], name):
+        return  # refused (auth.pxi); a previous HELLO's bindings stay as they were
     if p.role != 0:
         _unbind_all(self, pi)  # a repeated HELLO replaces the previous bindings
     else:
@@ -99,7 +103,7 @@ cdef void _on_hello(Core self, int pi, const uint8_t *h, size_t hlen) noexcept n
     p.role = h[HELLO_ROLE]
     if not p.name.empty():
         _forget_name(self, pi)
-    p.name = string(<const char *>h + HELLO_FIXED, h[HELLO_NAME_LEN])
+    p.name = name
     # interned at the peer's first SEND: most peers (users', riders', merchants'
     # endpoints) never send, and interned names are kept for the router's life
     _release_sender(self, p)
@@ -134,6 +138,9 @@ cdef bint _bind_cursors(Core self, int pi, const uint8_t *h, size_t hlen, size_t
                         "sequences start at 1 and cannot get there; send the last "
                         "sequence you hold, or 0")
             return False
+        if self.auth and not _may_bind(self, pi, h + off + NAME_HEAD, ln):
+            off += NAME_HEAD + ln + SEQ_SIZE
+            continue  # refused with FORBIDDEN; whoever holds it keeps it
         ai = _address_slot(self, pi, h + off + NAME_HEAD, ln)
         if ai < 0:
             return False
@@ -166,6 +173,10 @@ cdef void _on_join(Core self, int pi, const uint8_t *h, size_t hlen, bint leave)
         _error(self, pi, E_BAD_ADDRESS, 0, "channel names are printable ASCII without spaces")
         return
     cdef string chan = string(<const char *>h + JOIN_FIXED, h[JOIN_CHANNEL_LEN])
+    if self.auth and not _may(self, pi, self.right_join, chan, NULL):
+        _error(self, pi, E_FORBIDDEN, 0, "your credentials do not allow joining "
+               "addresses to this channel or leaving it (see 'join')")
+        return
     cdef size_t off = JOIN_FIXED + <size_t>h[JOIN_CHANNEL_LEN]  # the address list
     cdef uint16_t count = get16(h + off)
     cdef uint16_t i
@@ -242,6 +253,16 @@ cdef void _on_send(Core self, int pi, const uint8_t *h, size_t hlen, zmq_msg_t *
     cdef const int *targets = &single    # one address, or a channel's members
     cdef size_t ntargets = 1
     cdef string tname = string(<const char *>h + SEND_FIXED, lt)
+    if self.auth:
+        if not _may_send(self, pi, tname, flags & FLAG_CHANNEL, cls):
+            _refuse(self, pi, msg_id, cls, E_FORBIDDEN, "your credentials do not allow "
+                    "sending this class to this target (see 'send', 'send_channels')")
+            return
+        if not _within_rate(self, pi, zmqapi.msg_size(payload)):
+            self.c.rate_exceeded += 1
+            _refuse(self, pi, msg_id, cls, E_RATE_EXCEEDED, "your principal's messages/s "
+                    "or bytes/s budget is spent: retry in a moment")
+            return
     if flags & FLAG_CHANNEL:
         it = self.channels.find(tname)
         if it == self.channels.end():
@@ -263,7 +284,8 @@ cdef void _on_send(Core self, int pi, const uint8_t *h, size_t hlen, zmq_msg_t *
             self.c.dedup_hits += 1
             _receipt_to(self, pi, self.peers[pi].gen, msg_id, seen.status, seen.code)
             return
-    cdef int code = _admit(self, targets, ntargets, cls, self.peers[pi].sender_id)
+    cdef uint32_t qsid = _quota_sid(self, self.peers[pi])
+    cdef int code = _admit(self, targets, ntargets, cls, qsid)
     if code != 0:
         _refuse(self, pi, msg_id, cls, code, admit_text(code))
         return
@@ -278,6 +300,7 @@ cdef void _on_send(Core self, int pi, const uint8_t *h, size_t hlen, zmq_msg_t *
     m.sender_gen = self.peers[pi].gen
     m.sender_name = self.peers[pi].name
     m.sender_id = self.peers[pi].sender_id
+    m.quota_sid = qsid
     m.cls = cls
     m.refs = 0
     m.pending = 0
@@ -320,6 +343,7 @@ cdef void _to_broker(Core self, int pi, zmq_msg_t *f, int n) noexcept nogil:
     BROKER_BATCH commands or BROKER_WAIT_MS, whichever comes first."""
     cdef BrokerMsg b
     b.identity = self.peers[pi].identity
+    b.principal = self.peers[pi].principal
     b.header = string(<const char *>zmqapi.msg_data(&f[1]), zmqapi.msg_size(&f[1]))
     if n > 2:
         b.payload = string(<const char *>zmqapi.msg_data(&f[2]), zmqapi.msg_size(&f[2]))

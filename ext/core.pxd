@@ -53,6 +53,7 @@ cdef enum:
     REASON_TIMEOUT = 2
     REASON_UNREACHABLE = 3
     REASON_REPLACED = 4
+    REASON_REVOKED = 5
 
 
 cdef class Core:
@@ -126,6 +127,17 @@ cdef class Core:
     # ---- service commands for the Python broker (commands.pxi) ----------------------
     cdef vector[BrokerMsg] broker_inbox
     cdef uint64_t broker_since_ms  # when the oldest command in broker_inbox arrived
+
+    # ---- trust (auth.pxi): principals from the credentials file, rights per name -----
+    cdef bint auth                 # credentials loaded: every peer must have a principal
+    cdef vector[Principal] principals
+    cdef unordered_map[string, int] principal_by_key  # ZAP User-Id -> principal
+    cdef uint32_t auth_epoch       # bumped by every reload: cached grants go stale
+    cdef uint32_t right_bind       # Action bits (router/auth/grants.py), from set_auth
+    cdef uint32_t right_join
+    cdef uint32_t right_send[5]    # SEND to an address, by class
+    cdef uint32_t right_channel[5] # SEND to a channel, by class
+    cdef vector[uint64_t] sender_limit  # by sender number: its quota (0: the default)
 
     # ---- clocks and timers (loop.pxi) ------------------------------------------------
     cdef uint64_t now_us           # monotonic clock, read once per pass (not per message)

@@ -39,6 +39,7 @@ include "delivery.pxi"    # flushing addresses to their peers
 include "acks.pxi"        # acks, redelivery, TTL expiry
 include "receipts.pxi"    # receipts, batches, the outbox
 include "errors.pxi"      # ERROR / REFUSED, rate limit, quarantine faults
+include "auth.pxi"        # principals, rights per name, send budgets, revocation
 include "history.pxi"     # order history events
 
 
@@ -90,6 +91,7 @@ cdef class Core:
         self.sender_names.push_back(string())
         self.sender_last_ms.push_back(0)
         self.sender_refs.push_back(0)
+        self.sender_limit.push_back(0)
         # Sized once: growing a hash table rehashes every entry in one step, which would
         # stop the loop for ~0.2 us per entry (100 ms at 500k entries).
         self.dedup.reserve(dedup_capacity)
@@ -158,7 +160,8 @@ cdef class Core:
                  addresses_created=c.addresses_created,
                  addresses_reclaimed=c.addresses_reclaimed,
                  channels_closed_idle=c.channels_closed_idle, replaced=c.replaced,
-                 senders_reclaimed=c.senders_reclaimed)
+                 senders_reclaimed=c.senders_reclaimed, rate_exceeded=c.rate_exceeded,
+                 revoked=c.revoked)
         d["peers"] = self.peer_by_id.size()
         d["addresses"] = self.addr_by_name.size()
         d["address_slots"] = self.addrs.size()  # live + reclaimed slots waiting for reuse
@@ -236,23 +239,65 @@ cdef class Core:
         return True
 
     def drain_broker(self) -> list:
-        """Service commands since the last call: ``(identity, header, payload)``."""
-        out = [(bytes(b.identity), bytes(b.header), bytes(b.payload)) for b in self.broker_inbox]
+        """Service commands since the last call: ``(identity, header, payload,
+        principal)``, the principal an index in the list given to set_auth (-1: none)."""
+        out = [(bytes(b.identity), bytes(b.header), bytes(b.payload), b.principal)
+               for b in self.broker_inbox]
         self.broker_inbox.clear()
         return out
+
+    # ---- trust (auth.pxi) -----------------------------------------------------------
+
+    def set_auth(self, list principals, dict keys, dict rights) -> int:
+        """Load compiled credentials, replacing any before (a reload), and apply them
+        to the connected peers: a peer whose key is gone, or whose role or name is no
+        longer allowed, is revoked (ERROR REVOKED, dropped, its socket shut down); an
+        address a peer may no longer bind is unbound. Returns the peers revoked.
+
+        ``principals``: ``(name, roles, names, rules, msg_rate, byte_rate, burst_s,
+        quota)`` each, ``roles`` a mask of 1 << Role, ``names`` HELLO name patterns,
+        ``rules`` ``(rights mask, pattern)``; a pattern (bytes) ending in ``*`` is a
+        prefix. ``keys``: ZAP User-Id (bytes) -> index in ``principals``. ``rights``:
+        the Action bits, ``{"bind": int, "join": int, "send": [5 ints by class],
+        "channel": [5 ints by class]}``."""
+        cdef Principal who
+        cdef size_t i
+        cdef uint64_t before = self.c.revoked
+        for i in range(self.principals.size()):
+            self.sender_refs[self.principals[i].quota_sid] -= 1
+        self.principals.clear()
+        for entry in principals:
+            self.principals.push_back(who)
+            _load_principal(self, &self.principals.back(), entry)
+        self.principal_by_key.clear()
+        for key, index in keys.items():
+            if not 0 <= index < len(principals):
+                raise ValueError(f"key {key!r} names principal {index}: out of range")
+            self.principal_by_key[<string>key] = <int>index
+        self.right_bind = rights["bind"]
+        self.right_join = rights["join"]
+        for i in range(N_CLASSES):
+            self.right_send[i] = rights["send"][i]
+            self.right_channel[i] = rights["channel"][i]
+        self.auth = True
+        self.auth_epoch += 1  # every cached grant is stale
+        _recheck_peers(self)
+        return self.c.revoked - before
 
     def drain_events(self) -> list:
         """Connects, disconnects and errors since the last call, as tuples
         ``(kind, name, role, identity, code, naddrs)`` with kind in
         ``"connect" | "disconnect" | "error" | "storage" | "takeover"``; for a disconnect
-        ``code`` is the reason: ``"bye" | "heartbeat timeout" | "unreachable" | "replaced by a new connection"``; for a
+        ``code`` is the reason: ``"bye" | "heartbeat timeout" | "unreachable" | "replaced by a new connection" |
+        "credentials revoked"``; for a
         takeover (another connection bound one of this peer's addresses) it is the text
         ``"<address> by <new holder's name>"``."""
         kinds = {EV_CONNECT: "connect", EV_DISCONNECT: "disconnect", EV_ERROR: "error",
                  EV_STORAGE: "storage", EV_TAKEOVER: "takeover"}
         reasons = {REASON_BYE: "bye", REASON_TIMEOUT: "heartbeat timeout",
                    REASON_UNREACHABLE: "unreachable",
-                   REASON_REPLACED: "replaced by a new connection"}
+                   REASON_REPLACED: "replaced by a new connection",
+                   REASON_REVOKED: "credentials revoked"}
         out = [(kinds[e.kind], e.name.decode(errors="replace"), e.role, bytes(e.identity),
                 reasons[e.code] if e.kind == EV_DISCONNECT else
                 e.detail.decode(errors="replace") if e.kind == EV_TAKEOVER else e.code,
@@ -349,6 +394,37 @@ cdef class Core:
     def store_error(self):
         """The last exception the store raised on commit, or None."""
         return self._store_error
+
+cdef void _rule(Rule *r, bytes pattern, uint32_t mask):
+    r.mask = mask
+    r.prefix = pattern.endswith(b"*")
+    r.pattern = pattern[:len(pattern) - 1] if r.prefix else pattern
+
+
+cdef void _load_principal(Core self, Principal *who, tuple entry):
+    """One compiled principal (Core.set_auth) into the table; its budgets start full."""
+    cdef Rule r
+    name, roles, names, rules, msg_rate, byte_rate, burst, quota = entry
+    who.name = name
+    who.roles = roles
+    for pattern in names:
+        _rule(&r, pattern, 1)
+        who.names.push_back(r)
+    for mask, pattern in rules:
+        _rule(&r, pattern, mask)
+        who.rules.push_back(r)
+    who.msg_rate = msg_rate
+    who.byte_rate = byte_rate
+    who.msg_burst = max(msg_rate * burst, 1.0)
+    who.byte_burst = max(byte_rate * burst, 1.0)
+    who.msg_tokens = who.msg_burst
+    who.byte_tokens = who.byte_burst
+    who.refill_us = self.now_us
+    # the quota's counter: a name no HELLO can give (\x01 first), held while loaded
+    who.quota_sid = _intern(self, b"\x01principal:" + name)
+    self.sender_refs[who.quota_sid] += 1
+    self.sender_limit[who.quota_sid] = quota
+
 
     # ---- the loop ----------------------------------------------------------------------
 

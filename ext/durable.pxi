@@ -214,6 +214,7 @@ cdef bint _replay_msg(Core self, const uint8_t *p, const uint8_t *end):
         m.sender_gen = 0
         m.sender_name = sender
         m.sender_id = sid
+        m.quota_sid = sid
         m.order = order
         m.cls = cls
         m.refs = 0

@@ -8,7 +8,8 @@ cdef inline bint is_peer_fault(int code) noexcept nogil:
     first messages can race its HELLO)."""
     return (code == E_MALFORMED or code == E_BAD_VERSION or code == E_UNKNOWN_COMMAND
             or code == E_TOO_LARGE or code == E_BAD_ADDRESS or code == E_BAD_CLASS
-            or code == E_BAD_ROLE or code == E_BAD_CURSOR or code == E_RATE_LIMITED)
+            or code == E_BAD_ROLE or code == E_BAD_CURSOR or code == E_RATE_LIMITED
+            or code == E_FORBIDDEN)
 
 
 cdef inline bint is_load_refusal(int code) noexcept nogil:

@@ -77,6 +77,10 @@ cdef int _find_or_add_peer(Core self, const string &ident, uint64_t now) noexcep
     p.hello_window_ms = 0
     p.blocked = False
     p.gone = False
+    p.principal = -1
+    p.key.clear()
+    p.fd = -1
+    p.fd_inode = 0
     self.peer_by_id[ident] = pi
     return pi
 
@@ -119,8 +123,10 @@ cdef uint32_t _intern(Core self, const string &name) noexcept nogil:
         self.sender_queued.push_back(0)
         self.sender_last_ms.push_back(0)
         self.sender_refs.push_back(0)
+        self.sender_limit.push_back(0)
     self.sender_ids[name] = sid
     self.sender_names[sid] = name
+    self.sender_limit[sid] = 0
     self.sender_last_ms[sid] = self.now_us // 1000
     return sid
 

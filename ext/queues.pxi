@@ -11,6 +11,11 @@ cdef inline const char *admit_text(int code) noexcept nogil:
     return "router overloaded, retry later"
 
 
+cdef inline uint64_t quota_of(Core self, uint32_t sid) noexcept nogil:
+    """The most deliveries the sender (or principal) number ``sid`` may have waiting."""
+    return self.sender_limit[sid] if self.sender_limit[sid] else self.max_queued_per_sender
+
+
 cdef int _admit(Core self, const int *targets, size_t ntargets, uint8_t cls,
                 uint32_t sid) noexcept nogil:
     """0 to accept, or E_QUEUE_FULL / E_SENDER_QUOTA / E_OVERLOADED to refuse a
@@ -20,7 +25,7 @@ cdef int _admit(Core self, const int *targets, size_t ntargets, uint8_t cls,
     cdef size_t i
     if cls > CLASS_CHAT:
         return 0
-    if self.sender_queued[sid] + ntargets > self.max_queued_per_sender:
+    if self.sender_queued[sid] + ntargets > quota_of(self, sid):
         return E_SENDER_QUOTA  # one sender cannot take the whole queue from the rest
     if self.c.queued + ntargets > self.max_queued:
         return E_OVERLOADED
@@ -49,7 +54,7 @@ cdef void _enqueue(Core self, int ai, Msg *m, const string &key) noexcept nogil:
             _queued(self, m)
             return  # sent once the journal commit succeeds
     elif m.cls == CLASS_NOTICE:
-        if self.sender_queued[m.sender_id] >= self.max_queued_per_sender:
+        if self.sender_queued[m.quota_sid] >= quota_of(self, m.quota_sid):
             self.c.shed += 1  # this sender's backlog is at its quota: drop its newest
             return
         if a.notices.size() >= self.max_queue or self.c.queued >= self.max_queued:
@@ -79,13 +84,13 @@ cdef void _enqueue(Core self, int ai, Msg *m, const string &key) noexcept nogil:
 cdef inline void _queued(Core self, Msg *m) noexcept nogil:
     """Count one more queue entry of ``m``: in all, and against its sender's quota."""
     self.c.queued += 1
-    self.sender_queued[m.sender_id] += 1
+    self.sender_queued[m.quota_sid] += 1
 
 
 cdef inline void _unqueued(Core self, Msg *m) noexcept nogil:
     """Count one queue entry of ``m`` gone (call before releasing it)."""
     self.c.queued -= 1
-    self.sender_queued[m.sender_id] -= 1
+    self.sender_queued[m.quota_sid] -= 1
 
 
 cdef void _mark_dirty(Core self, int ai) noexcept nogil:

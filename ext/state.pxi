@@ -65,6 +65,7 @@ cdef cppclass Msg:
     uint32_t sender_gen     # that slot's generation when the message arrived
     string sender_name      # receipts follow the sender's name across reconnects
     uint32_t sender_id      # the name interned (Core._intern): dedup keys stay 12 bytes
+    uint32_t quota_sid      # whose quota it counts against: sender_id, or its principal's
     string order            # order:<id> this message belongs to ("" = none): history
     uint32_t segment        # journal segment holding it (reliable classes)
     int refs                # queue entries that point here
@@ -98,6 +99,30 @@ cdef struct DedupExp:
     uint64_t msg_id
     uint32_t sender
 
+cdef struct Grant:
+    uint64_t key            # (auth epoch << 32) | (principal + 1) it was computed for
+    uint32_t mask           # the rights (router/auth/grants.py Action bits)
+
+cdef cppclass Rule:
+    uint32_t mask           # rights given to names that match
+    string pattern          # exact name, or a prefix when `prefix`
+    bool prefix
+
+cdef cppclass Principal:
+    string name
+    uint32_t roles          # 1 << role for each HELLO role it may declare
+    vector[Rule] names      # HELLO names it may use (mask unused)
+    vector[Rule] rules      # rights by name pattern, OR-ed over every match
+    double msg_rate         # SEND budget per second (0: unlimited) ...
+    double byte_rate        # ... payload bytes per second (0: unlimited)
+    double msg_burst        # bucket sizes: rate x burst seconds
+    double byte_burst
+    double msg_tokens
+    double byte_tokens
+    uint64_t refill_us      # monotonic time the buckets were last topped up
+    uint64_t quota          # deliveries it may have waiting (0: max_queued_per_sender)
+    uint32_t quota_sid      # its name interned: the quota's counter (Core.sender_queued)
+
 cdef cppclass Address:
     string name
     int peer                # bound peer slot, -1 = offline
@@ -116,9 +141,11 @@ cdef cppclass Address:
     uint64_t last_used_ms   # last bind, unbind, enqueue or ack (idle reclaim)
     uint32_t nchannels      # channels it is a member of (a member is never reclaimed)
     bool free               # reclaimed: the slot waits in Core.free_addrs for a new name
+    Grant grant             # the last principal's rights on this name (auth.pxi)
 
 cdef cppclass Channel:
     vector[int] members     # member address slots
+    Grant grant             # the last principal's rights on this channel (auth.pxi)
     uint64_t last_used_ms   # last JOIN, LEAVE or SEND (idle close)
     bool checked            # has an entry in Core.channel_checks
 
@@ -151,6 +178,10 @@ cdef cppclass Peer:
     uint64_t hello_window_ms
     bool blocked            # last send hit the HWM: retry on the next pass
     bool gone               # unreachable: nothing more is sent to it, what it sent is read
+    int principal           # index in Core.principals from its HELLO; -1: none (open)
+    string key              # the ZAP User-Id it authenticated with (its public key)
+    int fd                  # its connection's socket (ZMQ_SRCFD at HELLO): revocation
+    uint64_t fd_inode       # ... and which socket that was (auth.h socket_inode)
 
 cdef struct Counters:
     uint64_t msgs_in[5]         # SEND accepted, by class
@@ -165,6 +196,8 @@ cdef struct Counters:
     uint64_t errors_suppressed  # ... of which not sent: over the peer's rate limit
     uint64_t refused[32]        # REFUSED receipts, by code
     uint64_t takeovers          # addresses moved to another connection while bound
+    uint64_t rate_exceeded      # SENDs refused: their principal's rate budget was spent
+    uint64_t revoked            # peers dropped: their key was revoked by a reload
     uint64_t quarantined        # messages ignored: their peer was far over its error budget
     uint64_t replaced           # peers dropped: a new connection came under their routing id
     uint64_t shed               # best-effort dropped for space
@@ -208,5 +241,6 @@ cdef struct Event:
 
 cdef struct BrokerMsg:
     string identity             # routing id of the peer
+    int principal               # its principal (Core.principals), -1: none
     string header
     string payload

@@ -74,6 +74,7 @@ typedef struct {
     int (*errno_)(void);
     const char *(*strerror)(int);
     void (*version)(int *, int *, int *);
+    const char *(*msg_gets)(const zmq_msg_t *, const char *);
 } zmqapi_t;
 
 static zmqapi_t zmqapi;
@@ -139,6 +140,7 @@ static int zmqapi_load(const char *fallback, char *err, size_t errlen) {
     ZMQAPI_SYM(errno_, "zmq_errno");
     ZMQAPI_SYM(strerror, "zmq_strerror");
     ZMQAPI_SYM(version, "zmq_version");
+    ZMQAPI_SYM(msg_gets, "zmq_msg_gets");
 #undef ZMQAPI_SYM
     {
         int major, minor, patch;

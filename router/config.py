@@ -59,6 +59,19 @@ def check_endpoint(endpoint: str, bind: bool = False) -> str:
     return endpoint
 
 
+def is_local_endpoint(endpoint: str) -> bool:
+    """Whether only this host can reach ``endpoint``: ipc, or tcp on a loopback address
+    (127.0.0.0/8, ::1, localhost)."""
+    scheme, _, rest = endpoint.partition("://")
+    if scheme == "ipc":
+        return True
+    m = _TCP.fullmatch(rest)
+    if not m:
+        return False
+    host = m["host"].strip("[]")
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
 @dataclass
 class Settings:
     """Everything `router serve` can be told. Field comments are the documentation."""
@@ -134,6 +147,16 @@ class Settings:
     history: bool = True
     #: Days of order history kept.
     history_days: float = 30.0
+    #: Credentials file (TOML, docs/SECURITY.md): who may connect with which CURVE key,
+    #: as which principal, allowed to do what. Set: every endpoint takes CURVE only, and
+    #: SIGHUP reloads the file (revoked keys' connections are closed). Empty: no
+    #: credentials, the router runs open, which it allows on loopback and ipc only.
+    credentials: str = ""
+    #: The router's own CURVE key pair (the secret certificate `router keygen` wrote);
+    #: needed with credentials. Clients are given the public half.
+    curve_secret_key: str = ""
+    #: Run open (no credentials) on endpoints other than loopback and ipc anyway.
+    insecure: bool = False
     #: Port of the Prometheus /metrics endpoint (0 = off).
     metrics_port: int = 0
     #: Address the metrics endpoint listens on.
@@ -168,6 +191,16 @@ class Settings:
         if not 0 <= self.address_idle_seconds <= 365 * 86400:
             raise ValueError("address_idle_seconds must be 0 (never reclaim) or a number "
                              f"of seconds up to a year, got {self.address_idle_seconds}")
+        if bool(self.credentials) != bool(self.curve_secret_key):
+            raise ValueError("credentials and curve_secret_key go together: give both "
+                             "(router keygen router makes the router's key pair), or "
+                             "neither to run open on loopback and ipc")
+        exposed = [e for e in self.bind if not is_local_endpoint(e)]
+        if exposed and not self.credentials and not self.insecure:
+            raise ValueError(f"bind: {', '.join(exposed)} is reachable from other hosts "
+                             "and no credentials are set: give --credentials and "
+                             "--curve-secret-key (docs/SECURITY.md), bind 127.0.0.1 or "
+                             "ipc, or pass --insecure to run open anyway")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ValueError(f"log_level must be debug/info/warning/error, got {self.log_level}")
         return self

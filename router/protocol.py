@@ -121,6 +121,9 @@ class ErrorCode(enum.IntEnum):
     UNKNOWN_JOB = 22  #: REPLY for a job this worker does not hold (moved, answered, never given)
     SERVICE_LIMIT = 23  #: READY for a new service while the service table is full
     BAD_CURSOR = 24  #: a HELLO/BIND cursor above MAX_CURSOR: the router cannot honour it
+    FORBIDDEN = 25  #: the connection's principal may not do this (credentials file)
+    RATE_EXCEEDED = 26  #: the principal's messages/s or bytes/s budget is spent; retry soon
+    REVOKED = 27  #: the connection's key was revoked: the router closes the connection
 
 
 #: Common prefix of every header frame: signature, version, command, flags.

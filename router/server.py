@@ -230,7 +230,7 @@ class Router:
                 self.health.beat()
                 self.core.run(SLICE_MS)  # returns early when service traffic arrived
                 self._on_peer_events()  # connects first: the broker learns roles before READYs
-                for identity, header, payload in self.core.drain_broker():
+                for identity, header, payload, _principal in self.core.drain_broker():
                     self._to_broker(identity, header, payload)
                 if time.monotonic() >= next_housekeeping:
                     next_housekeeping = time.monotonic() + SLICE_MS / 1000
