@@ -87,6 +87,9 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
         if name == "bind":
             p.add_argument(flag, action="append", metavar="ENDPOINT",
                            help=f"{doc} Repeatable. (default {default[0]})")
+        elif kind == "bool":  # --insecure alone means true; --fsync false says no
+            p.add_argument(flag, nargs="?", const="true", metavar="BOOL",
+                           help=f"{doc} (default {str(default).lower()})")
         else:
             p.add_argument(flag, type={"int": int, "float": float}.get(kind, str),
                            metavar=kind.upper(), help=f"{doc} (default {default})")
