@@ -154,17 +154,28 @@ cdef bint _within_rate(Core self, int pi, size_t nbytes) noexcept nogil:
 
 
 cdef void _revoke(Core self, int pi, uint16_t code, const char *text) noexcept nogil:
-    """Tell the peer why, forget it, and close its connection (the socket is shut
-    down under libzmq, which then sees the peer hang up). The fd is checked against
-    the socket recorded at HELLO, so a number the kernel reused is left alone."""
+    """Tell the peer why, forget it, and close its connection a moment later, once
+    libzmq's I/O thread has written the ERROR (_close_revoked)."""
     cdef Peer *p = self.peers[pi]
-    cdef int fd = p.fd
-    cdef uint64_t inode = p.fd_inode
+    cdef Closing c
+    c.fd = p.fd
+    c.inode = p.fd_inode
+    c.due_ms = self.now_us // 1000 + REVOKE_CLOSE_MS
     _error(self, pi, code, 0, text)
     _drop_peer(self, pi, REASON_REVOKED)
     self.c.revoked += 1
-    if inode != 0 and socket_inode(fd) == inode:
-        shutdown(fd, SHUT_RDWR)
+    if c.inode != 0:
+        self.closing.push_back(c)
+
+
+cdef void _close_revoked(Core self, uint64_t now) noexcept nogil:
+    """Shut down the sockets of revoked connections that are due: libzmq then sees
+    the peer hang up and closes its side. The fd is checked against the socket
+    recorded at HELLO, so a number the kernel has reused is left alone."""
+    while not self.closing.empty() and self.closing.front().due_ms <= now:
+        if socket_inode(self.closing.front().fd) == self.closing.front().inode:
+            shutdown(self.closing.front().fd, SHUT_RDWR)
+        self.closing.pop_front()
 
 
 cdef void _recheck_peer(Core self, int pi) noexcept nogil:

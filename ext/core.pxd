@@ -39,6 +39,7 @@ cdef enum:
     EVENTS_MAX = 10000        # events kept for Python at most (it drains them each slice)
     RECLAIM_WALK_PER_TICK = 4096   # addresses looked at per tick for idle reclaim (~50 us)
     RECLAIM_BUDGET_US = 1500       # ... and freed until this much time went (~2-4 us each)
+    REVOKE_CLOSE_MS = 200          # a revoked connection is closed after its ERROR went
     CHANNEL_CHECKS_PER_TICK = 1024 # channels looked at per tick for idle close
     CHANNEL_RECHECK_MS = 60000     # ... each checked again this often while open
 
@@ -138,6 +139,7 @@ cdef class Core:
     cdef uint32_t right_send[5]    # SEND to an address, by class
     cdef uint32_t right_channel[5] # SEND to a channel, by class
     cdef vector[uint64_t] sender_limit  # by sender number: its quota (0: the default)
+    cdef deque[Closing] closing    # revoked connections to shut down, in due order
 
     # ---- clocks and timers (loop.pxi) ------------------------------------------------
     cdef uint64_t now_us           # monotonic clock, read once per pass (not per message)

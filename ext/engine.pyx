@@ -61,6 +61,8 @@ cdef enum:
     MAX_LIST_ENTRIES = 0xFFFF       # protocol.MAX_LIST
     EVENT_HANDSHAKE_SUCCEEDED = 0x1000
     EVENT_DISCONNECTED = 0x0200
+    EVENT_HANDSHAKE_FAILED_PROTOCOL = 0x2000
+    EVENT_HANDSHAKE_FAILED_AUTH = 0x4000
 
 
 cdef inline void put_prefix(unsigned char *p, uint8_t cmd, uint8_t flags) noexcept nogil:

@@ -140,6 +140,9 @@ cdef void _read_monitor(Engine self) noexcept nogil:
                 _hello(self, now)
             _event_link(self, 2 if self.ever_connected else 1)
             self.ever_connected = True
+        elif (event == EVENT_HANDSHAKE_FAILED_AUTH
+              or event == EVENT_HANDSHAKE_FAILED_PROTOCOL):
+            _event_link(self, 3)  # the router refused our credentials (ZAP)
 
 
 cdef void _event_link(Engine self, uint8_t up) noexcept nogil:

@@ -167,6 +167,7 @@ cdef void _tick(Core self, uint64_t now) noexcept nogil:
     _close_idle_channels(self, now)
     _reclaim_senders(self, now)
     _expire_outbox(self, now)
+    _close_revoked(self, now)
     t0 = mono_us() - t0
     if t0 > self.c.reclaim_max_us:
         self.c.reclaim_max_us = t0  # the longest since the last metrics snapshot

@@ -153,6 +153,11 @@ cdef struct OutboxAge:
     uint64_t since_ms       # first receipt held for the name
     string name
 
+cdef struct Closing:
+    int fd                  # a revoked connection's socket (auth.pxi _revoke) ...
+    uint64_t inode          # ... which socket it was (auth.h socket_inode)
+    uint64_t due_ms         # shut down then: its ERROR REVOKED has been written
+
 cdef struct ChannelCheck:
     uint64_t due_ms         # look at the channel again then
     string name

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import protocol as P
+from .auth.grants import Action, Principal
 from .lograte import RateLimitedLog
 from .protocol import Command, ErrorCode, Role
 
@@ -239,7 +240,8 @@ class Broker:
     through ``send``; it never touches the socket itself."""
 
     def __init__(self, send: SendFn,
-                 builtins: dict[str, Callable[[bytes], bytes]] | None = None, *,
+                 builtins: dict[str, Callable[[bytes, Principal | None], bytes]] | None = None,
+                 *,
                  errors_per_second: int = 20, max_services: int = MAX_SERVICES,
                  max_waiting: int = MAX_WAITING,
                  max_unregistered: int = MAX_UNREGISTERED,
@@ -267,7 +269,7 @@ class Broker:
         self._ids = itertools.count(1)
         self.counters = {"requests": 0, "replies": 0, "retried": 0, "expired": 0,
                          "no_service": 0, "failed": 0, "queue_full": 0, "late_replies": 0,
-                         "abandoned": 0}
+                         "abandoned": 0, "forbidden": 0}
         #: ERRORs decided, by code (before the rate limit), and what the limit held back.
         self.errors: dict[int, int] = {}
         self.errors_rate_limited = 0  # RATE_LIMITED notices sent in place of an error
@@ -277,15 +279,17 @@ class Broker:
 
     # ---- input -------------------------------------------------------------------------
 
-    def handle(self, identity: bytes, header: bytes, payload: bytes) -> None:
-        """One READY/REQUEST/REPLY from the core (which checked prefix and frame count)."""
+    def handle(self, identity: bytes, header: bytes, payload: bytes,
+               principal: Principal | None = None) -> None:
+        """One READY/REQUEST/REPLY from the core (which checked prefix and frame count);
+        ``principal``: the connection's (None: an open router, everything allowed)."""
         at = P.PREFIX_AT["PREFIX_COMMAND"]
         command = header[at] if len(header) > at else 0
         try:
             if command == Command.READY:
-                self._on_ready(identity, header)
+                self._on_ready(identity, header, principal)
             elif command == Command.REQUEST:
-                self._on_request(identity, header, payload)
+                self._on_request(identity, header, payload, principal)
             elif command == Command.REPLY:
                 self._on_reply(identity, header, payload)
             else:
@@ -318,7 +322,8 @@ class Broker:
                 self.counters["abandoned"] += 1
                 self._forget(job, release_worker=False)
 
-    def _on_ready(self, identity: bytes, header: bytes) -> None:
+    def _on_ready(self, identity: bytes, header: bytes,
+                  principal: Principal | None = None) -> None:
         role = self._not_workers.get(identity)
         if role is not None:
             raise Refusal(ErrorCode.BAD_ROLE,
@@ -326,6 +331,9 @@ class Broker:
                           f"{_role_name(role)}; "
                           f"say HELLO with role 4 (WORKER) first ({_SPEC})")
         credit, name = parse_ready(header)
+        if principal is not None and not principal.allows(Action.SERVE, name):
+            raise Refusal(ErrorCode.FORBIDDEN, f"your credentials do not allow serving "
+                          f"{name!r} (see 'serve' of principal {principal.name!r})")
         if name in self.builtins:
             raise Refusal(ErrorCode.MALFORMED,
                           f"service {name!r} is answered by the router itself: a worker "
@@ -361,7 +369,8 @@ class Broker:
             svc.waiting.update(early)
         return svc
 
-    def _on_request(self, identity: bytes, header: bytes, payload: bytes) -> None:
+    def _on_request(self, identity: bytes, header: bytes, payload: bytes,
+                    principal: Principal | None = None) -> None:
         try:
             rid, ttl_ms, service = parse_request(header)
         except Refusal as r:
@@ -369,8 +378,14 @@ class Broker:
                 self._send(identity, P.encode_reply(r.msg_id, r.code), r.text.encode())
             raise
         self.counters["requests"] += 1
+        if principal is not None and not principal.allows(Action.REQUEST, service):
+            self.counters["forbidden"] += 1
+            self._send(identity, P.encode_reply(rid, ErrorCode.FORBIDDEN),
+                       f"your credentials do not allow requesting {service!r} (see "
+                       f"'request' of principal {principal.name!r})".encode())
+            return
         if service in self.builtins:
-            self._answer_builtin(identity, rid, service, payload)
+            self._answer_builtin(identity, rid, service, payload, principal)
             return
         svc = self.services.get(service)
         if svc is not None and len(svc.waiting) >= self.max_waiting:
@@ -464,9 +479,12 @@ class Broker:
                       f"was given to another worker, or was never handed out; the reply was "
                       f"dropped", job_id)
 
-    def _answer_builtin(self, identity: bytes, rid: int, service: str, payload: bytes) -> None:
+    def _answer_builtin(self, identity: bytes, rid: int, service: str, payload: bytes,
+                        principal: Principal | None = None) -> None:
         try:
-            body, code = self.builtins[service](payload), ErrorCode.NONE
+            body, code = self.builtins[service](payload, principal), ErrorCode.NONE
+        except PermissionError as exc:  # beyond the principal's scope (router/trust.py)
+            body, code = f"{service}: {exc}".encode(), ErrorCode.FORBIDDEN
         except ValueError as exc:  # the query itself is wrong (bad JSON, bad order id)
             log.info("%s request refused: %s", service, exc)
             body, code = f"{service}: {exc}".encode(), ErrorCode.MALFORMED

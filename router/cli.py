@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # importlib.metadata is imported only when other commands are
     from importlib.metadata import EntryPoint
 
 from . import __version__, argtypes, config
+from .auth import command as auth_command
 from .bench.command import add_parser as add_bench_parser
 from .protocol import MsgClass, Status
 from .session import MAX_TTL_MS, RouterError, RouterUnavailable, check_address, check_channel, \
@@ -116,6 +117,10 @@ def _add_client(p: argparse.ArgumentParser, name: str | None = "cli") -> None:
     p.add_argument("--router", default=config.DEFAULT_BIND, type=argtypes.endpoint, metavar="ENDPOINT",
                    help="the router's endpoint, tcp://host:port or ipc:///path "
                    "(default %(default)s)")
+    p.add_argument("--server-key", metavar="KEY", help="an authenticated router's public "
+                   "key: its .key file or the Z85 text (with --key)")
+    p.add_argument("--key", metavar="FILE", help="this client's secret key file "
+                   "(router keygen NAME: NAME.key_secret), for an authenticated router")
     if name:
         p.add_argument("--name", default=name,
                        help="this client's name, scoping its message ids (default %(default)s)")
@@ -213,6 +218,7 @@ def build_parser(other_commands: bool = True) -> argparse.ArgumentParser:
     _add_presence(sub)
     _add_history(sub)
     add_bench_parser(sub)
+    auth_command.add_parsers(sub)
     if other_commands:
         _add_other_commands(parser, sub)
     return parser
@@ -315,6 +321,16 @@ def _unloadable(ep: EntryPoint, exc: Exception) -> Handler:
     return fail
 
 
+def _security(args: argparse.Namespace) -> dict:
+    """--server-key and --key as the SDK's options (checked when the client starts)."""
+    if args.server_key is None and args.key is None:
+        return {}
+    if args.server_key is None or args.key is None:
+        raise CliError("an authenticated router needs both --server-key (its public key) "
+                       "and --key (this client's .key_secret file)", 2)
+    return {"server_key": args.server_key, "key": args.key}
+
+
 def _settings(args: argparse.Namespace) -> config.Settings:
     """Settings from --config, the environment and the flags (exit 2 if invalid)."""
     overrides = {name: getattr(args, name) for name, *_ in config.describe()}
@@ -408,7 +424,7 @@ def _send(args: argparse.Namespace) -> int:
     if args.order:
         _check(order_ref, args.order)
     msg_class = MsgClass[args.msg_class.upper()]
-    with Sender(args.router, args.name, timeout=args.timeout, on_error=_report("send")) as s:
+    with Sender(args.router, args.name, timeout=args.timeout, **_security(args), on_error=_report("send")) as s:
         mid = s.send(args.target, args.payload, kind=args.kind, ttl_ms=args.ttl_ms,
                      order=args.order, msg_class=msg_class, channel=args.channel)
         if args.wait == "none" or msg_class not in (MsgClass.ORDER, MsgClass.DISPATCH,
@@ -447,7 +463,7 @@ def _listen(args: argparse.Namespace) -> int:
 
     stop = _Stop()
     n = 0
-    with Endpoint(args.router, args.addresses, name="listen", on_error=_report("listen")) as ep:
+    with Endpoint(args.router, args.addresses, name="listen", **_security(args), on_error=_report("listen")) as ep:
         idle_since = time.monotonic()
         while not stop:
             # Short slices: a signal is noticed within one, and BYE goes out on the way
@@ -479,7 +495,7 @@ def _round_trip(s, addresses: list[str], timeout: float) -> bool:
 def _join(args: argparse.Namespace) -> int:
     from .client import Sender
 
-    with Sender(args.router, args.name, timeout=args.timeout, on_error=_report("join")) as s:
+    with Sender(args.router, args.name, timeout=args.timeout, **_security(args), on_error=_report("join")) as s:
         s.join(args.channel, args.addresses)
         if not _round_trip(s, args.addresses, args.timeout):
             return 1
@@ -490,7 +506,7 @@ def _join(args: argparse.Namespace) -> int:
 def _leave(args: argparse.Namespace) -> int:
     from .client import Sender
 
-    with Sender(args.router, args.name, timeout=args.timeout, on_error=_report("leave")) as s:
+    with Sender(args.router, args.name, timeout=args.timeout, **_security(args), on_error=_report("leave")) as s:
         s.leave(args.channel, args.addresses)
         if not _round_trip(s, args.addresses, args.timeout):
             return 1
@@ -517,7 +533,7 @@ def _presence(args: argparse.Namespace) -> int:
 
     from .client import Sender
 
-    with Sender(args.router, args.name, timeout=args.timeout,
+    with Sender(args.router, args.name, timeout=args.timeout, **_security(args),
                 on_error=_report("presence")) as s:
         online = s.presence(args.addresses, timeout=args.timeout)
     if args.json:
@@ -577,10 +593,18 @@ def _bench(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
 
 
+def _auth(args: argparse.Namespace) -> int:
+    try:
+        return auth_command.run(args)
+    except auth_command.CommandError as exc:
+        raise CliError(str(exc), 2) from None
+
+
 #: The built-in commands' handlers.
 _HANDLERS: dict[str, Handler] = {
     "serve": _serve, "config": _config, "send": _send, "listen": _listen, "join": _join,
-    "leave": _leave, "presence": _presence, "history": _history, "bench": _bench}
+    "leave": _leave, "presence": _presence, "history": _history, "bench": _bench,
+    "keygen": _auth, "token": _auth}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

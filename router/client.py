@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Iterator
 import orjson
 import zmq
 
+from .auth.keys import client_options
 from .config import check_endpoint
 from .engine import Engine
 from .protocol import (
@@ -57,9 +58,14 @@ _STATUS = {int(s): s for s in Status}
 _CODE = {int(c): c for c in ErrorCode}
 
 #: libzmq monitor events the engine follows: the link is up after the ZMTP handshake.
-LINK_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+LINK_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+               | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
 #: Connection events handed to ``on_event``.
-LINK_NAMES = {0: "disconnected", 1: "connected", 2: "reconnected"}
+LINK_NAMES = {0: "disconnected", 1: "connected", 2: "reconnected", 3: "refused"}
+#: What a client is told when the router's ZAP handler refuses its credentials.
+REFUSED_TEXT = ("the router refused this client's credentials in the handshake: its key "
+                "(or name and password) is not in the router's credentials file, or was "
+                "revoked")
 
 
 class PendingLimitError(RuntimeError):
@@ -69,12 +75,14 @@ class PendingLimitError(RuntimeError):
 
 
 def make_socket(context: zmq.Context, endpoint: str, reconnect_ivl: float = 0.1,
-                reconnect_ivl_max: float = 0.0) -> zmq.Socket:
+                reconnect_ivl_max: float = 0.0,
+                security: dict[int, bytes] | None = None) -> zmq.Socket:
     """A DEALER for one session: unbounded queues (the router applies the bounds),
     reconnect every ``reconnect_ivl`` s plus libzmq's random jitter of up to the same
     again (doubling up to ``reconnect_ivl_max`` when that is larger), ZMTP heartbeats to
     notice a dead link. No fixed routing id: the router assigns one per connection, and
     a reconnect moves the session's addresses by HELLO (docs/PROTOCOL.md §1).
+    ``security``: CURVE or PLAIN options (router.auth.keys.client_options).
     Raises ValueError for an endpoint that is not tcp://host:port or ipc://path."""
     check_endpoint(endpoint)
     if reconnect_ivl <= 0:
@@ -89,6 +97,8 @@ def make_socket(context: zmq.Context, endpoint: str, reconnect_ivl: float = 0.1,
     # fires on a connection whose input stopped at its RCVHWM (see router/server.py).
     sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+    for option, value in (security or {}).items():
+        sock.setsockopt(option, value)
     sock.connect(endpoint)
     return sock
 
@@ -114,6 +124,11 @@ class Client:
     ``max_pending`` bounds reliable messages not yet ACCEPTED by the router (0: no
     bound): beyond it :meth:`send` waits up to ``send_timeout`` s, then raises
     :class:`PendingLimitError`.
+
+    An authenticated router (docs/PROTOCOL.md §11) needs ``server_key`` (its public
+    key: Z85 text or its ``.key`` file) and ``key`` (this client's ``.key_secret`` file
+    from ``router keygen``, or a ``(public, secret)`` Z85 pair); or ``plain=(name,
+    password)`` where the router takes PLAIN.
     """
 
     def __init__(self, endpoint: str, name: str, role: Role, *,
@@ -128,6 +143,8 @@ class Client:
                  on_reply: Callable[[Reply], None] | None = None,
                  cursors: dict[str, int] | None = None,
                  welcome_frame: bytes | None = None,
+                 server_key: str | None = None, key: str | tuple[str, str] | None = None,
+                 plain: tuple[str, str] | None = None,
                  use_fd: bool = False) -> None:
         if max_pending < 0:
             raise ValueError(f"max_pending must be >= 0 (0: no bound), got {max_pending}")
@@ -150,7 +167,8 @@ class Client:
         # runs of one service do not reuse ids inside the router's dedup window.
         self._ids = itertools.count((int.from_bytes(os.urandom(4), "big") << 32) | 1)
         self.context = context or zmq.Context.instance()
-        self.socket = make_socket(self.context, endpoint, reconnect_ivl, reconnect_ivl_max)
+        self.socket = make_socket(self.context, endpoint, reconnect_ivl, reconnect_ivl_max,
+                                  client_options(server_key, key, plain))
         self._monitor = self.socket.get_monitor_socket(LINK_EVENTS)
         self.engine = Engine(self.socket.underlying, self._monitor.underlying, int(role),
                              name.encode(), resend_after=resend_after,
@@ -206,7 +224,9 @@ class Client:
                 self._accept(Request(job, service, ttl, payload))
                 taken += 1
             elif tag == "L":
-                self.connected = header != 0
+                self.connected = header in (1, 2)
+                if header == 3:
+                    self._router_error(RouterError(ErrorCode.FORBIDDEN, 0, REFUSED_TEXT))
                 if self.on_event is not None:
                     self.on_event(LINK_NAMES[header])
         return taken

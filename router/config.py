@@ -155,6 +155,10 @@ class Settings:
     #: The router's own CURVE key pair (the secret certificate `router keygen` wrote);
     #: needed with credentials. Clients are given the public half.
     curve_secret_key: str = ""
+    #: How clients authenticate when there are credentials: curve (encrypted, a key
+    #: pair per client: the default) or plain (a password per principal, nothing
+    #: encrypted: for loopback and ipc on a trusted host only, or with --insecure).
+    mechanism: str = "curve"
     #: Run open (no credentials) on endpoints other than loopback and ipc anyway.
     insecure: bool = False
     #: Port of the Prometheus /metrics endpoint (0 = off).
@@ -191,11 +195,17 @@ class Settings:
         if not 0 <= self.address_idle_seconds <= 365 * 86400:
             raise ValueError("address_idle_seconds must be 0 (never reclaim) or a number "
                              f"of seconds up to a year, got {self.address_idle_seconds}")
-        if bool(self.credentials) != bool(self.curve_secret_key):
+        if self.mechanism not in ("curve", "plain"):
+            raise ValueError(f"mechanism must be curve or plain, got {self.mechanism!r}")
+        if self.mechanism == "curve" and bool(self.credentials) != bool(self.curve_secret_key):
             raise ValueError("credentials and curve_secret_key go together: give both "
                              "(router keygen router makes the router's key pair), or "
                              "neither to run open on loopback and ipc")
         exposed = [e for e in self.bind if not is_local_endpoint(e)]
+        if exposed and self.credentials and self.mechanism == "plain" and not self.insecure:
+            raise ValueError(f"bind: {', '.join(exposed)} is reachable from other hosts and "
+                             "mechanism plain sends passwords unencrypted: use curve, "
+                             "or pass --insecure")
         if exposed and not self.credentials and not self.insecure:
             raise ValueError(f"bind: {', '.join(exposed)} is reachable from other hosts "
                              "and no credentials are set: give --credentials and "

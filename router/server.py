@@ -28,6 +28,7 @@ from .history import History, HistoryWriter
 from .httpd import Health
 from .journal import FileStore
 from .storage import Recovery
+from .trust import Trust, may_see_order, visible_addresses
 from .lograte import RateLimitedLog
 from .protocol import ErrorCode, Role, Status
 
@@ -72,11 +73,14 @@ class Router:
 
     __slots__ = ("settings", "context", "socket", "core", "endpoints", "store", "history",
                  "recovery", "broker", "metrics", "health", "_ops", "_stop", "_last_summary",
-                 "_last_stats", "_logs", "_history_reader", "_last_trim", "peer_ids_honoured")
+                 "_last_stats", "_logs", "_history_reader", "_last_trim", "peer_ids_honoured",
+                 "trust", "_reload")
 
     def __init__(self, settings: Settings, context: zmq.Context | None = None) -> None:
         self.settings = settings.validate()
         self.context = context or zmq.Context.instance()
+        self.trust = Trust(self.settings, self.context)  # before the socket: it secures it
+        self._reload = threading.Event()
         self.socket = self._make_socket()
         self.endpoints: list[str] = []
         #: Whether the loaded libzmq gives a connection the routing id its peer chose
@@ -113,6 +117,7 @@ class Router:
             address_idle_ms=int(settings.address_idle_seconds * 1000),
             channel_idle_ms=int(settings.channel_idle_seconds * 1000),
         )
+        self.trust.apply(self.core)  # before anyone can connect
         # Ops endpoint first, so /healthz and /readyz (503) answer during a long replay.
         self.health = Health()
         self.metrics, self._ops = None, None
@@ -207,6 +212,7 @@ class Router:
         # A hard ceiling well above the payload cap: the core answers TOO_LARGE for
         # payloads between the two; beyond it libzmq drops the connection.
         sock.setsockopt(zmq.MAXMSGSIZE, s.max_payload * 4 + (1 << 20))
+        self.trust.secure(sock)  # CURVE and the ZAP handler, when there are credentials
         return sock
 
     def serve(self, install_signals: bool = True) -> None:
@@ -216,6 +222,7 @@ class Router:
         self._log_recovery()
         log.info("router serving on %s (native core on %s)", ", ".join(self.endpoints),
                  _native.libzmq_path())
+        self.trust.announce(self.endpoints)
         if self.peer_ids_honoured:
             log.warning(libzmq_check.WARNING)
         if self.metrics:
@@ -230,8 +237,11 @@ class Router:
                 self.health.beat()
                 self.core.run(SLICE_MS)  # returns early when service traffic arrived
                 self._on_peer_events()  # connects first: the broker learns roles before READYs
-                for identity, header, payload, _principal in self.core.drain_broker():
-                    self._to_broker(identity, header, payload)
+                for identity, header, payload, principal in self.core.drain_broker():
+                    self._to_broker(identity, header, payload, principal)
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self.trust.reload(self.core)
                 if time.monotonic() >= next_housekeeping:
                     next_housekeeping = time.monotonic() + SLICE_MS / 1000
                     self._housekeeping()
@@ -245,14 +255,16 @@ class Router:
                 self.history.close()
             if self._history_reader:
                 self._history_reader.close()
+            self.trust.stop()
             self._close_ops()  # last: /readyz says 503 (stopping) until the port closes
 
-    def _to_broker(self, identity: bytes, header: bytes, payload: bytes) -> None:
+    def _to_broker(self, identity: bytes, header: bytes, payload: bytes,
+                   principal: int) -> None:
         """Hand one service command to the broker. The broker answers bad input with an
         ERROR itself; anything else it raises is a bug on one peer's input, logged with
         the peer, never allowed to stop the routing for everyone."""
         try:
-            self.broker.handle(identity, header, payload)
+            self.broker.handle(identity, header, payload, self.trust.principal(principal))
         except Exception:
             log.exception("service command from %s failed (header %s); routing goes on",
                           identity.hex(), header[:32].hex())
@@ -314,19 +326,23 @@ class Router:
         """Native counters and table sizes (see Core.stats)."""
         return self.core.stats()
 
-    def _history_query(self, payload: bytes) -> bytes:
-        """router.history: an order id -> its timeline (JSON list, payloads as text)."""
+    def _history_query(self, payload: bytes, principal=None) -> bytes:
+        """router.history: an order id -> its timeline (JSON list, payloads as text),
+        for a principal whose history scope covers the order."""
         if self.history is None:
             raise ValueError("order history is off on this router (--history false)")
         if self._history_reader is None:
             self._history_reader = History(self.history.path, self.settings.history_days)
         events = self._history_reader.timeline(payload.decode().strip())
+        if not may_see_order(principal, events):
+            raise PermissionError("this order is not one your credentials let you read "
+                                  "(history scope: own orders only, or none)")
         for e in events:
             if e["payload"] is not None:
                 e["payload"] = bytes(e["payload"]).decode(errors="replace")
         return orjson.dumps(events)
 
-    def _presence_query(self, payload: bytes) -> bytes:
+    def _presence_query(self, payload: bytes, principal=None) -> bytes:
         """router.presence: JSON list of addresses -> {address: online since (epoch s)
         or null}; an empty list asks for every online address."""
         try:
@@ -336,9 +352,13 @@ class Router:
         if not isinstance(wanted, list) or not all(isinstance(a, str) for a in wanted):
             raise ValueError('the request payload must be a JSON list of addresses, '
                              'e.g. ["rider:42", "user:7"], or [] for every online address')
-        online = self.core.online()
+        if principal is not None and principal.presence == "none":
+            raise PermissionError("your credentials do not allow presence queries")
+        online = visible_addresses(principal, self.core.online())
         if not wanted:
             return orjson.dumps(online)
+        if principal is not None:
+            wanted = [a for a in wanted if visible_addresses(principal, {a: 0})]
         return orjson.dumps({a: online.get(a) for a in wanted})
 
     def _install_signals(self) -> None:
@@ -349,6 +369,8 @@ class Router:
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+        # SIGHUP: re-read the credentials between slices (router/trust.py)
+        signal.signal(signal.SIGHUP, lambda signum, frame: self._reload.set())
 
     def _on_peer_events(self) -> None:
         """What the core saw happen to peers since the last slice: the broker learns of

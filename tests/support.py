@@ -86,10 +86,17 @@ class RouterProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"router exited with {self.proc.returncode}:\n{self.log()}")
-            if answers_hello(self.url):
+            if self.serving():
                 return self
             time.sleep(0.05)
         raise RuntimeError(f"router did not answer within {timeout}s:\n{self.log()}")
+
+    def serving(self) -> bool:
+        """Ready: it answers a HELLO; an authenticated router (which a plain probe
+        cannot reach) once its log says it serves."""
+        if "--credentials" in self.args:
+            return "router serving on" in self.log()
+        return answers_hello(self.url)
 
     def restart(self, timeout: float = 10.0) -> "RouterProcess":
         """Start again on the same endpoints and data directory (after stop or kill)."""
@@ -149,11 +156,14 @@ class RouterProcess:
 class Peer:
     """A raw DEALER socket speaking frames, for protocol-level tests."""
 
-    def __init__(self, url: str, identity: bytes | None = None) -> None:
+    def __init__(self, url: str, identity: bytes | None = None,
+                 security: dict[int, bytes] | None = None) -> None:
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         if identity:
             self.sock.setsockopt(zmq.IDENTITY, identity)
+        for option, value in (security or {}).items():  # CURVE keys (router/auth/keys.py)
+            self.sock.setsockopt(option, value)
         self.sock.connect(url)
 
     def send(self, *frames: bytes) -> None:

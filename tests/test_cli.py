@@ -58,13 +58,54 @@ def test_settings_from_toml_env_and_flags(tmp_path):
     toml.write_text('bind = ["tcp://127.0.0.1:7001"]\nwindow = 64\nmax_payload = 2048\n')
     s = config.load(toml, env={"ROUTER_WINDOW": "128"}, overrides={"max_payload": 4096})
     assert (s.bind, s.window, s.max_payload) == (["tcp://127.0.0.1:7001"], 128, 4096)
-    assert config.load(None, env={"ROUTER_BIND": "tcp://a:1, ipc:///tmp/x"}).bind == [
+    assert config.load(None, env={"ROUTER_BIND": "tcp://a:1, ipc:///tmp/x",
+                                  "ROUTER_INSECURE": "true"}).bind == [
         "tcp://a:1", "ipc:///tmp/x"]
     toml.write_text("windw = 3\n")
     with pytest.raises(ValueError, match="unknown settings"):
         config.load(toml, env={})
     with pytest.raises(ValueError, match="window must be a positive"):
         config.load(None, env={"ROUTER_WINDOW": "0"})
+
+
+def test_open_routers_stay_on_loopback_unless_insecure(tmp_path):
+    """No credentials: loopback and ipc only; any other interface needs --insecure; and
+    the error says what to do."""
+    out = run_cli("serve", "--bind", "tcp://0.0.0.0:5999", "--data-dir", str(tmp_path))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--insecure" in out.stderr and "--credentials" in out.stderr
+    assert config.load(None, env={}, overrides={"bind": ["tcp://[::1]:5", "ipc:///x",
+                                                        "tcp://localhost:6"]})
+    with pytest.raises(ValueError, match="go together"):
+        config.load(None, env={}, overrides={"credentials": "c.toml"})
+    with pytest.raises(ValueError, match="passwords unencrypted"):
+        config.load(None, env={}, overrides={"credentials": "c.toml", "mechanism": "plain",
+                                             "bind": ["tcp://10.0.0.1:5"]})
+
+
+def test_keygen_and_tokens_from_the_command_line(tmp_path):
+    out = run_cli("keygen", "router", "--dir", str(tmp_path / "certs"))
+    assert out.returncode == 0, out.stderr
+    secret = tmp_path / "certs" / "router.key_secret"
+    assert secret.exists() and (secret.stat().st_mode & 0o777) == 0o600
+    assert len(out.stdout.strip().splitlines()[-1]) == 40  # the Z85 public key
+    again = run_cli("keygen", "router", "--dir", str(tmp_path / "certs"))
+    assert again.returncode == 2 and "--force" in again.stderr and "Traceback" not in again.stderr
+    key = run_cli("token", "secret").stdout.strip()
+    creds = tmp_path / "credentials.toml"
+    creds.write_text(f'[tokens]\nkeys = [{{id = "k1", secret = "{key}"}}]\n')
+    token = run_cli("token", "issue", "user:7", "--ttl", "1h", "--credentials", str(creds))
+    assert token.returncode == 0, token.stderr
+    checked = run_cli("token", "verify", token.stdout.strip(), "--credentials", str(creds))
+    assert checked.returncode == 0 and '"sub": "user:7"' in checked.stdout
+    forged = token.stdout.strip()[:-4] + ("AAAA" if not token.stdout.strip().endswith("AAAA")
+                                          else "BBBB")
+    bad = run_cli("token", "verify", forged, "--credentials", str(creds))
+    assert bad.returncode == 1 and "bad_signature" in bad.stderr
+    missing = run_cli("token", "issue", "user:7", "--credentials", str(tmp_path / "none.toml"))
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+    assert run_cli("token", "issue", "user:7", "--ttl", "soon",
+                   "--credentials", str(creds)).returncode == 2
 
 
 def test_serve_rejects_bad_setting_clearly():
@@ -151,10 +192,10 @@ def test_no_router_running():
 
 def test_serve_reports_why_it_cannot_bind():
     out = run_cli("serve", "--bind", "tcp://nosuch.invalid:5555", "--journal", "false",
-                  "--history", "false")
+                  "--history", "false", "--insecure")
     assert_clean_failure(out, "cannot bind tcp://nosuch.invalid:5555", "no such interface or host")
     out = run_cli("serve", "--bind", "tcp://192.0.2.1:5555", "--journal", "false",
-                  "--history", "false")
+                  "--history", "false", "--insecure")
     assert_clean_failure(out, "cannot bind tcp://192.0.2.1:5555", "no interface of this machine")
 
 
