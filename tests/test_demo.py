@@ -87,6 +87,12 @@ def test_short_fast_demo_runs_clean_and_keeps_a_new_data_dir(tmp_path):
     check_history(proc.stdout, data)
     assert re.search(r"late, repeated or unknown messages ignored: ", proc.stdout)
     assert re.search(r"dispatch requests: first \d+, more \d+, retry \d+", proc.stdout)
+    # the secure path: CURVE with the demo's own keys, and no party needed more rights
+    # than its principal has
+    log = (data / "router.log").read_text()
+    assert "CURVE on every endpoint" in log and "(CURVE; keys and credentials in" in proc.stdout
+    assert "FORBIDDEN" not in log and "running OPEN" not in log
+    assert (data / "certs" / "router.key_secret").stat().st_mode & 0o077 == 0
 
 
 def test_demo_stops_on_ctrl_c_and_removes_its_temporary_dir():

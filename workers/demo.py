@@ -28,6 +28,7 @@ from pathlib import Path
 from prometheus_client import start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
+from workers.demo_trust import DemoTrust
 from workers.orders import IGNORED_REASONS
 from workers.sim.city import City, Config
 from workers.sim.latency import percentile
@@ -188,6 +189,8 @@ class Demo:
         self.procs: list[Child] = []
         self.workers = workers
         self.worker_metrics: list[int] = []
+        #: the demo's own keys and credentials: it runs the secure path
+        self.trust = DemoTrust(data_dir)
 
     @property
     def metrics_url(self) -> str:
@@ -199,14 +202,15 @@ class Demo:
         self._spawn("router", "router.log",
                     ["-m", "router", "serve", "--bind", self.url, "--data-dir",
                      str(self.data_dir), "--metrics-port", str(self.metrics_port),
-                     "--log-level", "info"])
+                     "--log-level", "info", *self.trust.serve_flags()])
         wait_ready(self.procs, [f"http://127.0.0.1:{self.metrics_port}/readyz"])
         for i in range(self.workers):
             port = _free_port()
             self.worker_metrics.append(port)
             self._spawn(f"dispatch worker {i}", f"dispatch-{i}.log",
                         ["-m", "workers.dispatch.worker", "--router", self.url,
-                         "--name", f"dispatch-{i}", "--metrics-port", str(port)])
+                         "--name", f"dispatch-{i}", "--metrics-port", str(port),
+                         *self.trust.cli("dispatch")])
         wait_ready(self.procs, [f"http://127.0.0.1:{p}/readyz" for p in self.worker_metrics])
         start_http_server(self.sim_metrics_port, addr="127.0.0.1")
 
@@ -246,7 +250,8 @@ class Demo:
         """Where everything is, printed once at start."""
         workers = ", ".join(f"http://127.0.0.1:{p}/metrics" for p in self.worker_metrics)
         where = ("kept" if self.kept else "temporary, removed on exit")
-        return (f"router on {self.url}\n"
+        return (f"router on {self.url} (CURVE; keys and credentials in "
+                f"{self.trust.dir.parent})\n"
                 f"metrics: router {self.metrics_url}, orders "
                 f"http://127.0.0.1:{self.sim_metrics_port}/metrics, dispatch workers {workers}\n"
                 f"data and logs in {self.data_dir} ({where})\nCtrl-C stops.")
@@ -377,7 +382,8 @@ def run(cfg: Config, seconds: float | None, workers: int = 2, data_dir: str | No
         demo.start()
         # one name per run: a kept data dir remembers the message ids of earlier runs
         cfg = dataclasses.replace(cfg, first_order=first_order(path)) if kept else cfg
-        city = City(demo.url, cfg, name=f"city-{int(time.time()) % 100000}")
+        city = City(demo.url, cfg, name=f"city-{int(time.time()) % 100000}",
+                    auth=demo.trust.options)
         print(demo.banner(), flush=True)
         display, next_print = Display(city, demo.metrics_url), time.monotonic() + 1
         while not stop and (seconds is None or time.monotonic() - t0 < seconds):

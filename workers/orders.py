@@ -149,12 +149,14 @@ class OrderService:
                  clock: Callable[[], float] = time.time, name: str = "orders",
                  retry_base_s: float = 1.0, retry_cap_s: float = 16.0, retry_rate: float = 20.0,
                  request_ttl_ms: int = 5000, keep_finished: int = 50_000,
-                 on_sent: Callable[[int], None] | None = None) -> None:
+                 on_sent: Callable[[int], None] | None = None,
+                 client_options: dict | None = None) -> None:
         self._replies: list[Reply] = []
+        client_options = client_options or {}  # CURVE keys for an authenticated router
         # every REPLY goes to _replies as it arrives, so one nobody waits for is seen
         self.sender = Sender(url, name, on_reply=self._replies.append,
-                             on_receipt=self._on_receipt)
-        self.inbox = Endpoint(url, [INBOX], name=f"{name}-inbox")
+                             on_receipt=self._on_receipt, **client_options)
+        self.inbox = Endpoint(url, [INBOX], name=f"{name}-inbox", **client_options)
         self.offer_ttl_ms, self.max_offers, self.clock = offer_ttl_ms, max_offers, clock
         self.retry_base_s, self.retry_cap_s = retry_base_s, retry_cap_s
         self.retry_rate, self._tokens, self._tokens_at = retry_rate, retry_rate, time.monotonic()

@@ -65,14 +65,14 @@ class ServiceWorker(Endpoint):
     def __init__(self, endpoint: str, service: str, handler: Handler, *,
                  name: str | None = None, credit: int = 1, addresses: Iterable[str] = (),
                  on_delivery: Callable[[Delivery], None] | None = None,
-                 context: zmq.Context | None = None, timeout: float = 5.0) -> None:
+                 **options) -> None:
         self.service, self.handler, self.credit = service, handler, credit
         self.on_delivery = on_delivery
         self.served = 0
         self._pending: list = []
         super().__init__(endpoint, addresses, name=name or f"worker:{service}",
-                         role=Role.WORKER, context=context, timeout=timeout,
-                         welcome_frame=P.encode_ready(service, credit))
+                         role=Role.WORKER, welcome_frame=P.encode_ready(service, credit),
+                         **options)
 
     def _accept(self, event) -> None:
         self._pending.append(event)

@@ -98,15 +98,16 @@ class DispatchState:
             "decision_s": took})
 
 
-def make_worker(url: str, name: str | None = None) -> ServiceWorker:
-    """A connected dispatch worker that receives rider updates and serves requests."""
+def make_worker(url: str, name: str | None = None, **options) -> ServiceWorker:
+    """A connected dispatch worker that receives rider updates and serves requests;
+    ``options``: the SDK's (server_key and key for an authenticated router)."""
     name = name or f"dispatch-{os.getpid()}"
     state = DispatchState()
     address = f"worker:{name}"
     worker = ServiceWorker(url, SERVICE, state.decide, name=name, addresses=[address],
-                           on_delivery=state.update)
+                           on_delivery=state.update, **options)
     worker.state = state  # type: ignore[attr-defined]
-    with Sender(url, f"{name}-join") as s:  # subscribe to rider state updates
+    with Sender(url, f"{name}-join", **options) as s:  # subscribe to rider state updates
         s.join(RIDER_CHANNEL, [address])
         s.poll(0.05)
     return worker
@@ -118,6 +119,8 @@ def main() -> None:
     ap.add_argument("--router", default="tcp://127.0.0.1:5555")
     ap.add_argument("--name", default=None)
     ap.add_argument("--metrics-port", type=int, default=0)
+    ap.add_argument("--server-key", help="an authenticated router's public key file")
+    ap.add_argument("--key", help="this worker's secret key file (router keygen)")
     args = ap.parse_args()
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # /metrics, /healthz, /readyz (router/httpd.py): ready once READY went to the router.
@@ -127,7 +130,8 @@ def main() -> None:
     stopping = []
     signal.signal(signal.SIGTERM, lambda *a: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *a: stopping.append(1))
-    worker = make_worker(args.router, args.name)  # returns after HELLO, WELCOME and READY
+    options = {"server_key": args.server_key, "key": args.key} if args.key else {}
+    worker = make_worker(args.router, args.name, **options)  # returns after HELLO, WELCOME and READY
     health.set_ready(True)
     log.info("dispatch worker %s ready", worker.name)
     worker.run(lambda: health.beat() or bool(stopping))

@@ -23,6 +23,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import orjson
 
@@ -105,7 +106,12 @@ class Config:
 class City:
     """The parties of the city and the order service, stepped from one loop."""
 
-    def __init__(self, url: str, cfg: Config, name: str = "city") -> None:
+    def __init__(self, url: str, cfg: Config, name: str = "city",
+                 auth: Callable[[str], dict] | None = None) -> None:
+        """``auth(principal)``: SDK options (CURVE keys) for the city's gateway
+        (``city-gateway``), apps (``city-apps``) and order service (``orders``); none
+        for an open router."""
+        auth = auth or (lambda principal: {})
         self.cfg, self.rng = cfg, random.Random(cfg.seed)
         self.clock = Clock(cfg.start_hour, cfg.speed)
         rnd = lambda: (self.rng.uniform(0, cfg.size_m), self.rng.uniform(0, cfg.size_m))  # noqa: E731
@@ -113,14 +119,16 @@ class City:
         self.users = {f"user:{i}": rnd() for i in range(cfg.users)}
         self.riders = {f"rider:{i}": SimRider(f"rider:{i}", *rnd()) for i in range(cfg.riders)}
         parties = [*self.merchants, *self.users, *self.riders]
-        self.gateway = Endpoint(url, parties, role=Role.GATEWAY, name=f"{name}-gateway")
+        self.gateway = Endpoint(url, parties, role=Role.GATEWAY, name=f"{name}-gateway",
+                                **auth("city-gateway"))
         # what the parties' apps send; a refusal (chat after delivery) is counted by code
         self.app_refusals: collections.Counter[str] = collections.Counter()
-        self.apps = Sender(url, f"{name}-apps", on_receipt=self._on_app_receipt)
+        self.apps = Sender(url, f"{name}-apps", on_receipt=self._on_app_receipt,
+                           **auth("city-apps"))
         self.latency = E2ELatency()
         service_name = f"{name}-orders"
         self.service = OrderService(url, offer_ttl_ms=cfg.offer_ttl_ms, clock=self.clock,
-                                    name=service_name,
+                                    name=service_name, client_options=auth("orders"),
                                     on_sent=lambda mid: self.latency.sent(service_name, mid))
         self.back_at: dict[str, float] = {}  # party -> when it came back online (monotonic)
         self.timers: list[tuple[float, str, dict]] = []  # (sim time, kind, data)
