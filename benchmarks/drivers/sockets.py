@@ -12,7 +12,8 @@ from benchmarks.proto import protocol as P
 
 
 def make_socket(ctx: zmq.Context, cfg: dict) -> zmq.Socket:
-    """A DEALER connected to ``cfg["endpoint"]`` (HWM, linger and timeout from ``cfg``)."""
+    """A DEALER connected to ``cfg["endpoint"]`` (HWM, linger, timeout and security
+    options from ``cfg``)."""
     sock = ctx.socket(zmq.DEALER)
     hwm = int(cfg.get("hwm", 0))
     if hwm:
@@ -21,6 +22,10 @@ def make_socket(ctx: zmq.Context, cfg: dict) -> zmq.Socket:
     # Queue nothing until the connection is up, so POLLOUT means "connected".
     sock.setsockopt(zmq.IMMEDIATE, 1)
     sock.linger = int(cfg.get("linger_ms", 5000))
+    # an authenticated router's options (CURVE keys or PLAIN name and password), by
+    # libzmq option number: benchmarks/hop/contenders.py SecuredRouterHop
+    for option, value in cfg.get("sockopts", {}).items():
+        sock.setsockopt(int(option), value.encode())
     sock.connect(cfg["endpoint"])
     timeout_ms = int(float(cfg.get("connect_timeout", 30)) * 1000)
     if not sock.poll(timeout_ms, zmq.POLLOUT):

@@ -3,6 +3,9 @@
   proxy   zmq.proxy(ROUTER frontend, DEALER backend)                 benchmarks/hop/proxy.py
   pyloop  a tuned pure-Python ROUTER loop speaking our protocol      benchmarks/hop/pyloop.py
   router  ``python -m router serve --bind tcp://127.0.0.1:PORT``     (``--router-cmd``)
+  router-plain  the same with credentials: principals with permissions checked on
+          every command, PLAIN mechanism (names and passwords, nothing encrypted)
+  router-curve  the same with CURVE: every link encrypted and authenticated
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from benchmarks.harness.procs import (TrialError, free_port, listening, python_e
 if TYPE_CHECKING:
     from benchmarks.hop.options import HopOptions
 
-CONTENDERS = ("proxy", "pyloop", "router")
+CONTENDERS = ("proxy", "pyloop", "router", "router-plain", "router-curve")
 
 
 class Hop:
@@ -32,6 +35,8 @@ class Hop:
     name = "?"
     speaks_protocol = True
     sender_endpoint = receiver_endpoint = ""
+    #: socket options the drivers set (libzmq option number -> text): security
+    sockopts: dict[str, str] = {}
 
     def __init__(self, workdir: str, opts: HopOptions) -> None:
         self.workdir = workdir
@@ -132,4 +137,71 @@ class RouterHop(Hop):
             time.sleep(0.05)
 
 
-HOPS: dict[str, type[Hop]] = {"proxy": ProxyHop, "pyloop": PyLoopHop, "router": RouterHop}
+#: The benchmark's one principal: every driver authenticates as it; it may do all the
+#: hop's scenarios need, so the permission checks run on every command and none refuses.
+CREDENTIALS = """
+[[principal]]
+name = "bench"
+{login}
+roles = ["sender", "endpoint", "gateway"]
+names = ["*"]
+bind = ["*"]
+send = ["*"]
+send_channels = ["*"]
+join = ["*"]
+"""
+
+
+class SecuredRouterHop(RouterHop):
+    """Our router with a credentials file, ``mechanism`` plain or curve."""
+
+    mechanism = "plain"
+
+    def start(self) -> None:
+        import hashlib
+
+        import zmq
+        import zmq.auth
+
+        creds = os.path.join(self.workdir, "credentials.toml")
+        if self.mechanism == "plain":
+            login = f'password_sha256 = "{hashlib.sha256(b"bench").hexdigest()}"'
+            self.sockopts = {str(zmq.PLAIN_USERNAME): "bench", str(zmq.PLAIN_PASSWORD): "bench"}
+            extra = f"--credentials {creds} --mechanism plain"
+        else:
+            keys = os.path.join(self.workdir, "certs")
+            os.makedirs(keys, exist_ok=True)
+            server = zmq.auth.load_certificate(zmq.auth.create_certificates(keys, "router")[1])
+            client = zmq.auth.load_certificate(zmq.auth.create_certificates(keys, "bench")[1])
+            login = f'public_keys = ["{client[0].decode()}"]'
+            self.sockopts = {str(zmq.CURVE_SERVERKEY): server[0].decode(),
+                             str(zmq.CURVE_PUBLICKEY): client[0].decode(),
+                             str(zmq.CURVE_SECRETKEY): client[1].decode()}
+            extra = (f"--credentials {creds} --curve-secret-key "
+                     f"{os.path.join(keys, 'router.key_secret')}")
+        with open(creds, "w") as f:
+            f.write(CREDENTIALS.format(login=login))
+        saved = self.opts.router_cmd
+        self.opts.router_cmd = f"{saved} {extra}"
+        try:
+            super().start()
+        finally:
+            self.opts.router_cmd = saved
+
+
+class PlainRouterHop(SecuredRouterHop):
+    """Credentials and permissions, PLAIN: the cost of the checks alone."""
+
+    name = "router-plain"
+    mechanism = "plain"
+
+
+class CurveRouterHop(SecuredRouterHop):
+    """Credentials, permissions and CURVE encryption."""
+
+    name = "router-curve"
+    mechanism = "curve"
+
+
+HOPS: dict[str, type[Hop]] = {"proxy": ProxyHop, "pyloop": PyLoopHop, "router": RouterHop,
+                              "router-plain": PlainRouterHop, "router-curve": CurveRouterHop}

@@ -17,7 +17,9 @@ class HopOptions(TrialOptions):
 
     scenarios: tuple = option(tuple(SCENARIOS), "comma list of " + ", ".join(SCENARIOS),
                               flags=("-s", "--scenarios"), parse=comma_list(str, SCENARIOS))
-    contenders: tuple = option(CONTENDERS, "comma list of " + ", ".join(CONTENDERS),
+    contenders: tuple = option(("proxy", "pyloop", "router"),
+                               "comma list of " + ", ".join(CONTENDERS) + " (the secured "
+                               "routers: with credentials, see contenders.py)",
                                flags=("-c", "--contenders"),
                                parse=comma_list(str, CONTENDERS))
     count: int = option(500_000, "messages per throughput/gateways/reliable trial",

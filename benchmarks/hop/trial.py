@@ -23,7 +23,8 @@ def build_trial(scenario: str, hop: Hop, opts: HopOptions, rate: float,
                 tmp: str) -> tuple[dict, list[dict]]:
     """(sender config, [receiver configs]) for one trial."""
     sc = SCENARIOS[scenario]
-    base = {"connect_timeout": 30, "hwm": opts.hwm, "go_timeout": 120}
+    base = {"connect_timeout": 30, "hwm": opts.hwm, "go_timeout": 120,
+            "sockopts": hop.sockopts}
     count = max(1, int(rate * opts.duration)) if sc.paced else opts.count
     deadline = opts.deadline + (opts.duration if rate else 0)
     sender = dict(base, endpoint=hop.sender_endpoint, count=count, payload=opts.payload,
