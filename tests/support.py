@@ -389,11 +389,13 @@ def mutate(rng: random.Random, msg: list[bytes]) -> list[bytes]:
     return [bytes(x) for x in frames]
 
 
-def fuzz(url: str, seed: int, stop: threading.Event, counts: list[int]) -> None:
-    """Send mutated traffic until ``stop``; reconnect now and then as a new peer."""
+def fuzz(url: str, seed: int, stop: threading.Event, counts: list[int],
+         security: dict[int, bytes] | None = None) -> None:
+    """Send mutated traffic until ``stop``; reconnect now and then as a new peer (with
+    ``security``: authenticated, as a principal of an authenticated router)."""
     rng = random.Random(seed)
     while not stop.is_set():
-        with Peer(url) as peer:
+        with Peer(url, security=security) as peer:
             for _ in range(rng.randint(50, 2000)):
                 if stop.is_set():
                     break

@@ -27,9 +27,11 @@ from support import Peer, fuzz, fuzz_shared_id
 REAL_ADDRESS = "merchant:real-flow-7f3a9c"
 
 
-def run_flow(url: str, orders: int, until: float) -> None:
-    """Reliable orders from a real sender to a real endpoint, checked end to end."""
-    with Endpoint(url, [REAL_ADDRESS]) as ep, Sender(url, "orders-real") as s:
+def run_flow(url: str, orders: int, until: float, **options) -> None:
+    """Reliable orders from a real sender to a real endpoint, checked end to end
+    (``options``: the SDK's, e.g. CURVE keys)."""
+    with Endpoint(url, [REAL_ADDRESS], **options) as ep, \
+            Sender(url, "orders-real", **options) as s:
         sent, seqs = [], []
         for i in range(orders):
             sent.append(s.send(REAL_ADDRESS, {"order": i}, msg_class=MsgClass.ORDER))
@@ -103,6 +105,51 @@ def fuzz_round(make_router, seconds: float, peers: int, seed: int, shared: int =
 
 def test_fuzzed_frames_never_stop_the_router(make_router):
     fuzz_round(make_router, seconds=4.0, peers=2, seed=1)
+
+
+def test_fuzz_against_an_authenticated_router(make_router, tmp_path):
+    """Fuzzers that hold valid CURVE keys of a principal with narrow rights (they can
+    bind one address and send nothing): every command they mangle meets the permission
+    checks too; the real flow, another principal, is undisturbed."""
+    from router.auth.keys import client_options, make_pair
+    for party in ("router", "flow", "fuzzer"):
+        make_pair(tmp_path, party)
+    creds = tmp_path / "credentials.toml"
+    creds.write_text(f"""
+[[principal]]
+name = "flow"
+public_keys = ["{tmp_path}/flow.key"]
+roles = ["sender", "endpoint"]
+names = ["*"]
+bind = ["{REAL_ADDRESS}"]
+send = ["{REAL_ADDRESS}"]
+[[principal]]
+name = "fuzzer"
+public_keys = ["{tmp_path}/fuzzer.key"]
+roles = ["sender", "endpoint", "gateway", "worker"]
+names = ["*"]
+bind = ["user:1"]
+""")
+    r = make_router("--credentials", str(creds), "--curve-secret-key",
+                    str(tmp_path / "router.key_secret"), "--max-queue", "2000")
+    fuzzer = client_options(str(tmp_path / "router.key"), str(tmp_path / "fuzzer.key_secret"))
+    flow = {"server_key": str(tmp_path / "router.key"),
+            "key": str(tmp_path / "flow.key_secret")}
+    stop, counts = threading.Event(), [0]
+    threads = [threading.Thread(target=fuzz, args=(r.url, 11 + i, stop, counts, fuzzer),
+                                daemon=True) for i in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.2)
+        run_flow(r.url, orders=5000, until=time.monotonic() + 5.0, **flow)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+    assert counts[0] > 100, "the fuzzers hardly sent anything"
+    assert r.proc.poll() is None, r.log()[-3000:]
+    assert "Traceback" not in r.log()
 
 
 @pytest.mark.long
