@@ -120,6 +120,24 @@ class RouterCollector:
         yield from self._journal(s)
         yield from self._history(s["history"])
         yield from self._services(s["broker"])
+        yield from self._trust(s)
+
+    def _trust(self, s: dict) -> Iterator[Metric]:
+        """The trust boundary (router/trust.py): handshakes, revocations, rate refusals.
+        FORBIDDEN refusals are in router_errors{code="FORBIDDEN"}."""
+        yield CounterMetricFamily("router_rate_exceeded", "SENDs refused with RATE_EXCEEDED: "
+                                  "their principal's rate budget was spent",
+                                  value=s["rate_exceeded"])
+        yield CounterMetricFamily("router_revoked_connections", "connections revoked by a "
+                                  "credentials reload (ERROR REVOKED, then closed)",
+                                  value=s["revoked"])
+        zap = s.get("zap") or {"accepted": 0, "refused": {}}  # open router: no ZAP
+        fam = CounterMetricFamily("router_handshakes", "ZAP decisions on new connections, "
+                                  "by outcome", labels=["outcome"])
+        fam.add_metric(["accepted"], zap["accepted"])
+        for reason, n in zap["refused"].items():
+            fam.add_metric([f"refused: {reason}"], n)
+        yield fam
 
     def _disk(self) -> Iterator[Metric]:
         """Free space of the data directory's filesystem (journal and history live there);

@@ -408,6 +408,8 @@ class Router:
         the core's counters and gauges, the broker's, the journal's and history's."""
         snap = self.core.metrics()
         snap["broker"] = self.broker.stats()
+        zap = self.trust.zap
+        snap["zap"] = {"accepted": zap.accepted, "refused": dict(zap.refused)} if zap else None
         snap["journal_bytes"] = self.store.total_bytes if self.store else 0
         h = self.history
         snap["history"] = (h.written, h.dropped, h.failures, h.pending_bytes, h.size_bytes,

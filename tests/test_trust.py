@@ -22,7 +22,16 @@ from router.client import Endpoint, Sender
 from router.protocol import ErrorCode, MsgClass, Role, Status
 from router.session import RouterError, RouterUnavailable
 
-from support import drain
+from support import drain, free_port
+
+
+def metric(r, name: str) -> float:
+    """The sum of a metric's samples on the router's /metrics (after a refresh)."""
+    import urllib.request
+    time.sleep(1.1)  # the collector refreshes its snapshot once a second
+    text = urllib.request.urlopen(f"http://127.0.0.1:{r.metrics_port}/metrics").read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and not line.startswith("#"))
 
 PARTIES = ("router", "orders", "merchant", "rider", "ops", "intruder", "stranger")
 
@@ -77,8 +86,11 @@ def trust(tmp_path: Path, make_router):
         make_pair(keys, party)
     creds = tmp_path / "credentials.toml"
     creds.write_text(CREDENTIALS.format(keys=keys))
+    port = free_port()
     r = make_router("--credentials", str(creds),
-                    "--curve-secret-key", str(keys / "router.key_secret"))
+                    "--curve-secret-key", str(keys / "router.key_secret"),
+                    "--metrics-port", str(port))
+    r.metrics_port = port
 
     def options(party: str, server: str = "router") -> dict:
         return {"server_key": str(keys / f"{server}.key"),
@@ -246,6 +258,7 @@ def test_the_rate_budget_refuses_then_recovers(trust):
         time.sleep(0.5)
         rider.recv(timeout=0.1)
         assert not any(e.code == ErrorCode.RATE_EXCEEDED for e in list(rider.errors)[before:])
+    assert metric(r, "router_rate_exceeded_total") >= 1
 
 
 def test_sighup_revokes_a_removed_key_and_closes_its_connection(trust):
@@ -275,6 +288,9 @@ def test_sighup_revokes_a_removed_key_and_closes_its_connection(trust):
         # the sender, whose key stayed, still works
         mid = s.send("rider:42", "still here")
         assert s.wait(mid, Status.ACCEPTED).status == Status.ACCEPTED
+    assert metric(r, "router_revoked_connections_total") == 1
+    assert metric(r, 'router_handshakes_total{outcome="refused: unknown key"}') >= 1
+    assert metric(r, 'router_handshakes_total{outcome="accepted"}') >= 2
 
 
 def test_a_bad_credentials_file_on_sighup_keeps_the_old_one(trust):
