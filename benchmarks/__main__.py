@@ -27,6 +27,8 @@ COMMANDS = {
                      "the longest reclaim step when many addresses go idle at once"),
     "latency-spread": ("benchmarks.latency.spread",
                        "run the latency suite N times: spread of each benchmark's median"),
+    "handshake": ("benchmarks.handshake",
+                  "what CURVE + ZAP costs a connection: one at a time, and 1,000 at once"),
     "build": ("benchmarks.drivers.build", "build the native load drivers (loadgen)"),
 }
 
