@@ -59,6 +59,14 @@ request = ["router.history"]
 history = "own"
 
 [[principal]]
+name = "small-shop"
+public_keys = ["{keys}/ops.key"]
+roles = ["sender"]
+names = ["*"]
+send = ["merchant:*"]
+queue_quota = 5
+
+[[principal]]
 name = "rider-42"
 public_keys = ["{keys}/rider.key"]
 roles = ["endpoint"]
@@ -261,6 +269,18 @@ def test_the_rate_budget_refuses_then_recovers(trust):
     assert metric(r, "router_rate_exceeded_total") >= 1
 
 
+def test_queue_quota_counts_by_principal_not_hello_name(trust):
+    """A principal with queue_quota 5: renaming itself (a second HELLO name) does not
+    get it more room for an offline recipient."""
+    r, opts = trust
+    with Sender(r.url, "shop-a", **opts("ops")) as a, Sender(r.url, "shop-b", **opts("ops")) as b:
+        first = [a.send("merchant:999", {"n": n}) for n in range(3)]
+        second = [b.send("merchant:999", {"n": n}) for n in range(3)]
+        outcomes = [_refusal(a, m) for m in first] + [_refusal(b, m) for m in second]
+    assert outcomes.count((Status.ACCEPTED, ErrorCode.NONE)) == 5
+    assert outcomes[-1] == (Status.REFUSED, ErrorCode.SENDER_QUOTA)
+
+
 def test_sighup_revokes_a_removed_key_and_closes_its_connection(trust):
     r, opts = trust
     events: list[str] = []
@@ -288,6 +308,9 @@ def test_sighup_revokes_a_removed_key_and_closes_its_connection(trust):
         # the sender, whose key stayed, still works
         mid = s.send("rider:42", "still here")
         assert s.wait(mid, Status.ACCEPTED).status == Status.ACCEPTED
+    with pytest.raises(RouterError) as err:  # a new connection with the removed key
+        Endpoint(r.url, ["merchant:881"], name="merchant-881", timeout=3, **opts("merchant"))
+    assert err.value.code == ErrorCode.FORBIDDEN
     assert metric(r, "router_revoked_connections_total") == 1
     assert metric(r, 'router_handshakes_total{outcome="refused: unknown key"}') >= 1
     assert metric(r, 'router_handshakes_total{outcome="accepted"}') >= 2
