@@ -37,6 +37,7 @@ cdef enum:
     BROKER_WAIT_MS = 5        # ... and the longest one waits for it while input flows
     ADDRESS_LINES = 5         # cache lines of an Address (sizeof ~ 300 bytes)
     EVENTS_MAX = 10000        # events kept for Python at most (it drains them each slice)
+    LIFECYCLE_EVENTS_MAX = 1000000  # ... connects and disconnects kept at most
     RECLAIM_WALK_PER_TICK = 4096   # addresses looked at per tick for idle reclaim (~50 us)
     RECLAIM_BUDGET_US = 1500       # ... and freed until this much time went (~2-4 us each)
     REVOKE_CLOSE_MS = 200          # a revoked connection is closed after its ERROR went

@@ -238,6 +238,15 @@ cdef class Core:
         zmqapi.send(self.sock, <const char *>payload, len(payload), 0)
         return True
 
+    def peer_alive(self, bytes identity) -> bool:
+        """Whether the connection with this routing id is a live peer (the broker
+        checks its workers against it, in case a disconnect event was lost)."""
+        it = self.peer_by_id.find(identity)
+        if it == self.peer_by_id.end():
+            return False
+        cdef Peer *p = self.peers[deref(it).second]
+        return p.live and not p.gone
+
     def drain_broker(self) -> list:
         """Service commands since the last call: ``(identity, header, payload,
         principal)``, the principal an index in the list given to set_auth (-1: none)."""

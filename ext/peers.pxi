@@ -182,8 +182,12 @@ cdef void _forget_name(Core self, int pi) noexcept nogil:
 cdef void _event(Core self, int kind, int pi, int code) noexcept nogil:
     cdef Event e
     cdef Peer *p = self.peers[pi]
-    if self.events.size() >= EVENTS_MAX:
-        return  # Python is not draining: drop rather than grow
+    if self.events.size() >= EVENTS_MAX and (kind != EV_CONNECT and kind != EV_DISCONNECT
+                                             or self.events.size() >= LIFECYCLE_EVENTS_MAX):
+        # Python is not draining: drop rather than grow. Connects and disconnects are
+        # kept far longer (one per connection at most): a lost disconnect would leave
+        # the broker holding a worker that is gone.
+        return
     e.kind = kind
     e.code = code
     e.role = p.role

@@ -52,6 +52,8 @@ MAX_PER_CLIENT = 1000
 MAX_WAIT_MS = 60_000
 #: Connections whose non-WORKER role the broker remembers (to refuse their READY).
 MAX_TRACKED_PEERS = 1 << 20
+#: Workers checked against the core's live connections per broker tick (Broker.reap).
+REAP_PER_TICK = 2000
 #: Upper bounds (seconds) of the request-to-reply histogram.
 LATENCY_BOUNDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 
@@ -213,16 +215,32 @@ class Service:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.workers: OrderedDict[bytes, Worker] = OrderedDict()  # longest-waiting first
+        self.workers: OrderedDict[bytes, Worker] = OrderedDict()  # every worker
+        #: the workers with free credit, longest-waiting first: picking one is O(1)
+        #: however many busy or paused workers there are (thousands, under a flood)
+        self.free: OrderedDict[bytes, Worker] = OrderedDict()
         self.waiting: OrderedDict[int, Job] = OrderedDict()  # job id -> job, oldest first
 
     def pick(self) -> Worker | None:
         """The worker with free credit that has waited longest; it moves to the back."""
-        for ident, w in self.workers.items():
-            if w.free:
-                self.workers.move_to_end(ident)
-                return w
-        return None
+        if not self.free:
+            return None
+        ident, w = next(iter(self.free.items()))
+        self.free.move_to_end(ident)
+        return w
+
+    def refresh(self, w: Worker) -> None:
+        """After ``w``'s credit or jobs changed: in :attr:`free` if it has credit left."""
+        if w.free and w.identity in self.workers:
+            if w.identity not in self.free:
+                self.free[w.identity] = w
+        else:
+            self.free.pop(w.identity, None)
+
+    def remove(self, identity: bytes) -> None:
+        """The worker left (or moved to another service)."""
+        self.workers.pop(identity, None)
+        self.free.pop(identity, None)
 
     def idle(self) -> bool:
         """No workers and no requests: it can make room for another service."""
@@ -269,7 +287,8 @@ class Broker:
         self._ids = itertools.count(1)
         self.counters = {"requests": 0, "replies": 0, "retried": 0, "expired": 0,
                          "no_service": 0, "failed": 0, "queue_full": 0, "late_replies": 0,
-                         "abandoned": 0, "forbidden": 0}
+                         "abandoned": 0, "forbidden": 0, "reaped": 0}
+        self._reap_order: list[bytes] | None = None
         #: ERRORs decided, by code (before the rate limit), and what the limit held back.
         self.errors: dict[int, int] = {}
         self.errors_rate_limited = 0  # RATE_LIMITED notices sent in place of an error
@@ -346,6 +365,7 @@ class Broker:
         w.credit = credit  # 0 pauses it: it keeps its jobs, takes no new ones
         self.workers[identity] = w
         svc.workers[identity] = w
+        svc.refresh(w)
         self._logs["ready"].log(logging.INFO, "worker ready for %s (credit %d), %d workers",
                                 name, credit, len(svc.workers))
         self._dispatch(svc)
@@ -455,6 +475,7 @@ class Broker:
         """The worker answered a job whose TTL passed while it held it (the client got
         EXPIRED): tell it, then use the credit that is free again."""
         w.jobs.discard(job_id)
+        self._refresh(w)
         self.counters["late_replies"] += 1
         self._error(w.identity, ErrorCode.EXPIRED,
                     f"job {job_id} expired before this REPLY (its TTL passed); the client "
@@ -503,7 +524,7 @@ class Broker:
         if w is None:
             return
         svc = self.services[w.service]
-        svc.workers.pop(identity, None)
+        svc.remove(identity)
         for job_id in sorted(w.jobs, reverse=True):
             job = self.jobs.get(job_id)
             if job is None:
@@ -518,6 +539,21 @@ class Broker:
         self._logs["gone"].log(logging.WARNING, "worker for %s gone, %d jobs requeued, %d "
                                "workers left", w.service, len(w.jobs), len(svc.workers))
         self._dispatch(svc)
+
+    def reap(self, alive: Callable[[bytes], bool], budget: int = REAP_PER_TICK) -> int:
+        """Check up to ``budget`` workers (round-robin over ticks) against ``alive``
+        (the core's view of its connections) and drop the ones that are gone: the
+        backstop for a disconnect the broker never heard of. Returns how many went."""
+        if not self.workers:
+            return 0
+        if self._reap_order is None or not self._reap_order:
+            self._reap_order = list(self.workers)
+        batch, self._reap_order = self._reap_order[:budget], self._reap_order[budget:]
+        gone = [ident for ident in batch if ident in self.workers and not alive(ident)]
+        for ident in gone:
+            self.worker_gone(ident)
+        self.counters["reaped"] += len(gone)
+        return len(gone)
 
     def tick(self) -> None:
         """Expire requests whose TTL passed (waiting or in progress); forget the error
@@ -552,6 +588,7 @@ class Broker:
             job.worker = w.identity
             job.attempts += 1
             w.jobs.add(job.job_id)
+            svc.refresh(w)
             ttl = max(int((job.deadline - time.monotonic()) * 1000), 1)
             if not self._send(w.identity, P.encode_request(svc.name, job.job_id, ttl),
                               job.payload):
@@ -572,6 +609,7 @@ class Broker:
             w = self.workers.get(job.worker)
             if w is not None and release_worker:
                 w.jobs.discard(job.job_id)
+                self._refresh(w)
             return
         svc = self.services.get(job.service)
         if svc is not None and svc.waiting.pop(job.job_id, None) is not None:
@@ -581,6 +619,11 @@ class Broker:
             self._unregistered_n -= 1
             if not early:
                 del self.unregistered[job.service]
+
+    def _refresh(self, w: Worker) -> None:
+        svc = self.services.get(w.service)
+        if svc is not None:
+            svc.refresh(w)
 
     def _fail(self, job: Job, code: ErrorCode, why: str, release_worker: bool = True) -> None:
         self._forget(job, release_worker)

@@ -277,6 +277,7 @@ class Router:
         for limited in self._logs.values():
             limited.flush()
         self.broker.tick()
+        self.broker.reap(self.core.peer_alive)
         blob = self.core.drain_history()
         for what, step in (("journal maintenance", self._maintain_store),
                            ("order history", lambda: self._record_history(blob)),

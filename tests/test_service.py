@@ -471,3 +471,36 @@ def test_ttl_zero_requests_of_a_client_that_leaves_are_dropped(make_router):
         while unregistered() > 0 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert unregistered() == 0
+
+
+def test_free_workers_are_found_among_thousands_of_busy_ones_and_gone_ones_reaped(rig):
+    """The broker keeps the workers with free credit apart, so a request finds one at
+    once however many paused (credit 0) workers a flood registered; and workers whose
+    connection the core no longer has are dropped by reap() even if their disconnect
+    event never came (the 30-minute fuzz lost some when the loop fell behind)."""
+    from router import protocol as P
+    r = rig()
+    paused = [r.peer(f"p{i}") for i in range(300)]
+    for p in paused:
+        p.send(P.encode_ready("busy", credit=0))
+    deadline = time.monotonic() + 5
+    while len(r.broker.workers) < 300 and time.monotonic() < deadline:
+        r.pump()  # all of them in before the next peer() reads its own first frame
+    worker, client = r.peer("w"), r.peer("c")
+    worker.send(P.encode_ready("busy", credit=1))
+    r.pump()
+    svc = r.broker.services["busy"]
+    assert len(svc.workers) == 301 and list(svc.free) == [r.ids["w"]]
+    client.send_multipart([P.encode_request("busy", 1, 60000), b"one"])
+    client.send_multipart([P.encode_request("busy", 2, 60000), b"two"])
+    r.pump()
+    [first] = r.inbox(worker)  # credit 1: one at a time
+    assert first[1] == b"one" and not svc.free
+    worker.send_multipart([P.encode_reply(P.decode_request(first[0])[0]), b"ok"])
+    r.pump()
+    [second] = r.inbox(worker)
+    assert second[1] == b"two"
+    live = {r.ids["w"], r.ids["c"]}
+    while r.broker.reap(lambda ident: ident in live, budget=64):
+        pass
+    assert set(svc.workers) == {r.ids["w"]} and r.broker.counters["reaped"] == 300
