@@ -215,11 +215,14 @@ cdef class Engine:
             self.welcome_frame.swap(f)
             pthread_mutex_unlock(&self.mu)
 
-    def bind(self, list cursors) -> None:
-        """Bind ``[(address bytes, cursor)]`` (checked by the caller)."""
+    def bind(self, list cursors, bint reset=False) -> None:
+        """Bind ``[(address bytes, cursor)]`` (checked by the caller). An address this
+        engine has seen keeps the cursor it reached, unless ``reset``: then what lies
+        above the given cursor is delivered again even if it was delivered before (a
+        gateway resuming an app that did not get it)."""
         cdef string item
         cdef unsigned char b[8]
-        item.assign(b"B\0\0\0\0", 5)
+        item.assign(b"R\0\0\0\0" if reset else b"B\0\0\0\0", 5)
         for name, seq in cursors:
             b[0] = <unsigned char>len(name)
             item.append(<const char *>b, 1)

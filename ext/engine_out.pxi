@@ -87,8 +87,8 @@ cdef bint _take_item(Engine self, string &item) noexcept nogil:
         pend.sent_ms = eng_now_ms()
         self.n_sent += 1
         return True
-    if kind == b'B':
-        _bind(self, item)
+    if kind == b'B' or kind == b'R':
+        _bind(self, item, kind == b'R')
         return True
     if kind == b'U':
         _unbind(self, item)
@@ -165,7 +165,7 @@ cdef void _hello(Engine self, uint64_t now) noexcept nogil:
     self.n_hellos += 1
 
 
-cdef void _bind(Engine self, const string &item) noexcept nogil:
+cdef void _bind(Engine self, const string &item, bint reset) noexcept nogil:
     cdef const unsigned char *p = <const unsigned char *>item.data() + ITEM_HEAD
     cdef const unsigned char *end = <const unsigned char *>item.data() + item.size()
     cdef string frame, name
@@ -176,8 +176,9 @@ cdef void _bind(Engine self, const string &item) noexcept nogil:
         name.assign(<const char *>p + NAME_HEAD, p[0])
         seq = eng_get64(p + NAME_HEAD + p[0])
         p += NAME_HEAD + p[0] + SEQ_SIZE
-        if self.cursors.count(name) == 0:
+        if reset or self.cursors.count(name) == 0:
             self.cursors[name] = seq
+            self.reack.erase(name)  # nothing above the new cursor is re-acked
         self.unbound.erase(name)
         if n == MAX_LIST_ENTRIES:
             _list_send(self, frame, n)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # importlib.metadata is imported only when other commands are
 from . import __version__, argtypes, config
 from .auth import command as auth_command
 from .bench.command import add_parser as add_bench_parser
+from .gateway import command as gateway_command
 from .protocol import MsgClass, Status
 from .session import MAX_TTL_MS, RouterError, RouterUnavailable, check_address, check_channel, \
     order_ref
@@ -219,6 +220,7 @@ def build_parser(other_commands: bool = True) -> argparse.ArgumentParser:
     _add_history(sub)
     add_bench_parser(sub)
     auth_command.add_parsers(sub)
+    gateway_command.add_parser(sub)
     if other_commands:
         _add_other_commands(parser, sub)
     return parser
@@ -600,11 +602,18 @@ def _auth(args: argparse.Namespace) -> int:
         raise CliError(str(exc), 2) from None
 
 
+def _gateway(args: argparse.Namespace) -> int:
+    try:
+        return gateway_command.run_command(args)
+    except gateway_command.CommandError as exc:
+        raise CliError(str(exc), 2) from None
+
+
 #: The built-in commands' handlers.
 _HANDLERS: dict[str, Handler] = {
     "serve": _serve, "config": _config, "send": _send, "listen": _listen, "join": _join,
     "leave": _leave, "presence": _presence, "history": _history, "bench": _bench,
-    "keygen": _auth, "token": _auth}
+    "keygen": _auth, "token": _auth, "gateway": _gateway}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -538,8 +538,22 @@ class Addresses:
             self.acked.setdefault(a, 0)
         self.engine.bind([(a.encode(), self.acked[a]) for a in names])
 
+    def bind_at(self, cursors: dict[str, int]) -> None:
+        """Bind addresses resuming at these cursors (the last sequence whoever holds
+        the address has): everything above comes (again), even what this connection
+        was handed before. A gateway resumes a reconnecting app this way."""
+        names = {check_address(a): int(seq) for a, seq in cursors.items()}
+        self.acked.update(names)
+        self.engine.bind([(a.encode(), seq) for a, seq in names.items()], reset=True)
+
     def _unbind(self, addresses: Iterable[str]) -> None:
         self.engine.unbind([check_address(a).encode() for a in addresses])
+
+    def ack_to(self, address: str, seq: int) -> None:
+        """Ack everything up to ``seq`` on ``address`` (a gateway acks for its app)."""
+        if seq and seq > self.acked.get(address, 0):
+            self.acked[address] = seq
+            self.engine.ack(address.encode(), seq)
 
     def ack(self, delivery: Delivery) -> None:
         """Ack ``delivery`` and all before it on its address (deliveries without a
