@@ -97,7 +97,7 @@ def test_short_fast_demo_runs_clean_and_keeps_a_new_data_dir(tmp_path):
 
 def test_demo_stops_on_ctrl_c_and_removes_its_temporary_dir():
     with demo_process("--speed", "150") as p:
-        banner = p.stdout.readline() + p.stdout.readline() + p.stdout.readline()
+        banner = "".join(p.stdout.readline() for _ in range(4))  # router, metrics, web, data
         m = re.search(r"data and logs in (\S+) \(temporary, removed on exit\)", banner)
         assert m, banner
         time.sleep(4)
@@ -135,7 +135,7 @@ def test_demo_runs_300_seconds_cleanly(tmp_path):
 
 def test_a_dead_router_stops_the_demo_with_one_line_and_keeps_the_logs():
     with demo_process("--speed", "60") as p:
-        banner = p.stdout.readline() + p.stdout.readline() + p.stdout.readline()
+        banner = "".join(p.stdout.readline() for _ in range(4))  # router, metrics, web, data
         assert "(temporary, removed on exit)" in banner, banner
         children = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
         routers = [int(c) for c in children

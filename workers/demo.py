@@ -185,6 +185,7 @@ class Demo:
         self.data_dir, self.kept = data_dir, kept
         self.port, self.metrics_port = _free_port(), _free_port()
         self.sim_metrics_port = _free_port()
+        self.web_port, self.gateway_metrics_port = _free_port(), _free_port()
         self.url = f"tcp://127.0.0.1:{self.port}"
         self.procs: list[Child] = []
         self.workers = workers
@@ -211,7 +212,14 @@ class Demo:
                         ["-m", "workers.dispatch.worker", "--router", self.url,
                          "--name", f"dispatch-{i}", "--metrics-port", str(port),
                          *self.trust.cli("dispatch")])
-        wait_ready(self.procs, [f"http://127.0.0.1:{p}/readyz" for p in self.worker_metrics])
+        self._spawn("gateway", "gateway.log",
+                    ["-m", "router", "gateway", "--router", self.url, "--listen",
+                     f"127.0.0.1:{self.web_port}", "--credentials",
+                     str(self.trust.credentials), "--name", "web-gateway", "--demo-tokens",
+                     "--metrics-port", str(self.gateway_metrics_port),
+                     *self.trust.cli("web-gateway")])
+        wait_ready(self.procs, [f"http://127.0.0.1:{p}/readyz" for p in
+                                [*self.worker_metrics, self.gateway_metrics_port]])
         start_http_server(self.sim_metrics_port, addr="127.0.0.1")
 
     def _spawn(self, name: str, log_name: str, args: list[str]) -> None:
@@ -254,6 +262,9 @@ class Demo:
                 f"{self.trust.dir.parent})\n"
                 f"metrics: router {self.metrics_url}, orders "
                 f"http://127.0.0.1:{self.sim_metrics_port}/metrics, dispatch workers {workers}\n"
+                f"web apps: http://127.0.0.1:{self.web_port}/user#address=user:1 (place an "
+                f"order), /merchant#address=merchant:1, /rider#address=rider:1 (a person "
+                f"takes that party over from the simulation)\n"
                 f"data and logs in {self.data_dir} ({where})\nCtrl-C stops.")
 
 

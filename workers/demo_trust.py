@@ -3,7 +3,8 @@ the data directory at start, so `router demo` runs the secure path (docs/SECURIT
 
 Principals, each with the rights its part of the simulation needs and no more:
 ``city-gateway`` binds the parties' addresses for their (simulated) apps; ``city-apps``
-sends what those apps send; ``orders`` is the order service; ``dispatch`` the workers.
+sends what those apps send; ``orders`` is the order service; ``dispatch`` the workers;
+``web-gateway`` is the WebSocket gateway the web apps (a person) connect through.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ join = ["order:*"]
 request = ["dispatch", "router.history", "router.presence"]
 history = "all"
 presence = "all\"""",
+    "web-gateway": """roles = ["gateway"]
+names = ["web-gateway*"]
+bind = ["merchant:*", "user:*", "rider:*"]
+send = {{ORDER = ["svc:orders"], LOCATION = ["user:*"]}}
+send_channels = {{CHAT = ["order:*"], LOCATION = ["dispatch:riders"]}}""",
     "dispatch": """roles = ["worker", "sender"]
 names = ["dispatch-*"]
 bind = ["worker:dispatch-*"]

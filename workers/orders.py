@@ -87,7 +87,7 @@ for _state in ("placed", "confirmed", "assigned", "picked_up", "delivered", "can
     ORDERS.labels(_state)
 
 EVENT_KINDS = frozenset({"merchant.confirmed", "rider.accept", "rider.reject", "rider.picked_up",
-                         "rider.delivered", "user.cancel", "merchant.cancel"})
+                         "rider.delivered", "user.cancel", "merchant.cancel", "user.place"})
 FINISHED = ("delivered", "cancelled")
 
 
@@ -162,6 +162,9 @@ class OrderService:
         self.retry_rate, self._tokens, self._tokens_at = retry_rate, retry_rate, time.monotonic()
         self.request_ttl_ms, self.keep_finished = request_ttl_ms, keep_finished
         self.on_sent = on_sent
+        #: ``user.place`` events (a user's app asking for an order, through the gateway)
+        #: go here: whoever owns the catalogue (the simulated city) places the order
+        self.on_place: Callable[[dict], None] | None = None
         self.orders: dict[str, OrderState] = {}
         self.finished: collections.OrderedDict[str, Finished] = collections.OrderedDict()
         self._just_finished: list[OrderState] = []
@@ -238,6 +241,12 @@ class OrderService:
             self._ignore("malformed")
             return
         kind, oid = ev["type"], str(ev["order"])
+        if kind == "user.place":
+            if self.on_place is None or not _is_name(ev.get("from")):
+                self._ignore("no_placer")
+            else:
+                self.on_place(ev)
+            return
         o = self.orders.get(oid)
         if o is None:
             self._on_gone_order_event(oid, kind, ev)

@@ -130,6 +130,7 @@ class City:
         self.service = OrderService(url, offer_ttl_ms=cfg.offer_ttl_ms, clock=self.clock,
                                     name=service_name, client_options=auth("orders"),
                                     on_sent=lambda mid: self.latency.sent(service_name, mid))
+        self.service.on_place = self._place_for
         self.back_at: dict[str, float] = {}  # party -> when it came back online (monotonic)
         self.timers: list[tuple[float, str, dict]] = []  # (sim time, kind, data)
         self.offline: dict[str, float] = {}
@@ -185,16 +186,32 @@ class City:
             self.next_order_at += self.rng.expovariate(rate)
             self._place_one(now)
 
-    def _place_one(self, now: float) -> None:
+    def _place_for(self, ev: dict) -> None:
+        """A person placed an order in the user web app (through the gateway): the
+        city places it like its own, for that user, at a merchant near them."""
+        user = str(ev["from"])
+        if not user.startswith("user:"):
+            return
+        if user not in self.users:
+            self.users[user] = (self.rng.uniform(0, self.cfg.size_m),
+                                self.rng.uniform(0, self.cfg.size_m))
+        self._place_one(self.clock(), user=user, items=ev.get("items"),
+                        notes=str(ev.get("notes", ""))[:200])
+
+    def _place_one(self, now: float, user: str | None = None, items: list | None = None,
+                   notes: str | None = None) -> None:
         self.placed += 1
         merchant = self.rng.choice(list(self.merchants))
-        user = self.rng.choice(list(self.users))
+        user = user or self.rng.choice(list(self.users))
         ready = now + self.rng.uniform(300, 900)
         order = OrderState(str(self.cfg.first_order + self.placed - 1), user, merchant,
                            self.merchants[merchant],
                            self.users[user], ready, ready + self.rng.uniform(900, 1500))
-        items = self.rng.sample(["noodles", "dumplings", "rice", "tea", "soup", "bao"], 2)
-        self.service.place(order, items, notes=self.rng.choice(["", "no scallions", "extra chili"]))
+        if not isinstance(items, list) or not items:
+            items = self.rng.sample(["noodles", "dumplings", "rice", "tea", "soup", "bao"], 2)
+        if notes is None:
+            notes = self.rng.choice(["", "no scallions", "extra chili"])
+        self.service.place(order, [str(i)[:40] for i in items[:10]], notes=notes)
 
     # ---- parties react to what they receive ----------------------------------------------------
 
