@@ -184,5 +184,5 @@ def test_pages_and_metrics_are_served(gateway):
         hello(app, token("rider:8"))
         time.sleep(0.2)
         text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics").read().decode()
-        assert 'gateway_connections{kind="rider"} 1.0' in text
+        assert 'gateway_connections{party="rider"} 1.0' in text
     assert urllib.request.urlopen(f"http://127.0.0.1:{mport}/readyz").status == 200

@@ -70,8 +70,8 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.connections = Gauge("gateway_connections", "app connections, by address kind",
-                                 ["kind"], registry=r)
+        self.connections = Gauge("gateway_connections", "app connections, by the kind of "
+                                 "their address", ["party"], registry=r)
         self.messages_in = Counter("gateway_messages_in", "frames sent by apps and passed "
                                    "to the router", registry=r)
         self.messages_out = Counter("gateway_messages_out", "deliveries written to apps, by "
