@@ -461,7 +461,8 @@ class OrderService:
         self._send(o.id, rider, "dispatch.offer",
                    {"order": o.id, "pickup": o.merchant_pos, "dropoff": o.dropoff,
                     "ready_at": o.ready_at, "promised_at": o.promised_at,
-                    "merchant": o.merchant}, cls=MsgClass.DISPATCH, ttl_ms=self.offer_ttl_ms)
+                    "merchant": o.merchant, "user": o.user}, cls=MsgClass.DISPATCH,
+                   ttl_ms=self.offer_ttl_ms)
 
     # ---- bookkeeping ------------------------------------------------------------------------
 

@@ -237,10 +237,9 @@ class Gateway:
         if not may_send(app.address, cls, target, channel):
             await app.ws.send(frames.receipt(app_id, Status.REFUSED, "FORBIDDEN").decode())
             return
-        body = {"from": app.address, "data": frame["data"]}
-        if cls in (MsgClass.ORDER, MsgClass.DISPATCH, MsgClass.CHAT):
-            body = {**frame["data"], "from": app.address} if isinstance(frame["data"], dict) \
-                else body
+        data = frame["data"]  # the app's address goes with it: nobody speaks for another
+        body = {**data, "from": app.address} if isinstance(data, dict) \
+            else {"from": app.address, "data": data}
         callback = (lambda r, a=app, i=app_id: self._receipt(a, i, r))
         try:
             await self.endpoint.send(target, orjson.dumps(body), kind=str(frame["kind"]),

@@ -17,29 +17,44 @@ async function demoToken(address) {
 function startApp({ kind, onDeliver, onStatus, onReceipt }) {
   const page = tokenFromPage(kind);
   const seqKey = `last-seq:${page.address}`;
-  let ws = null, delay = 250, nextId = 1;
+  let ws = null, delay = 250, nextId = 1, welcomed = false;
+  const held = [];
   const state = {
     address: page.address,
     lastSeq: Number(localStorage.getItem(seqKey) || 0),
     send(to, kindName, data, opts = {}) {
       const id = `m${nextId++}`;
-      const frame = { type: "send", id, to, kind: kindName, data, ...opts };
-      if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(frame));
+      const frame = JSON.stringify({ type: "send", id, to, kind: kindName, data, ...opts });
+      // offline (or before the welcome): held, and sent in order once welcomed again
+      if (welcomed && ws.readyState === WebSocket.OPEN) ws.send(frame);
+      else held.push(frame);
       return id;
     },
   };
 
+  function retry() {
+    setTimeout(connect, delay);
+    delay = Math.min(delay * 2, 5000);
+  }
+
   async function connect() {
     onStatus("connecting");
-    const token = page.token || await demoToken(page.address).catch((e) => {
-      onStatus(`no token: ${e.message}`); return null;
-    });
-    if (!token) return;
+    if (!page.token) {  // the demo's gateway issues tokens; kept for every reconnect
+      page.token = await demoToken(page.address).catch((e) => {
+        onStatus(`offline: no token (${e.message}), retrying`); return null;
+      });
+      if (!page.token) return retry();
+    }
+    const token = page.token;
     ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
     ws.onopen = () => ws.send(JSON.stringify({ type: "hello", token, last_seq: state.lastSeq }));
     ws.onmessage = (ev) => {
       const f = JSON.parse(ev.data);
-      if (f.type === "welcome") { delay = 250; onStatus(`online as ${f.address}`); }
+      if (f.type === "welcome") {
+        delay = 250; welcomed = true;
+        while (held.length) ws.send(held.shift());
+        onStatus(`online as ${f.address}`);
+      }
       else if (f.type === "deliver") {
         onDeliver(f);
         if (f.seq) {  // processed: ack it (cumulative) and remember it for a resume
@@ -50,10 +65,10 @@ function startApp({ kind, onDeliver, onStatus, onReceipt }) {
       } else if (f.type === "receipt" && onReceipt) onReceipt(f);
     };
     ws.onclose = (ev) => {
+      welcomed = false;
       onStatus(`offline (${ev.code}${ev.reason ? ": " + ev.reason : ""}), reconnecting`);
       if (ev.code === 4001 || ev.code === 4002) return;  // refused or replaced: stop
-      setTimeout(connect, delay);
-      delay = Math.min(delay * 2, 5000);
+      retry();
     };
   }
   connect();
