@@ -29,6 +29,8 @@ COMMANDS = {
                        "run the latency suite N times: spread of each benchmark's median"),
     "handshake": ("benchmarks.handshake",
                   "what CURVE + ZAP costs a connection: one at a time, and 1,000 at once"),
+    "gateway": ("benchmarks.gateway",
+                "the WebSocket gateway: memory per idle connection, e2e latency to apps"),
     "build": ("benchmarks.drivers.build", "build the native load drivers (loadgen)"),
 }
 

@@ -1,0 +1,210 @@
+"""The gateway under many phones: memory per idle connection and end-to-end latency.
+
+``python -m benchmarks gateway`` starts a router (journal on) and one `router gateway`,
+then ``--procs`` app processes open ``--connections`` WebSockets in all (each a user
+address, hello with a token). It measures the gateway's RSS before and after (KiB per
+connection), then a sender pushes every user its rider's position every ``--period``
+seconds (LOCATION) and an order update (ORDER, acked by the app) every ``--order-every``
+positions, for ``--seconds``; the apps record end-to-end latency (router ACCEPTED to
+received by the app: ``accepted_ms`` in the frame against the app's clock, same host).
+Targets (issue 13): >= 10,000 idle connections at <= 20 KiB each; p99 < 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from benchmarks.harness.machine import environment
+from benchmarks.harness.procs import free_port
+
+SECRET = "benchmark-token-secret-0123456789abcdef0123"
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def wait_log(path: str, needle: str, proc: subprocess.Popen, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while needle not in open(path).read():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{path}: {open(path).read()[-2000:]}")
+        time.sleep(0.05)
+
+
+async def _apps(url: str, tokens: list[str], ready: mp.Event, go: mp.Event,
+                seconds: float, out: mp.Queue) -> None:
+    from websockets.asyncio.client import connect
+    lat: list[float] = []
+    got = {"ORDER": 0, "LOCATION": 0}
+
+    async def one(token: str) -> None:
+        async with connect(url, compression=None, open_timeout=60, ping_interval=None) as ws:
+            await ws.send(json.dumps({"type": "hello", "token": token}))
+            json.loads(await ws.recv())
+            counted.append(1)
+            while True:
+                f = json.loads(await ws.recv())
+                if f["type"] != "deliver":
+                    continue
+                lat.append(time.time() * 1000 - f["accepted_ms"])
+                got[f["class"]] = got.get(f["class"], 0) + 1
+                if f["seq"]:
+                    await ws.send(json.dumps({"type": "ack", "seq": f["seq"]}))
+
+    counted: list[int] = []
+    tasks = []
+    for i, t in enumerate(tokens):
+        tasks.append(asyncio.create_task(one(t)))
+        if i % 200 == 199:
+            await asyncio.sleep(0.05)  # a city's phones do not all connect in one ms
+    while len(counted) < len(tokens):
+        await asyncio.sleep(0.1)
+    ready.set()
+    while not go.is_set():
+        await asyncio.sleep(0.05)
+    lat.clear()
+    await asyncio.sleep(seconds + 2)
+    out.put({"lat": lat, "got": got})
+    for t in tasks:
+        t.cancel()
+
+
+def app_process(url, tokens, ready, go, seconds, out) -> None:
+    asyncio.run(_apps(url, tokens, ready, go, seconds, out))
+
+
+def push(router: str, users: list[str], period: float, order_every: int,
+         seconds: float) -> dict:
+    """Positions to every user each period; an order update every order_every rounds."""
+    from router.client import Sender
+    from router.protocol import MsgClass
+    sent = {"LOCATION": 0, "ORDER": 0}
+    with Sender(router, "bench-city", max_pending=100_000) as s:
+        end, rnd = time.monotonic() + seconds, 0
+        while time.monotonic() < end:
+            t0 = time.monotonic()
+            for i, u in enumerate(users):
+                s.send(u, {"rider": f"rider:{i}", "x": rnd, "y": i},
+                       msg_class=MsgClass.LOCATION, key=f"rider:{i}", kind="rider.location")
+                if rnd % order_every == i % order_every:
+                    s.send(u, {"state": "on the way", "n": rnd}, kind="order.status")
+                    sent["ORDER"] += 1
+                # spread the round over the period, as riders report independently
+                if i % 100 == 99:
+                    lag = t0 + period * (i + 1) / len(users) - time.monotonic()
+                    if lag > 0:
+                        time.sleep(lag)
+            sent["LOCATION"] += len(users)
+            rnd += 1
+            left = t0 + period - time.monotonic()
+            if left > 0:
+                time.sleep(left)
+        s.flush(30)
+    return sent
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks gateway", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--connections", type=int, default=10_000)
+    ap.add_argument("--procs", type=int, default=4, help="app processes")
+    ap.add_argument("--period", type=float, default=4.0, help="seconds between positions")
+    ap.add_argument("--order-every", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    args = ap.parse_args(argv)
+    from router.auth import tokens as tk
+    from router.auth.credentials import TokenKey
+    work = tempfile.mkdtemp(prefix="gw-bench-")
+    procs: list[subprocess.Popen] = []
+    try:
+        creds = os.path.join(work, "credentials.toml")
+        with open(creds, "w") as f:
+            f.write(f'[tokens]\nkeys = [{{id = "b", secret = "{SECRET}"}}]\n')
+        rport, gport = free_port(), free_port()
+        router = f"tcp://127.0.0.1:{rport}"
+        rlog, glog = os.path.join(work, "router.log"), os.path.join(work, "gateway.log")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "router", "serve", "--bind", router, "--data-dir",
+             os.path.join(work, "data"), "--max-peers", "200000"],
+            stdout=open(rlog, "w"), stderr=subprocess.STDOUT))
+        wait_log(rlog, "router serving on", procs[0])
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "router", "gateway", "--router", router, "--listen",
+             f"127.0.0.1:{gport}", "--credentials", creds],
+            stdout=open(glog, "w"), stderr=subprocess.STDOUT))
+        wait_log(glog, "gateway serving apps", procs[1])
+        gw_pid = procs[1].pid
+        rss0 = rss_kib(gw_pid)
+        key = [TokenKey("b", SECRET.encode())]
+        users = [f"user:{i}" for i in range(args.connections)]
+        toks = [tk.issue(u, 3600, key, "order-router") for u in users]
+        ready = [mp.Event() for _ in range(args.procs)]
+        go, out = mp.Event(), mp.Queue()
+        url = f"ws://127.0.0.1:{gport}/ws"
+        apps = [mp.Process(target=app_process, args=(url, toks[i::args.procs], ready[i], go,
+                                                      args.seconds, out))
+                for i in range(args.procs)]
+        t0 = time.monotonic()
+        for p in apps:
+            p.start()
+        for e in ready:
+            if not e.wait(300):
+                raise RuntimeError("the apps did not all connect within 300 s")
+        connect_s = time.monotonic() - t0
+        time.sleep(2)
+        rss1 = rss_kib(gw_pid)
+        go.set()
+        sent = push(router, users, args.period, args.order_every, args.seconds)
+        results = [out.get(timeout=120) for _ in apps]
+        rss2 = rss_kib(gw_pid)
+        for p in apps:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+        lat = sorted(x for r in results for x in r["lat"])
+        got = {k: sum(r["got"].get(k, 0) for r in results) for k in ("ORDER", "LOCATION")}
+        q = lambda p: lat[min(int(len(lat) * p), len(lat) - 1)] if lat else float("nan")  # noqa: E731
+        env = environment()
+        print(f"### Gateway, {args.connections:,} WebSocket connections, "
+              f"{time.strftime('%Y-%m-%d %H:%M')}\n")
+        print(f"Machine: {env['cpu']}, {env['cores']} cores, Linux {env['kernel']}; Python "
+              f"{env['python']}, pyzmq {env['pyzmq']} (libzmq {env['libzmq']}); commit "
+              f"{env['commit']}. Router (journal + fsync) and one gateway process; "
+              f"{args.procs} app processes (Python websockets clients) on the same 2 cores.\n")
+        print("| figure | value |\n|---|---|")
+        print(f"| connections open (hello + welcome) | {args.connections:,} in {connect_s:.1f} s |")
+        print(f"| gateway RSS before / idle with all / after load | {rss0 // 1024} / "
+              f"{rss1 // 1024} / {rss2 // 1024} MiB |")
+        print(f"| per idle connection | {(rss1 - rss0) / args.connections:.1f} KiB |")
+        print(f"| offered LOCATION / ORDER in {args.seconds:.0f} s | {sent['LOCATION']:,} / "
+              f"{sent['ORDER']:,} |")
+        print(f"| received LOCATION (conflated) / ORDER | {got['LOCATION']:,} / "
+              f"{got['ORDER']:,} |")
+        print(f"| e2e latency p50 / p99 / max (all classes) | {q(0.5):.1f} / {q(0.99):.1f} / "
+              f"{(lat[-1] if lat else float('nan')):.1f} ms |")
+        return 0
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
