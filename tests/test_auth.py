@@ -80,10 +80,17 @@ def test_patterns():
      "rate.messages"),
     ('name = "a"\npublic_keys = ["{k}"]\nroles = ["sender"]\nsned = []\n',
      "unknown field(s) ['sned']"),
+    ('name = "a"\npublic_keys = 5\nroles = ["sender"]\n',
+     "public_keys: expected a list of strings"),
+    ('name = "a"\npublic_keys = ["{k}"]\nroles = 5\n', "roles: expected a list of strings"),
+    ('name = "a"\npublic_keys = ["{bad}"]\nroles = ["sender"]\n', "is not Z85 text"),
+    ('name = "a"\npublic_keys = ["missing.key"]\nroles = ["sender"]\n',
+     "cannot read key file"),
+    ('name = "a*"\npublic_keys = ["{k}"]\nroles = ["sender"]\n', "no '*'"),
 ])
 def test_each_mistake_names_the_principal_and_field(tmp_path, body, needle):
     with pytest.raises(CredentialsError) as err:
-        load_text(tmp_path, "[[principal]]\n" + body.format(k=KEY))
+        load_text(tmp_path, "[[principal]]\n" + body.format(k=KEY, bad="~" * 40))
     assert needle in str(err.value) and "credentials.toml" in str(err.value)
     assert "(a)" in str(err.value) or "principal #1" in str(err.value)
 
@@ -100,6 +107,17 @@ def test_duplicates_and_file_errors(tmp_path):
         credentials.load(tmp_path / "missing.toml")
     with pytest.raises(CredentialsError, match="at least 32"):
         load_text(tmp_path, '[tokens]\nkeys = [{id = "k", secret = "short"}]\n')
+    with pytest.raises(CredentialsError, match=r"key #1 \(k\): cannot read .*nope.secret"):
+        load_text(tmp_path, '[tokens]\nkeys = [{id = "k", secret_file = "nope.secret"}]\n')
+    with pytest.raises(CredentialsError, match="secret_file must be a non-empty string"):
+        load_text(tmp_path, '[tokens]\nkeys = [{id = "k", secret_file = 5}]\n')
+    with pytest.raises(CredentialsError, match=r"\[tokens\] keys is a list"):
+        load_text(tmp_path, '[tokens]\nkeys = 5\n')
+    with pytest.raises(CredentialsError, match=r"unknown section\(s\) \['token'\]"):
+        load_text(tmp_path, '[token]\naudience = "x"\n')
+    (tmp_path / "latin1.toml").write_bytes(b'# caf\xe9\n')
+    with pytest.raises(CredentialsError, match="not UTF-8 text"):
+        credentials.load(tmp_path / "latin1.toml")
 
 
 def test_tokens_expire_rotate_and_refuse_forgeries():
