@@ -143,6 +143,10 @@ def test_tokens_expire_rotate_and_refuse_forgeries():
     with pytest.raises(tokens.TokenError) as err:
         tokens.issue("user 7", 60, [new], "order-router")
     assert err.value.reason == "bad_address"
+    for ttl in (0, -5, float("inf"), float("nan"), "1h"):
+        with pytest.raises(tokens.TokenError) as err:
+            tokens.issue("user:7", ttl, [new], "order-router")
+        assert err.value.reason == "malformed"
 
 
 def _curve_pair(ctx: zmq.Context, server: tuple, client: tuple, port: int):
