@@ -149,7 +149,10 @@ def test_tokens_expire_rotate_and_refuse_forgeries():
         assert err.value.reason == "malformed"
 
 
-def _curve_pair(ctx: zmq.Context, server: tuple, client: tuple, port: int):
+def _curve_pair(ctx: zmq.Context, server: tuple, client: tuple, port: int,
+                server_key: bytes | None = None):
+    """A CURVE ROUTER (keys ``server``) and a DEALER (keys ``client``) connected to it;
+    the DEALER believes the server's public key is ``server_key`` (default: right)."""
     srv = ctx.socket(zmq.ROUTER)
     srv.setsockopt(zmq.LINGER, 0)
     srv.setsockopt(zmq.ZAP_DOMAIN, b"order-router")
@@ -159,7 +162,7 @@ def _curve_pair(ctx: zmq.Context, server: tuple, client: tuple, port: int):
     srv.bind(f"tcp://127.0.0.1:{port}")
     cli = ctx.socket(zmq.DEALER)
     cli.setsockopt(zmq.LINGER, 0)
-    cli.setsockopt(zmq.CURVE_SERVERKEY, server[0])
+    cli.setsockopt(zmq.CURVE_SERVERKEY, server_key or server[0])
     cli.setsockopt(zmq.CURVE_PUBLICKEY, client[0])
     cli.setsockopt(zmq.CURVE_SECRETKEY, client[1])
     cli.connect(f"tcp://127.0.0.1:{port}")
@@ -194,10 +197,49 @@ def test_zap_handler_over_real_curve_sockets(tmp_path):
         probe.connect("inproc://zeromq.zap.01")
         probe.send_multipart([b"2.0", b"1"])
         assert probe.poll(2000) and probe.recv_multipart()[2] == b"500"
+        for bad in ([b"1.0"], [b"1.0", b"2", b"d", b"a", b"i", b"CURVE", b"short"],
+                    [b"1.0", b"3", b"d", b"a", b"i", b"\xff\xfe"]):
+            probe.send_multipart(bad)
+            assert probe.poll(2000) and probe.recv_multipart()[2] in (b"400", b"500")
         srv4, ok = _curve_pair(ctx, server, unknown, free_port())
         ok.send(b"fine")
         assert srv4.poll(3000)
-        for s in (srv, cli, srv2, stranger, srv3, late, probe, srv4, ok):
+        assert srv4.recv_multipart(copy=False)[1].get("User-Id") == unknown[0].decode()
+        # a client holding the wrong server key fails its handshake before ZAP is asked
+        accepted = zap.accepted
+        srv5, lost = _curve_pair(ctx, server, known, free_port(),
+                                 server_key=zmq.curve_keypair()[0])
+        lost.send(b"who?")
+        assert not srv5.poll(500) and zap.accepted == accepted
+        assert zap.answered >= 5 and 0 < zap.mean_answer_s() <= zap.slowest_s < 1
+        for s in (srv, cli, srv2, stranger, srv3, late, probe, srv4, ok, srv5, lost):
+            s.close(linger=0)
+    finally:
+        zap.stop()
+        ctx.term()
+
+
+@pytest.mark.parametrize("allow_null", [False, True])
+def test_zap_null_clients_only_in_open_mode(tmp_path, allow_null):
+    from support import free_port
+    creds = load_text(tmp_path, "")
+    ctx = zmq.Context()
+    zap = ZapHandler(ctx, creds, allow_null=allow_null).start()
+    try:
+        srv = ctx.socket(zmq.ROUTER)
+        srv.setsockopt(zmq.ZAP_DOMAIN, b"order-router")  # NULL asks ZAP when a domain is set
+        port = free_port()
+        srv.bind(f"tcp://127.0.0.1:{port}")
+        cli = ctx.socket(zmq.DEALER)
+        cli.connect(f"tcp://127.0.0.1:{port}")
+        cli.send(b"open?")
+        if allow_null:
+            assert srv.poll(3000)
+            assert srv.recv_multipart(copy=False)[1].get("User-Id") == ""
+            assert zap.accepted == 1
+        else:
+            assert not srv.poll(500) and zap.refused.get("mechanism NULL", 0) >= 1
+        for s in (srv, cli):
             s.close(linger=0)
     finally:
         zap.stop()
