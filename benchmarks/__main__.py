@@ -29,6 +29,8 @@ COMMANDS = {
                        "run the latency suite N times: spread of each benchmark's median"),
     "handshake": ("benchmarks.handshake",
                   "what CURVE + ZAP costs a connection: one at a time, and 1,000 at once"),
+    "zap-handshake": ("benchmarks.zap_handshake",
+                      "the ZAP handler alone: CURVE ROUTER + handler, raw DEALERs"),
     "build": ("benchmarks.drivers.build", "build the native load drivers (loadgen)"),
 }
 
