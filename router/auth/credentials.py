@@ -8,7 +8,7 @@ A TOML file (``router serve --credentials FILE``; docs/SECURITY.md shows a whole
             {id = "2026-11", secret = "..."}]      # the first signs; every one verifies
 
     [[principal]]
-    name = "orders-api"             # the principal (logs, quotas, rate budget)
+    name = "orders-api"             # the principal (logs, quotas, rate budget); no * or spaces
     public_keys = ["certs/orders-api.key"]         # CURVE keys: Z85 text or a .key file
     password_sha256 = ""            # or: PLAIN mechanism (trusted hosts), hex SHA-256
     roles = ["sender"]              # HELLO roles: sender, endpoint, gateway, worker
