@@ -124,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     work = tempfile.mkdtemp(prefix="handshake-")
     ctx = zmq.Context()
-    ctx.setsockopt(zmq.MAX_SOCKETS, args.connections + 100)
+    # Context.set, not setsockopt (which stores a default *socket* option): room for a
+    # round's sockets while the previous round's are still being reaped
+    ctx.set(zmq.MAX_SOCKETS, 2 * args.connections + args.sequential + 100)
     results: dict[str, dict[str, list[float]]] = {"curve": {}, "open": {}}
     try:
         for _ in range(args.rounds):

@@ -80,10 +80,17 @@ def test_patterns():
      "rate.messages"),
     ('name = "a"\npublic_keys = ["{k}"]\nroles = ["sender"]\nsned = []\n',
      "unknown field(s) ['sned']"),
+    ('name = "a"\npublic_keys = 5\nroles = ["sender"]\n',
+     "public_keys: expected a list of strings"),
+    ('name = "a"\npublic_keys = ["{k}"]\nroles = 5\n', "roles: expected a list of strings"),
+    ('name = "a"\npublic_keys = ["{bad}"]\nroles = ["sender"]\n', "is not Z85 text"),
+    ('name = "a"\npublic_keys = ["missing.key"]\nroles = ["sender"]\n',
+     "cannot read key file"),
+    ('name = "a*"\npublic_keys = ["{k}"]\nroles = ["sender"]\n', "no '*'"),
 ])
 def test_each_mistake_names_the_principal_and_field(tmp_path, body, needle):
     with pytest.raises(CredentialsError) as err:
-        load_text(tmp_path, "[[principal]]\n" + body.format(k=KEY))
+        load_text(tmp_path, "[[principal]]\n" + body.format(k=KEY, bad="~" * 40))
     assert needle in str(err.value) and "credentials.toml" in str(err.value)
     assert "(a)" in str(err.value) or "principal #1" in str(err.value)
 
@@ -100,6 +107,17 @@ def test_duplicates_and_file_errors(tmp_path):
         credentials.load(tmp_path / "missing.toml")
     with pytest.raises(CredentialsError, match="at least 32"):
         load_text(tmp_path, '[tokens]\nkeys = [{id = "k", secret = "short"}]\n')
+    with pytest.raises(CredentialsError, match=r"key #1 \(k\): cannot read .*nope.secret"):
+        load_text(tmp_path, '[tokens]\nkeys = [{id = "k", secret_file = "nope.secret"}]\n')
+    with pytest.raises(CredentialsError, match="secret_file must be a non-empty string"):
+        load_text(tmp_path, '[tokens]\nkeys = [{id = "k", secret_file = 5}]\n')
+    with pytest.raises(CredentialsError, match=r"\[tokens\] keys is a list"):
+        load_text(tmp_path, '[tokens]\nkeys = 5\n')
+    with pytest.raises(CredentialsError, match=r"unknown section\(s\) \['token'\]"):
+        load_text(tmp_path, '[token]\naudience = "x"\n')
+    (tmp_path / "latin1.toml").write_bytes(b'# caf\xe9\n')
+    with pytest.raises(CredentialsError, match="not UTF-8 text"):
+        credentials.load(tmp_path / "latin1.toml")
 
 
 def test_tokens_expire_rotate_and_refuse_forgeries():
@@ -125,9 +143,16 @@ def test_tokens_expire_rotate_and_refuse_forgeries():
     with pytest.raises(tokens.TokenError) as err:
         tokens.issue("user 7", 60, [new], "order-router")
     assert err.value.reason == "bad_address"
+    for ttl in (0, -5, float("inf"), float("nan"), "1h"):
+        with pytest.raises(tokens.TokenError) as err:
+            tokens.issue("user:7", ttl, [new], "order-router")
+        assert err.value.reason == "malformed"
 
 
-def _curve_pair(ctx: zmq.Context, server: tuple, client: tuple, port: int):
+def _curve_pair(ctx: zmq.Context, server: tuple, client: tuple, port: int,
+                server_key: bytes | None = None):
+    """A CURVE ROUTER (keys ``server``) and a DEALER (keys ``client``) connected to it;
+    the DEALER believes the server's public key is ``server_key`` (default: right)."""
     srv = ctx.socket(zmq.ROUTER)
     srv.setsockopt(zmq.LINGER, 0)
     srv.setsockopt(zmq.ZAP_DOMAIN, b"order-router")
@@ -137,7 +162,7 @@ def _curve_pair(ctx: zmq.Context, server: tuple, client: tuple, port: int):
     srv.bind(f"tcp://127.0.0.1:{port}")
     cli = ctx.socket(zmq.DEALER)
     cli.setsockopt(zmq.LINGER, 0)
-    cli.setsockopt(zmq.CURVE_SERVERKEY, server[0])
+    cli.setsockopt(zmq.CURVE_SERVERKEY, server_key or server[0])
     cli.setsockopt(zmq.CURVE_PUBLICKEY, client[0])
     cli.setsockopt(zmq.CURVE_SECRETKEY, client[1])
     cli.connect(f"tcp://127.0.0.1:{port}")
@@ -172,10 +197,49 @@ def test_zap_handler_over_real_curve_sockets(tmp_path):
         probe.connect("inproc://zeromq.zap.01")
         probe.send_multipart([b"2.0", b"1"])
         assert probe.poll(2000) and probe.recv_multipart()[2] == b"500"
+        for bad in ([b"1.0"], [b"1.0", b"2", b"d", b"a", b"i", b"CURVE", b"short"],
+                    [b"1.0", b"3", b"d", b"a", b"i", b"\xff\xfe"]):
+            probe.send_multipart(bad)
+            assert probe.poll(2000) and probe.recv_multipart()[2] in (b"400", b"500")
         srv4, ok = _curve_pair(ctx, server, unknown, free_port())
         ok.send(b"fine")
         assert srv4.poll(3000)
-        for s in (srv, cli, srv2, stranger, srv3, late, probe, srv4, ok):
+        assert srv4.recv_multipart(copy=False)[1].get("User-Id") == unknown[0].decode()
+        # a client holding the wrong server key fails its handshake before ZAP is asked
+        accepted = zap.accepted
+        srv5, lost = _curve_pair(ctx, server, known, free_port(),
+                                 server_key=zmq.curve_keypair()[0])
+        lost.send(b"who?")
+        assert not srv5.poll(500) and zap.accepted == accepted
+        assert zap.answered >= 5 and 0 < zap.mean_answer_s() <= zap.slowest_s < 1
+        for s in (srv, cli, srv2, stranger, srv3, late, probe, srv4, ok, srv5, lost):
+            s.close(linger=0)
+    finally:
+        zap.stop()
+        ctx.term()
+
+
+@pytest.mark.parametrize("allow_null", [False, True])
+def test_zap_null_clients_only_in_open_mode(tmp_path, allow_null):
+    from support import free_port
+    creds = load_text(tmp_path, "")
+    ctx = zmq.Context()
+    zap = ZapHandler(ctx, creds, allow_null=allow_null).start()
+    try:
+        srv = ctx.socket(zmq.ROUTER)
+        srv.setsockopt(zmq.ZAP_DOMAIN, b"order-router")  # NULL asks ZAP when a domain is set
+        port = free_port()
+        srv.bind(f"tcp://127.0.0.1:{port}")
+        cli = ctx.socket(zmq.DEALER)
+        cli.connect(f"tcp://127.0.0.1:{port}")
+        cli.send(b"open?")
+        if allow_null:
+            assert srv.poll(3000)
+            assert srv.recv_multipart(copy=False)[1].get("User-Id") == ""
+            assert zap.accepted == 1
+        else:
+            assert not srv.poll(500) and zap.refused.get("mechanism NULL", 0) >= 1
+        for s in (srv, cli):
             s.close(linger=0)
     finally:
         zap.stop()

@@ -108,6 +108,28 @@ def test_keygen_and_tokens_from_the_command_line(tmp_path):
                    "--credentials", str(creds)).returncode == 2
 
 
+
+def test_keygen_and_token_mistakes_are_one_line(tmp_path):
+    creds = tmp_path / "credentials.toml"
+    creds.write_text(f'[tokens]\nkeys = [{{id = "k1", secret = "{"s" * 40}"}}]\n')
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[tokens]\nkeys = 5\n")
+    (tmp_path / "afile").write_text("")
+    cases = [
+        (("token", "issue", "user:7", "--ttl", "inf", "--credentials", str(creds)), "finite"),
+        (("token", "issue", "user:7", "--ttl", "nan", "--credentials", str(creds)), "finite"),
+        (("token", "issue", "user 7", "--credentials", str(creds)), "not valid"),
+        (("token", "issue", "user:7", "--credentials", str(broken)), "keys is a list"),
+        (("token", "verify", "x.y.z"), "--credentials"),
+        (("keygen", "router", "--dir", str(tmp_path / "afile")), "cannot write keys"),
+        (("keygen", "../router", "--dir", str(tmp_path)), "plain file name"),
+    ]
+    for argv, needle in cases:
+        out = run_cli(*argv)
+        assert out.returncode == 2, (argv, out.returncode, out.stderr)
+        assert needle in out.stderr and "Traceback" not in out.stderr, (argv, out.stderr)
+
+
 def test_serve_rejects_bad_setting_clearly():
     out = run_cli("serve", "--window", "0")
     assert out.returncode == 2 and "window must be a positive integer" in out.stderr

@@ -338,7 +338,7 @@ def test_a_reload_under_load_loses_nothing(trust):
         assert [orjson.loads(d.payload)["n"] for d in got] == list(range(2000))
         for mid in sent[-10:]:
             assert s.wait(mid, Status.DELIVERED, timeout=10).status == Status.DELIVERED
-    assert r.log().count("0 connections revoked") >= 1
+    r.wait_for_log("0 connections revoked")  # reloads run between the loop's slices
 
 
 def test_plain_mechanism_with_passwords(tmp_path, make_router):

@@ -31,8 +31,9 @@ def duration(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration: write 3600, 90s, "
                                          "15m, 1h or 7d") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"duration must be positive, got {text!r}")
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"duration must be positive and finite, "
+                                         f"got {text!r}")
     return value
 
 
@@ -73,7 +74,10 @@ def run(args: argparse.Namespace) -> int:
                                '[tokens] keys = [{id = "k1", secret_file = "k1.secret"}] '
                                "(router token secret > k1.secret makes one)")
         if args.token_command == "issue":
-            print(tokens.issue(args.address, args.ttl, creds.token_keys, creds.audience))
+            try:
+                print(tokens.issue(args.address, args.ttl, creds.token_keys, creds.audience))
+            except tokens.TokenError as exc:  # the caller's input: a usage mistake
+                raise CommandError(f"cannot issue: {exc}") from None
             return 0
         claims = tokens.verify(args.token, creds.token_keys, creds.audience)
         print(json.dumps(claims, sort_keys=True))

@@ -8,7 +8,7 @@ A TOML file (``router serve --credentials FILE``; docs/SECURITY.md shows a whole
             {id = "2026-11", secret = "..."}]      # the first signs; every one verifies
 
     [[principal]]
-    name = "orders-api"             # the principal (logs, quotas, rate budget)
+    name = "orders-api"             # the principal (logs, quotas, rate budget); no * or spaces
     public_keys = ["certs/orders-api.key"]         # CURVE keys: Z85 text or a .key file
     password_sha256 = ""            # or: PLAIN mechanism (trusted hosts), hex SHA-256
     roles = ["sender"]              # HELLO roles: sender, endpoint, gateway, worker
@@ -108,6 +108,8 @@ def load(path: str | Path) -> Credentials:
                                f"{exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise CredentialsError(f"credentials file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise CredentialsError(f"credentials file {path} is not UTF-8 text: {exc}") from None
     return parse(data, path)
 
 
@@ -144,13 +146,17 @@ def _principal(entry: Any, where: str, base: Path) -> tuple[Principal, str]:
     name = entry.get("name")
     if not isinstance(name, str) or not name:
         raise CredentialsError(f"{where}: 'name' is required (a non-empty string)")
+    if "*" in name or any(ch.isspace() or not ch.isprintable() for ch in name):
+        # the name is also the default HELLO-name pattern: a '*' would widen it silently
+        raise CredentialsError(f"{where}: name {name!r}: no '*', spaces or control "
+                               "characters (write patterns in 'names')")
     where = f"{where} ({name})"
     unknown = set(entry) - PRINCIPAL_FIELDS
     if unknown:
         raise CredentialsError(f"{where}: unknown field(s) {sorted(unknown)}; known: "
                                f"{', '.join(sorted(PRINCIPAL_FIELDS))}")
     try:
-        keys = tuple(load_public(k, base) for k in _strings(entry, "public_keys"))
+        keys = tuple(load_public(k, base) for k in _strings(entry, "public_keys", where))
     except KeyFileError as exc:
         raise CredentialsError(f"{where}: public_keys: {exc}") from None
     pw = entry.get("password_sha256", "")
@@ -170,25 +176,28 @@ def _principal(entry: Any, where: str, base: Path) -> tuple[Principal, str]:
     return principal, pw.lower()
 
 
-def _strings(entry: dict, field: str) -> list[str]:
+def _strings(entry: dict, field: str, where: str) -> list[str]:
+    """``entry[field]`` as a list of strings (one string counts as a list of one)."""
     value = entry.get(field, [])
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise CredentialsError(f"{field}: expected a list of strings, got {value!r}")
+        raise CredentialsError(f"{where}: {field}: expected a list of strings, "
+                               f"got {value!r}")
     return value
 
 
 def _patterns(entry: dict, field: str, where: str) -> list[str]:
+    patterns = _strings(entry, field, where)
     try:
-        return [check_pattern(p) for p in _strings(entry, field)]
-    except (ValueError, CredentialsError) as exc:
+        return [check_pattern(p) for p in patterns]
+    except ValueError as exc:
         raise CredentialsError(f"{where}: {field}: {exc}") from None
 
 
 def _roles(entry: dict, where: str) -> frozenset[Role]:
     roles = set()
-    for r in _strings(entry, "roles"):
+    for r in _strings(entry, "roles", where):
         try:
             roles.add(Role[r.upper()])
         except KeyError:
@@ -263,8 +272,12 @@ def _tokens(section: Any, path: Path) -> tuple[tuple[TokenKey, ...], str]:
     audience = section.get("audience", DEFAULT_AUDIENCE)
     if not isinstance(audience, str) or not audience:
         raise CredentialsError(f"{path}: [tokens] audience must be a non-empty string")
+    entries = section.get("keys", [])
+    if not isinstance(entries, list):
+        raise CredentialsError(f"{path}: [tokens] keys is a list of {{id, secret}} or "
+                               f"{{id, secret_file}} tables, got {entries!r}")
     keys, seen = [], set()
-    for n, k in enumerate(section.get("keys", [])):
+    for n, k in enumerate(entries):
         where = f"{path}: [tokens] key #{n + 1}"
         if not isinstance(k, dict) or not isinstance(k.get("id"), str) or not k["id"]:
             raise CredentialsError(f"{where}: each key is {{id = \"...\", secret = \"...\"}} "
@@ -280,10 +293,15 @@ def _secret(k: dict, where: str, base: Path) -> bytes:
     if set(k) - {"id", "secret", "secret_file"} or ("secret" in k) == ("secret_file" in k):
         raise CredentialsError(f"{where} ({k['id']}): give exactly one of secret and "
                                "secret_file")
+    value = k.get("secret", k.get("secret_file"))
+    if not isinstance(value, str) or not value:
+        field = "secret" if "secret" in k else "secret_file"
+        raise CredentialsError(f"{where} ({k['id']}): {field} must be a non-empty string, "
+                               f"got {value!r}")
     if "secret" in k:
-        secret = str(k["secret"]).encode()
+        secret = value.encode()
     else:
-        f = Path(k["secret_file"])
+        f = Path(value)
         f = f if f.is_absolute() else base / f
         try:
             secret = f.read_bytes().strip()

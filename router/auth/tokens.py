@@ -20,6 +20,8 @@ from router.session import check_address
 ALGORITHM = "HS256"
 #: Clock difference tolerated between the issuer and the verifier, seconds.
 LEEWAY_S = 30
+#: The longest lifetime a token may be given (ten years): a bound, not a policy.
+MAX_TTL_S = 10 * 365 * 86400
 
 
 class TokenError(ValueError):
@@ -41,8 +43,10 @@ def issue(address: str, ttl_s: float, keys: Sequence[TokenKey], audience: str,
         check_address(address)
     except ValueError as exc:
         raise TokenError("bad_address", f"cannot issue a token: {exc}") from None
-    if ttl_s <= 0:
-        raise TokenError("malformed", f"ttl must be positive, got {ttl_s}")
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) \
+            or not 0 < ttl_s < MAX_TTL_S:
+        raise TokenError("malformed", f"ttl must be a number of seconds in (0, "
+                         f"{MAX_TTL_S}), got {ttl_s!r}")
     now = time.time() if now is None else now
     body = {**claims, "sub": address, "aud": audience, "iat": int(now),
             "exp": int(now + ttl_s)}

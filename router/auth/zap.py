@@ -5,14 +5,17 @@ connect; nothing here is on the per-message path. A CURVE client's public key mu
 in the credentials file: the answer's User-Id is the key (Z85), which libzmq attaches
 to every message of the connection, and the core maps it to the key's principal at
 HELLO. A PLAIN client must name a principal with a password and give it; its User-Id
-is ``plain:NAME``. Anything else is refused with status 400 and never reaches the
-router's loop.
+is ``plain:NAME``. A NULL client (no security) is accepted, with an empty User-Id,
+only by a handler made with ``allow_null=True`` (an open router's); anything else is
+refused with status 400 and never reaches the router's loop. A request the handler
+cannot parse, or a bug while deciding, gets status 500: the handler thread lives on.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import zmq
 from zmq.utils import z85
@@ -29,8 +32,10 @@ DOMAIN = b"order-router"
 class ZapHandler:
     """Answers ZAP requests on ``context`` from the current credentials, in a thread."""
 
-    def __init__(self, context: zmq.Context, credentials: Credentials) -> None:
+    def __init__(self, context: zmq.Context, credentials: Credentials,
+                 allow_null: bool = False) -> None:
         self.context = context
+        self.allow_null = allow_null  #: accept NULL-mechanism clients (open mode)
         self._creds = credentials
         self._keys = credentials.by_key()
         self._lock = threading.Lock()
@@ -41,6 +46,15 @@ class ZapHandler:
         #: Handshakes answered: accepted, and refused by reason.
         self.accepted = 0
         self.refused: dict[str, int] = {}
+        #: Requests answered, and the seconds spent answering them (total, slowest):
+        #: the handler's share of a handshake, for benchmarks.
+        self.answered = 0
+        self.answer_s = 0.0
+        self.slowest_s = 0.0
+
+    def mean_answer_s(self) -> float:
+        """Mean seconds from a request's arrival to its answer (0 before any)."""
+        return self.answer_s / self.answered if self.answered else 0.0
 
     def start(self) -> "ZapHandler":
         """Bind the ZAP endpoint and start answering; returns once bound."""
@@ -78,9 +92,29 @@ class ZapHandler:
             while not self._stop.is_set():
                 if sock.poll(100):
                     frames = sock.recv_multipart()
-                    sock.send_multipart(self._answer(frames))
+                    started = time.perf_counter()
+                    sock.send_multipart(self._safe_answer(frames))
+                    self._timed(time.perf_counter() - started)
+        except zmq.ContextTerminated:  # the context ended under us: nothing to answer
+            pass
         finally:
             sock.close(linger=0)
+
+    def _safe_answer(self, frames: list[bytes]) -> list[bytes]:
+        """:meth:`_answer`, or a 500 if it fails: a REP socket must answer every
+        request, or it can never receive again."""
+        try:
+            return self._answer(frames)
+        except Exception:  # noqa: BLE001 - a bug here must not end authentication
+            log.exception("ZAP request failed")
+            self._count("internal error")
+            rid = frames[1] if len(frames) > 1 else b""
+            return [b"1.0", rid, b"500", b"internal error", b"", b""]
+
+    def _timed(self, seconds: float) -> None:
+        self.answered += 1
+        self.answer_s += seconds
+        self.slowest_s = max(self.slowest_s, seconds)
 
     def _answer(self, frames: list[bytes]) -> list[bytes]:
         """The reply to one request; a malformed one gets an error status, never an
@@ -90,11 +124,7 @@ class ZapHandler:
             rid = frames[1] if len(frames) > 1 else b""
             return [b"1.0", rid, b"500", b"malformed ZAP request", b"", b""]
         rid, mechanism, creds = frames[1], frames[5], frames[6:]
-        try:
-            user_id = self._decide(mechanism, creds)
-        except Exception:  # noqa: BLE001 - a bug here must not end authentication
-            log.exception("ZAP request failed")
-            user_id = None
+        user_id = self._decide(mechanism, creds)
         if user_id is None:
             return [b"1.0", rid, b"400", b"not allowed", b"", b""]
         self.accepted += 1
@@ -115,6 +145,8 @@ class ZapHandler:
                 return f"plain:{name}".encode()
             self._count("bad password")
             return None
+        if mechanism == b"NULL" and not creds and self.allow_null:
+            return b""
         self._count(f"mechanism {mechanism.decode(errors='replace')[:16]}")
         return None
 
