@@ -363,7 +363,7 @@ bind = ["merchant:*"]
         s.send("merchant:9", "hi")
         assert drain(m, 1)[0].payload == b"hi"
     with pytest.raises(RouterError) as err:
-        Sender(r.url, "orders", plain=("orders", "wrong"), timeout=3)
+        Sender(r.url, "orders", plain=("orders", "wrong"), timeout=10)
     assert err.value.code == ErrorCode.FORBIDDEN
 
 
