@@ -277,8 +277,10 @@ def test_queue_quota_counts_by_principal_not_hello_name(trust):
         first = [a.send("merchant:999", {"n": n}) for n in range(3)]
         second = [b.send("merchant:999", {"n": n}) for n in range(3)]
         outcomes = [_refusal(a, m) for m in first] + [_refusal(b, m) for m in second]
+    # the two connections' sends reach the router in either order: one of the six,
+    # whichever came sixth, is over the principal's quota
     assert outcomes.count((Status.ACCEPTED, ErrorCode.NONE)) == 5
-    assert outcomes[-1] == (Status.REFUSED, ErrorCode.SENDER_QUOTA)
+    assert outcomes.count((Status.REFUSED, ErrorCode.SENDER_QUOTA)) == 1
 
 
 def test_sighup_revokes_a_removed_key_and_closes_its_connection(trust):
