@@ -206,9 +206,10 @@ class Client:
     def _dispatch(self, events: list) -> int:
         """Hand each event to its place; return how many deliveries/requests there were."""
         taken = 0
+        accept = self._accept
         for ev in events:
             if type(ev) is Delivery:
-                self._accept(ev)
+                accept(ev)
                 taken += 1
                 continue
             tag, header, payload = ev

@@ -201,3 +201,46 @@ def wait_quiet(max_s: float, share: float = NOISE_SHARE, sample_s: float = 0.5) 
         busy = (b["usersys"] - a["usersys"]) - (b["kthreads"] - a["kthreads"])
         if busy < share * cores * sample_s or time.monotonic() - t0 >= max_s:
             return time.monotonic() - t0
+
+
+# ---------------------------------------------------------------------------------------
+# How fast the machine itself is right now
+
+#: The echo child of :func:`speed_probe`: bytes in on stdin, the same bytes out.
+_ECHO = ("import os\nwhile True:\n    b = os.read(0, 1)\n    if not b:\n        break\n"
+         "    os.write(1, b)\n")
+
+
+def speed_probe(wakeups: int = 2000) -> dict:
+    """Two figures of the machine's own speed at this moment, so that a slower run can be
+    told from a slower router: ``cpu_probe_us``, the best of five timings of a fixed
+    pure-Python loop (what a busier host or a slower clock changes), and
+    ``wakeup_probe_us``, the median round trip of one byte through pipes to a child
+    process and back (two sleeps and two wake-ups: what every hop between the suite's
+    threads and processes pays). Takes about 0.1 s."""
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        x = 0
+        for i in range(100_000):
+            x += i & 7
+        best = min(best, time.perf_counter() - t0)
+    child = subprocess.Popen([sys.executable, "-c", _ECHO], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, bufsize=0)
+    try:
+        w, r = child.stdin.fileno(), child.stdout.fileno()
+        os.write(w, b"x")
+        os.read(r, 1)  # the child is up
+        trips = []
+        for _ in range(wakeups):
+            t0 = time.perf_counter()
+            os.write(w, b"x")
+            os.read(r, 1)
+            trips.append(time.perf_counter() - t0)
+    finally:
+        child.stdin.close()
+        child.wait(5)
+        child.stdout.close()
+    trips.sort()
+    return {"cpu_probe_us": round(best * 1e6, 1),
+            "wakeup_probe_us": round(trips[len(trips) // 2] * 1e6, 1)}

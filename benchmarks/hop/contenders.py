@@ -1,6 +1,8 @@
 """The contenders, each the process under test between the sender and the receivers.
 
   proxy   zmq.proxy(ROUTER frontend, DEALER backend)                 benchmarks/hop/proxy.py
+  proxy-curve  the same with CURVE on both sockets (no ZAP): libzmq's encryption cost
+          alone, the yardstick for router-curve/router-plain
   pyloop  a tuned pure-Python ROUTER loop speaking our protocol      benchmarks/hop/pyloop.py
   router  ``python -m router serve --bind tcp://127.0.0.1:PORT``     (``--router-cmd``)
   router-plain  the same with credentials: principals with permissions checked on
@@ -26,7 +28,7 @@ from benchmarks.harness.procs import (TrialError, free_port, listening, python_e
 if TYPE_CHECKING:
     from benchmarks.hop.options import HopOptions
 
-CONTENDERS = ("proxy", "pyloop", "router", "router-plain", "router-curve")
+CONTENDERS = ("proxy", "proxy-curve", "pyloop", "router", "router-plain", "router-curve")
 
 
 class Hop:
@@ -91,10 +93,40 @@ class ProxyHop(Hop):
         self.receiver_endpoint = f"tcp://127.0.0.1:{back}"
         self.proc = spawn(
             python_module("benchmarks.hop.proxy", "--frontend", self.sender_endpoint,
-                          "--backend", self.receiver_endpoint),
+                          "--backend", self.receiver_endpoint, *self.extra_args()),
             self.log_path, stdout=subprocess.PIPE, cwd=ROOT,
         )
         self._wait_ready_line()
+
+    def extra_args(self) -> list[str]:
+        """More command-line arguments for benchmarks.hop.proxy."""
+        return []
+
+
+def curve_keys(workdir: str) -> tuple[str, dict[str, str]]:
+    """Make a server and a client key pair under ``workdir/certs``; return the server's
+    secret key file and the socket options a CURVE client driver sets."""
+    import zmq
+    import zmq.auth
+
+    keys = os.path.join(workdir, "certs")
+    os.makedirs(keys, exist_ok=True)
+    server = zmq.auth.load_certificate(zmq.auth.create_certificates(keys, "router")[1])
+    client = zmq.auth.load_certificate(zmq.auth.create_certificates(keys, "bench")[1])
+    return os.path.join(keys, "router.key_secret"), {
+        str(zmq.CURVE_SERVERKEY): server[0].decode(),
+        str(zmq.CURVE_PUBLICKEY): client[0].decode(),
+        str(zmq.CURVE_SECRETKEY): client[1].decode()}
+
+
+class CurveProxyHop(ProxyHop):
+    """The bare hop with CURVE on both sockets: what libzmq's encryption costs alone."""
+
+    name = "proxy-curve"
+
+    def extra_args(self) -> list[str]:
+        secret, self.sockopts = curve_keys(self.workdir)
+        return ["--curve-secret-key", secret]
 
 
 class PyLoopHop(Hop):
@@ -161,7 +193,6 @@ class SecuredRouterHop(RouterHop):
         import hashlib
 
         import zmq
-        import zmq.auth
 
         creds = os.path.join(self.workdir, "credentials.toml")
         if self.mechanism == "plain":
@@ -169,16 +200,9 @@ class SecuredRouterHop(RouterHop):
             self.sockopts = {str(zmq.PLAIN_USERNAME): "bench", str(zmq.PLAIN_PASSWORD): "bench"}
             extra = f"--credentials {creds} --mechanism plain"
         else:
-            keys = os.path.join(self.workdir, "certs")
-            os.makedirs(keys, exist_ok=True)
-            server = zmq.auth.load_certificate(zmq.auth.create_certificates(keys, "router")[1])
-            client = zmq.auth.load_certificate(zmq.auth.create_certificates(keys, "bench")[1])
-            login = f'public_keys = ["{client[0].decode()}"]'
-            self.sockopts = {str(zmq.CURVE_SERVERKEY): server[0].decode(),
-                             str(zmq.CURVE_PUBLICKEY): client[0].decode(),
-                             str(zmq.CURVE_SECRETKEY): client[1].decode()}
-            extra = (f"--credentials {creds} --curve-secret-key "
-                     f"{os.path.join(keys, 'router.key_secret')}")
+            secret, self.sockopts = curve_keys(self.workdir)
+            login = f'public_keys = ["{self.sockopts[str(zmq.CURVE_PUBLICKEY)]}"]'
+            extra = f"--credentials {creds} --curve-secret-key {secret}"
         with open(creds, "w") as f:
             f.write(CREDENTIALS.format(login=login))
         saved = self.opts.router_cmd
@@ -203,5 +227,6 @@ class CurveRouterHop(SecuredRouterHop):
     mechanism = "curve"
 
 
-HOPS: dict[str, type[Hop]] = {"proxy": ProxyHop, "pyloop": PyLoopHop, "router": RouterHop,
+HOPS: dict[str, type[Hop]] = {"proxy": ProxyHop, "proxy-curve": CurveProxyHop,
+                              "pyloop": PyLoopHop, "router": RouterHop,
                               "router-plain": PlainRouterHop, "router-curve": CurveRouterHop}

@@ -19,6 +19,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frontend", required=True, help="ROUTER endpoint to bind")
     parser.add_argument("--backend", required=True, help="DEALER endpoint to bind")
+    parser.add_argument("--curve-secret-key", metavar="FILE",
+                        help="serve CURVE on both sockets with this secret key file (any "
+                             "client key accepted: libzmq's encryption cost alone)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     ctx = zmq.Context()
@@ -26,6 +29,11 @@ def main(argv=None) -> int:
     backend = ctx.socket(zmq.DEALER)
     for sock in (frontend, backend):
         sock.linger = 0
+        if args.curve_secret_key:
+            import zmq.auth
+            public, secret = zmq.auth.load_certificate(args.curve_secret_key)
+            sock.curve_secretkey, sock.curve_publickey = secret, public
+            sock.curve_server = True
     frontend.bind(args.frontend)
     backend.bind(args.backend)
     print("READY", flush=True)

@@ -94,12 +94,17 @@ def ratios(summary: dict) -> dict:
             get("throughput", "router-plain"), get("throughput", "router")),
         "router-curve/router-plain throughput (CURVE)": div(
             get("throughput", "router-curve"), get("throughput", "router-plain")),
+        "proxy-curve/proxy throughput (libzmq's CURVE alone)": div(
+            get("throughput", "proxy-curve"), get("throughput", "proxy")),
         "router-plain/router hop CPU per msg": div(
             get("throughput", "router-plain", "hop_cpu_us_per_msg"),
             get("throughput", "router", "hop_cpu_us_per_msg")),
         "router-curve/router-plain hop CPU per msg": div(
             get("throughput", "router-curve", "hop_cpu_us_per_msg"),
             get("throughput", "router-plain", "hop_cpu_us_per_msg")),
+        "proxy-curve/proxy hop CPU per msg": div(
+            get("throughput", "proxy-curve", "hop_cpu_us_per_msg"),
+            get("throughput", "proxy", "hop_cpu_us_per_msg")),
     }
     for (sc, c, rate) in summary:
         if sc == "latency" and c == "router":

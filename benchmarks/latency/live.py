@@ -24,7 +24,7 @@ import sys
 import time
 
 from benchmarks import ROOT
-from benchmarks.harness.machine import machine_cpu, noise_gauge
+from benchmarks.harness.machine import machine_cpu, noise_gauge, speed_probe
 from benchmarks.harness.procs import spawn, stop
 
 sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -142,9 +142,11 @@ def measure(benchmark, fn, *, rounds: int = ROUNDS, warmup: int = WARMUP, setup=
             teardown=None, pids=(), extra: dict | None = None):
     """Time ``fn()`` once per round (``rounds`` timed after ``warmup`` untimed), with
     ``setup``/``teardown`` around each round untimed; then put in extra_info the
-    p99/p99.9 (us), the machine's load average and cores, and the CPU that processes
-    other than this one and ``pids`` (the router, the worker) used meanwhile."""
+    p99/p99.9 (us), the machine's load average and cores, the CPU that processes
+    other than this one and ``pids`` (the router, the worker) used meanwhile, and the
+    machine's speed just before (:func:`speed_probe`)."""
     gc.collect()
+    probe = speed_probe()  # the machine's own speed now (not timed into the benchmark)
     load0 = os.getloadavg()
     m0 = machine_cpu()
     steal0 = steal_s()
@@ -175,6 +177,7 @@ def measure(benchmark, fn, *, rounds: int = ROUNDS, warmup: int = WARMUP, setup=
         # Share of the machine's CPU time stolen by the hypervisor meanwhile.
         "steal_share": round((steal_s() - steal0) / max(noise["window_s"] * n, 1e-9), 3),
         "window_s": round(noise["window_s"], 2),
+        **probe,
     })
     if extra:
         info.update(extra)

@@ -98,6 +98,22 @@ def spread_rows(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def probe_line(runs: list[dict], key: str, label: str) -> str | None:
+    """One line of the report: the machine's speed probe ``key`` per run (the median
+    over that run's benchmarks) and its spread, the noise floor the medians sit on."""
+    per_run = []
+    for r in runs:
+        vals = [b["extra_info"][key] for b in r["benchmarks"] if key in b["extra_info"]]
+        if vals:
+            per_run.append(statistics.median(vals))
+    if len(per_run) < 2:
+        return None
+    mid = statistics.median(per_run)
+    spread = (max(per_run) - min(per_run)) / mid if mid else 0.0
+    return (f"- {label} per run: " + ", ".join(f"{v:.1f} us" for v in per_run)
+            + f" (spread {spread * 100:.1f}%)")
+
+
 def fmt_time(seconds: float) -> str:
     """Microseconds below 10 ms, else milliseconds."""
     return f"{seconds * 1e6:.0f} us" if seconds < 0.01 else f"{seconds * 1e3:.1f} ms"
@@ -117,6 +133,8 @@ def report(rows: list[dict], runs: list[dict], walls: list[float], opts: SpreadO
         f"Cython {env['cython']}, pytest-benchmark {runs[0].get('version', '?')}",
         "- load average (1 min) at each run's start: " + ", ".join(str(v) for v in loads),
         ("- wall time per run: " + ", ".join(f"{w:.0f} s" for w in walls)) if walls else None,
+        probe_line(runs, "cpu_probe_us", "machine speed probe, fixed Python loop"),
+        probe_line(runs, "wakeup_probe_us", "machine wake-up probe, pipe round trip to a child"),
         "",
         "| benchmark | median per run | median of medians | spread | p99 per run (us) | "
         "other CPU share (max) | steal share (max) |",
