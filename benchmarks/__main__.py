@@ -31,6 +31,8 @@ COMMANDS = {
                   "what CURVE + ZAP costs a connection: one at a time, and 1,000 at once"),
     "gateway": ("benchmarks.gateway",
                 "the WebSocket gateway: memory per idle connection, e2e latency to apps"),
+    "city": ("benchmarks.city",
+             "the lunch peak of a large city: 100k addresses, orders, offers, positions"),
     "zap-handshake": ("benchmarks.zap_handshake",
                       "the ZAP handler alone: CURVE ROUTER + handler, raw DEALERs"),
     "build": ("benchmarks.drivers.build", "build the native load drivers (loadgen)"),

@@ -18,7 +18,6 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,22 @@ from benchmarks.harness.machine import environment
 from benchmarks.harness.procs import free_port
 
 SECRET = "benchmark-token-secret-0123456789abcdef0123"
+
+#: Attempts per app connection before the benchmark gives up on it (a refused or
+#: timed-out connect is retried after 0.5 s, 1 s, ...; every retry is reported).
+CONNECT_TRIES = 5
+
+
+def raise_fd_limit(need: int) -> None:
+    """Raise this process's open-file limit (the children inherit it) to the hard
+    limit; fail with what to do when even that is below ``need``."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard < need:
+        raise SystemExit(f"the open-file limit is {hard}, the gateway needs {need} for "
+                         f"these connections: raise it (ulimit -Hn) or use fewer")
 
 
 def rss_kib(pid: int) -> int:
@@ -46,14 +61,27 @@ def wait_log(path: str, needle: str, proc: subprocess.Popen, timeout: float = 20
 async def _apps(url: str, tokens: list[str], ready: mp.Event, go: mp.Event,
                 seconds: float, out: mp.Queue) -> None:
     from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
     lat: list[float] = []
     got = {"ORDER": 0, "LOCATION": 0}
 
     async def one(token: str) -> None:
-        async with connect(url, compression=None, open_timeout=60, ping_interval=None) as ws:
-            await ws.send(json.dumps({"type": "hello", "token": token}))
-            json.loads(await ws.recv())
-            counted.append(1)
+        for attempt in range(CONNECT_TRIES):
+            try:
+                ws = await connect(url, compression=None, open_timeout=60, ping_interval=None)
+                await ws.send(json.dumps({"type": "hello", "token": token}))
+                welcome = json.loads(await ws.recv())
+                if welcome.get("type") != "welcome":
+                    raise RuntimeError(f"no welcome: {welcome}")
+                break
+            except (OSError, asyncio.TimeoutError, RuntimeError, ConnectionClosed) as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(0.5 * (attempt + 1))
+        else:
+            failed.append(1)
+            return
+        counted.append(1)
+        async with ws:
             while True:
                 f = json.loads(await ws.recv())
                 if f["type"] != "deliver":
@@ -64,21 +92,34 @@ async def _apps(url: str, tokens: list[str], ready: mp.Event, go: mp.Event,
                     await ws.send(json.dumps({"type": "ack", "seq": f["seq"]}))
 
     counted: list[int] = []
+    failed: list[int] = []
+    errors: list[str] = []
     tasks = []
     for i, t in enumerate(tokens):
         tasks.append(asyncio.create_task(one(t)))
         if i % 200 == 199:
             await asyncio.sleep(0.05)  # a city's phones do not all connect in one ms
-    while len(counted) < len(tokens):
+    while len(counted) + len(failed) < len(tokens):
         await asyncio.sleep(0.1)
+    if failed:
+        out.put({"failed": len(failed), "errors": errors[:5], "retries": len(errors)})
+        return
     ready.set()
     while not go.is_set():
         await asyncio.sleep(0.05)
     lat.clear()
     await asyncio.sleep(seconds + 2)
-    out.put({"lat": lat, "got": got})
+    out.put({"lat": lat, "got": got, "retries": len(errors)})
     for t in tasks:
         t.cancel()
+
+
+def _failures(out: mp.Queue) -> str:
+    """What app processes reported instead of becoming ready."""
+    got = []
+    while not out.empty():
+        got.append(out.get_nowait())
+    return str(got) if got else "no process reported a failure"
 
 
 def app_process(url, tokens, ready, go, seconds, out) -> None:
@@ -124,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--order-every", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=30.0)
     args = ap.parse_args(argv)
+    raise_fd_limit(args.connections + 1000)
     from router.auth import tokens as tk
     from router.auth.credentials import TokenKey
     work = tempfile.mkdtemp(prefix="gw-bench-")
@@ -161,13 +203,16 @@ def main(argv: list[str] | None = None) -> int:
             p.start()
         for e in ready:
             if not e.wait(300):
-                raise RuntimeError("the apps did not all connect within 300 s")
+                raise RuntimeError("the apps did not all connect within 300 s: "
+                                   + _failures(out))
         connect_s = time.monotonic() - t0
         time.sleep(2)
         rss1 = rss_kib(gw_pid)
         go.set()
         sent = push(router, users, args.period, args.order_every, args.seconds)
         results = [out.get(timeout=120) for _ in apps]
+        if any("failed" in r for r in results):
+            raise RuntimeError(f"app connections failed: {results}")
         rss2 = rss_kib(gw_pid)
         for p in apps:
             p.join(10)
@@ -184,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{env['commit']}. Router (journal + fsync) and one gateway process; "
               f"{args.procs} app processes (Python websockets clients) on the same 2 cores.\n")
         print("| figure | value |\n|---|---|")
-        print(f"| connections open (hello + welcome) | {args.connections:,} in {connect_s:.1f} s |")
+        print(f"| connections open (hello + welcome) | {args.connections:,} in {connect_s:.1f} s "
+              f"({sum(r.get('retries', 0) for r in results)} connects retried) |")
         print(f"| gateway RSS before / idle with all / after load | {rss0 // 1024} / "
               f"{rss1 // 1024} / {rss2 // 1024} MiB |")
         print(f"| per idle connection | {(rss1 - rss0) / args.connections:.1f} KiB |")

@@ -13,6 +13,7 @@ import signal
 import sys
 
 import zmq
+import zmq.auth
 
 
 def main(argv=None) -> int:
@@ -30,7 +31,6 @@ def main(argv=None) -> int:
     for sock in (frontend, backend):
         sock.linger = 0
         if args.curve_secret_key:
-            import zmq.auth
             public, secret = zmq.auth.load_certificate(args.curve_secret_key)
             sock.curve_secretkey, sock.curve_publickey = secret, public
             sock.curve_server = True

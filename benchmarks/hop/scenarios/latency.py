@@ -8,7 +8,7 @@ from benchmarks.hop.scenarios.base import Scenario
 
 SCENARIO = Scenario(
     name="latency",
-    contenders=("proxy", "pyloop", "router", "router-plain", "router-curve"),
+    contenders=("proxy", "proxy-curve", "pyloop", "router", "router-plain", "router-curve"),
     title=lambda o: f"Latency at fixed offered rates, {o.duration:g} s each",
     receivers=throughput.receivers,  # the same receiver, paced
     rates=lambda o: [float(r) for r in o.rates],

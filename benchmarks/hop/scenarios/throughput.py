@@ -13,7 +13,7 @@ def receivers(sender: dict, recv: dict, spec: TrialSpec) -> list[dict]:
 
 SCENARIO = Scenario(
     name="throughput",
-    contenders=("proxy", "pyloop", "router", "router-plain", "router-curve"),
+    contenders=("proxy", "proxy-curve", "pyloop", "router", "router-plain", "router-curve"),
     title=lambda o: f"Throughput, best effort (NOTICE), one address, {o.count:,} messages",
     receivers=receivers,
 )
