@@ -355,7 +355,7 @@ def report(args, results: list[dict], router_cpu: float, router_rss: float,
         f"{env['python']}, pyzmq {env['pyzmq']} (libzmq {env['libzmq']}); commit "
         f"{env['commit']}. Router with journal and fsync on; {args.hubs} phone hubs "
         f"(GATEWAY role) binding {args.users:,} users, {args.riders:,} riders and "
-        f"{args.merchants:,} merchants (bound in {bind_s:.1f} s); offered {args.orders:,} "
+        f"{args.merchants:,} merchants (every client connected in {bind_s:.1f} s); offered {args.orders:,} "
         f"orders/s and {args.locations:,} LOCATION/s for {args.seconds:.0f} s (latency from "
         f"{WARMUP_S:.0f} s on). All processes on these 2 cores.", "",
         "| class | received after warm-up | p50 ms | p99 ms | p99.9 ms | max ms |",
