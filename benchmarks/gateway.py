@@ -91,6 +91,15 @@ async def _apps(url: str, tokens: list[str], ready: mp.Event, go: mp.Event,
                 if f["seq"]:
                     await ws.send(json.dumps({"type": "ack", "seq": f["seq"]}))
 
+    gc_max, gc_t0 = [0.0], [0.0]
+
+    def gc_pause(phase: str, info: dict) -> None:  # how long the collector stops the loop
+        if phase == "start":
+            gc_t0[0] = time.perf_counter()
+        else:
+            gc_max[0] = max(gc_max[0], (time.perf_counter() - gc_t0[0]) * 1000)
+    import gc
+    gc.callbacks.append(gc_pause)
     counted: list[int] = []
     failed: list[int] = []
     errors: list[str] = []
@@ -109,9 +118,31 @@ async def _apps(url: str, tokens: list[str], ready: mp.Event, go: mp.Event,
         await asyncio.sleep(0.05)
     lat.clear()
     await asyncio.sleep(seconds + 2)
-    out.put({"lat": lat, "got": got, "retries": len(errors)})
+    out.put({"lat": lat, "got": got, "retries": len(errors), "gc_max_ms": gc_max[0]})
     for t in tasks:
         t.cancel()
+
+
+def gateway_quantiles(port: int) -> tuple[float, float]:
+    """p50 and p99 (ms, as bucket upper bounds) of the gateway's own
+    gateway_e2e_latency_seconds histogram, all classes together."""
+    from urllib.request import urlopen
+    text = urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith("gateway_e2e_latency_seconds_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            buckets[bound] = buckets.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]] if bounds else 0.0
+
+    def at(q: float) -> float:
+        for b in bounds:
+            if total and buckets[b] >= q * total:
+                return b * 1000
+        return float("nan")
+    return at(0.5), at(0.99)
 
 
 def _failures(out: mp.Queue) -> str:
@@ -182,9 +213,10 @@ def main(argv: list[str] | None = None) -> int:
              os.path.join(work, "data"), "--max-peers", "200000"],
             stdout=open(rlog, "w"), stderr=subprocess.STDOUT))
         wait_log(rlog, "router serving on", procs[0])
+        mport = free_port()
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "router", "gateway", "--router", router, "--listen",
-             f"127.0.0.1:{gport}", "--credentials", creds],
+             f"127.0.0.1:{gport}", "--credentials", creds, "--metrics-port", str(mport)],
             stdout=open(glog, "w"), stderr=subprocess.STDOUT))
         wait_log(glog, "gateway serving apps", procs[1])
         gw_pid = procs[1].pid
@@ -211,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         go.set()
         sent = push(router, users, args.period, args.order_every, args.seconds)
         results = [out.get(timeout=120) for _ in apps]
+        gw_q = gateway_quantiles(mport)
         if any("failed" in r for r in results):
             raise RuntimeError(f"app connections failed: {results}")
         rss2 = rss_kib(gw_pid)
@@ -240,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{got['ORDER']:,} |")
         print(f"| e2e latency p50 / p99 / max (all classes) | {q(0.5):.1f} / {q(0.99):.1f} / "
               f"{(lat[-1] if lat else float('nan')):.1f} ms |")
+        print(f"| the gateway's own view, ACCEPTED -> written to the app, p50 / p99 (bucket "
+              f"bounds) | {gw_q[0]:g} / {gw_q[1]:g} ms |")
+        pauses = [r.get("gc_max_ms", 0.0) for r in results]
+        print(f"| app processes: longest GC pause | {max(pauses):.0f} ms |")
         return 0
     finally:
         for p in procs:

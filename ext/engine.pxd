@@ -85,6 +85,7 @@ cdef class Engine:
     cdef unordered_map[string, uint64_t] cursors
     cdef unordered_set[string] unbound
     cdef unordered_map[string, uint64_t] reack
+    cdef unordered_map[string, uint64_t] app_acked  # what the application acked, by address
     cdef vector[string] ev_local
     cdef vector[Rcpt] rc_local
     cdef vector[string] backlog

@@ -206,6 +206,7 @@ cdef class Engine:
         the I/O thread starts."""
         for name, seq in cursors:
             self.cursors[<string>name] = <uint64_t>seq
+            self.app_acked[<string>name] = <uint64_t>seq
 
     def after_welcome(self, bytes frame) -> None:
         """A one-frame message to send after every WELCOME (a worker's READY)."""

@@ -94,9 +94,14 @@ cdef void _on_deliver(Engine self, const unsigned char *h, size_t hn,
         address.assign(<const char *>h + hn - la, la)
         it = self.cursors.find(address)
         if it != self.cursors.end() and seq <= deref(it).second:
-            # a redelivery of what was already handed over: ack it again, drop it
+            # A redelivery of what was already handed over: drop it. If the
+            # application acked it, the router lost that ack: send it again. If not,
+            # the application still holds it and acks when done: an ack now would
+            # tell the sender DELIVERED for what nobody has processed.
             self.n_duplicates += 1
-            self.reack[address] = deref(it).second
+            it = self.app_acked.find(address)
+            if it != self.app_acked.end() and seq <= deref(it).second:
+                self.reack[address] = deref(it).second
             return
         self.cursors[address] = seq
     self.n_delivered += 1

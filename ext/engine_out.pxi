@@ -32,6 +32,9 @@ cdef void _send_queued(Engine self) noexcept nogil:
     acks.swap(self.ack_q)
     pthread_mutex_unlock(&self.mu)
     _take_items(self, items)
+    for kv in acks:
+        if self.app_acked[kv.first] < kv.second:
+            self.app_acked[kv.first] = kv.second
     for kv in self.reack:
         if acks.count(kv.first) == 0 or acks[kv.first] < kv.second:
             acks[kv.first] = kv.second
@@ -178,6 +181,7 @@ cdef void _bind(Engine self, const string &item, bint reset) noexcept nogil:
         p += NAME_HEAD + p[0] + SEQ_SIZE
         if reset or self.cursors.count(name) == 0:
             self.cursors[name] = seq
+            self.app_acked[name] = seq  # the application has everything up to it
             self.reack.erase(name)  # nothing above the new cursor is re-acked
         self.unbound.erase(name)
         if n == MAX_LIST_ENTRIES:

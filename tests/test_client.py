@@ -102,16 +102,27 @@ def test_acks_go_at_once_and_merge_into_one_cumulative_ack(fake):
         ep.close()
 
 
-def test_a_redelivered_sequence_is_dropped_and_acked_again(fake):
+def test_a_redelivered_sequence_is_dropped_and_acked_again_only_once_acked(fake):
+    """A redelivery of what the application holds unacked is dropped and not acked (the
+    ack would report DELIVERED for what nobody processed); once the application acked
+    it, a redelivery means the router lost that ack, and it is sent again."""
     ep, ident = _connect_endpoint(fake, ["merchant:1"])
     try:
         fake.deliver(ident, "merchant:1", 1)
-        assert ep.recv(timeout=2).seq == 1
+        d = ep.recv(timeout=2)
+        assert d.seq == 1
         fake.deliver(ident, "merchant:1", 1)   # the router resends what we hold
+        assert ep.recv(timeout=0.3) is None
+        assert fake.recv(0.5) is None           # held, not acked: no ack on its behalf
+        assert ep.duplicates == 1
+        ep.ack(d)
+        frames = fake.recv(1)
+        assert frames is not None and frames[1] == P.encode_ack([("merchant:1", 1)])
+        fake.deliver(ident, "merchant:1", 1)   # that ack was lost: the router resends
         assert ep.recv(timeout=0.3) is None
         frames = fake.recv(1)
         assert frames is not None and frames[1] == P.encode_ack([("merchant:1", 1)])
-        assert ep.duplicates == 1
+        assert ep.duplicates == 2
     finally:
         ep.close()
 

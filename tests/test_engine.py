@@ -38,6 +38,29 @@ def test_a_flooded_endpoint_that_does_not_read_is_never_dropped(make_router):
     assert got == 200_000
 
 
+def test_a_redelivery_of_what_the_application_holds_unacked_is_not_acked(make_router):
+    """The router redelivers a window the application has not acked yet (it is still
+    working on it); the engine drops the copies but must not ack them on the
+    application's behalf: DELIVERED comes only after the application's own ack, and a
+    party that reconnects without acking gets the messages again."""
+    router = make_router("--retry-ms", "200", "--retry-max-ms", "400")
+    with Sender(router.url, "orders") as s:
+        with Endpoint(router.url, ["merchant:9"], auto_ack=False) as ep:
+            ids = [s.send("merchant:9", {"n": n}) for n in range(3)]
+            got = ep.recv_many(10, timeout=5.0)
+            assert [d.seq for d in got] == [1, 2, 3]
+            wait_until(lambda: ep.duplicates >= 3, 10, "a redelivery of the window")
+            s.poll(0.5)
+            assert all(s.status(m).status == Status.ACCEPTED for m in ids)
+            ep.ack(got[0])
+            assert s.wait(ids[0], Status.DELIVERED, timeout=5).status == Status.DELIVERED
+            time.sleep(0.5)
+            assert s.status(ids[1]).status == Status.ACCEPTED
+        with Endpoint(router.url, ["merchant:9"]) as again:  # back, 2 and 3 unacked
+            got = again.recv_many(10, timeout=5.0)
+            assert [d.seq for d in got] == [2, 3]
+
+
 def test_a_handler_that_blocks_for_10_s_keeps_its_worker_connected(make_router):
     router = make_router(*FAST)
     started = threading.Event()

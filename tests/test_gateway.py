@@ -3,7 +3,11 @@ apps speaking docs/GATEWAY.md over real WebSockets (tcp loopback)."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -25,31 +29,42 @@ from support import ROOT, drain, free_port
 KEY = TokenKey("k1", b"gateway-test-secret-0123456789abcdef")
 
 
-@pytest.fixture
-def gateway(make_router, tmp_path: Path):
-    """(router, ws url, http base, metrics port, token(address, ttl))"""
-    r = make_router()
+@contextlib.contextmanager
+def start_gateway(r, tmp_path: Path, *extra: str):
+    """A `router gateway` process for router ``r``; yields (ws url, http base, metrics
+    port) and stops it after, checking its log for tracebacks."""
     creds = tmp_path / "credentials.toml"
     creds.write_text(f'[tokens]\nkeys = [{{id = "k1", secret = "{KEY.secret.decode()}"}}]\n')
     port, mport = free_port(), free_port()
     log = open(tmp_path / "gateway.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "router", "gateway", "--router", r.url,
                              "--listen", f"127.0.0.1:{port}", "--credentials", str(creds),
-                             "--metrics-port", str(mport)],
+                             "--metrics-port", str(mport), *extra],
                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     deadline = time.monotonic() + 15
     while b"gateway serving apps" not in (tmp_path / "gateway.log").read_bytes():
         assert proc.poll() is None, (tmp_path / "gateway.log").read_text()
         assert time.monotonic() < deadline, "gateway did not start"
         time.sleep(0.05)
-
-    def token(address: str, ttl: float = 600, key: TokenKey = KEY, now=None) -> str:
-        return tokens.issue(address, ttl, [key], "order-router", now=now)
-
-    yield r, f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}", mport, token
-    proc.terminate()
-    proc.wait(10)
+    try:
+        yield f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}", mport
+    finally:
+        proc.terminate()
+        proc.wait(10)
     assert "Traceback" not in (tmp_path / "gateway.log").read_text()
+
+
+def token(address: str, ttl: float = 600, key: TokenKey = KEY, now=None) -> str:
+    """A token for ``address`` signed with ``key``."""
+    return tokens.issue(address, ttl, [key], "order-router", now=now)
+
+
+@pytest.fixture
+def gateway(make_router, tmp_path: Path):
+    """(router, ws url, http base, metrics port, token(address, ttl))"""
+    r = make_router()
+    with start_gateway(r, tmp_path) as (url, base, mport):
+        yield r, url, base, mport, token
 
 
 def frames_until(ws, n: int, kind: str = "deliver", timeout: float = 5.0) -> list[dict]:
@@ -186,3 +201,111 @@ def test_pages_and_metrics_are_served(gateway):
         text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics").read().decode()
         assert 'gateway_connections{party="rider"} 1.0' in text
     assert urllib.request.urlopen(f"http://127.0.0.1:{mport}/readyz").status == 200
+
+
+class RawApp:
+    """A WebSocket app on a bare socket: it does only what a test tells it, so it can
+    stop reading, or never answer a ping (every library answers pings by itself)."""
+
+    def __init__(self, url: str, rcvbuf: int = 0) -> None:
+        host, port = url.removeprefix("ws://").split("/", 1)[0].split(":")
+        self.sock = socket.socket()
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(10)
+        self.sock.connect((host, int(port)))
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                          f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                          "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            self.buf += self.sock.recv(4096)
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+    def send_json(self, obj: dict) -> None:
+        data, mask = json.dumps(obj).encode(), os.urandom(4)
+        assert len(data) < 1 << 16
+        size = bytes([0x80 | len(data)]) if len(data) < 126 else \
+            bytes([0x80 | 126]) + len(data).to_bytes(2, "big")
+        self.sock.sendall(bytes([0x81]) + size + mask
+                          + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+
+    def _take(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed without a close frame")
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def frame(self) -> tuple[int, bytes]:
+        """The next frame from the gateway: (opcode, payload)."""
+        b0, b1 = self._take(2)
+        n = b1 & 0x7F
+        if n == 126:
+            n = int.from_bytes(self._take(2), "big")
+        elif n == 127:
+            n = int.from_bytes(self._take(8), "big")
+        return b0 & 0x0F, self._take(n)
+
+    def close_code(self, max_frames: int = 100_000) -> int:
+        """Read on (ignoring data and pings) until the gateway's close frame; its code."""
+        for _ in range(max_frames):
+            op, payload = self.frame()
+            if op == 0x8:
+                return int.from_bytes(payload[:2], "big")
+        raise AssertionError(f"no close frame in {max_frames} frames")
+
+
+def test_an_app_that_never_answers_pings_is_closed_with_4006(make_router, tmp_path):
+    r = make_router()
+    with start_gateway(r, tmp_path, "--ping-interval", "0.5") as (url, _, mport):
+        app = RawApp(url)
+        app.send_json({"type": "hello", "token": token("user:21")})
+        t0 = time.monotonic()
+        assert app.close_code() == 4006
+        assert 0.5 <= time.monotonic() - t0 < 5
+        app.sock.close()
+        with connect(url) as live:  # a library client answers pings: it stays
+            hello(live, token("user:22"))
+            time.sleep(1.6)
+            live.send(json.dumps({"type": "ack", "seq": 0}))
+            with pytest.raises(TimeoutError):
+                live.recv(timeout=0.2)
+
+
+def test_an_app_that_stops_reading_is_closed_and_resumes_without_loss(make_router, tmp_path):
+    """An app holding more than its reliable bound (here 300, under the router's window
+    of 1024) unwritten that takes nothing for a second is closed (4003), even though it
+    cannot take the close frame; it comes back with last_seq 0 and gets every message,
+    in order, once. Pings are off: this is the too-slow watch, not the ping timeout."""
+    r = make_router()
+    with start_gateway(r, tmp_path, "--max-reliable", "300", "--ping-interval", "0") as (url, _, mport), Sender(r.url, "orders") as s:
+        app = RawApp(url, rcvbuf=4096)
+        app.send_json({"type": "hello", "token": token("merchant:5")})
+        # 8 KB frames: a window (1024) is more than the kernel's socket buffers hold
+        n, pad = 3000, "x" * 8000
+        for i in range(n):
+            s.send("merchant:5", {"n": i, "pad": pad})
+        s.flush(30)
+
+        def closed_too_slow() -> bool:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics").read().decode()
+            return 'gateway_closed_total{reason="too_slow"} 1.0' in text
+        deadline = time.monotonic() + 30
+        while not closed_too_slow():
+            assert time.monotonic() < deadline, "the unread app was never closed"
+            time.sleep(0.2)
+        app.sock.close()
+        with connect(url, max_size=None) as back:
+            hello(back, token("merchant:5"))
+            got: list[dict] = []
+            while len(got) < n:  # acking as it reads: the router sends a window at a time
+                got += frames_until(back, min(500, n - len(got)), timeout=30)
+                back.send(json.dumps({"type": "ack", "seq": got[-1]["seq"]}))
+            assert [f["data"]["n"] for f in got] == list(range(n))
+            with pytest.raises(TimeoutError):
+                back.recv(timeout=0.3)

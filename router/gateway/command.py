@@ -32,6 +32,13 @@ def add_parser(sub) -> None:
     p.add_argument("--name", default="gateway", help="HELLO name (default %(default)s)")
     p.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
                    help="/metrics, /healthz, /readyz on 127.0.0.1:PORT (0: off)")
+    p.add_argument("--ping-interval", type=argtypes.seconds, default=20.0, metavar="S",
+                   help="ping every app this often; one that has not answered the "
+                   "last ping by the next is closed with 4006 (0: no pings; default %(default)s)")
+    p.add_argument("--max-reliable", type=argtypes.int_in(1, 1_000_000), default=2000,
+                   metavar="N", help="reliable frames one app may leave unwritten before it "
+                   "is closed with 4003 to resume (default %(default)s; the router's "
+                   "window per address, 1024 by default, bounds it first)")
     p.add_argument("--demo-tokens", action="store_true",
                    help="GET /token?address=user:7 issues a token: for the demo only")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
@@ -60,6 +67,7 @@ def run_command(args: argparse.Namespace) -> int:
         raise CommandError("give both --server-key and --key (CURVE), or neither")
     options = {"server_key": args.server_key, "key": args.key} if args.key else {}
     cfg = GatewayConfig(args.router, creds.token_keys, creds.audience, args.name, options,
+                        ping_interval=args.ping_interval, max_reliable=args.max_reliable,
                         demo_tokens=args.demo_tokens)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -31,6 +31,7 @@ class Close(enum.IntEnum):
     TOO_SLOW = 4003  #: its reliable queue passed the bound: reconnect and resume
     RATE_LIMITED = 4004  #: it sent more than its budget of frames per second
     ROUTER_DOWN = 4005  #: the gateway lost the router: reconnect and resume later
+    PING_TIMEOUT = 4006  #: no answer to the gateway's last ping: reconnect and resume
 
 
 #: Frames an app sends: type -> required fields.

@@ -36,7 +36,7 @@ from router.auth.credentials import TokenKey
 from router.protocol import Delivery, MsgClass, Role, Status
 
 from . import frames
-from .app import AppConnection, TooSlow
+from .app import AppConnection
 from .frames import Close, FrameError
 from .policy import may_send
 
@@ -47,6 +47,8 @@ PAGES = {"/": "index.html", "/user": "user.html", "/merchant": "merchant.html",
          "/rider": "rider.html"}
 #: Frames an app may send per second (acks included); past it: closed, RATE_LIMITED.
 APP_FRAMES_PER_SECOND = 200
+#: Seconds the gateway waits for an app to answer its close frame (then drops it).
+CLOSE_TIMEOUT_S = 2.0
 E2E_BOUNDS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -105,6 +107,7 @@ class Gateway:
         self.health = httpd.Health()
         self.endpoint: AsyncEndpoint | None = None
         self._pump: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None
         # Summed when scraped, not per batch: with 10,000 apps a sum per batch of
         # deliveries is most of the gateway's CPU. list() copies the values atomically
         # (the scrape runs in the metrics thread).
@@ -117,15 +120,25 @@ class Gateway:
             self.cfg.router, [], name=self.cfg.name, role=Role.GATEWAY, auto_ack=False,
             on_error=self._router_error, **self.cfg.client_options)
         self._pump = asyncio.create_task(self._from_router())
+        self._watcher = asyncio.create_task(self._watch())
         self.health.set_ready(True)
 
-    async def stop(self) -> None:
-        """Close every app (GOING_AWAY: they resume elsewhere), then the router link."""
+    async def close_apps(self) -> None:
+        """Close every app (GOING_AWAY: they resume elsewhere), all at once; each close
+        is bounded by CLOSE_TIMEOUT_S."""
         self.health.stopping()
-        for app in list(self.apps.values()):
-            await self._close(app, Close.GOING_AWAY, "the gateway is stopping")
-        if self._pump:
-            self._pump.cancel()
+        closing = [asyncio.create_task(self._close(app, Close.GOING_AWAY,
+                                                   "the gateway is stopping"))
+                   for app in list(self.apps.values())]
+        if closing:
+            await asyncio.wait(closing)
+
+    async def stop(self) -> None:
+        """Close what apps remain, then the router link."""
+        await self.close_apps()
+        for task in (self._pump, self._watcher):
+            if task:
+                task.cancel()
         if self.endpoint:
             await self.endpoint.close()
 
@@ -144,15 +157,50 @@ class Gateway:
                 app = self.apps.get(d.address)
                 if app is None or app.closed:
                     continue
-                try:
-                    app.offer(d)
-                except TooSlow as exc:
-                    asyncio.create_task(self._close(app, Close.TOO_SLOW, str(exc)))
+                app.offer(d)
 
     def _written(self, app: AppConnection, d: Delivery) -> None:
         cls = MsgClass(d.msg_class).name.lower()
         self.metrics.messages_out.labels(cls).inc()
         self.metrics.e2e.labels(cls).observe(max(app.age_ms(d), 0) / 1000)
+
+    async def _watch(self) -> None:
+        """Once a second, close the apps that are too slow; every ``ping_interval``,
+        ping every app and close one whose previous ping is still unanswered. One task
+        for all apps: websockets' own keepalive is a task per connection (about 1 KiB
+        each, 10 MiB at 10,000 apps)."""
+        every = self.cfg.ping_interval
+        next_ping = time.monotonic() + every
+        while True:
+            await asyncio.sleep(1.0)
+            self._close_slow()
+            if every > 0 and time.monotonic() >= next_ping:
+                next_ping = time.monotonic() + every
+                await self._ping_all()
+
+    def _close_slow(self) -> None:
+        """Close the apps that hold more than ``max_reliable`` unwritten reliable frames
+        and wrote none since the last look: they are not reading. (A returning app gets
+        a window at once; that is a burst, not slowness.)"""
+        for app in list(self.apps.values()):
+            if not app.closed and app.stuck():
+                asyncio.create_task(self._close(
+                    app, Close.TOO_SLOW, f"{len(app.reliable)} reliable messages unread"))
+
+    async def _ping_all(self) -> None:
+        for i, app in enumerate(list(self.apps.values())):
+            if app.closed:
+                continue
+            if app.pong is not None and not app.pong.done():
+                asyncio.create_task(self._close(app, Close.PING_TIMEOUT,
+                                                "no answer to the last ping"))
+                continue
+            try:
+                app.pong = await app.ws.ping()
+            except ConnectionClosed:
+                continue
+            if i % 500 == 499:
+                await asyncio.sleep(0)  # a burst of pings must not stall deliveries
 
     # ---- the app side -------------------------------------------------------------------
 
@@ -169,7 +217,7 @@ class Gateway:
             return
         address, last_seq = hello
         app = AppConnection(ws, address, last_seq, max_reliable=self.cfg.max_reliable,
-                            max_notices=self.cfg.max_notices)
+                            max_notices=self.cfg.max_notices, on_written=self._written)
         old = self.apps.get(address)
         if old is not None:
             await self._close(old, Close.TAKEN_OVER, "another connection of this party "
@@ -180,13 +228,12 @@ class Gateway:
             self.metrics.resumes.inc()
         self.endpoint.bind_at({address: last_seq})
         await ws.send(frames.welcome(address, last_seq, self.cfg.ping_interval).decode())
-        writer = asyncio.create_task(app.write_loop(lambda d: self._written(app, d)))
         try:
             await self._read(app)
         except ConnectionClosed:
             pass
         finally:
-            writer.cancel()
+            app.stop()
             await self._leave(app)
 
     async def _hello(self, ws: ServerConnection) -> tuple[str, int]:
@@ -269,15 +316,19 @@ class Gateway:
             pass
 
     async def _close(self, app: AppConnection, code: Close, why: str) -> None:
+        """Close one app with ``code``. An app that does not read cannot take the close
+        frame either (websockets waits for the socket to drain, without a limit): after
+        CLOSE_TIMEOUT_S its connection is aborted."""
         if app.closed:
             return
-        app.closed = True
-        app.wake.set()
+        app.stop()
         self.metrics.closed.labels(code.name.lower()).inc()
         try:
-            await app.ws.close(int(code), why[:120])
+            await asyncio.wait_for(app.ws.close(int(code), why[:120]), CLOSE_TIMEOUT_S)
         except ConnectionClosed:
             pass
+        except asyncio.TimeoutError:
+            app.ws.transport.abort()
 
     async def _leave(self, app: AppConnection) -> None:
         """The app is gone: its address is unbound unless another connection of the
@@ -331,7 +382,8 @@ async def run(cfg: GatewayConfig, host: str, port: int, metrics_port: int = 0,
         if metrics_port else None
     try:
         async with serve(gw.handle, host, port, process_request=gw.http,
-                         ping_interval=cfg.ping_interval, ping_timeout=cfg.ping_interval,
+                         ping_interval=None,  # Gateway._keepalive pings all apps
+                         close_timeout=CLOSE_TIMEOUT_S,
                          max_size=frames.MAX_APP_FRAME, compression=None) as server:
             bound = server.sockets[0].getsockname()[1]
             log.info("gateway serving apps on ws://%s:%d/ws (web apps on http://%s:%d/), "
@@ -340,6 +392,7 @@ async def run(cfg: GatewayConfig, host: str, port: int, metrics_port: int = 0,
             if ready is not None:
                 ready.set()
             await (stop.wait() if stop is not None else asyncio.Future())
+            await gw.close_apps()  # before the server's own close, which is unbounded
     finally:
         await gw.stop()
         if ops:
