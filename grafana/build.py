@@ -39,6 +39,8 @@ DS = {"type": "prometheus", "uid": "${datasource}"}
 
 #: Label filter of the overview dashboard: one router job, some or all instances.
 SEL = 'job=~"$job", instance=~"$instance"'
+#: The overview's gateway row: its own instance variable (gateways are other processes).
+GW = 'instance=~"$gateway"'
 RATE = "$__rate_interval"
 
 
@@ -370,6 +372,35 @@ def overview() -> dict:
                  quantiles("router_service_request_seconds", "", qs=(0.5, 0.99)), unit="s",
                  w=6, description="Request received until the worker's reply was sent back.")
 
+    L.row("Gateway")
+    g = GW
+    L.timeseries("App connections by party", [
+        target(f"sum by (party) (gateway_connections{{{g}}})", "{{party}}")],
+        w=6, stack=True, description="WebSocket apps connected to the gateways, by the "
+        "kind of their address (user, merchant, rider). A cliff: a gateway restarted or "
+        "phones lost the network.")
+    L.timeseries("App frames in and out", [
+        target(f"sum by (class) (rate(gateway_messages_out_total{{{g}}}[{RATE}]))",
+               "out {{class}}"),
+        target(f"sum(rate(gateway_messages_in_total{{{g}}}[{RATE}]))", "in (apps' sends)"),
+        target(f"sum(rate(gateway_resumes_total{{{g}}}[{RATE}]))", "resumes")],
+        unit="reqps", w=6, description="Deliveries written to apps by class; frames the "
+        "apps sent on to the router; hellos that resumed after a sequence (returning apps).")
+    L.timeseries("End to end to the app",
+                 quantiles("gateway_e2e_latency_seconds", "class", g, qs=(0.5, 0.99)),
+                 unit="s", w=6, description="Router ACCEPTED to written to the app's socket, "
+                 "per class. The target at lunch peak: p99 under 50 ms for order and dispatch, "
+                 "100 ms for location.")
+    L.timeseries("Waiting, shed and closed", [
+        target(f"sum(gateway_queued{{{g}}})", "frames waiting"),
+        target(f"sum(rate(gateway_shed_total{{{g}}}[{RATE}]))", "shed /s"),
+        target(f"sum by (reason) (rate(gateway_closed_total{{{g}}}[{RATE}]))",
+               "closed /s {{reason}}")],
+        w=6, description="Frames waiting to be written to apps; best-effort frames not "
+        "written (shed notices, conflated positions); connections the gateway closed, by "
+        "reason (too_slow, ping_timeout, unauthorized, replaced, going_away). Rising "
+        "too_slow or ping_timeout: phones on a bad network.")
+
     L.row("Process")
     L.timeseries("CPU", [
         target(f"rate(process_cpu_seconds_total{{{s}}}[{RATE}])", "{{instance}}")],
@@ -395,11 +426,13 @@ def overview() -> dict:
                   multi=False),
         query_var("instance", "Router", 'label_values(router_messages_received_total{job=~"$job"}, '
                   "instance)", all_value=".*"),
+        query_var("gateway", "Gateway", "label_values(gateway_connections, instance)",
+                  all_value=".*"),
     ]
     variables[1]["current"] = {"text": "router", "value": "router"}
     return dashboard("router-overview", "Router overview",
                      "Order-notification router: traffic, latency, reliability, queues, "
-                     "journal, services and the process.", L.panels, variables, ["router"])
+                     "journal, services, the WebSocket gateways and the process.", L.panels, variables, ["router"])
 
 
 # --------------------------------------------------------------------------- dispatch

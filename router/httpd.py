@@ -24,10 +24,22 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, GCCollector,
+                               PlatformCollector, ProcessCollector, generate_latest)
 
 #: Seconds without a :meth:`Health.beat` after which /healthz answers 503.
 STALL_SECONDS = 10.0
+
+
+def process_registry() -> CollectorRegistry:
+    """A registry holding the process's own families (CPU, memory, open files, start
+    time, Python version and GC; docs/METRICS.md, "Every process"): every process's
+    /metrics starts from it."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
 
 
 class Health:

@@ -22,13 +22,14 @@ import time
 from typing import Callable, Iterator
 
 import zmq
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric,
 )
 
 from . import __version__
 from . import core as _native
+from .httpd import process_registry
 from .protocol import RELIABLE_CLASSES, ErrorCode, MsgClass, Status
 
 #: Bucket upper bounds (seconds) of the native histograms: the core's own table.
@@ -369,10 +370,7 @@ def registry_for(take_snapshot: Callable[[], dict], data_dir: str,
     files, start time, Python version and GC): what the router's /metrics serves.
     ``peer_ids_honoured``: the startup probe's answer (router/libzmq_check.py), exported
     as router_libzmq_peer_chosen_ids; None exports nothing."""
-    registry = CollectorRegistry()
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    GCCollector(registry=registry)
+    registry = process_registry()
     collector = RouterCollector(take_snapshot, data_dir, peer_ids_honoured)
     registry.register(collector)
     return registry, collector

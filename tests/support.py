@@ -5,6 +5,7 @@ fuzzers (hostile traffic). Fixtures that use them are in conftest.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -21,6 +22,8 @@ from pathlib import Path
 import zmq
 
 from router import protocol as P
+from router.auth import tokens
+from router.auth.credentials import TokenKey
 from router.client import Endpoint, Sender
 from router.protocol import Command, ErrorCode, MsgClass, Role, Status
 
@@ -457,3 +460,39 @@ def fuzz_shared_id(url: str, seed: int, stop: threading.Event, counts: list[int]
     finally:
         for peer in peers:
             peer.close()
+
+
+# --------------------------------------------------------------------------- gateways
+#: The key the gateways of the tests verify app tokens with.
+GATEWAY_KEY = TokenKey("k1", b"gateway-test-secret-0123456789abcdef")
+
+
+@contextlib.contextmanager
+def start_gateway(r, tmp_path: Path, *extra: str):
+    """A `router gateway` process for router ``r`` (its credentials and gateway.log in
+    ``tmp_path``); yields (ws url, http base, metrics
+    port) and stops it after, checking its log for tracebacks."""
+    creds = tmp_path / "credentials.toml"
+    creds.write_text(f'[tokens]\nkeys = [{{id = "k1", secret = "{GATEWAY_KEY.secret.decode()}"}}]\n')
+    port, mport = free_port(), free_port()
+    log = open(tmp_path / "gateway.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "router", "gateway", "--router", r.url,
+                             "--listen", f"127.0.0.1:{port}", "--credentials", str(creds),
+                             "--metrics-port", str(mport), *extra],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    deadline = time.monotonic() + 15
+    while b"gateway serving apps" not in (tmp_path / "gateway.log").read_bytes():
+        assert proc.poll() is None, (tmp_path / "gateway.log").read_text()
+        assert time.monotonic() < deadline, "gateway did not start"
+        time.sleep(0.05)
+    try:
+        yield f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}", mport
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert "Traceback" not in (tmp_path / "gateway.log").read_text()
+
+
+def token(address: str, ttl: float = 600, key: TokenKey = GATEWAY_KEY, now=None) -> str:
+    """A token for ``address`` signed with ``key``."""
+    return tokens.issue(address, ttl, [key], "order-router", now=now)

@@ -4,12 +4,9 @@ apps speaking docs/GATEWAY.md over real WebSockets (tcp loopback)."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -19,44 +16,11 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from router.auth import tokens
 from router.auth.credentials import TokenKey
 from router.client import Endpoint, Sender
 from router.protocol import MsgClass, Status
 
-from support import ROOT, drain, free_port
-
-KEY = TokenKey("k1", b"gateway-test-secret-0123456789abcdef")
-
-
-@contextlib.contextmanager
-def start_gateway(r, tmp_path: Path, *extra: str):
-    """A `router gateway` process for router ``r``; yields (ws url, http base, metrics
-    port) and stops it after, checking its log for tracebacks."""
-    creds = tmp_path / "credentials.toml"
-    creds.write_text(f'[tokens]\nkeys = [{{id = "k1", secret = "{KEY.secret.decode()}"}}]\n')
-    port, mport = free_port(), free_port()
-    log = open(tmp_path / "gateway.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "router", "gateway", "--router", r.url,
-                             "--listen", f"127.0.0.1:{port}", "--credentials", str(creds),
-                             "--metrics-port", str(mport), *extra],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    deadline = time.monotonic() + 15
-    while b"gateway serving apps" not in (tmp_path / "gateway.log").read_bytes():
-        assert proc.poll() is None, (tmp_path / "gateway.log").read_text()
-        assert time.monotonic() < deadline, "gateway did not start"
-        time.sleep(0.05)
-    try:
-        yield f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}", mport
-    finally:
-        proc.terminate()
-        proc.wait(10)
-    assert "Traceback" not in (tmp_path / "gateway.log").read_text()
-
-
-def token(address: str, ttl: float = 600, key: TokenKey = KEY, now=None) -> str:
-    """A token for ``address`` signed with ``key``."""
-    return tokens.issue(address, ttl, [key], "order-router", now=now)
+from support import drain, start_gateway, token
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ import pytest
 from router.core import histogram_bounds
 from router.protocol import RELIABLE_CLASSES, ErrorCode, MsgClass, Role, Status
 
-from support import ROOT, Peer, RouterProcess, free_port, wait_until
+from support import ROOT, Peer, RouterProcess, free_port, start_gateway, token, wait_until
 
 GRAFANA = ROOT / "grafana"
 DASHBOARDS = [GRAFANA / "dashboards" / "overview.json", GRAFANA / "dashboards" / "dispatch.json"]
@@ -103,7 +103,9 @@ PROCESS_CONTRACT = DOC["Every process"]
 CONTRACT = {**DOC["Router"], **PROCESS_CONTRACT}
 #: Exported by the dispatch/order service processes, not the router.
 DISPATCH_CONTRACT = DOC["Order and dispatch services"]
-ALL_DOCUMENTED = {**CONTRACT, **DISPATCH_CONTRACT}
+#: Exported by `router gateway` (with the process families).
+GATEWAY_CONTRACT = DOC["Gateway"]
+ALL_DOCUMENTED = {**CONTRACT, **DISPATCH_CONTRACT, **GATEWAY_CONTRACT}
 
 #: Panels (dashboard file, panel title) whose queries need the dispatch worker's or the
 #: order service's own metrics (router_dispatch_*, router_orders_total), not the
@@ -135,7 +137,7 @@ DISPATCH_METRICS = re.compile(r"router_dispatch_\w+|router_orders_total")
 #: Concrete values for Grafana's variables when a query goes straight to Prometheus.
 VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m",
              "$job": "router", "$instance": ".*", "$orders": ".*", "$worker": ".*",
-             "$router": ".*", "${datasource}": "prometheus"}
+             "$router": ".*", "$gateway": ".*", "${datasource}": "prometheus"}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -442,6 +444,42 @@ class Load:
                        if (r := self.sender.status(m)) is None or r.status != Status.DELIVERED}
 
 
+class GatewayLoad:
+    """Apps on a real `router gateway` process, and one round of what its dashboard row
+    shows: reliable and location deliveries written and acked, a send from an app, a
+    returning app resuming after its last sequence, and a forged token closed."""
+
+    def __init__(self, sender, url: str) -> None:
+        self.sender, self.url, self.last_seq = sender, url, 0
+
+    def round(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+        from websockets.sync.client import connect
+
+        with connect(self.url) as app:  # back after the previous round: resumes
+            app.send(json.dumps({"type": "hello", "token": token("user:gw-obs"),
+                                 "last_seq": self.last_seq}))
+            assert json.loads(app.recv(timeout=5))["type"] == "welcome"
+            self.sender.send("user:gw-obs", {"status": "accepted"}, kind="order.accepted")
+            self.sender.send("user:gw-obs", {"x": 1}, kind="rider.location",
+                             msg_class=MsgClass.LOCATION, key="rider:gw-obs")
+            app.send(json.dumps({"type": "send", "id": "c1", "to": "order:gw-obs",
+                                 "channel": True, "class": "CHAT", "data": {"text": "hi"}}))
+            seen, deadline = set(), time.monotonic() + 5
+            while seen != {"ORDER", "LOCATION"}:
+                assert time.monotonic() < deadline, f"the app got only {seen}"
+                f = json.loads(app.recv(timeout=5))
+                if f["type"] == "deliver":
+                    seen.add(f["class"])
+                    if f["seq"]:
+                        self.last_seq = f["seq"]
+                        app.send(json.dumps({"type": "ack", "seq": f["seq"]}))
+        with connect(self.url) as forged:  # closed: unauthorized
+            forged.send(json.dumps({"type": "hello", "token": "not.a.token"}))
+            with pytest.raises(ConnectionClosed):
+                forged.recv(timeout=5)
+
+
 def variable_values(prom: "Prometheus", path: Path, v: dict) -> list[str]:
     """The values Grafana offers for query variable ``v``: label_values(selector, label)
     through the series API, or query_result(expr) with the variable's regex applied to
@@ -564,7 +602,7 @@ def check_names(where: str, expr: str) -> list[str]:
     contract = ALL_DOCUMENTED
     common = {"job", "instance", "le"}
     problems, labels_here = [], set(common)
-    for m in re.finditer(r"\b((?:router|process|python)_\w+?)(_total|_bucket|_count|_sum)?\b"
+    for m in re.finditer(r"\b((?:router|gateway|process|python)_\w+?)(_total|_bucket|_count|_sum)?\b"
                          r"(\{([^}]*)\})?", expr):
         name, suffix = m.group(1), m.group(2) or ""
         if name not in contract:
@@ -591,7 +629,7 @@ def check_names(where: str, expr: str) -> list[str]:
 
 
 def test_dashboards_name_only_contract_metrics_and_labels():
-    """Every router_* name a dashboard uses is in the contract, with a suffix that fits
+    """Every router_*/gateway_* name a dashboard uses is in the contract, with a suffix that fits
     its type, and every label it filters or groups by exists on it (a typo would show an
     empty panel). The alert rules get the same check in the real-Prometheus test."""
     problems = [p for f, title, expr in queries() for p in check_names(f"{f}/{title}", expr)]
@@ -705,18 +743,22 @@ def test_dashboards_queries_return_data_from_real_prometheus(tmp_path):
         stack.enter_context(service_worker(router.url, "echo"))
         worker_port, worker = stack.enter_context(dispatch_worker(router.url, port))
         orders_port = stack.enter_context(registry_server())
+        ws_url, _, gateway_port = stack.enter_context(start_gateway(router, tmp_path))
         prom = Prometheus(binary, {"router": [f"127.0.0.1:{port}"],
                                    "dispatch": [f"127.0.0.1:{worker_port}"],
-                                   "orders": [f"127.0.0.1:{orders_port}"]}, tmp_path)
+                                   "orders": [f"127.0.0.1:{orders_port}"],
+                                   "gateway": [f"127.0.0.1:{gateway_port}"]}, tmp_path)
         stack.callback(prom.close)
-        wait_until(lambda: sorted(prom.values("up")) == [1.0] * 3, 20,
+        wait_until(lambda: sorted(prom.values("up")) == [1.0] * 4, 20,
                  "the first successful scrape of every target")
         # Traffic starts only now, so every counter rises between scrapes.
         stack.enter_context(city(router.url))
         load = Load(router.url, stack)
+        apps = GatewayLoad(load.sender, ws_url)
         end = time.monotonic() + 3.0
         while time.monotonic() < end:
             load.round()
+            apps.round()
             time.sleep(0.1)
 
         all_queries = queries()
@@ -760,6 +802,7 @@ def test_dashboards_queries_return_data_from_real_prometheus(tmp_path):
         deadline = time.monotonic() + 45
         while (bad := failures()) and time.monotonic() < deadline:
             load.round()
+            apps.round()
             time.sleep(0.5)
         assert not bad, "dashboard queries without data:\n" + "\n".join(bad)
 
@@ -785,13 +828,16 @@ def test_dashboards_queries_return_data_from_real_prometheus(tmp_path):
         fams = {**worker_fams, **orders_fams}
         problems = contract_problems(fams, DISPATCH_CONTRACT, "dispatch/orders")
         problems += contract_problems(worker_fams, PROCESS_CONTRACT, "dispatch worker")
+        gateway_fams = families(scrape(gateway_port))
+        problems += contract_problems(gateway_fams, {**GATEWAY_CONTRACT, **PROCESS_CONTRACT},
+                                      "gateway")
         router_fams = families(scrape(port))
         for where, got in (("router", router_fams), ("dispatch worker", worker_fams),
-                           ("order service", orders_fams)):
+                           ("order service", orders_fams), ("gateway", gateway_fams)):
             problems += [f"{where}: {name} is exported but not in docs/METRICS.md"
                          for name in sorted(set(got) - set(ALL_DOCUMENTED))
                          if name.removesuffix("_created") not in ALL_DOCUMENTED]
-        exported = set(router_fams) | set(worker_fams) | set(orders_fams)
+        exported = set(router_fams) | set(worker_fams) | set(orders_fams) | set(gateway_fams)
         problems += [f"docs/METRICS.md lists {name}, which no process exports"
                      for name in sorted(set(ALL_DOCUMENTED) - exported)]
         assert not problems, "deviations from the metric contract:\n" + "\n".join(problems)

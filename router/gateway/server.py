@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -71,7 +71,7 @@ class GatewayMetrics:
     """The gateway's series, in its own registry (docs/METRICS.md, Gateway)."""
 
     def __init__(self) -> None:
-        self.registry = r = CollectorRegistry()
+        self.registry = r = httpd.process_registry()
         self.connections = Gauge("gateway_connections", "app connections, by the kind of "
                                  "their address", ["party"], registry=r)
         self.messages_in = Counter("gateway_messages_in", "frames sent by apps and passed "
