@@ -80,6 +80,12 @@ class AppConnection:
         wrote, self._sent_seen = self.sent != self._sent_seen, self.sent
         return len(self.reliable) > self.max_reliable and not wrote
 
+    def write_blocked(self) -> bool:
+        """The socket's write buffer is past its high-water mark: a send would wait."""
+        transport = self.ws.transport
+        return transport is None or \
+            transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]
+
     def queued(self) -> int:
         """Frames waiting to be written."""
         return len(self.reliable) + len(self.notices) + len(self.latest)
