@@ -395,11 +395,12 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.users, args.riders, args.merchants, args.hubs) < 1:
         ap.error("--users, --riders, --merchants and --hubs must be >= 1")
     work = tempfile.mkdtemp(prefix="city-bench-")
-    port = free_port()
+    port, mport = free_port(), free_port()
     url = f"tcp://127.0.0.1:{port}"
     log = open(os.path.join(work, "router.log"), "w")
     router = subprocess.Popen(
-        [sys.executable, "-m", "router", "serve", "--bind", url, "--data-dir",
+        [sys.executable, "-m", "router", "serve", "--bind", url, "--metrics-port", str(mport),
+         "--data-dir",
          os.path.join(work, "data"), "--max-addresses", str(4 * (args.users + args.riders
                                                                   + args.merchants))],
         stdout=log, stderr=subprocess.STDOUT)
@@ -431,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
                    for _ in procs]
         router_cpu = _cpu_s(router.pid) - cpu0
         text, ok = report(args, results, router_cpu, rss_mib(router.pid), bind_s)
+        text = text.rstrip("\n") + "\n\n" + router_counters(mport)
+        if not ok:
+            text += f"\n\nThe router's log and journal are kept in {work}."
         print(text)
         if args.markdown:
             with open(args.markdown, "a") as f:
@@ -443,6 +447,28 @@ def main(argv: list[str] | None = None) -> int:
                 p.kill()
         router.terminate()
         router.wait(10)
+
+
+#: The router's counters that explain a reliable message without its final receipt.
+COUNTERS = ("router_receipts_dropped_total", "router_redeliveries_total",
+            "router_dedup_hits_total", "router_errors_total")
+
+
+def router_counters(mport: int) -> str:
+    """One line: the router's own counts of dropped receipts, redeliveries, duplicates
+    and errors (summed over labels), from its /metrics at the end of the run."""
+    from urllib.request import urlopen
+    try:
+        text = urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
+    except OSError as exc:
+        return f"The router's counters: not read ({exc})."
+    sums = dict.fromkeys(COUNTERS, 0.0)
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in sums:
+            sums[name] += float(line.rsplit(" ", 1)[1])
+    return "The router's counters: " + ", ".join(
+        f"{k.removeprefix('router_').removesuffix('_total')} {v:,.0f}" for k, v in sums.items()) + "."
 
 
 def _wait_listening(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:

@@ -129,6 +129,14 @@ async def _apps(url: str, tokens: list[str], ready: mp.Event, go: mp.Event,
         t.cancel()
 
 
+def gateway_gc_pauses(glog: str) -> tuple[int, float]:
+    """Full collections of the gateway that stopped it for 100 ms or more (it logs
+    each), and the longest (ms)."""
+    pauses = [float(line.split(" for ", 1)[1].split(" ms", 1)[0])
+              for line in open(glog) if "full garbage collection stopped" in line]
+    return len(pauses), max(pauses, default=0.0)
+
+
 def gateway_quantiles(port: int) -> tuple[float, float]:
     """p50 and p99 (ms, as bucket upper bounds) of the gateway's own
     gateway_e2e_latency_seconds histogram, all classes together."""
@@ -286,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
               f"bounds) | {gw_q[0]:g} / {gw_q[1]:g} ms |")
         pauses = [r.get("gc_max_ms", 0.0) for r in results]
         print(f"| app processes: longest GC pause under load | {max(pauses):.0f} ms |")
+        n_gc, gc_ms = gateway_gc_pauses(glog)
+        print(f"| gateway: full collections of 100 ms or more (whole run), longest | {n_gc}, "
+              f"{gc_ms:.0f} ms |")
         return 0
     finally:
         for p in procs:

@@ -15,6 +15,7 @@ returns. Everything else the gateway serves over HTTP: the web apps (``/``,
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import mimetypes
@@ -50,6 +51,9 @@ PAGES = {"/": "index.html", "/user": "user.html", "/merchant": "merchant.html",
 APP_FRAMES_PER_SECOND = 200
 #: Seconds the gateway waits for an app to answer its close frame (then drops it).
 CLOSE_TIMEOUT_S = 2.0
+#: Bounds of gateway_gc_pause_seconds; a pause from GC_WARN_S on is logged.
+GC_BOUNDS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+GC_WARN_S = 0.1
 E2E_BOUNDS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -89,6 +93,11 @@ class GatewayMetrics:
                             registry=r)
         self.e2e = Histogram("gateway_e2e_latency_seconds", "router ACCEPTED to written to "
                              "the app, by class", ["class"], buckets=E2E_BOUNDS, registry=r)
+        self.gc_pause = Histogram("gateway_gc_pause_seconds", "how long each garbage "
+                                  "collection of the oldest generation stopped the gateway",
+                                  buckets=GC_BOUNDS, registry=r)
+        gc.callbacks.append(self._gc)
+        self._gc_started = 0.0
         for c in MsgClass:
             self.messages_out.labels(c.name.lower())
             self.e2e.labels(c.name.lower())
@@ -96,6 +105,20 @@ class GatewayMetrics:
             self.closed.labels(reason.name.lower())
         for kind in ("user", "merchant", "rider"):
             self.connections.labels(kind)
+
+    def _gc(self, phase: str, info: dict) -> None:
+        """Time full collections: with 10,000 apps the heap is large, and a pause of the
+        whole gateway shows in every app's latency at once."""
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._gc_started
+        self.gc_pause.observe(pause)
+        if pause >= GC_WARN_S:
+            log.warning("a full garbage collection stopped the gateway for %.0f ms "
+                        "(%d objects collected)", pause * 1000, info["collected"])
 
 
 class Gateway:
