@@ -150,7 +150,7 @@ def hub(url: str, index: int, args: argparse.Namespace, ready, go, out) -> None:
     rng = random.Random(index)
     tally = Tally()
     ep = Endpoint(url, addrs, name=f"city-hub-{index}", role=Role.GATEWAY, timeout=120,
-                  on_receipt=tally.on_receipt, keep_receipts=1000)
+                  on_receipt=tally.on_receipt)
     ready.set()
     t_go = go.get()
     tally.start(t_go, args.seconds)
@@ -269,7 +269,7 @@ def order_service(url: str, args: argparse.Namespace, ready, go, out) -> None:
 
     tally = Tally()
     ep = Endpoint(url, ["svc:orders", "svc:dispatch"], name="city-orders", timeout=60,
-                  on_receipt=tally.on_receipt, keep_receipts=1000)
+                  on_receipt=tally.on_receipt)
     svc = Orders(ep, args, tally)
     ready.set()
     t_go = go.get()

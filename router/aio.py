@@ -72,6 +72,8 @@ class AsyncClient(Client):
 
     def _take_receipts(self) -> int:
         got = self.engine.take_receipts()
+        if len(got) >= self._keep_receipts:  # the engine's queue was full: some dropped?
+            self._report_dropped_receipts()
         for mid, st, code in got:
             r = Receipt(mid, _STATUS.get(st, st), _CODE.get(code, code))
             if self._waiters and mid in self._waiters:

@@ -125,6 +125,11 @@ class Client:
     bound): beyond it :meth:`send` waits up to ``send_timeout`` s, then raises
     :class:`PendingLimitError`.
 
+    ``keep_receipts`` bounds the receipts kept for :meth:`status` and those waiting for
+    the application to take them (:meth:`poll`, callbacks): past it the oldest waiting
+    are dropped and a warning says so, since their callbacks will not run. A client
+    that takes receipts through callbacks must poll often enough, or raise it.
+
     An authenticated router (docs/PROTOCOL.md §11) needs ``server_key`` (its public
     key: Z85 text or its ``.key`` file) and ``key`` (this client's ``.key_secret`` file
     from ``router keygen``, or a ``(public, secret)`` Z85 pair); or ``plain=(name,
@@ -163,6 +168,7 @@ class Client:
         self._replies: dict[int, Reply] = {}
         self._callbacks: dict[int, Callable[[Receipt], None]] = {}
         self._inbox: collections.deque[tuple] = collections.deque(maxlen=keep_receipts)
+        self._keep_receipts, self._dropped_receipts = max(keep_receipts, 1), 0
         # Sender-chosen ids: a random 32-bit prefix per client and a counter, so two
         # runs of one service do not reuse ids inside the router's dedup window.
         self._ids = itertools.count((int.from_bytes(os.urandom(4), "big") << 32) | 1)
@@ -261,6 +267,8 @@ class Client:
         got = self.engine.take_receipts()
         if not got:
             return 0
+        if len(got) >= self._keep_receipts:  # the engine's queue was full: some dropped?
+            self._report_dropped_receipts()
         cbs = self._callbacks
         if self.on_receipt is None and not cbs:
             self._inbox.extend(got)
@@ -274,6 +282,17 @@ class Client:
             else:
                 self._inbox.append((mid, st, code))
         return len(got)
+
+    def _report_dropped_receipts(self) -> None:
+        """Say when receipts were dropped before the application took them: their
+        callbacks never run, so a caller counting on them must hear it."""
+        dropped = self.engine.stats()["dropped_receipts"]
+        if dropped > self._dropped_receipts:
+            log.warning("%d receipts were dropped before this client took them (more than "
+                        "keep_receipts=%d waited): their callbacks did not run; poll more "
+                        "often or raise keep_receipts", dropped - self._dropped_receipts,
+                        self._keep_receipts)
+            self._dropped_receipts = dropped
 
     def poll(self, timeout: float = 0.0) -> int:
         """Serve callbacks and take what arrived within ``timeout`` s; return how many

@@ -14,7 +14,7 @@ from router.aio import AsyncEndpoint, AsyncSender
 from router.client import Endpoint, Sender
 from router.protocol import ErrorCode, MsgClass, Status
 from router.session import RouterError, check_address, order_ref
-from support import free_port
+from support import free_port, wait_until
 
 
 class FakeRouter:
@@ -252,3 +252,26 @@ def test_order_ties_a_message_to_its_history(router):
                 break
             time.sleep(0.1)
     assert accepted == set(ids)
+
+
+def test_receipts_dropped_before_the_application_took_them_are_reported(router, caplog):
+    """More receipts waiting than ``keep_receipts``: the oldest are dropped, and the
+    client says so when it next takes receipts, since their callbacks never run."""
+    seen = []
+    with Sender(router.url, "orders", keep_receipts=10, on_receipt=seen.append) as s, \
+            Endpoint(router.url, ["merchant:77"]) as ep:
+        ids = [s.send("merchant:77", {"n": n}) for n in range(30)]
+        got = 0
+        for _ in range(50):  # bounded: 30 deliveries in at most 50 takes
+            for d in ep.recv_many(30, timeout=0.1):
+                ep.ack(d)
+                got += 1
+            if got == 30:
+                break
+        ep.flush()
+        wait_until(lambda: s.stats()["dropped_receipts"] > 0, 5, "receipts past the bound")
+        with caplog.at_level("WARNING", logger="router.client"):
+            s.poll(0.1)
+        assert any("receipts were dropped" in r.message and "keep_receipts=10" in r.message
+                   for r in caplog.records), caplog.text
+        assert len(seen) < 2 * len(ids)  # ACCEPTED and DELIVERED for 30: not all came
