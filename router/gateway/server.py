@@ -40,6 +40,7 @@ from router.protocol import Delivery, MsgClass, Role, Status
 from . import frames
 from .app import AppConnection
 from .frames import Close, FrameError
+from .heap import LongLivedHeap
 from .policy import may_send
 
 log = logging.getLogger("router.gateway")
@@ -70,6 +71,7 @@ class GatewayConfig:
     max_notices: int = 500
     ping_interval: float = 20.0
     demo_tokens: bool = False  # /token?address=... issues tokens (the demo only)
+    freeze_heap: bool = True  # keep long-lived objects out of full collections (heap.py)
 
 
 class GatewayMetrics:
@@ -132,6 +134,7 @@ class Gateway:
         self.endpoint: AsyncEndpoint | None = None
         self._pump: asyncio.Task | None = None
         self._watcher: asyncio.Task | None = None
+        self._heap = LongLivedHeap() if cfg.freeze_heap else None
         # Summed when scraped, not per batch: with 10,000 apps a sum per batch of
         # deliveries is most of the gateway's CPU. list() copies the values atomically
         # (the scrape runs in the metrics thread).
@@ -163,6 +166,8 @@ class Gateway:
         for task in (self._pump, self._watcher):
             if task:
                 task.cancel()
+        if self._heap is not None:
+            self._heap.close()
         if self.endpoint:
             await self.endpoint.close()
 
@@ -200,6 +205,8 @@ class Gateway:
         cursor = 0
         while True:
             await asyncio.sleep(tick)
+            if self._heap is not None:
+                self._heap.tick()
             self._close_slow()
             if every > 0:
                 apps = list(self.apps.values())
