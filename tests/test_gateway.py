@@ -286,7 +286,8 @@ def test_the_long_lived_heap_is_frozen_after_a_full_collection_and_thawed_on_ref
     class Node:
         pass
 
-    heap = LongLivedHeap(refresh_s=3600)
+    pauses = []
+    heap = LongLivedHeap(refresh_s=3600, on_pause=lambda s, n: pauses.append((s, n)))
     try:
         node = Node()
         node.me = node  # a cycle: only the collector frees it
@@ -294,6 +295,7 @@ def test_the_long_lived_heap_is_frozen_after_a_full_collection_and_thawed_on_ref
         gc.collect()
         heap.tick()
         assert gc.get_freeze_count() > 0
+        assert pauses and pauses[-1][0] > 0  # each full collection is timed
         del node
         gc.collect()
         assert gone() is not None  # frozen: not looked at

@@ -15,7 +15,6 @@ returns. Everything else the gateway serves over HTTP: the web apps (``/``,
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import math
 import mimetypes
@@ -98,8 +97,6 @@ class GatewayMetrics:
         self.gc_pause = Histogram("gateway_gc_pause_seconds", "how long each garbage "
                                   "collection of the oldest generation stopped the gateway",
                                   buckets=GC_BOUNDS, registry=r)
-        gc.callbacks.append(self._gc)
-        self._gc_started = 0.0
         for c in MsgClass:
             self.messages_out.labels(c.name.lower())
             self.e2e.labels(c.name.lower())
@@ -108,19 +105,13 @@ class GatewayMetrics:
         for kind in ("user", "merchant", "rider"):
             self.connections.labels(kind)
 
-    def _gc(self, phase: str, info: dict) -> None:
-        """Time full collections: with 10,000 apps the heap is large, and a pause of the
-        whole gateway shows in every app's latency at once."""
-        if info["generation"] != 2:
-            return
-        if phase == "start":
-            self._gc_started = time.perf_counter()
-            return
-        pause = time.perf_counter() - self._gc_started
-        self.gc_pause.observe(pause)
-        if pause >= GC_WARN_S:
+    def gc_paused(self, seconds: float, collected: int) -> None:
+        """A full collection stopped the gateway for ``seconds``: with 10,000 apps the
+        heap is large, and the pause shows in every app's latency at once."""
+        self.gc_pause.observe(seconds)
+        if seconds >= GC_WARN_S:
             log.warning("a full garbage collection stopped the gateway for %.0f ms "
-                        "(%d objects collected)", pause * 1000, info["collected"])
+                        "(%d objects collected)", seconds * 1000, collected)
 
 
 class Gateway:
@@ -134,7 +125,7 @@ class Gateway:
         self.endpoint: AsyncEndpoint | None = None
         self._pump: asyncio.Task | None = None
         self._watcher: asyncio.Task | None = None
-        self._heap = LongLivedHeap() if cfg.freeze_heap else None
+        self._heap = LongLivedHeap(freeze=cfg.freeze_heap, on_pause=self.metrics.gc_paused)
         # Summed when scraped, not per batch: with 10,000 apps a sum per batch of
         # deliveries is most of the gateway's CPU. list() copies the values atomically
         # (the scrape runs in the metrics thread).
@@ -166,8 +157,7 @@ class Gateway:
         for task in (self._pump, self._watcher):
             if task:
                 task.cancel()
-        if self._heap is not None:
-            self._heap.close()
+        self._heap.close()
         if self.endpoint:
             await self.endpoint.close()
 
@@ -205,8 +195,7 @@ class Gateway:
         cursor = 0
         while True:
             await asyncio.sleep(tick)
-            if self._heap is not None:
-                self._heap.tick()
+            self._heap.tick()
             self._close_slow()
             if every > 0:
                 apps = list(self.apps.values())
@@ -426,7 +415,7 @@ async def run(cfg: GatewayConfig, host: str, port: int, metrics_port: int = 0,
         if metrics_port else None
     try:
         async with serve(gw.handle, host, port, process_request=gw.http,
-                         ping_interval=None,  # Gateway._keepalive pings all apps
+                         ping_interval=None,  # Gateway._watch pings all apps
                          close_timeout=CLOSE_TIMEOUT_S,
                          max_size=frames.MAX_APP_FRAME, compression=None) as server:
             bound = server.sockets[0].getsockname()[1]
