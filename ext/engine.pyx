@@ -31,6 +31,8 @@ length, header, payload; ``E`` error: header, then the text after a u32 header l
 
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcmp, memcpy
 from libcpp.deque cimport deque
@@ -58,6 +60,11 @@ cdef enum:
     ITEM_HEAD = 5                   # then the header frame, then the body
     RECV_BUDGET = 2048              # messages read per pass before other work
     MAX_HELD = 100000               # best-effort sends held while the link is down
+    SEND_BATCH = 1024               # send_many: items queued per lock
+    STOP_DONE = 0                   # send_many: every message queued
+    STOP_TARGET = 1                 # ... stopped at a target that breaks the name rule
+    STOP_ROOM = 2                   # ... stopped at max_pending
+    STOP_PYTHON = 3                 # ... stopped at a message the Python path must take
     MAX_LIST_ENTRIES = 0xFFFF       # protocol.MAX_LIST
     EVENT_HANDSHAKE_SUCCEEDED = 0x1000
     EVENT_DISCONNECTED = 0x0200
@@ -89,6 +96,34 @@ cdef inline bint name_ok(const unsigned char *p, Py_ssize_t n, bint address) noe
     if not address:
         return True
     return 0 < colon < n - 1
+
+
+cdef void _pack_send(string &item, const unsigned char *t, Py_ssize_t tn, const char *kind,
+                     Py_ssize_t kn, const char *key, Py_ssize_t cn, const char *payload,
+                     Py_ssize_t pn, uint64_t msg_id, uint8_t msg_class, uint32_t ttl_ms,
+                     uint8_t flags, bint reliable) noexcept nogil:
+    """An out-queue SEND item (kind byte, header length, SEND header, payload)."""
+    cdef size_t hn = SEND_FIXED + tn + kn + cn
+    item.resize(ITEM_HEAD + hn + pn)
+    cdef unsigned char *p = <unsigned char *>item.data()
+    p[0] = b'S' if reliable else b's'
+    eng_put32(p + 1, <uint32_t>hn)
+    p += ITEM_HEAD
+    put_prefix(p, CMD_SEND, flags)
+    eng_put64(p + SEND_ID, msg_id)
+    eng_put32(p + SEND_TTL, ttl_ms)
+    p[SEND_CLASS] = msg_class
+    p[SEND_TARGET_LEN] = <uint8_t>tn
+    p[SEND_KIND_LEN] = <uint8_t>kn
+    p[SEND_KEY_LEN] = <uint8_t>cn
+    memcpy(p + SEND_FIXED, t, tn)
+    memcpy(p + SEND_FIXED + tn, kind, kn)
+    memcpy(p + SEND_FIXED + tn + kn, key, cn)
+    memcpy(p + hn, payload, pn)
+
+
+#: send_many's stop reasons, for the Python side.
+SEND_DONE, SEND_BAD_TARGET, SEND_NO_ROOM, SEND_PYTHON = STOP_DONE, STOP_TARGET, STOP_ROOM, STOP_PYTHON
 
 
 include "engine_loop.pxi"
@@ -160,32 +195,88 @@ cdef class Engine:
         if msg_class < 0 or msg_class > CLASS_LOCATION:
             raise ValueError(f"message class {msg_class} is not defined")
         cdef bint reliable = is_reliable(<uint8_t>msg_class)
+        cdef uint64_t room = 1
         if reliable and max_pending:
             with nogil:
-                ok = _room(self, max_pending, block)
-            if not ok:
+                room = _room(self, max_pending, block)
+            if room == 0:
                 return False
-        cdef size_t hn = SEND_FIXED + tn + kn + cn
         cdef string item
-        item.resize(ITEM_HEAD + hn + pn)
-        cdef unsigned char *p = <unsigned char *>item.data()
-        p[0] = b'S' if reliable else b's'
-        eng_put32(p + 1, <uint32_t>hn)
-        p += ITEM_HEAD
-        put_prefix(p, CMD_SEND, <uint8_t>(flags | (FLAG_CHANNEL if channel else 0)))
-        eng_put64(p + SEND_ID, msg_id)
-        eng_put32(p + SEND_TTL, ttl_ms)
-        p[SEND_CLASS] = <uint8_t>msg_class
-        p[SEND_TARGET_LEN] = <uint8_t>tn
-        p[SEND_KIND_LEN] = <uint8_t>kn
-        p[SEND_KEY_LEN] = <uint8_t>cn
-        memcpy(p + SEND_FIXED, t, tn)
-        memcpy(p + SEND_FIXED + tn, PyBytes_AS_STRING(kind), kn)
-        memcpy(p + SEND_FIXED + tn + kn, PyBytes_AS_STRING(key), cn)
-        memcpy(p + hn, PyBytes_AS_STRING(payload), pn)
+        _pack_send(item, t, tn, PyBytes_AS_STRING(kind), kn, PyBytes_AS_STRING(key), cn,
+                   PyBytes_AS_STRING(payload), pn, msg_id, <uint8_t>msg_class, ttl_ms,
+                   <uint8_t>(flags | (FLAG_CHANNEL if channel else 0)), reliable)
         with nogil:
             _enqueue(self, item, reliable)
         return True
+
+    def send_many(self, list messages, Py_ssize_t start, uint64_t first_id, int msg_class,
+                  bytes kind, bytes key, uint32_t ttl_ms, bint channel,
+                  Py_ssize_t max_plain, uint64_t max_pending=0, double block=0.0) -> tuple:
+        """Queue ``messages[start:]``, ``(target str, payload bytes)`` pairs, with ids
+        from ``first_id`` up, under one lock per batch (no Python call per message).
+
+        Returns ``(queued, why)``: ``why`` is STOP_DONE, or why message ``start +
+        queued`` was not queued: STOP_TARGET (its target breaks the name rule),
+        STOP_ROOM (no room under ``max_pending`` within ``block`` s) or STOP_PYTHON (it
+        needs the Python path: not a (str, bytes) pair, or a payload over
+        ``max_plain`` bytes to compress or refuse)."""
+        cdef Py_ssize_t kn = PyBytes_GET_SIZE(kind), cn = PyBytes_GET_SIZE(key)
+        if kn > MAX_NAME or cn > MAX_NAME:
+            raise ValueError(f"kind and key must be at most {MAX_NAME} bytes "
+                             f"(got {kn} and {cn})")
+        if msg_class < 0 or msg_class > CLASS_LOCATION:
+            raise ValueError(f"message class {msg_class} is not defined")
+        cdef bint reliable = is_reliable(<uint8_t>msg_class)
+        cdef uint8_t flags = FLAG_CHANNEL if channel else 0
+        cdef Py_ssize_t i = start, end = len(messages), tn, pn
+        cdef uint64_t room = 0 if reliable and max_pending else <uint64_t>(end - start)
+        cdef const char *t
+        cdef object pair, target, payload
+        cdef vector[string] batch
+        cdef int why = STOP_DONE
+        batch.reserve(min(end - start, SEND_BATCH))
+        while i < end:
+            if room == 0:
+                with nogil:
+                    _enqueue_many(self, batch, reliable)
+                    room = _room(self, max_pending, block)
+                if room == 0:
+                    why = STOP_ROOM
+                    break
+            pair = messages[i]
+            if type(pair) is not tuple or PyTuple_GET_SIZE(pair) != 2:
+                why = STOP_PYTHON
+                break
+            target = <object>PyTuple_GET_ITEM(pair, 0)
+            payload = <object>PyTuple_GET_ITEM(pair, 1)
+            if type(target) is not str or type(payload) is not bytes:
+                why = STOP_PYTHON
+                break
+            pn = PyBytes_GET_SIZE(payload)
+            if pn > max_plain:
+                why = STOP_PYTHON
+                break
+            try:
+                t = PyUnicode_AsUTF8AndSize(target, &tn)
+            except UnicodeError:
+                why = STOP_TARGET
+                break
+            if not name_ok(<const unsigned char *>t, tn, not channel):
+                why = STOP_TARGET
+                break
+            batch.push_back(string())
+            _pack_send(batch.back(), <const unsigned char *>t, tn, PyBytes_AS_STRING(kind),
+                       kn, PyBytes_AS_STRING(key), cn, PyBytes_AS_STRING(payload), pn,
+                       first_id + <uint64_t>(i - start), <uint8_t>msg_class, ttl_ms, flags,
+                       reliable)
+            room -= 1
+            i += 1
+            if batch.size() >= SEND_BATCH:
+                with nogil:
+                    _enqueue_many(self, batch, reliable)
+        with nogil:
+            _enqueue_many(self, batch, reliable)
+        return i - start, why
 
     def send_frames(self, bytes header, payload=None) -> None:
         """Queue a control message (JOIN, LEAVE, READY, REQUEST, REPLY...): its header

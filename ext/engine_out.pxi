@@ -234,11 +234,31 @@ cdef void _enqueue(Engine self, string &item, bint reliable) noexcept nogil:
         eng_signal(self.wake_fd)
 
 
-cdef bint _room(Engine self, uint64_t max_pending, double timeout) noexcept nogil:
-    """Wait up to ``timeout`` s for fewer than ``max_pending`` pending messages."""
+cdef void _enqueue_many(Engine self, vector[string] &items, bint reliable) noexcept nogil:
+    """Move ``items`` to the out-queue under one lock (``items`` is left empty)."""
+    cdef bint wake
+    cdef size_t i
+    if items.size() == 0:
+        return
+    pthread_mutex_lock(&self.mu)
+    for i in range(items.size()):
+        self.out_q.push_back(string())
+        self.out_q.back().swap(items[i])
+    if reliable:
+        self.pending += items.size()
+    wake = self.io_sleeping
+    self.io_sleeping = False
+    pthread_mutex_unlock(&self.mu)
+    items.clear()
+    if wake:
+        eng_signal(self.wake_fd)
+
+
+cdef uint64_t _room(Engine self, uint64_t max_pending, double timeout) noexcept nogil:
+    """Wait up to ``timeout`` s for fewer than ``max_pending`` pending messages;
+    return how many more fit (0: none within ``timeout``)."""
     cdef uint64_t deadline = eng_now_ms() + <uint64_t>(timeout * 1000)
-    cdef uint64_t now
-    cdef bint ok
+    cdef uint64_t now, room
     pthread_mutex_lock(&self.mu)
     while self.pending >= max_pending and not self.stopped:
         now = eng_now_ms()
@@ -247,6 +267,6 @@ cdef bint _room(Engine self, uint64_t max_pending, double timeout) noexcept nogi
         self.app_waiting += 1
         eng_cond_wait_ms(&self.cv, &self.mu, <long>(deadline - now))
         self.app_waiting -= 1
-    ok = self.pending < max_pending
+    room = max_pending - self.pending if self.pending < max_pending else 0
     pthread_mutex_unlock(&self.mu)
-    return ok
+    return room

@@ -18,7 +18,8 @@ import time
 from typing import Any, AsyncIterator, Iterable
 
 from .client import (
-    FINAL, Addresses, Client, PendingLimitError, Receipt, _CODE, _STATUS, json_reply,
+    FINAL, SEND_NO_ROOM, Addresses, Client, PendingLimitError, Receipt, _Batch, _CODE,
+    _STATUS, json_reply,
 )
 from .protocol import Delivery, Role, Status
 from .session import Payload, Reply, RouterUnavailable
@@ -107,19 +108,34 @@ class AsyncClient(Client):
             try:
                 return Client.send(self, target, data, timeout=0.0, **options)
             except PendingLimitError:
-                left = deadline - time.monotonic()
-                if left <= 0:
+                if not await self._await_room(deadline):
                     raise
-                self._room.clear()
-                try:
-                    await asyncio.wait_for(self._room.wait(), min(left, 0.1))
-                except asyncio.TimeoutError:
-                    pass
 
-    async def send_many(self, messages: Iterable[tuple[str, Payload]],
-                        **options: Any) -> list[int]:
-        """Send ``(target, data)`` pairs with the same options; return their ids."""
-        return [await self.send(target, data, **options) for target, data in messages]
+    async def send_many(self, messages: Iterable[tuple[str, Payload]], *,
+                        timeout: float | None = None, **options: Any) -> list[int]:
+        """As :meth:`router.client.Client.send_many`; at ``max_pending`` it awaits room
+        up to ``timeout`` (default ``send_timeout``) s, then raises PendingLimitError."""
+        deadline = time.monotonic() + (self.send_timeout if timeout is None else timeout)
+        batch = _Batch(messages, **options)
+        while True:
+            self._queue_many(batch, 0.0)
+            if batch.done:
+                return batch.ids
+            if not await self._await_room(deadline):
+                self._not_sent(SEND_NO_ROOM, batch.messages[batch.next][0], batch.channel)
+
+    async def _await_room(self, deadline: float) -> bool:
+        """Await the engine's next receipts (room under ``max_pending``), at most until
+        ``deadline``; False once it has passed."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        self._room.clear()
+        try:
+            await asyncio.wait_for(self._room.wait(), min(left, 0.1))
+        except asyncio.TimeoutError:
+            pass
+        return True
 
     async def wait(self, msg_id: int, until: Status = Status.DELIVERED,
                    timeout: float = 5.0) -> Receipt:

@@ -155,6 +155,91 @@ def test_an_outage_fills_max_pending_then_send_raises():
         s.send("user:1", b"best effort is not bounded", msg_class=MsgClass.NOTICE)
 
 
+def _batch_messages() -> list:
+    """A send_many batch the native path takes whole, except where the Python path must
+    encode: a dict (JSON) and a payload over compress_above (lz4)."""
+    msgs = [("merchant:6", b"plain %d" % i) for i in range(2500)]
+    msgs[700] = ("merchant:6", {"json": 700})
+    msgs[1400] = ("merchant:6", b"z" * 5000)
+    return msgs
+
+
+def _check_batch(got: list, ids: list[int], msgs: list) -> None:
+    assert len(set(ids)) == len(ids) == len(msgs)
+    assert [d.msg_id for d in got] == ids       # in order, each once
+    assert [d.seq for d in got] == list(range(1, len(msgs) + 1))
+    assert got[0].payload == b"plain 0" and got[700].payload == b'{"json":700}'
+    assert got[1400].payload == b"z" * 5000
+    assert {(d.kind, d.order) for d in got} == {("order.batch", "order:77")}
+
+
+def test_send_many_queues_a_batch_in_order_through_the_native_path(make_router):
+    router = make_router()
+    msgs = _batch_messages()
+    with Endpoint(router.url, ["merchant:6"]) as m, \
+            Sender(router.url, "batcher", compress_above=1024) as s:
+        ids = s.send_many(iter(msgs), kind="order.batch", order=77)
+        got: list = []
+        for _ in range(200):       # bounded: 2,500 deliveries in batches
+            got += m.recv_many(1000, timeout=0.2)
+            if got:
+                m.ack(got[-1])
+            if len(got) >= len(msgs):
+                break
+        _check_batch(got, ids, msgs)
+        assert s.wait(ids[-1], Status.DELIVERED, timeout=5).status == Status.DELIVERED
+        with pytest.raises(ValueError, match="target"):
+            s.send_many([("merchant:6", b"a"), ("merchant:6", b"b"), ("no-colon", b"c"),
+                         ("merchant:6", b"d")], kind="order.batch", order=77)
+        after = m.recv_many(10, timeout=1)
+        assert [d.payload for d in after] == [b"a", b"b"]   # those before the bad one
+
+
+def test_async_send_many_queues_the_same_batch(make_router):
+    router = make_router()
+    msgs = _batch_messages()
+
+    async def main():
+        async with await AsyncEndpoint.connect(router.url, ["merchant:6"]) as m, \
+                await AsyncSender.connect(router.url, "batcher", compress_above=1024) as s:
+            ids = await s.send_many(msgs, kind="order.batch", order=77)
+            got: list = []
+            for _ in range(200):
+                got += await m.recv_many(1000, timeout=0.2)
+                if got:
+                    m.ack(got[-1])
+                if len(got) >= len(msgs):
+                    break
+            return ids, got
+
+    ids, got = asyncio.run(main())
+    _check_batch(got, ids, msgs)
+
+
+def test_send_many_in_an_outage_fills_max_pending_then_raises():
+    url = f"tcp://127.0.0.1:{free_port()}"  # nobody listens
+    with Sender(url, "svc", wait=False, max_pending=50, send_timeout=0.3) as s:
+        t0 = time.monotonic()
+        with pytest.raises(PendingLimitError, match="50 reliable messages"):
+            s.send_many([("user:1", b"x")] * 80)
+        assert 0.25 <= time.monotonic() - t0 < 2.0
+        assert s.pending == 50
+        assert len(s.send_many([("user:1", b"n")] * 80, msg_class=MsgClass.NOTICE)) == 80
+
+    async def main():
+        a = AsyncSender(url, "svc", max_pending=50, send_timeout=0.3)  # not waiting
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(PendingLimitError, match="50 reliable messages"):
+                await a.send_many([("user:1", b"x")] * 80)
+            return time.monotonic() - t0, a.pending
+        finally:
+            await a.close(bye=False)
+
+    waited, pending = asyncio.run(main())
+    assert 0.25 <= waited < 2.0 and pending == 50
+
+
 def test_sends_queued_in_an_outage_go_once_the_router_starts(make_router):
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
