@@ -147,6 +147,7 @@ cdef class Core:
     cdef uint64_t send_us          # monotonic clock when the current address flush began
     cdef uint64_t wall_now_us      # wall clock, read with now_us
     cdef uint64_t next_tick_ms
+    cdef uint64_t lease_until_ms   # 0, or serve (deliver, receipt) only before this instant
     cdef uint64_t next_hb_ms
 
     # ---- counters and gauges (observe.pxi) -------------------------------------------

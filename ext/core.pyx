@@ -130,9 +130,16 @@ cdef class Core:
         cdef long n
         with nogil:
             n = _run(self, timeout_ms)
+        if n == LEASE_GONE:
+            raise LeaseExpired("the leadership lease ran out: this core no longer serves")
         if n < 0:
             raise zmq.ZMQError(zmqapi.errno_())
         return n
+
+    def set_lease_until(self, double monotonic_s) -> None:
+        """Serve only before ``monotonic_s`` (time.monotonic()); 0: no lease. Past it
+        the core sends nothing and :meth:`run` raises LeaseExpired."""
+        self.lease_until_ms = <uint64_t>(monotonic_s * 1000) if monotonic_s > 0 else 0
 
     def stats(self) -> dict:
         """A snapshot of the native counters and table sizes."""

@@ -5,6 +5,8 @@
 cdef void _flush(Core self) noexcept nogil:
     cdef size_t i
     cdef vector[int] keep
+    if _lease_gone(self):
+        return  # a stale leader: another router delivers these now
     for i in range(self.blocked_peers.size()):
         self.peers[self.blocked_peers[i]].blocked = False
     self.blocked_peers.clear()
@@ -12,6 +14,9 @@ cdef void _flush(Core self) noexcept nogil:
         if self.dirty.size() > 1:
             _group_by_peer(self)
         for i in range(self.dirty.size()):
+            if _lease_gone(self):    # a pause can land mid-pass: check before each
+                keep.insert(keep.end(), self.dirty.begin() + i, self.dirty.end())
+                break
             if _flush_address(self, self.dirty[i]):
                 keep.push_back(self.dirty[i])
             else:

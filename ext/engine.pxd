@@ -75,7 +75,7 @@ cdef class Engine:
     cdef bint stopped
     cdef uint64_t n_sent, n_delivered, n_duplicates, n_receipts, n_resent
     cdef uint64_t n_hellos, n_heartbeats, n_connects, n_disconnects, n_dropped_receipts
-    cdef uint64_t n_malformed, n_send_errors, n_dropped_held, n_quiet_errors
+    cdef uint64_t n_malformed, n_send_errors, n_dropped_held, n_quiet_errors, n_failovers
     cdef bint welcomed_flag
     cdef uint32_t w_heartbeat_ms, w_liveness, w_max_payload
 
@@ -94,3 +94,6 @@ cdef class Engine:
     cdef bint link, welcome_seen, hello_since_down, resend_due, ever_connected
     cdef uint64_t hello_at, last_heard, last_sent, last_resend_scan
     cdef uint32_t heartbeat_ms, liveness
+    cdef vector[string] endpoints  # routers to try in turn (an active one and standbys)
+    cdef size_t current_ep         # the one connected now
+    cdef uint64_t failover_ms, down_since

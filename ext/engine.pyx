@@ -138,7 +138,7 @@ cdef class Engine:
 
     def __cinit__(self, size_t socket, size_t monitor, int role, bytes name, *,
                   double resend_after=3.0, size_t keep_receipts=100_000,
-                  bint use_app_fd=False):
+                  bint use_app_fd=False, list endpoints=None, double failover_after=1.0):
         self.sock = <void *>socket
         self.monitor = <void *>monitor
         self.role = <uint8_t>role
@@ -156,6 +156,12 @@ cdef class Engine:
         self.heartbeat_ms = 1000
         self.liveness = 3
         self.last_heard = eng_now_ms()
+        self.down_since = self.last_heard
+        # With several endpoints (the caller connected the first), the engine moves to
+        # the next one when the link stays down, or the router silent, this long.
+        for ep in endpoints or ():
+            self.endpoints.push_back(<string>ep)
+        self.failover_ms = <uint64_t>(failover_after * 1000)
 
     def __dealloc__(self):
         if self.wake_fd >= 0:
@@ -481,7 +487,9 @@ cdef class Engine:
                    dropped_receipts=self.n_dropped_receipts, malformed=self.n_malformed,
                    send_errors=self.n_send_errors, pending=self.pending,
                    dropped_held=self.n_dropped_held, quiet_errors=self.n_quiet_errors,
-                   queued_events=self.in_q.size())
+                   queued_events=self.in_q.size(), failovers=self.n_failovers,
+                   endpoint=self.endpoints[self.current_ep].decode()
+                   if self.endpoints.size() else None)
         pthread_mutex_unlock(&self.mu)
         return out
 

@@ -63,9 +63,14 @@ cdef void _housekeeping(Engine self, uint64_t now) noexcept nogil:
     reliable messages unconfirmed for resend_after."""
     cdef unsigned char head[PREFIX_SIZE]
     if not self.link:
+        if self.endpoints.size() > 1 and now - self.down_since >= self.failover_ms:
+            _fail_over(self, now)
         return
     if now - self.last_heard > <uint64_t>self.heartbeat_ms * (self.liveness + 1):
         self.last_heard = now
+        if self.endpoints.size() > 1:
+            _fail_over(self, now)   # a paused or partitioned router: try the next
+            return
         if not _hello_pending(self, now):
             _hello(self, now)
         return
@@ -77,6 +82,22 @@ cdef void _housekeeping(Engine self, uint64_t now) noexcept nogil:
             and now - self.last_resend_scan >= self.resend_after_ms // 4 + 1):
         self.last_resend_scan = now
         _resend(self, now, self.resend_after_ms)
+
+
+cdef void _fail_over(Engine self, uint64_t now) noexcept nogil:
+    """Leave the current endpoint for the next one (its router is gone, paused or a
+    standby): what libzmq still queued for the old connection is dropped with it, and
+    the reliable messages among it are resent after the next WELCOME."""
+    zmqapi.disconnect(self.sock, self.endpoints[self.current_ep].c_str())
+    self.current_ep = (self.current_ep + 1) % self.endpoints.size()
+    zmqapi.connect(self.sock, self.endpoints[self.current_ep].c_str())
+    self.n_failovers += 1
+    self.down_since = now
+    if self.link:
+        self.link = False
+        self.hello_since_down = False
+        self.n_disconnects += 1
+        _event_link(self, 0)
 
 
 cdef bint _hello_pending(Engine self, uint64_t now) noexcept nogil:
@@ -109,6 +130,7 @@ cdef void _read_monitor(Engine self) noexcept nogil:
     cdef uint16_t event
     cdef const unsigned char *p
     cdef uint64_t now
+    cdef string where
     while True:
         zmqapi.msg_init(&m)
         if zmqapi.msg_recv(&m, self.monitor, ZMQ_DONTWAIT) < 0:
@@ -118,14 +140,19 @@ cdef void _read_monitor(Engine self) noexcept nogil:
         if zmqapi.msg_size(&m) >= 2:
             p = <const unsigned char *>zmqapi.msg_data(&m)
             event = <uint16_t>(p[0] | p[1] << 8)     # little-endian, as libzmq writes it
+        where.clear()
         while zmqapi.msg_more(&m):
             zmqapi.msg_close(&m)
             zmqapi.msg_init(&m)
             if zmqapi.msg_recv(&m, self.monitor, ZMQ_DONTWAIT) < 0:
                 break
+            where.assign(<const char *>zmqapi.msg_data(&m), zmqapi.msg_size(&m))
         zmqapi.msg_close(&m)
         now = eng_now_ms()
+        if self.endpoints.size() > 1 and where != self.endpoints[self.current_ep]:
+            continue    # a late event of an endpoint this engine already left
         if event == EVENT_DISCONNECTED and self.link:
+            self.down_since = now
             self.link = False
             self.hello_since_down = False
             self.n_disconnects += 1

@@ -10,6 +10,8 @@ cdef long _run(Core self, int timeout_ms) noexcept nogil:
     cdef long wait
     cdef zmq_pollitem_t item
     while True:
+        if _lease_gone(self):
+            return LEASE_GONE
         _clock(self)
         k = _receive_pass(self)
         if k < 0:
@@ -49,6 +51,12 @@ cdef long _run(Core self, int timeout_ms) noexcept nogil:
                 break  # a signal: let Python run its handler
             return -1
     return total
+
+
+cdef inline bint _lease_gone(Core self) noexcept nogil:
+    """Whether the leadership lease this core serves under has run out (a router on
+    a shared store; router/lease.py): past it, nothing more may go out."""
+    return self.lease_until_ms != 0 and mono_ms() >= self.lease_until_ms
 
 
 cdef inline void _clock(Core self) noexcept nogil:

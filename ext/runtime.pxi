@@ -17,6 +17,14 @@ if zmqapi_load(zmq.backend.cython._zmq.__file__.encode(), _err, sizeof(_err)) !=
     raise ImportError(f"router native core: {_err.decode()}")
 
 
+cdef enum:
+    LEASE_GONE = -2     # _run: the leadership lease ran out (Core.set_lease_until)
+
+
+class LeaseExpired(RuntimeError):
+    """The core's leadership lease ran out: it no longer serves (router/lease.py)."""
+
+
 cdef inline uint64_t mono_ms() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)

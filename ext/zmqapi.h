@@ -75,6 +75,8 @@ typedef struct {
     const char *(*strerror)(int);
     void (*version)(int *, int *, int *);
     const char *(*msg_gets)(const zmq_msg_t *, const char *);
+    int (*connect)(void *, const char *);
+    int (*disconnect)(void *, const char *);
 } zmqapi_t;
 
 static zmqapi_t zmqapi;
@@ -141,6 +143,8 @@ static int zmqapi_load(const char *fallback, char *err, size_t errlen) {
     ZMQAPI_SYM(strerror, "zmq_strerror");
     ZMQAPI_SYM(version, "zmq_version");
     ZMQAPI_SYM(msg_gets, "zmq_msg_gets");
+    ZMQAPI_SYM(connect, "zmq_connect");
+    ZMQAPI_SYM(disconnect, "zmq_disconnect");
 #undef ZMQAPI_SYM
     {
         int major, minor, patch;

@@ -33,6 +33,8 @@ cdef extern from "zmqapi.h" nogil:
         const char *(*strerror)(int) noexcept nogil
         void (*version)(int *, int *, int *) noexcept nogil
         const char *(*msg_gets)(const zmq_msg_t *, const char *) noexcept nogil
+        int (*connect)(void *, const char *) noexcept nogil
+        int (*disconnect)(void *, const char *) noexcept nogil
     zmqapi_t zmqapi
     char zmqapi_path[512]
     int zmqapi_load(const char *fallback, char *err, size_t errlen)

@@ -40,6 +40,11 @@ COMMANDS_GROUP = "order_router.commands"
 Handler = Callable[[argparse.Namespace], int]
 
 
+#: `router serve` exit code of a router that lost its lease to another (a supervisor
+#: restarts it, and it stands by).
+EXIT_LEASE_LOST = 3
+
+
 class CliError(Exception):
     """A user's mistake or an environment problem: printed as one line, exit ``code``."""
 
@@ -389,13 +394,20 @@ def _serve(args: argparse.Namespace) -> int:
     log.info("router %s settings: %s", __version__, config.summary(settings))
     if settings.journal or settings.history:
         _check_data_dir(settings.data_dir)
-    from .server import Router
+    from .lease import LeaseLost
+    from .server import Router, StandbyStopped
 
     try:
         router = Router(settings)
     except OSError as exc:
         raise CliError(_startup_error(exc, settings)) from None
-    router.serve()
+    except StandbyStopped:
+        return 0   # stopped while a standby: nothing was served
+    try:
+        router.serve()
+    except LeaseLost as exc:
+        raise CliError(f"lost the lease on {settings.store}: {exc}; another router serves "
+                       "now (restart this one to stand by)", EXIT_LEASE_LOST) from None
     return 0
 
 

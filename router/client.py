@@ -74,6 +74,18 @@ class PendingLimitError(RuntimeError):
     Retry later, raise ``max_pending``, or wait with :meth:`Client.flush`."""
 
 
+def split_endpoints(endpoint: str) -> list[str]:
+    """``tcp://a:5555,tcp://b:5555`` (an active router and its standbys, tried in turn)
+    as a list, each checked; raises ValueError naming a bad one."""
+    endpoints = [e.strip() for e in endpoint.split(",") if e.strip()]
+    if not endpoints:
+        raise ValueError("endpoint: give tcp://host:port or ipc://path (several, comma "
+                         "separated, for an active router and its standbys)")
+    for e in endpoints:
+        check_endpoint(e)
+    return endpoints
+
+
 def make_socket(context: zmq.Context, endpoint: str, reconnect_ivl: float = 0.1,
                 reconnect_ivl_max: float = 0.0,
                 security: dict[int, bytes] | None = None) -> zmq.Socket:
@@ -171,6 +183,12 @@ class Client:
     are dropped and a warning says so, since their callbacks will not run. A client
     that takes receipts through callbacks must poll often enough, or raise it.
 
+    ``endpoint`` may name several routers, comma separated: an active router on a shared
+    store and its standbys (docs/REDIS.md). The engine stays on one and moves to the
+    next when the link has been down, or the router silent past its liveness, for
+    ``failover_after`` s; what was not ACCEPTED is resent there (the store's dedup
+    keeps it once).
+
     An authenticated router (docs/PROTOCOL.md §11) needs ``server_key`` (its public
     key: Z85 text or its ``.key`` file) and ``key`` (this client's ``.key_secret`` file
     from ``router keygen``, or a ``(public, secret)`` Z85 pair); or ``plain=(name,
@@ -183,6 +201,7 @@ class Client:
                  resend_after: float = 3.0, keep_receipts: int = 100_000,
                  max_pending: int = 0, send_timeout: float = 5.0,
                  reconnect_ivl: float = 0.1, reconnect_ivl_max: float = 0.0,
+                 failover_after: float = 1.0,
                  on_receipt: Callable[[Receipt], None] | None = None,
                  on_error: Callable[[RouterError], None] | None = None,
                  on_event: Callable[[str], None] | None = None,
@@ -214,12 +233,15 @@ class Client:
         # runs of one service do not reuse ids inside the router's dedup window.
         self._ids = itertools.count((int.from_bytes(os.urandom(4), "big") << 32) | 1)
         self.context = context or zmq.Context.instance()
-        self.socket = make_socket(self.context, endpoint, reconnect_ivl, reconnect_ivl_max,
-                                  client_options(server_key, key, plain))
+        endpoints = split_endpoints(endpoint)
+        self.socket = make_socket(self.context, endpoints[0], reconnect_ivl,
+                                  reconnect_ivl_max, client_options(server_key, key, plain))
         self._monitor = self.socket.get_monitor_socket(LINK_EVENTS)
         self.engine = Engine(self.socket.underlying, self._monitor.underlying, int(role),
                              name.encode(), resend_after=resend_after,
-                             keep_receipts=keep_receipts, use_app_fd=use_fd)
+                             keep_receipts=keep_receipts, use_app_fd=use_fd,
+                             endpoints=[e.encode() for e in endpoints],
+                             failover_after=failover_after)
         if cursors:
             self.engine.preset([(check_address(a).encode(), int(seq))
                                 for a, seq in cursors.items()])

@@ -128,6 +128,25 @@ class Settings:
     segment_bytes: int = 64 << 20
     #: Disk budget of the journal, bytes (0 = none); beyond it sends get STORAGE_FAILED.
     max_journal_bytes: int = 0
+    #: Where reliable messages are stored: "" for the journal files in data_dir (one
+    #: box), or a Redis store shared by an active router and its standbys:
+    #: redis://host:port/db, or redis-sentinel://host:port[,host:port...]/master-name to
+    #: follow the primary Sentinel names (docs/REDIS.md).
+    store: str = ""
+    #: Redis store: replicas that must acknowledge each commit (WAIT) before ACCEPTED;
+    #: 0 takes the primary's copy alone (development only).
+    store_replicas: int = 1
+    #: Redis store: ms a commit waits for those replicas; past it the batch is refused
+    #: with STORAGE_FAILED.
+    store_wait_ms: int = 1000
+    #: Redis store: key prefix (one cluster of routers, one active, per prefix).
+    store_prefix: str = "router"
+    #: Redis store: the leadership lease, ms. The active router renews it every third;
+    #: a standby takes over once it lapses.
+    lease_ms: int = 3000
+    #: Redis store: this router's name in the lease (default host:pid). A router
+    #: restarted with the same name takes its lease back at once, with a new epoch.
+    node_id: str = ""
     #: Messages drained per loop pass, and so at most per group commit.
     commit_batch: int = 512
     #: A repeated message id from the same sender within this window is not redelivered.
@@ -195,6 +214,16 @@ class Settings:
         if not 0 <= self.address_idle_seconds <= 365 * 86400:
             raise ValueError("address_idle_seconds must be 0 (never reclaim) or a number "
                              f"of seconds up to a year, got {self.address_idle_seconds}")
+        if self.store and not self.store.startswith(("redis://", "rediss://",
+                                                      "redis-sentinel://")):
+            raise ValueError(f"store must be empty (the journal in data_dir) or a redis:// "
+                             f"or redis-sentinel:// URL, got {self.store!r}")
+        if self.store_replicas < 0 or self.store_wait_ms <= 0 or self.lease_ms < 300:
+            raise ValueError("store_replicas must be >= 0, store_wait_ms > 0 and lease_ms "
+                             f">= 300, got {self.store_replicas}, {self.store_wait_ms}, "
+                             f"{self.lease_ms}")
+        if "/" in self.node_id:
+            raise ValueError(f"node_id may not contain '/', got {self.node_id!r}")
         if self.mechanism not in ("curve", "plain"):
             raise ValueError(f"mechanism must be curve or plain, got {self.mechanism!r}")
         if self.mechanism == "curve" and bool(self.credentials) != bool(self.curve_secret_key):

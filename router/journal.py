@@ -67,6 +67,16 @@ def lock_directory(directory: Path) -> int:
     return fd
 
 
+class StoreError(RuntimeError):
+    """A commit that did not reach the copies it needs: the core refuses the batch
+    (STORAGE_FAILED) and rolls it back."""
+
+
+class Fenced(StoreError):
+    """The store refused a write because this router no longer holds the lease of a
+    shared store (router/lease.py): it must stop accepting and delivering."""
+
+
 class Store(Protocol):
     """What the router needs from durable storage, and all of it: a remote engine
     implements exactly these calls. The store never sees the core: the process

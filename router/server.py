@@ -26,7 +26,8 @@ from .broker import Broker
 from .config import Settings
 from .history import History, HistoryWriter
 from .httpd import Health
-from .journal import FileStore
+from .journal import Fenced
+from .lease import Lease, LeaseLost, default_node_id
 from .storage import Recovery
 from .trust import Trust, may_see_order, visible_addresses
 from .lograte import RateLimitedLog
@@ -68,29 +69,33 @@ class PeerEvent(NamedTuple):
     detail: str | int
     naddrs: int
 
+class StandbyStopped(Exception):
+    """The router was stopped while it waited as a standby (nothing to serve)."""
+
+
 class Router:
     """A running router: bind, then :meth:`serve` until :meth:`stop` or a signal."""
 
     __slots__ = ("settings", "context", "socket", "core", "endpoints", "store", "history",
                  "recovery", "broker", "metrics", "health", "_ops", "_stop", "_last_summary",
                  "_last_stats", "_logs", "_history_reader", "_last_trim", "peer_ids_honoured",
-                 "trust", "_reload")
+                 "trust", "_reload", "lease", "lease_lost")
 
     def __init__(self, settings: Settings, context: zmq.Context | None = None) -> None:
         self.settings = settings.validate()
         self.context = context or zmq.Context.instance()
         self.trust = Trust(self.settings, self.context)  # before the socket: it secures it
         self._reload = threading.Event()
+        self._stop = threading.Event()
         self.socket = self._make_socket()
         self.endpoints: list[str] = []
         #: Whether the loaded libzmq gives a connection the routing id its peer chose
         #: (stock) or always one of the ROUTER's own (hardened); None: the probe failed.
         self.peer_ids_honoured = self._probe_peer_ids()
         data = Path(settings.data_dir)
-        self.store = FileStore(
-            data / "journal", segment_bytes=settings.segment_bytes,
-            max_bytes=settings.max_journal_bytes, retain_seconds=settings.dedup_seconds,
-            fsync=settings.fsync) if settings.journal else None
+        self.store = storage.open_store(settings, data)
+        self.lease_lost: LeaseLost | None = None
+        self.lease = self._make_lease()
         # Written on a thread of its own; queries read through their own connection.
         self.history = HistoryWriter(data / "history.db", settings.history_days) \
             if settings.history else None
@@ -124,6 +129,7 @@ class Router:
         if settings.metrics_port:
             self._serve_ops()
         try:
+            self._lead()  # a standby waits here, /readyz 503, until the lease is its
             # Replay before binding: nobody connects to a router that is still recovering.
             self.recovery = storage.recover(self.store, self.core) if self.store else Recovery()
             self._bind(settings.bind)
@@ -138,7 +144,6 @@ class Router:
             ("connect", "peer connected"), ("disconnect", "peer disconnected"),
             ("takeover", "address taken over"), ("refusal", "refused request"),
             ("history", "history events dropped"))}
-        self._stop = threading.Event()
         self._last_trim = time.monotonic()
         self._last_summary = time.monotonic()
         self._last_stats = self.core.stats()
@@ -235,7 +240,11 @@ class Router:
         try:
             while not self._stop.is_set():
                 self.health.beat()
-                self.core.run(SLICE_MS)  # returns early when service traffic arrived
+                try:
+                    self.core.run(SLICE_MS)  # returns early when service traffic arrived
+                except _native.LeaseExpired:
+                    self._on_lease_lost(LeaseLost("the lease ran out before it was renewed"))
+                    break
                 self._on_peer_events()  # connects first: the broker learns roles before READYs
                 for identity, header, payload, principal in self.core.drain_broker():
                     self._to_broker(identity, header, payload, principal)
@@ -256,7 +265,11 @@ class Router:
             if self._history_reader:
                 self._history_reader.close()
             self.trust.stop()
+            if self.lease and self.lease_lost is None:
+                self.lease.release()  # a clean stop: the standby need not wait it out
             self._close_ops()  # last: /readyz says 503 (stopping) until the port closes
+        if self.lease_lost is not None:
+            raise self.lease_lost
 
     def _to_broker(self, identity: bytes, header: bytes, payload: bytes,
                    principal: int) -> None:
@@ -294,6 +307,37 @@ class Router:
             self._last_trim = time.monotonic()
             _malloc_trim(0)
 
+    def _make_lease(self) -> Lease | None:
+        """The leadership lease of a router on a shared (Redis) store."""
+        if not self.settings.store:
+            return None
+        return Lease(self.store.client, self.settings.store_prefix,
+                     self.settings.node_id or default_node_id(), self.settings.lease_ms)
+
+    def _lead(self) -> None:
+        """On a shared store: wait as a standby until this router holds the lease,
+        then fence the store's writes and the core's sends by it and keep renewing."""
+        if self.lease is None:
+            return
+        log.info("node %s: waiting for the lease on %s (standby until then)",
+                 self.lease.node, self.settings.store)
+        if not self.lease.acquire(self._stop, on_wait=lambda holder: log.info(
+                "standby: %s holds the lease; taking over when it lapses", holder)):
+            raise StandbyStopped("stopped while waiting for the lease")
+        self.store.token = self.lease.token
+        self.core.set_lease_until(self.lease.valid_until)
+        log.info("node %s: leading with epoch %d (lease %s)", self.lease.node,
+                 self.lease.epoch, self.lease.token)
+        self.lease.keep(self.core.set_lease_until, self._on_lease_lost)
+
+    def _on_lease_lost(self, exc: LeaseLost) -> None:
+        """Another router leads now (or may): send nothing more and stop."""
+        if self.lease_lost is None:
+            self.lease_lost = exc
+            self.core.set_lease_until(1e-3)  # past: the core sends nothing from now
+            log.error("lease lost: %s; stopping (the standby serves now)", exc)
+            self.stop()
+
     def _maintain_store(self) -> None:
         if self.store:
             storage.maintain(self.store, self.core)
@@ -314,7 +358,8 @@ class Router:
             log.warning("journal off: reliable messages live in memory only")
             return
         log.info("journal %s: %d segments, %d records, %d messages pending, %.2fs",
-                 self.store.dir, r.segments, r.records, r.messages, r.seconds)
+                 getattr(self.store, "dir", self.settings.store), r.segments, r.records,
+                 r.messages, r.seconds)
         for line in r.dropped:
             log.error("journal damaged, recovered the good prefix: %s", line)
 
@@ -400,6 +445,8 @@ class Router:
         elif ev.kind == "storage":
             log.error("journal commit failed, sends refused with STORAGE_FAILED: %s",
                       self.core.store_error)
+            if isinstance(self.core.store_error, Fenced):
+                self._on_lease_lost(LeaseLost(str(self.core.store_error)))
         else:
             logs["refusal"].log(logging.WARNING, "refused request from %s: %s",
                                 who, ErrorCode(ev.detail).name)

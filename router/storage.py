@@ -12,10 +12,27 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from .config import Settings
 from .core import Core
-from .journal import Store
+from .journal import FileStore, Store
 
 log = logging.getLogger("router.storage")
+
+
+def open_store(settings: Settings, data_dir) -> Store | None:
+    """The store ``settings`` name: the journal in ``data_dir`` (or none, with the
+    journal off), or a Redis store (its writes fenced by a lease the caller takes)."""
+    if settings.store:
+        from .redis_store import RedisStore, connect   # redis-py: only when asked for
+        return RedisStore(connect(settings.store), settings.store_prefix, token="",
+                          replicas=settings.store_replicas, wait_ms=settings.store_wait_ms,
+                          segment_bytes=min(settings.segment_bytes, 4 << 20),
+                          retain_seconds=settings.dedup_seconds)
+    if not settings.journal:
+        return None
+    return FileStore(data_dir / "journal", segment_bytes=settings.segment_bytes,
+                     max_bytes=settings.max_journal_bytes,
+                     retain_seconds=settings.dedup_seconds, fsync=settings.fsync)
 
 
 @dataclass

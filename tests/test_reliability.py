@@ -18,37 +18,19 @@ from router.client import Endpoint, Sender, payload_json
 from router.history import History
 from router.protocol import Command, ErrorCode, MsgClass, Role, Status
 
-from support import ROOT, Peer, RouterProcess, Traffic, drain, wait_until
+from support import ROOT, Peer, RouterProcess, Traffic, crash_loop, drain, wait_until
 
 FAST = ("--heartbeat-ms", "300", "--retry-ms", "300", "--retry-max-ms", "1000")
 
 
-def crash_loop(kills: int, seed: int) -> Traffic:
-    rng = random.Random(seed)
-    router = RouterProcess(*FAST).start()
-    try:
-        traffic = Traffic(router.url, [f"merchant:{i}" for i in range(4)]).start()
-        for _ in range(kills):
-            time.sleep(rng.uniform(0.3, 1.2))
-            router.kill()
-            time.sleep(rng.uniform(0.0, 0.3))
-            router.restart()
-        time.sleep(1.0)
-        traffic.finish()
-        traffic.check()
-        return traffic
-    finally:
-        router.stop(signal.SIGKILL)
-
-
 def test_sigkill_restarts_lose_nothing_accepted():
-    t = crash_loop(kills=3, seed=1)
+    t = crash_loop(3, 1, *FAST)
     assert len(t.accepted) > 200
 
 
 @pytest.mark.long
 def test_sigkill_crash_loop_25_kills():
-    t = crash_loop(kills=25, seed=7)
+    t = crash_loop(25, 7, *FAST)
     assert len(t.accepted) > 2000
 
 
