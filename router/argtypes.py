@@ -24,6 +24,8 @@ def arg_type(check: Callable[[str], object]) -> Callable[[str], str]:
 
 
 endpoint = arg_type(config.check_endpoint)
+#: One router, or an active router and its standbys: tcp://a:5555,tcp://b:5555.
+endpoints = arg_type(config.split_endpoints)
 address = arg_type(check_address)
 channel = arg_type(check_channel)
 

@@ -120,7 +120,7 @@ def _add_config(sub) -> None:
 
 def _add_client(p: argparse.ArgumentParser, name: str | None = "cli") -> None:
     """The flags every command that connects to a router takes."""
-    p.add_argument("--router", default=config.DEFAULT_BIND, type=argtypes.endpoint, metavar="ENDPOINT",
+    p.add_argument("--router", default=config.DEFAULT_BIND, type=argtypes.endpoints, metavar="ENDPOINT",
                    help="the router's endpoint, tcp://host:port or ipc:///path "
                    "(default %(default)s)")
     p.add_argument("--server-key", metavar="KEY", help="an authenticated router's public "

@@ -36,7 +36,7 @@ import orjson
 import zmq
 
 from .auth.keys import client_options
-from .config import check_endpoint
+from .config import check_endpoint, split_endpoints
 from .engine import SEND_BAD_TARGET, SEND_DONE, SEND_NO_ROOM, Engine
 from .protocol import (
     Delivery, ErrorCode, MsgClass, Receipt, Role, Status, decode_error, decode_reply,
@@ -72,18 +72,6 @@ class PendingLimitError(RuntimeError):
     """``max_pending`` reliable messages are already waiting for the router's ACCEPTED
     and no room came within the send's timeout: the router is unreachable or slow.
     Retry later, raise ``max_pending``, or wait with :meth:`Client.flush`."""
-
-
-def split_endpoints(endpoint: str) -> list[str]:
-    """``tcp://a:5555,tcp://b:5555`` (an active router and its standbys, tried in turn)
-    as a list, each checked; raises ValueError naming a bad one."""
-    endpoints = [e.strip() for e in endpoint.split(",") if e.strip()]
-    if not endpoints:
-        raise ValueError("endpoint: give tcp://host:port or ipc://path (several, comma "
-                         "separated, for an active router and its standbys)")
-    for e in endpoints:
-        check_endpoint(e)
-    return endpoints
 
 
 def make_socket(context: zmq.Context, endpoint: str, reconnect_ivl: float = 0.1,

@@ -59,6 +59,18 @@ def check_endpoint(endpoint: str, bind: bool = False) -> str:
     return endpoint
 
 
+def split_endpoints(endpoint: str) -> list[str]:
+    """``tcp://a:5555,tcp://b:5555`` (an active router and its standbys, tried in turn)
+    as a list, each checked; raises ValueError naming a bad one."""
+    endpoints = [e.strip() for e in endpoint.split(",") if e.strip()]
+    if not endpoints:
+        raise ValueError("endpoint: give tcp://host:port or ipc://path (several, comma "
+                         "separated, for an active router and its standbys)")
+    for e in endpoints:
+        check_endpoint(e)
+    return endpoints
+
+
 def is_local_endpoint(endpoint: str) -> bool:
     """Whether only this host can reach ``endpoint``: ipc, or tcp on a loopback address
     (127.0.0.0/8, ::1, localhost)."""

@@ -10,15 +10,18 @@ the primary's SIGKILL."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
+from types import SimpleNamespace
 
 import pytest
+from websockets.sync.client import connect
 
 from redis_support import RedisPair, RedisServer, Sentinels, missing_programs
 from router.client import Endpoint, Sender
 from router.protocol import ErrorCode, MsgClass, Status
-from support import RouterProcess, crash_loop, wait_until
+from support import RouterProcess, crash_loop, start_gateway, token, wait_until
 
 pytestmark = pytest.mark.skipif(bool(missing_programs()),
                                 reason=f"{missing_programs()} not installed "
@@ -233,3 +236,39 @@ def test_sigkill_restarts_on_the_redis_store_lose_nothing_accepted(pair):
 @pytest.mark.long
 def test_the_chaos_loop_of_20_sigkills_on_the_redis_store(pair):
     assert len(_chaos(pair, 20, 7).accepted) > 2000
+
+
+def test_the_gateway_follows_the_standby_and_its_app_misses_nothing(pair, routers, tmp_path):
+    a, b = _router(pair.primary.url, "a"), _router(pair.primary.url, "b")
+    routers += [a.start(), b.start(wait=False)]
+    b.wait_for_log("standby: a/", 10)
+    both = SimpleNamespace(url=f"{a.url},{b.url}")
+    with start_gateway(both, tmp_path) as (url, _, _), connect(url) as app, \
+            Sender(both.url, "orders", resend_after=1.0) as s:
+        app.send(json.dumps({"type": "hello", "token": token("user:7"), "last_seq": 0}))
+        ids = s.send_many([("user:7", {"n": n}) for n in range(50)], kind="order.update")
+        got = _app_frames(app, 50, 10)
+        a.kill()
+        ids += s.send_many([("user:7", {"n": n}) for n in range(50, 100)],
+                           kind="order.update")
+        got += _app_frames(app, 50, 20)
+        assert s.flush(10) == 0
+    assert [f["data"]["n"] for f in got] == list(range(100))
+    assert [f["seq"] for f in got] == list(range(1, 101))
+
+
+def _app_frames(app, n: int, timeout: float) -> list[dict]:
+    """The next ``n`` deliveries to a gateway app, each acked as it comes."""
+    out: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n:
+        left = deadline - time.monotonic()
+        assert left > 0, f"got {len(out)} of {n} deliveries"
+        try:
+            frame = json.loads(app.recv(timeout=left))
+        except TimeoutError:
+            continue
+        if frame["type"] == "deliver":
+            out.append(frame)
+            app.send(json.dumps({"type": "ack", "seq": frame["seq"]}))
+    return out

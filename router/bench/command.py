@@ -37,7 +37,7 @@ examples:
   router bench request --receivers 2 --window 32 --json""")
     p.add_argument("mode", choices=MODES, help="what to measure (see below)")
     p.add_argument("--url", "--router", dest="router", default=config.DEFAULT_BIND,
-                   type=argtypes.endpoint, metavar="ENDPOINT",
+                   type=argtypes.endpoints, metavar="ENDPOINT",
                    help="the router's endpoint (default %(default)s)")
     p.add_argument("--size", type=argtypes.int_in(16, 256 << 20, " bytes"), default=200,
                    metavar="BYTES", help="payload bytes per message, 16 or more "

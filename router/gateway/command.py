@@ -21,8 +21,9 @@ def add_parser(sub) -> None:
                        description="Hold apps' WebSocket connections and be one GATEWAY "
                        "connection to the router (docs/GATEWAY.md). App tokens are "
                        "verified with the [tokens] keys of --credentials.")
-    p.add_argument("--router", default=config.DEFAULT_BIND, type=argtypes.endpoint,
-                   metavar="ENDPOINT", help="the router (default %(default)s)")
+    p.add_argument("--router", default=config.DEFAULT_BIND, type=argtypes.endpoints,
+                   metavar="ENDPOINT", help="the router, or an active router and its standbys "
+                   "comma separated (default %(default)s)")
     p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
                    help="where apps connect (ws://HOST:PORT/ws; default %(default)s)")
     p.add_argument("--credentials", required=True, metavar="FILE",
