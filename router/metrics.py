@@ -76,8 +76,9 @@ class RouterCollector:
     """
 
     def __init__(self, take_snapshot: Callable[[], dict], data_dir: str,
-                 peer_ids_honoured: bool | None = None) -> None:
+                 peer_ids_honoured: bool | None = None, lease=None) -> None:
         self._take_snapshot = take_snapshot
+        self._lease = lease
         self._peer_ids_honoured = peer_ids_honoured
         self._data_dir = data_dir
         self._snapshot: dict | None = None
@@ -109,6 +110,8 @@ class RouterCollector:
                 "scripts/build-hardened-libzmq); 0: ids are always the router's",
                 value=int(self._peer_ids_honoured))
         yield from self._disk()
+        if self._lease is not None:
+            yield from self._leadership(self._lease)
         s = self._snapshot
         if s is None:
             return
@@ -122,6 +125,19 @@ class RouterCollector:
         yield from self._history(s["history"])
         yield from self._services(s["broker"])
         yield from self._trust(s)
+
+    def _leadership(self, lease) -> Iterator[Metric]:
+        """Read from the lease directly: a standby has no snapshot, and says so."""
+        leading = bool(lease.token) and time.monotonic() < lease.valid_until
+        yield GaugeMetricFamily("router_lease_leader", "1: this router holds the store's "
+                                "lease and serves; 0: a standby (or it lost the lease)",
+                                value=int(leading))
+        yield GaugeMetricFamily("router_lease_epoch", "the epoch this router leads under "
+                                "(0: it has not led)", value=lease.epoch)
+        yield GaugeMetricFamily("router_lease_seconds_left", "seconds of lease this router "
+                                "trusts it has left (0 for a standby)",
+                                value=max(lease.valid_until - time.monotonic(), 0.0)
+                                if leading else 0.0)
 
     def _trust(self, s: dict) -> Iterator[Metric]:
         """The trust boundary (router/trust.py): handshakes, revocations, rate refusals.
@@ -364,13 +380,14 @@ class RouterCollector:
 
 
 def registry_for(take_snapshot: Callable[[], dict], data_dir: str,
-                 peer_ids_honoured: bool | None = None,
+                 peer_ids_honoured: bool | None = None, lease=None,
                  ) -> tuple[CollectorRegistry, RouterCollector]:
     """A registry with the router's families and the process's own (CPU, memory, open
     files, start time, Python version and GC): what the router's /metrics serves.
     ``peer_ids_honoured``: the startup probe's answer (router/libzmq_check.py), exported
-    as router_libzmq_peer_chosen_ids; None exports nothing."""
+    as router_libzmq_peer_chosen_ids; None exports nothing. ``lease``: a router on a
+    shared store (router/lease.py), exported as router_lease_* (standbys too)."""
     registry = process_registry()
-    collector = RouterCollector(take_snapshot, data_dir, peer_ids_honoured)
+    collector = RouterCollector(take_snapshot, data_dir, peer_ids_honoured, lease)
     registry.register(collector)
     return registry, collector

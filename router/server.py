@@ -154,7 +154,7 @@ class Router:
 
         s = self.settings
         registry, self.metrics = registry_for(self.snapshot, s.data_dir,
-                                              self.peer_ids_honoured)
+                                              self.peer_ids_honoured, self.lease)
         try:
             self._ops = httpd.serve(s.metrics_port, s.metrics_host, registry, self.health)
         except OSError as exc:

@@ -13,15 +13,17 @@ from __future__ import annotations
 import json
 import signal
 import time
+import urllib.request
 from types import SimpleNamespace
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
-from redis_support import RedisPair, RedisServer, Sentinels, missing_programs
+from redis_support import RedisPair, Sentinels, missing_programs
 from router.client import Endpoint, Sender
-from router.protocol import ErrorCode, MsgClass, Status
-from support import RouterProcess, crash_loop, start_gateway, token, wait_until
+from router.protocol import ErrorCode, Status
+from support import RouterProcess, crash_loop, free_port, start_gateway, token, wait_until
 
 pytestmark = pytest.mark.skipif(bool(missing_programs()),
                                 reason=f"{missing_programs()} not installed "
@@ -272,3 +274,26 @@ def _app_frames(app, n: int, timeout: float) -> list[dict]:
             out.append(frame)
             app.send(json.dumps({"type": "ack", "seq": frame["seq"]}))
     return out
+
+
+def _lease_gauges(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    return {s.name: s.value for fam in text_string_to_metric_families(text.decode())
+            for s in fam.samples if s.name.startswith("router_lease_")}
+
+
+def test_the_lease_is_exported_by_the_leader_and_the_standby(pair, routers):
+    ports = free_port(), free_port()
+    a = _router(pair.primary.url, "a", "--metrics-port", str(ports[0]))
+    b = _router(pair.primary.url, "b", "--metrics-port", str(ports[1]))
+    routers += [a.start(), b.start(wait=False)]
+    b.wait_for_log("standby: a/", 10)
+    leader = _lease_gauges(ports[0])
+    assert leader["router_lease_leader"] == 1 and leader["router_lease_epoch"] == 1
+    assert 0 < leader["router_lease_seconds_left"] <= LEASE_MS / 1000
+    assert _lease_gauges(ports[1]) == {"router_lease_leader": 0, "router_lease_epoch": 0,
+                                       "router_lease_seconds_left": 0}
+    a.kill()
+    b.wait_for_log("leading with epoch 2", 10)
+    wait_until(lambda: _lease_gauges(ports[1])["router_lease_leader"] == 1, 5, "b to lead")
+    assert _lease_gauges(ports[1])["router_lease_epoch"] == 2

@@ -18,7 +18,7 @@ from router.client import Endpoint, Sender, payload_json
 from router.history import History
 from router.protocol import Command, ErrorCode, MsgClass, Role, Status
 
-from support import ROOT, Peer, RouterProcess, Traffic, crash_loop, drain, wait_until
+from support import ROOT, Peer, RouterProcess, crash_loop, drain, wait_until
 
 FAST = ("--heartbeat-ms", "300", "--retry-ms", "300", "--retry-max-ms", "1000")
 
