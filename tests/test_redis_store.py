@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+import urllib.error
 import urllib.request
 from types import SimpleNamespace
 
@@ -293,6 +294,8 @@ def test_the_lease_is_exported_by_the_leader_and_the_standby(pair, routers):
     assert 0 < leader["router_lease_seconds_left"] <= LEASE_MS / 1000
     assert _lease_gauges(ports[1]) == {"router_lease_leader": 0, "router_lease_epoch": 0,
                                        "router_lease_seconds_left": 0}
+    with pytest.raises(urllib.error.HTTPError, match="503"):   # a standby is not ready
+        urllib.request.urlopen(f"http://127.0.0.1:{ports[1]}/readyz", timeout=5)
     a.kill()
     b.wait_for_log("leading with epoch 2", 10)
     wait_until(lambda: _lease_gauges(ports[1])["router_lease_leader"] == 1, 5, "b to lead")
