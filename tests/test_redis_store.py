@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from datetime import datetime
 import urllib.error
 import urllib.request
 from types import SimpleNamespace
@@ -133,6 +134,7 @@ def test_the_standby_takes_over_when_the_active_router_is_killed(pair, routers):
             s.send("merchant:1", b"%d" % i)
             if i == 1500:
                 a.kill()
+                killed = time.time()
             if i % 50 == 0:
                 s.poll(0)
                 got += m.recv_many(1000, timeout=0.001)
@@ -145,10 +147,18 @@ def test_the_standby_takes_over_when_the_active_router_is_killed(pair, routers):
     finally:
         s.close()
         m.close()
-    b.wait_for_log("leading with epoch 2", 1)
+    took = _logged_at(b.wait_for_log("leading with epoch 2", 1), "leading with epoch 2") - killed
+    print(f"standby leading {took:.2f} s after the SIGKILL (lease {LEASE_MS} ms)")
+    assert took < LEASE_MS / 1000 + 2.0
     assert len(tally.accepted) == 3000 and not tally.refused
     _check_once_in_order(got, tally.accepted)
     assert s.engine.stats()["failovers"] >= 1
+
+
+def _logged_at(log: str, text: str) -> float:
+    """The wall-clock time of the first log line holding ``text``."""
+    line = next(x for x in log.splitlines() if text in x)
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
 def test_a_paused_leader_neither_accepts_nor_delivers_after_its_lease(pair, routers):
