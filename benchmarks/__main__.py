@@ -20,6 +20,8 @@ COMMANDS = {
     "sdk": ("benchmarks.sdk.command",
             "the users' benchmark: this SDK vs nats-py (core, JetStream) and redis-py"),
     "scoring": ("benchmarks.scoring", "dispatch decisions/s and quality against greedy"),
+    "dispatch-quality": ("benchmarks.dispatch_quality", "batched dispatch against three "
+                         "baselines, 3 seeds x 4 loads, in the delivery simulation"),
     "repro-departed-sender": ("benchmarks.repro_departed_sender",
                               "the departed-sender loss, without the router"),
     "soak": ("benchmarks.soak", "a compressed week of address churn: RSS, tables, p99, loss"),

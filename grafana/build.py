@@ -488,6 +488,22 @@ def dispatch() -> dict:
     L.timeseries("Decision latency", quantiles("router_dispatch_decision_seconds", "", w,
                                                qs=(0.5, 0.99)), unit="s",
                  description="Scoring time per dispatch decision, p50 and p99.")
+    L.timeseries("Batches", [
+        target(f"sum(rate(router_dispatch_batch_size_sum{{{w}}}[{RATE}])) / "
+               f"sum(rate(router_dispatch_batch_size_count{{{w}}}[{RATE}]))", "mean batch size"),
+        target(f"sum(rate(router_dispatch_batch_size_count{{{w}}}[{RATE}]))",
+               "batches /s")],
+        description="Orders assigned together per batch, and batches per second: at the "
+        "lunch peak batches grow, off peak they hold one or two orders.")
+    L.timeseries("Batch solve and wait", [
+        *(target(f"histogram_quantile({q}, sum by (le) (rate({m}_bucket{{{w}}}[{RATE}])))",
+                 f"{what} p{round(q * 100)}")
+          for what, m in (("solve", "router_dispatch_batch_solve_seconds"),
+                          ("wait", "router_dispatch_batch_wait_seconds"))
+          for q in (0.5, 0.99))],
+        unit="s", description="Solve: scoring and assigning one batch (the target is p99 "
+        "< 200 ms at the city peak). Wait: how long a request waited in the worker for "
+        "its batch (at most --batch-interval).")
     L.timeseries("Orders by state", [target(
         f"sum by (state) (rate(router_orders_total{{{o}}}[{RATE}]))", "{{state}}")],
         unit="reqps", description="Order state changes per second: placed, confirmed, "

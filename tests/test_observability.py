@@ -125,6 +125,8 @@ DISPATCH_PANELS = {
     ("dispatch.json", "Reassignments and escalations"),
     ("dispatch.json", "Decision latency"),
     ("dispatch.json", "Orders by state"),
+    ("dispatch.json", "Batches"),
+    ("dispatch.json", "Batch solve and wait"),
 }
 DISPATCH_MUST_HAVE_DATA = [
     'rate(router_dispatch_offers_total{outcome="sent"}[1m]) > 0',

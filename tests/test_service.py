@@ -504,3 +504,69 @@ def test_free_workers_are_found_among_thousands_of_busy_ones_and_gone_ones_reape
     while r.broker.reap(lambda ident: ident in live, budget=64):
         pass
     assert set(svc.workers) == {r.ids["w"]} and r.broker.counters["reaped"] == 300
+
+
+def _batch_worker(url: str, handler, **kw) -> tuple[ServiceWorker, threading.Event]:
+    w = ServiceWorker(url, "batched", lambda body: b"alone", name="batcher",
+                      batch_handler=handler, **kw)
+    stop = threading.Event()
+    threading.Thread(target=w.run, args=(stop.is_set,), daemon=True).start()
+    return w, stop
+
+
+def _ask_many(url: str, n: int) -> list:
+    """Submit ``n`` requests at once; their replies, in submission order."""
+    got: dict = {}
+    with Sender(url, "client") as c:
+        ids = [c.submit("batched", b"req %d" % i, ttl_ms=5000) for i in range(n)]
+
+        def all_back() -> bool:
+            c.poll(0.05)
+            got.update((i, r) for i in ids if (r := c.take_reply(i)) is not None)
+            return len(got) == n
+
+        wait_until(all_back, 10, f"{n} replies")
+    return [got[i] for i in ids]
+
+
+def test_a_batch_worker_answers_the_requests_of_an_interval_together(router):
+    calls: list[list[bytes]] = []
+    waits: list[float] = []
+
+    def handler(bodies: list[bytes]) -> list[bytes]:
+        calls.append(bodies)
+        return [b"batch of %d: " % len(bodies) + b for b in bodies]
+
+    w, stop = _batch_worker(router.url, handler, batch_interval=0.3, max_batch=64,
+                            on_batch_wait=waits.append)
+    try:
+        router.wait_for_log("worker ready for batched (credit 64)")
+        replies = _ask_many(router.url, 20)
+    finally:
+        stop.set()
+        w.close()
+    assert [r.code for r in replies] == [ErrorCode.NONE] * 20
+    assert [r.payload.split(b": ")[1] for r in replies] == [b"req %d" % i for i in range(20)]
+    assert len(calls) < 20 and sum(map(len, calls)) == 20      # together, none lost
+    assert len(waits) == 20 and max(waits) < 1.0
+
+
+def test_a_full_batch_goes_at_once_and_a_failing_one_fails_each_request(router):
+    def handler(bodies: list[bytes]) -> list[bytes]:
+        if b"req 0" in bodies:
+            raise ValueError("no rider in range")
+        return bodies
+
+    w, stop = _batch_worker(router.url, handler, batch_interval=30.0, max_batch=5)
+    try:
+        t0 = time.monotonic()
+        replies = _ask_many(router.url, 10)   # two full batches, long before 30 s
+        took = time.monotonic() - t0
+    finally:
+        stop.set()
+        w.close()
+    assert took < 10
+    assert all(r.code == ErrorCode.WORKER_FAILED for r in replies[:5])
+    assert replies[0].payload == b"batched: ValueError: no rider in range"
+    assert [(r.code, r.payload) for r in replies[5:]] == [(ErrorCode.NONE, b"req %d" % i)
+                                                         for i in range(5, 10)]

@@ -197,12 +197,13 @@ def rank(order: Order, riders: RiderIndex, now: float,
     at capacity are never returned.
     """
     found, hits = riders.near(order.merchant, k, radius, max_radius)
-    found = _nearest(found, hits, max_candidates)
+    found = nearest(found, hits, max_candidates)
     return score_riders(order, found, now, weights, travel=travel, limit=limit)
 
 
-def _nearest(found: list[Rider], hits: Hits, n: int) -> list[Rider]:
-    """The ``n`` riders nearest the centre; equal distances ordered by rider id."""
+def nearest(found: list[Rider], hits: Hits, n: int) -> list[Rider]:
+    """The ``n`` riders of a :meth:`RiderIndex.near` result nearest its centre; equal
+    distances ordered by rider id."""
     if len(found) <= n:
         return found
     cut = np.partition(hits.dist, n - 1)[n - 1]

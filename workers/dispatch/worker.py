@@ -1,4 +1,4 @@
-"""The dispatch service worker: ranks riders for an order on request.
+"""The dispatch service worker: assigns riders to the pending orders, together.
 
 It keeps every rider's live state (position, load, remaining stops) in a grid index,
 fed by the riders' state updates that the city publishes to the channel
@@ -8,7 +8,15 @@ answers ``dispatch`` REQUESTs:
     request  {"order": {"id", "merchant": [x, y], "dropoff": [x, y], "ready_at",
               "promised_at"}, "now": s, "exclude": [rider ids], "limit": n}
     reply    {"candidates": [{"rider", "score", "pickup_at", "deliver_at", "late_s"}, ...],
-              "decision_s": s}
+              "decision_s": s, "batch": n}
+
+Requests are held and answered together every ``--batch-interval`` s (or when
+``--max-batch`` wait): one min-cost assignment of the batch's orders to riders
+(workers/dispatch/batch.py) names each order's rider, which its reply lists first; the
+rest of the list are that order's other candidates, best first, for the order service
+to offer to if the first declines or times out (an order whose offer failed comes back
+as a new request and joins the next batch). ``--batch-interval 0`` answers each request
+alone, as soon as it comes.
 
     python -m workers.dispatch.worker --router tcp://127.0.0.1:5555 [--metrics-port N]
 """
@@ -31,11 +39,20 @@ from router.protocol import Delivery
 from workers.service import ServiceWorker
 
 from . import RIDER_CHANNEL, SERVICE
-from .scoring import Order, Rider, RiderIndex, Stop, rank
+from . import batch
+from .scoring import Candidate, Order, Rider, RiderIndex, Stop, rank
 
 DECISION_SECONDS = Histogram("router_dispatch_decision_seconds",
-                             "time to rank riders for one order",
+                             "time to decide one order (a batch's solve time over its orders)",
                              buckets=(.0005, .001, .0025, .005, .01, .02, .05, .1, .25))
+BATCH_SIZE = Histogram("router_dispatch_batch_size", "orders assigned together in one batch",
+                       buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500))
+BATCH_SOLVE_SECONDS = Histogram("router_dispatch_batch_solve_seconds",
+                                "time to score and assign one batch",
+                                buckets=(.001, .005, .01, .025, .05, .1, .2, .5, 1))
+BATCH_WAIT_SECONDS = Histogram("router_dispatch_batch_wait_seconds",
+                               "time a request waited in the worker for its batch",
+                               buckets=(.01, .05, .1, .25, .5, 1, 2, 5))
 BAD_UPDATES = Counter("router_dispatch_bad_rider_updates",
                       "rider state updates ignored because they could not be read")
 
@@ -79,33 +96,70 @@ class DispatchState:
             return
         self.riders.upsert(rider)
 
+    def decide_batch(self, bodies: list[bytes]) -> list[bytes]:
+        """Answer dispatch requests together: one assignment, then each reply lists its
+        order's rider first and its other candidates after."""
+        t0 = time.perf_counter()
+        reqs = [orjson.loads(b) for b in bodies]
+        orders = [_order(r["order"]) for r in reqs]
+        exclude = [set(r.get("exclude", ())) for r in reqs]
+        now = max(r["now"] for r in reqs)
+        decided = batch.assign(orders, self.riders, now, exclude=exclude)
+        chosen = {a.index: a.candidate for a in decided.assignments}
+        taken = {c.rider_id for c in chosen.values()}
+        for rider in decided.loaded.values():   # until their next state update says so
+            self.riders.upsert(rider)
+        took = time.perf_counter() - t0
+        BATCH_SIZE.observe(len(reqs))
+        BATCH_SOLVE_SECONDS.observe(took)
+        out = []
+        for i, req in enumerate(reqs):
+            first = [chosen[i]] if i in chosen else []
+            rest = [c for c in decided.ranked[i] if c.rider_id not in taken]
+            out.append(_reply((first + rest)[:req.get("limit", 5)], took / len(reqs),
+                              len(reqs)))
+            DECISION_SECONDS.observe(took / len(reqs))
+        return out
+
     def decide(self, body: bytes) -> bytes:
         """Answer one dispatch request."""
         t0 = time.perf_counter()
         req = orjson.loads(body)
-        o = req["order"]
-        order = Order(o["id"], tuple(o["merchant"]), tuple(o["dropoff"]), o["ready_at"],
-                      o["promised_at"])
+        order = _order(req["order"])
         exclude = set(req.get("exclude", ()))
         limit = req.get("limit", 5)
         ranked = [c for c in rank(order, self.riders, req["now"], limit=limit + len(exclude))
                   if c.rider_id not in exclude][:limit]
         took = time.perf_counter() - t0
         DECISION_SECONDS.observe(took)
-        return orjson.dumps({"candidates": [
-            {"rider": c.rider_id, "score": round(c.score, 1), "pickup_at": c.pickup_at,
-             "deliver_at": c.deliver_at, "late_s": c.late_s} for c in ranked],
-            "decision_s": took})
+        return _reply(ranked, took, 1)
 
 
-def make_worker(url: str, name: str | None = None, **options) -> ServiceWorker:
-    """A connected dispatch worker that receives rider updates and serves requests;
-    ``options``: the SDK's (server_key and key for an authenticated router)."""
+def _order(o: dict) -> Order:
+    return Order(o["id"], tuple(o["merchant"]), tuple(o["dropoff"]), o["ready_at"],
+                 o["promised_at"])
+
+
+def _reply(cands: list[Candidate], decision_s: float, batch_size: int) -> bytes:
+    return orjson.dumps({"candidates": [
+        {"rider": c.rider_id, "score": round(c.score, 1), "pickup_at": c.pickup_at,
+         "deliver_at": c.deliver_at, "late_s": c.late_s} for c in cands],
+        "decision_s": decision_s, "batch": batch_size})
+
+
+def make_worker(url: str, name: str | None = None, batch_interval: float = 1.0,
+                max_batch: int = 256, **options) -> ServiceWorker:
+    """A connected dispatch worker that receives rider updates and serves requests in
+    batches (``batch_interval`` 0: one by one); ``options``: the SDK's (server_key and
+    key for an authenticated router)."""
     name = name or f"dispatch-{os.getpid()}"
     state = DispatchState()
     address = f"worker:{name}"
+    batching = {"batch_handler": state.decide_batch, "batch_interval": batch_interval,
+                "max_batch": max_batch, "on_batch_wait": BATCH_WAIT_SECONDS.observe} \
+        if batch_interval > 0 else {}
     worker = ServiceWorker(url, SERVICE, state.decide, name=name, addresses=[address],
-                           on_delivery=state.update, **options)
+                           on_delivery=state.update, **batching, **options)
     worker.state = state  # type: ignore[attr-defined]
     with Sender(url, f"{name}-join", **options) as s:  # subscribe to rider state updates
         s.join(RIDER_CHANNEL, [address])
@@ -121,6 +175,11 @@ def main() -> None:
     ap.add_argument("--metrics-port", type=int, default=0)
     ap.add_argument("--server-key", help="an authenticated router's public key file")
     ap.add_argument("--key", help="this worker's secret key file (router keygen)")
+    ap.add_argument("--batch-interval", type=float, default=1.0, metavar="S",
+                    help="assign the requests that came within S seconds together "
+                    "(0: each alone, at once; default %(default)s)")
+    ap.add_argument("--max-batch", type=int, default=256, metavar="N",
+                    help="answer a batch early once N requests wait (default %(default)s)")
     args = ap.parse_args()
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # /metrics, /healthz, /readyz (router/httpd.py): ready once READY went to the router.
@@ -131,7 +190,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *a: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *a: stopping.append(1))
     options = {"server_key": args.server_key, "key": args.key} if args.key else {}
-    worker = make_worker(args.router, args.name, **options)  # returns after HELLO, WELCOME and READY
+    worker = make_worker(args.router, args.name, args.batch_interval, args.max_batch,
+                         **options)  # returns after HELLO, WELCOME and READY
     health.set_ready(True)
     log.info("dispatch worker %s ready", worker.name)
     worker.run(lambda: health.beat() or bool(stopping))
