@@ -21,6 +21,7 @@ import numpy as np
 
 from benchmarks.harness.options import option, parse_options
 from workers.dispatch import DEFAULT_TRAVEL, Order, Rider, RiderIndex, Stop, rank
+from workers.dispatch.batch import assign
 from workers.dispatch.quality import compare
 
 TARGET_RATE = 2000.0
@@ -125,6 +126,46 @@ def run(riders: int = 10_000, decisions: int = 5_000, size_m: float = 15_000.0,
                    move_ns / 1e3 / max(decisions * moves, 1))
 
 
+@dataclass
+class BatchFigures:
+    """Batched assignment (workers/dispatch/batch.py) on the same city."""
+
+    size: int             # orders per batch
+    batches: int
+    rate: float           # orders assigned per second of solve time
+    p50_ms: float         # one batch's solve time
+    p99_ms: float
+    assigned: float       # share of orders given a rider
+
+
+def run_batches(riders: int = 10_000, size: int = 250, batches: int = 20,
+                size_m: float = 15_000.0, seed: int = 42) -> BatchFigures:
+    """Time ``batches`` calls of :func:`workers.dispatch.batch.assign` of ``size``
+    orders each on a fresh copy of the city (so each batch finds the fleet as the
+    first did: riders it loaded stay in the copy only)."""
+    index, rng = build_city(riders, size_m, seed)
+    lat, given = np.empty(batches), 0
+    for b in range(batches + 1):
+        orders = [make_order(rng, b * size + n, 0.0, size_m) for n in range(size)]
+        t0 = time.perf_counter_ns()
+        got = assign(orders, index, 0.0)
+        took = time.perf_counter_ns() - t0
+        if b:           # the first is warm-up
+            lat[b - 1], given = took, given + len(got.assignments)
+    return BatchFigures(size, batches, size * batches / (lat.sum() / 1e9),
+                        float(np.percentile(lat, 50)) / 1e6,
+                        float(np.percentile(lat, 99)) / 1e6, given / (size * batches))
+
+
+def batch_report(figs: list[BatchFigures]) -> str:
+    lines = ["batched assignment (2 rounds, idle candidates), 10k-rider city:",
+             f"  {'orders/batch':>12} {'decisions/s':>11} {'solve p50 ms':>12} "
+             f"{'solve p99 ms':>12} {'assigned':>8}"]
+    lines += [f"  {f.size:>12} {f.rate:>11,.0f} {f.p50_ms:>12.1f} {f.p99_ms:>12.1f} "
+              f"{f.assigned:>8.0%}" for f in figs]
+    return "\n".join(lines)
+
+
 def report(f: Figures) -> str:
     ok = f.rate >= TARGET_RATE and f.p99_ms < TARGET_P99_MS
     return (f"decisions      {f.decisions}\n"
@@ -167,6 +208,8 @@ class ScoringOptions:
     seed: int = option(42, "random seed of the city, the orders and the simulation")
     quality: bool = option(True, "skip the simulation", flags=("--no-quality",))
     quality_hours: float = option(2.0, "simulated hours per quality run")
+    batch_sizes: str = option("50,250,750", "orders per batch of the batched-assignment "
+                              "timing (empty: skip it)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     f = run(a.riders, a.decisions, a.city_km * 1000, a.moves, a.seed, a.k)
     print(f"{a.riders} riders over {a.city_km:g} x {a.city_km:g} km, seed {a.seed}")
     print(report(f))
+    if a.batch_sizes:
+        print(batch_report([run_batches(a.riders, int(n), size_m=a.city_km * 1000,
+                                        seed=a.seed) for n in a.batch_sizes.split(",")]))
     if a.quality:
         print(quality_report(a.seed, a.quality_hours))
     return 0 if f.rate >= TARGET_RATE and f.p99_ms < TARGET_P99_MS else 1

@@ -32,7 +32,7 @@ from scipy.optimize import linear_sum_assignment
 
 from .geo import TravelModel
 from .scoring import (DEFAULT_TRAVEL, DEFAULT_WEIGHTS, Candidate, Order, Rider, RiderIndex,
-                      Weights, apply_insertion, nearest, score_riders)
+                      Weights, apply_insertion, nearest, score_many)
 
 #: Cost of "not assigned in this round": an order no candidate can take stays pending.
 NONE = 1e12
@@ -88,8 +88,13 @@ def assign(orders: Sequence[Order], riders: RiderIndex, now: float,
     for _ in range(settings.rounds):
         if not pending:
             break
-        rows = [_candidates(orders[i], riders, shadow, now, weights, settings, travel,
-                            plentiful, exclude[i] if exclude else ()) for i in pending]
+        found = [_found(orders[i], riders, shadow, settings, exclude[i] if exclude else ())
+                 for i in pending]
+        rows = score_many([orders[i] for i in pending], found, now, weights, travel=travel)
+        if settings.stack and plentiful:
+            for cands in rows:
+                for c in cands:
+                    c.score += settings.stack * c.load
         if not ranked:
             ranked = [sorted(r, key=lambda c: (c.score, c.rider_id)) for r in rows]
         taken = _solve(rows)
@@ -102,12 +107,10 @@ def assign(orders: Sequence[Order], riders: RiderIndex, now: float,
     return Batch(out, ranked or [[] for _ in orders], shadow)
 
 
-def _candidates(order: Order, riders: RiderIndex, shadow: dict, now: float,
-                weights: Weights, s: BatchSettings, travel: TravelModel,
-                plentiful: bool, exclude) -> list[Candidate]:
-    """The order's candidates (the nearest available riders, and the nearest idle ones
-    even if farther), scored against their routes as this batch left them, with the
-    stacking cost when idle riders are ``plentiful``."""
+def _found(order: Order, riders: RiderIndex, shadow: dict, s: BatchSettings,
+           exclude) -> list[Rider]:
+    """The order's candidates: the nearest available riders and the nearest idle ones
+    even if farther, as this batch has loaded them, without the ``exclude``d."""
     found, hits = riders.near(order.merchant, s.k, s.radius, s.max_radius)
     found = nearest(found, hits, s.max_candidates)
     if s.idle_candidates:
@@ -115,13 +118,8 @@ def _candidates(order: Order, riders: RiderIndex, shadow: dict, now: float,
                                  idle_only=True)
         seen = {r.id for r in found}
         found += [r for r in nearest(idle, hits, s.idle_candidates) if r.id not in seen]
-    found = [r for r in (shadow.get(r.id, r) for r in found)
-             if r.available and r.id not in exclude]
-    cands = score_riders(order, found, now, weights, travel=travel)
-    if s.stack and plentiful:
-        for c in cands:
-            c.score += s.stack * c.load
-    return cands
+    return [r for r in (shadow.get(r.id, r) for r in found)
+            if r.available and r.id not in exclude]
 
 
 def _solve(rows: list[list[Candidate]]) -> list[tuple[int, Candidate]]:

@@ -282,6 +282,22 @@ def _routes(riders: Sequence[Rider]) -> _Routes:
     return _Routes(pts, due, ready, np.array(m, dtype=np.int64))
 
 
+class _Jobs(NamedTuple):
+    """The order each candidate row is scored for (one order repeated, or many)."""
+
+    merchant: np.ndarray   # (C, 2)
+    dropoff: np.ndarray    # (C, 2)
+    ready: np.ndarray      # (C,)
+    promised: np.ndarray   # (C,)
+
+    @staticmethod
+    def of(orders: Sequence[Order]) -> _Jobs:
+        return _Jobs(np.array([o.merchant for o in orders], dtype=float).reshape(-1, 2),
+                     np.array([o.dropoff for o in orders], dtype=float).reshape(-1, 2),
+                     np.array([o.ready_at for o in orders], dtype=float),
+                     np.array([o.promised_at for o in orders], dtype=float))
+
+
 def score_riders(order: Order, riders: Sequence[Rider], now: float,
                  weights: Weights = DEFAULT_WEIGHTS, *,
                  travel: TravelModel = DEFAULT_TRAVEL,
@@ -289,25 +305,62 @@ def score_riders(order: Order, riders: Sequence[Rider], now: float,
     """Score the given riders for ``order`` (no eligibility filter), best first."""
     if not riders:
         return []
-    w = weights
+    return _score(_Jobs.of([order] * len(riders)), list(riders), [len(riders)], now,
+                  weights, travel, limit)[0]
+
+
+#: Candidate rows scored in one set of array operations by :func:`score_many` (bounds
+#: the (rows, L, L, L) temporaries of riders carrying orders).
+CHUNK_ROWS = 4096
+
+
+def score_many(orders: Sequence[Order], riders: Sequence[Sequence[Rider]], now: float,
+               weights: Weights = DEFAULT_WEIGHTS, *,
+               travel: TravelModel = DEFAULT_TRAVEL) -> list[list[Candidate]]:
+    """:func:`score_riders` for many orders at once (``riders[i]`` for ``orders[i]``):
+    the same candidates, best first per order, with the array work of all of them done
+    together (a batch pays numpy's per-call overhead once per chunk, not per order)."""
+    out: list[list[Candidate]] = []
+    start = 0
+    while start < len(orders):
+        end, rows = start, 0
+        while end < len(orders) and (end == start or rows + len(riders[end]) <= CHUNK_ROWS):
+            rows += len(riders[end])
+            end += 1
+        sizes = [len(riders[i]) for i in range(start, end)]
+        flat = [r for i in range(start, end) for r in riders[i]]
+        jobs = _Jobs.of([orders[i] for i in range(start, end) for _ in riders[i]])
+        out += _score(jobs, flat, sizes, now, weights, travel, None) if flat else \
+            [[] for _ in sizes]
+        start = end
+    return out
+
+
+def _score(jobs: _Jobs, riders: list[Rider], sizes: list[int], now: float, w: Weights,
+           travel: TravelModel, limit: int | None) -> list[list[Candidate]]:
+    """Score candidate rows (rider ``riders[c]`` for the order of row c), then split them
+    into groups of ``sizes`` (one per order), each best first."""
     routes = _routes(riders)
-    ev = _evaluate(order, routes, now, w, travel)
+    ev = _evaluate(jobs, routes, now, w, travel)
     loads = [r.load for r in riders]
     extra = w.load * np.array(loads, dtype=float)
     if w.turn:
-        extra += _turn_penalty(order, riders, routes, w.turn)
-    score = ev.cost + extra
-    scores = score.tolist()
+        extra += _turn_penalty(jobs, riders, routes, w.turn)
+    scores = (ev.cost + extra).tolist()
     ids = [r.id for r in riders]
-    best = sorted(range(len(riders)), key=lambda c: (scores[c], ids[c]))
-    if limit is not None:
-        best = best[:limit]
     # Whole columns to Python lists once (not a numpy scalar per field), then one
     # positional Candidate(...) per row, in the order of Candidate's fields.
     rows = list(zip(ids, scores, (ev.to_merchant / travel.seconds_per_metre).tolist(),
                     (ev.pickup_at - now).tolist(), *(a.tolist() for a in ev[4:]),
                     loads, ev.i.tolist(), (ev.j + 1).tolist()))
-    return [Candidate(*rows[c]) for c in best]
+    out, at = [], 0
+    for n in sizes:
+        best = sorted(range(at, at + n), key=lambda c: (scores[c], ids[c]))
+        if limit is not None:
+            best = best[:limit]
+        out.append([Candidate(*rows[c]) for c in best])
+        at += n
+    return out
 
 
 class _Best(NamedTuple):
@@ -378,7 +431,7 @@ def _propagate(start: np.ndarray, idle: np.ndarray, steps: int) -> np.ndarray:
     return np.where(after, np.maximum(start[..., None] - absorbed, 0.0), 0.0)
 
 
-def _evaluate(order: Order, routes: _Routes, now: float, w: Weights,
+def _evaluate(jobs: _Jobs, routes: _Routes, now: float, w: Weights,
               travel: TravelModel) -> _Best:
     """Cost of every (pickup slot i, drop-off slot j) per candidate; keep the cheapest.
 
@@ -396,20 +449,22 @@ def _evaluate(order: Order, routes: _Routes, now: float, w: Weights,
     leg *= has_next
     arr, idle, dep = _schedule(leg, ready, now, stop_s)
     # Times to merchant and drop-off from every node, and from the node after it.
-    to_md = travel.times(pts[:, :, None, :], np.array([order.merchant, order.dropoff]))
+    ends = np.stack([jobs.merchant, jobs.dropoff], axis=1)                 # (C, 2, 2)
+    to_md = travel.times(pts[:, :, None, :], ends[:, None, :, :])
     nxt = np.zeros((C, L, 2))
     nxt[:, :-1] = to_md[:, 1:]
     nxt *= has_next[:, :, None]
     t_m, t_d = to_md[..., 0], to_md[..., 1]
     t_m_next, t_d_next = nxt[..., 0], nxt[..., 1]
-    t_md = travel.time(order.merchant, order.dropoff)
+    t_md = travel.times(jobs.merchant, jobs.dropoff)[:, None]              # (C, 1)
+    ready_at = jobs.ready[:, None]
     base = dep + leg                                 # old arrival at node i+1
 
     # Pickup right after node i; the delay it causes enters node i+1.
     pickup_at = dep + t_m
-    wait = np.maximum(order.ready_at - pickup_at, 0.0)
-    food_wait = np.maximum(pickup_at - order.ready_at, 0.0)
-    leave_m = np.maximum(pickup_at, order.ready_at) + stop_s
+    wait = np.maximum(ready_at - pickup_at, 0.0)
+    food_wait = np.maximum(pickup_at - ready_at, 0.0)
+    leave_m = np.maximum(pickup_at, ready_at) + stop_s
     first = _propagate(leave_m + t_m_next - base, idle, L)                 # (C, i, l)
 
     # Drop-off right after node j (C, i, j); the diagonal is "straight after pickup".
@@ -421,7 +476,7 @@ def _evaluate(order: Order, routes: _Routes, now: float, w: Weights,
         diag, (t_m + t_md + t_d_next - leg)[:, :, None],
         (t_m + t_m_next - leg)[:, :, None] + (t_d + t_d_next - leg)[:, None, :])
 
-    late = np.maximum(deliver_at - order.promised_at, 0.0)
+    late = np.maximum(deliver_at - jobs.promised[:, None, None], 0.0)
     cost = (w.delivery * (deliver_at - now) + w.late * late + w.late_step * (late > 0)
             + (w.idle * wait + w.food_wait * food_wait)[:, :, None] + w.detour * detour)
     others_delay = others_late = np.zeros((C, L, L))
@@ -458,12 +513,12 @@ def _in_hand(arr: np.ndarray, due: np.ndarray,
     return total_delay, extra, newly
 
 
-def _turn_penalty(order: Order, riders: Sequence[Rider], routes: _Routes,
+def _turn_penalty(jobs: _Jobs, riders: Sequence[Rider], routes: _Routes,
                   turn: float) -> np.ndarray:
     """Cost for idle riders pointing away from the merchant (0 facing it, ``turn`` opposite)."""
     heading = np.array([math.nan if r.heading is None or r.route else r.heading
                         for r in riders], dtype=float)
-    to_m = np.array(order.merchant, dtype=float) - routes.pts[:, 0]
+    to_m = jobs.merchant - routes.pts[:, 0]
     d = np.sqrt(to_m[:, 0] * to_m[:, 0] + to_m[:, 1] * to_m[:, 1])
     use = ~np.isnan(heading) & (d > 0)
     cos = np.zeros(len(riders))
