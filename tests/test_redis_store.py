@@ -310,3 +310,25 @@ def test_the_lease_is_exported_by_the_leader_and_the_standby(pair, routers):
     b.wait_for_log("leading with epoch 2", 10)
     wait_until(lambda: _lease_gauges(ports[1])["router_lease_leader"] == 1, 5, "b to lead")
     assert _lease_gauges(ports[1])["router_lease_epoch"] == 2
+
+
+def test_finished_segments_are_trimmed_from_redis(pair, routers):
+    # Small segments and a 1 s dedup window: once every message of a closed segment
+    # is acked and the window passed, its key goes.
+    r = _router(pair.primary.url, "a", "--segment-bytes", "4096", "--dedup-seconds", "1")
+    routers.append(r.start())
+    redis = pair.primary.client()
+    with Sender(r.url, "orders") as s, Endpoint(r.url, ["merchant:1"]) as m:
+        ids = []
+        for _ in range(10):     # the router rolls between its 100 ms slices
+            ids += s.send_many([("merchant:1", b"x" * 200) for _ in range(30)])
+            assert s.flush(10) == 0
+            time.sleep(0.15)
+        rolled = redis.zcard("{router}:segs")
+        assert rolled > 3, "200 messages of 200 B did not roll 4 KiB segments"
+        got = _drain(m, [], set(ids), 10)
+        m.flush()
+        s.wait(ids[-1], Status.DELIVERED, timeout=10)
+        wait_until(lambda: redis.zcard("{router}:segs") <= 2, 15, "finished segments trimmed")
+    assert len(redis.keys("{router}:seg:*")) == redis.zcard("{router}:segs")
+    _check_once_in_order(got, set(ids))

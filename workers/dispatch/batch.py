@@ -43,7 +43,7 @@ class BatchSettings:
     """How the batch is formed and solved."""
 
     rounds: int = 2              # assignment rounds (a rider can take one order per round)
-    stack: float = 600.0         # per order in hand, when idle riders are plentiful
+    stack: float = 3000.0        # per order in hand, when idle riders are plentiful
     idle_per_order: float = 3.0  # ... plentiful: this many idle riders per order batched
     idle_candidates: int = 2     # nearest idle riders added to each order's candidates
     k: int = 8                   # candidates sought around the merchant (as rank)

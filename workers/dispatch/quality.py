@@ -93,8 +93,8 @@ class _Mover:
 
 
 def policy_for(name: str, weights: Weights = DEFAULT_WEIGHTS,
-               travel: TravelModel = DEFAULT_TRAVEL, *, interval_s: float = 10.0,
-               max_wait_s: float = 20.0,
+               travel: TravelModel = DEFAULT_TRAVEL, *, interval_s: float = 30.0,
+               max_wait_s: float = 30.0,
                settings: BatchSettings = batch.DEFAULT_BATCH) -> Policy:
     """One of :data:`POLICIES`:
 
@@ -105,7 +105,8 @@ def policy_for(name: str, weights: Weights = DEFAULT_WEIGHTS,
       route-insertion cost, in two rounds (a batch baseline);
     - ``rank``: each order as it comes, to the best-ranked rider (``weights``);
     - ``batch``: every ``interval_s``, a min-cost assignment with ``rank``'s weights and
-      the idle-capacity term (:mod:`workers.dispatch.batch`), what the worker runs.
+      the idle-capacity term (:mod:`workers.dispatch.batch`), what the worker runs (its
+      default second of real time is 30 simulated seconds at the demo city's 30x clock).
     """
     def best_of(w: Weights) -> Choose:
         def choose(order: Order, index: RiderIndex, now: float) -> Candidate | None:
