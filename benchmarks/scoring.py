@@ -208,7 +208,7 @@ class ScoringOptions:
     seed: int = option(42, "random seed of the city, the orders and the simulation")
     quality: bool = option(True, "skip the simulation", flags=("--no-quality",))
     quality_hours: float = option(2.0, "simulated hours per quality run")
-    batch_sizes: str = option("50,250,750", "orders per batch of the batched-assignment "
+    batch_sizes: str = option("50,256,750", "orders per batch of the batched-assignment "
                               "timing (empty: skip it)")
 
 

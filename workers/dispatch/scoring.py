@@ -340,12 +340,11 @@ def _score(jobs: _Jobs, riders: list[Rider], sizes: list[int], now: float, w: We
            travel: TravelModel, limit: int | None) -> list[list[Candidate]]:
     """Score candidate rows (rider ``riders[c]`` for the order of row c), then split them
     into groups of ``sizes`` (one per order), each best first."""
-    routes = _routes(riders)
-    ev = _evaluate(jobs, routes, now, w, travel)
+    ev = _evaluate_by_length(jobs, riders, now, w, travel)
     loads = [r.load for r in riders]
     extra = w.load * np.array(loads, dtype=float)
     if w.turn:
-        extra += _turn_penalty(jobs, riders, routes, w.turn)
+        extra += _turn_penalty(jobs, riders, w.turn)
     scores = (ev.cost + extra).tolist()
     ids = [r.id for r in riders]
     # Whole columns to Python lists once (not a numpy scalar per field), then one
@@ -361,6 +360,30 @@ def _score(jobs: _Jobs, riders: list[Rider], sizes: list[int], now: float, w: We
         out.append([Candidate(*rows[c]) for c in best])
         at += n
     return out
+
+
+def _evaluate_by_length(jobs: _Jobs, riders: list[Rider], now: float, w: Weights,
+                        travel: TravelModel) -> _Best:
+    """:func:`_evaluate` over rows grouped by route length: an idle rider's row then
+    costs (1, 1) insertion slots, not the (L, L, L) of the longest route among them."""
+    lengths = np.fromiter((len(r.route) for r in riders), dtype=np.int64, count=len(riders))
+    kinds = np.unique(lengths)
+    if len(kinds) == 1:
+        return _evaluate(jobs, _routes(riders), now, w, travel)
+    parts = []
+    for n in kinds:
+        rows = np.flatnonzero(lengths == n)
+        sub = _Jobs(*(a[rows] for a in jobs))
+        parts.append((rows, _evaluate(sub, _routes([riders[i] for i in rows]), now, w,
+                                      travel)))
+    merged = []
+    for f in range(len(_Best._fields)):
+        first = parts[0][1][f]
+        out = np.empty(len(riders), dtype=first.dtype)
+        for rows, ev in parts:
+            out[rows] = ev[f]
+        merged.append(out)
+    return _Best(*merged)
 
 
 class _Best(NamedTuple):
@@ -513,12 +536,11 @@ def _in_hand(arr: np.ndarray, due: np.ndarray,
     return total_delay, extra, newly
 
 
-def _turn_penalty(jobs: _Jobs, riders: Sequence[Rider], routes: _Routes,
-                  turn: float) -> np.ndarray:
+def _turn_penalty(jobs: _Jobs, riders: Sequence[Rider], turn: float) -> np.ndarray:
     """Cost for idle riders pointing away from the merchant (0 facing it, ``turn`` opposite)."""
     heading = np.array([math.nan if r.heading is None or r.route else r.heading
                         for r in riders], dtype=float)
-    to_m = jobs.merchant - routes.pts[:, 0]
+    to_m = jobs.merchant - np.array([r.position for r in riders], dtype=float).reshape(-1, 2)
     d = np.sqrt(to_m[:, 0] * to_m[:, 0] + to_m[:, 1] * to_m[:, 1])
     use = ~np.isnan(heading) & (d > 0)
     cos = np.zeros(len(riders))
