@@ -394,6 +394,7 @@ def _serve(args: argparse.Namespace) -> int:
     log.info("router %s settings: %s", __version__, config.summary(settings))
     if settings.journal or settings.history:
         _check_data_dir(settings.data_dir)
+    from .journal import StoreError
     from .lease import LeaseLost
     from .server import Router, StandbyStopped
 
@@ -403,6 +404,9 @@ def _serve(args: argparse.Namespace) -> int:
         raise CliError(_startup_error(exc, settings)) from None
     except StandbyStopped:
         return 0   # stopped while a standby: nothing was served
+    except StoreError as exc:
+        raise CliError(f"store {settings.store}: {exc}; is Redis reachable, and does this "
+                       "router hold the lease?") from None
     try:
         router.serve()
     except LeaseLost as exc:

@@ -18,6 +18,7 @@ sends anything.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -31,6 +32,9 @@ from .redis_store import Keys
 log = logging.getLogger("router.lease")
 
 __all__ = ["Lease", "LeaseLost"]
+
+#: Seconds between warnings while Redis cannot be reached to take the lease.
+UNREACHABLE_LOG_S = 30.0
 
 #: Share of the lease a holder trusts its own clock for (the rest covers rate drift
 #: between its clock and Redis's, and the renewal's own flight time).
@@ -103,14 +107,16 @@ class Lease:
     def acquire(self, stop: threading.Event, on_wait: Callable[[str], None] | None = None) -> bool:
         """Wait until this node holds the lease (or ``stop`` is set: False). While
         another holds it, ``on_wait(holder)`` is called once per holder."""
-        seen = None
+        seen, warned = None, -math.inf
         while not stop.is_set():
             t0 = time.monotonic()
             try:
                 token = self._acquire(keys=[self.keys.lease, self.keys.epoch],
                                       args=[self.node, self.lease_ms])
             except redis.RedisError as exc:
-                log.warning("lease: redis unreachable (%s); retrying", exc)
+                if t0 - warned >= UNREACHABLE_LOG_S:   # not one line per retry
+                    log.warning("lease: redis unreachable (%s); retrying", exc)
+                    warned = t0
                 token = None
             if token:
                 self.token = token.decode()

@@ -153,9 +153,15 @@ class RedisStore:
     def stored_segments(self) -> Iterator[tuple[int, bytes]]:
         """Every stored segment, oldest first (they count as closed from now)."""
         now = time.monotonic()
-        for raw in self.client.zrange(self.keys.segs, 0, -1):
-            n = int(raw)
-            data = self.client.get(self.keys.seg(n)) or b""
+        try:
+            numbers = [int(raw) for raw in self.client.zrange(self.keys.segs, 0, -1)]
+        except redis.RedisError as exc:
+            raise StoreError(f"redis: cannot list the stored segments: {exc}") from exc
+        for n in numbers:
+            try:
+                data = self.client.get(self.keys.seg(n)) or b""
+            except redis.RedisError as exc:
+                raise StoreError(f"redis: cannot read segment {n}: {exc}") from exc
             self._closed_at[n] = now
             self.total_bytes += len(data)
             yield n, data
