@@ -199,6 +199,10 @@ def assert_clean_failure(out: subprocess.CompletedProcess, *needles: str) -> str
     (["serve", "--bind", "localhost:1"], ["bind:", "no scheme", "tcp://localhost:1"]),
     (["serve", "--bind", "tcp://127.0.0.1"], ["needs a host and a port"]),
     (["history", ""], ["order"]),
+    (["serve", "--store", "http://db:6379"], ["store must be", "redis://", "got 'http://db:6379'"]),
+    (["serve", "--store", "redis://127.0.0.1:6379/0", "--node-id", "a/b"], ["node_id", "'/'"]),
+    (["serve", "--store", "redis://x/0", "--lease-ms", "10"], ["lease_ms", ">= 300"]),
+    (["send", "user:1", "x", "--router", "tcp://127.0.0.1:1,localhost:2"], ["no scheme"]),
 ])
 def test_mistakes_get_one_line_and_no_traceback(args, needles):
     assert_clean_failure(run_cli(*args), *needles)
