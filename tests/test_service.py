@@ -570,23 +570,3 @@ def test_a_full_batch_goes_at_once_and_a_failing_one_fails_each_request(router):
     assert replies[0].payload == b"batched: ValueError: no rider in range"
     assert [(r.code, r.payload) for r in replies[5:]] == [(ErrorCode.NONE, b"req %d" % i)
                                                          for i in range(5, 10)]
-
-
-def test_batch_now_answers_held_requests_without_waiting_for_the_interval(router):
-    asked: list[int] = []
-
-    def now(held: int) -> bool:     # as the dispatch worker says while riders are idle
-        asked.append(held)
-        return True
-
-    w, stop = _batch_worker(router.url, lambda bodies: bodies, batch_interval=30.0,
-                            max_batch=64, batch_now=now)
-    try:
-        t0 = time.monotonic()
-        replies = _ask_many(router.url, 3)
-        took = time.monotonic() - t0
-    finally:
-        stop.set()
-        w.close()
-    assert took < 5 and asked
-    assert [r.payload for r in replies] == [b"req 0", b"req 1", b"req 2"]

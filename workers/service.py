@@ -8,9 +8,8 @@ router restart. Any number of worker processes can join or leave at run time.
 
 A worker with a ``batch_handler`` answers requests together: it holds them (its READY
 credit is ``max_batch``, so the router sends that many at once) until ``max_batch`` are
-waiting, the oldest has waited ``batch_interval`` s or ``batch_now(held)`` says so, then
-answers them all from one call (the dispatch worker assigns the pending orders together
-this way, and at once while idle riders are plentiful).
+waiting or the oldest has waited ``batch_interval`` s, then answers them all from one
+call (the dispatch worker assigns the pending orders together this way).
 """
 
 from __future__ import annotations
@@ -75,14 +74,13 @@ class ServiceWorker(Endpoint):
                  on_delivery: Callable[[Delivery], None] | None = None,
                  batch_handler: BatchHandler | None = None, batch_interval: float = 1.0,
                  max_batch: int = 256, on_batch_wait: Callable[[float], None] | None = None,
-                 batch_now: Callable[[int], bool] | None = None, **options) -> None:
+                 **options) -> None:
         if batch_handler is not None:
             credit = max(credit, max_batch)
         self.service, self.handler, self.credit = service, handler, credit
         self.on_delivery = on_delivery
         self.batch_handler, self.batch_interval = batch_handler, batch_interval
         self.max_batch, self.on_batch_wait = max_batch, on_batch_wait
-        self.batch_now = batch_now
         self.served = 0
         self._pending: list = []
         self._held: list[tuple[float, Request]] = []   # (arrival, request) for a batch
@@ -113,8 +111,7 @@ class ServiceWorker(Endpoint):
                 self.on_delivery(ev)
                 self.ack(ev)
         if self._held and (len(self._held) >= self.max_batch or time.monotonic()
-                           >= self._held[0][0] + self.batch_interval
-                           or (self.batch_now is not None and self.batch_now(len(self._held)))):
+                           >= self._held[0][0] + self.batch_interval):
             served += self._answer_batch()
         self.served += served
         return served

@@ -14,8 +14,7 @@ deliver sooner. When idle riders are plentiful (the
 fleet has ``idle_per_order`` idle riders per order in the batch), taking an order on
 top of others costs ``BatchSettings.stack`` more per order already in hand, and each
 order's candidates include the nearest idle riders even when busy ones are nearer, so
-the assignment prefers an idle rider unless stacking saves more. Then batching has
-nothing to gain either, and callers assign at once (:func:`idle_plentiful`).
+the assignment prefers an idle rider unless stacking saves more.
 
 Nothing here does I/O or keeps state between calls; the same inputs give the same
 assignment (ties go to the smaller row and column: orders in the given order, riders
@@ -56,12 +55,6 @@ class BatchSettings:
 DEFAULT_BATCH = BatchSettings()
 
 
-def idle_plentiful(idle: int, orders: int, settings: BatchSettings = DEFAULT_BATCH) -> bool:
-    """Whether ``idle`` riders are plenty for ``orders``: then stacking costs extra, and
-    there is no point in waiting to batch (an idle rider is there for each order)."""
-    return idle >= settings.idle_per_order * max(orders, 1)
-
-
 class Assignment(NamedTuple):
     """One order given to one rider: ``index`` into the batch's orders, and the
     insertion, relative to the rider's route as earlier assignments of the same batch
@@ -89,7 +82,7 @@ def assign(orders: Sequence[Order], riders: RiderIndex, now: float,
     them."""
     shadow: dict[object, Rider] = {}      # riders as this batch has loaded them
     pending = list(range(len(orders)))
-    plentiful = idle_plentiful(sum(1 for r in riders if r.idle), len(orders), settings)
+    plentiful = sum(1 for r in riders if r.idle) >= settings.idle_per_order * len(orders)
     out: list[Assignment] = []
     ranked: list[list[Candidate]] = []
     for _ in range(settings.rounds):

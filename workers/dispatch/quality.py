@@ -50,7 +50,6 @@ class Policy(NamedTuple):
     assign: AssignBatch | None = None
     interval_s: float = 0.0
     max_wait_s: float = math.inf
-    at_once: Callable[[RiderIndex, int], bool] | None = None   # skip the wait now?
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +105,7 @@ def policy_for(name: str, weights: Weights = DEFAULT_WEIGHTS,
       route-insertion cost, in two rounds (a batch baseline);
     - ``rank``: each order as it comes, to the best-ranked rider (``weights``);
     - ``batch``: every ``interval_s``, a min-cost assignment with ``rank``'s weights and
-      the idle-capacity term (:mod:`workers.dispatch.batch`), and at once while idle
-      riders are plentiful (nothing to gain by waiting): what the worker runs (its
+      the idle-capacity term (:mod:`workers.dispatch.batch`), what the worker runs (its
       default second of real time is 30 simulated seconds at the demo city's 30x clock).
     """
     def best_of(w: Weights) -> Choose:
@@ -131,10 +129,8 @@ def policy_for(name: str, weights: Weights = DEFAULT_WEIGHTS,
         return Policy(name, None, assign=batched(INSERTION_WEIGHTS, replace(settings, stack=0.0)),
                       interval_s=30.0, max_wait_s=math.inf)
     if name == "batch":
-        def at_once(index: RiderIndex, waiting: int) -> bool:
-            return batch.idle_plentiful(sum(1 for r in index if r.idle), waiting, settings)
         return Policy(name, None, assign=batched(weights, settings), interval_s=interval_s,
-                      max_wait_s=max_wait_s, at_once=at_once)
+                      max_wait_s=max_wait_s)
     raise ValueError(f"unknown policy {name!r}: choose from {', '.join(POLICIES)}")
 
 
@@ -192,8 +188,7 @@ def simulate(policy: str | Policy, *, seed: int = 1, hours: float = 2.0, riders:
             queue.append(arrivals.popleft())
         if policy.assign is None:
             _assign(queue, policy, index, movers, now)
-        elif now >= next_batch or (queue and policy.at_once is not None
-                                   and policy.at_once(index, len(queue))):
+        elif now >= next_batch:
             next_batch = now + policy.interval_s
             _assign_batch(queue, list(queue), policy, index, movers, now)
         else:   # between batches: an order that waited too long goes alone, now

@@ -11,8 +11,7 @@ answers ``dispatch`` REQUESTs:
               "decision_s": s, "batch": n}
 
 Requests are held and answered together every ``--batch-interval`` s (or when
-``--max-batch`` wait; at once while idle riders are plentiful, when batching gains
-nothing): one min-cost assignment of the batch's orders to riders
+``--max-batch`` wait): one min-cost assignment of the batch's orders to riders
 (workers/dispatch/batch.py) names each order's rider, which its reply lists first; the
 rest of the list are that order's other candidates, best first, for the order service
 to offer to if the first declines or times out (an order whose offer failed comes back
@@ -82,7 +81,6 @@ class DispatchState:
     def __init__(self) -> None:
         self.riders = RiderIndex()
         self.bad_updates = 0
-        self.idle = 0           # riders idle now, kept as they are replaced
 
     def update(self, delivery: Delivery) -> None:
         """Apply one rider state update (a LOCATION delivery); an unreadable one is
@@ -96,20 +94,7 @@ class DispatchState:
                 log.warning("ignored rider state from %s: %s (%d ignored so far)",
                             delivery.sender, exc, self.bad_updates)
             return
-        self._put(rider)
-
-    def _put(self, rider: Rider) -> None:
-        try:
-            self.idle -= self.riders[rider.id].idle
-        except KeyError:
-            pass
         self.riders.upsert(rider)
-        self.idle += rider.idle
-
-    def batch_now(self, waiting: int) -> bool:
-        """Answer the held requests now: idle riders are plentiful, so waiting for more
-        orders to assign together gains nothing."""
-        return batch.idle_plentiful(self.idle, waiting)
 
     def decide_batch(self, bodies: list[bytes]) -> list[bytes]:
         """Answer dispatch requests together: one assignment, then each reply lists its
@@ -123,7 +108,7 @@ class DispatchState:
         chosen = {a.index: a.candidate for a in decided.assignments}
         taken = {c.rider_id for c in chosen.values()}
         for rider in decided.loaded.values():   # until their next state update says so
-            self._put(rider)
+            self.riders.upsert(rider)
         took = time.perf_counter() - t0
         BATCH_SIZE.observe(len(reqs))
         BATCH_SOLVE_SECONDS.observe(took)
@@ -171,8 +156,7 @@ def make_worker(url: str, name: str | None = None, batch_interval: float = 1.0,
     state = DispatchState()
     address = f"worker:{name}"
     batching = {"batch_handler": state.decide_batch, "batch_interval": batch_interval,
-                "max_batch": max_batch, "on_batch_wait": BATCH_WAIT_SECONDS.observe,
-                "batch_now": state.batch_now} \
+                "max_batch": max_batch, "on_batch_wait": BATCH_WAIT_SECONDS.observe} \
         if batch_interval > 0 else {}
     worker = ServiceWorker(url, SERVICE, state.decide, name=name, addresses=[address],
                            on_delivery=state.update, **batching, **options)
