@@ -10,6 +10,9 @@ Contenders (each its own process; sender and receivers are separate processes to
   pyloop  a tuned pure-Python ROUTER loop speaking our protocol      benchmarks/hop/pyloop.py
   router  ``python -m router serve --bind tcp://127.0.0.1:PORT``     (skipped until
           ``import router.core`` works; ``--router-cmd`` changes the command line)
+  router-redis  the same with ``--store redis://...``: its journal in a Redis primary
+          with one replica, both started per trial (skipped without redis-server:
+          ``sudo apt-get install redis-server``); reliable and latency only
 
 Scenarios (benchmarks/hop/scenarios/, one module each):
   throughput  best effort (NOTICE), one address, as fast as it goes
@@ -19,6 +22,7 @@ Scenarios (benchmarks/hop/scenarios/, one module each):
               default) so the trial has the same driver processes as "throughput" and
               the ratio measures the hop; --gateway-procs 4 gives each its own process
   reliable    ORDER class, receiver acks cumulatively, sender waits for DELIVERED receipts
+              (router, router-redis: the file journal against the Redis store)
   latency     p50/p99 at fixed offered rates (--rates), --duration seconds each
   fanout      SEND to channel order:1 with 3 members on 3 receivers, p99 at 5k msg/s
 
@@ -30,6 +34,7 @@ message (CLOCK_MONOTONIC, shared by all processes on the machine).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import sys
 import time
 from typing import Callable
@@ -39,7 +44,9 @@ from benchmarks.harness.machine import environment, router_available
 from benchmarks.harness.options import options_from_saved, parse_options, saved_options
 from benchmarks.harness.procs import stop_all, stop_all_on_exit
 from benchmarks.harness.report import append_markdown, change_notes, load_run, save_run
+from benchmarks.hop.contenders import ROUTERS
 from benchmarks.hop.options import HopOptions
+from benchmarks.hop.redis_pair import INSTALL_HINT, redis_server
 from benchmarks.hop.report import markdown, one_line
 from benchmarks.hop.scenarios import SCENARIOS
 from benchmarks.hop.trial import run_trial
@@ -75,12 +82,28 @@ def complete(opts: HopOptions) -> tuple[HopOptions, list[str]]:
     """The scenarios and contenders to run, with what a run needs added or dropped, and
     a note for each change."""
     scenarios, contenders, notes = list(opts.scenarios), list(opts.contenders), []
-    if "router" in contenders and not opts.skip_router_check:
+
+    def skip(names: list[str], why: str) -> None:
+        for c in names:
+            contenders.remove(c)
+        notes.append(f"{', '.join(names)} skipped: {why}")
+        print(f"{', '.join(names)} skipped: {why}", file=sys.stderr)
+
+    routers = [c for c in contenders if c in ROUTERS]
+    if routers and not opts.skip_router_check:
         ok, why = router_available()
         if not ok:
-            contenders.remove("router")
-            notes.append(f"router skipped: `import router.core` failed ({why})")
-            print(f"router skipped: import router.core failed: {why}", file=sys.stderr)
+            skip(routers, f"`import router.core` failed ({why})")
+    if "router-redis" in contenders:
+        if redis_server() is None:
+            skip(["router-redis"], INSTALL_HINT)
+        elif importlib.util.find_spec("redis") is None:
+            skip(["router-redis"], "redis-py is missing (a router dependency): pip install -e .")
+    # router-redis is read against the router on the file journal, measured in this run.
+    if ({"reliable", "latency"} & set(scenarios)) and "router-redis" in contenders \
+            and "router" not in contenders:
+        contenders.insert(contenders.index("router-redis"), "router")
+        notes.append("router added: router-redis's ratios are taken against it")
     # Ratios against the single-address and proxy figures need those figures in this run.
     if ({"gateways", "reliable"} & set(scenarios)) and "throughput" not in scenarios:
         scenarios.insert(0, "throughput")

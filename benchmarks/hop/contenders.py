@@ -8,6 +8,11 @@
   router-plain  the same with credentials: principals with permissions checked on
           every command, PLAIN mechanism (names and passwords, nothing encrypted)
   router-curve  the same with CURVE: every link encrypted and authenticated
+  router-redis  the same router with its journal in Redis (--store redis://...,
+          --store-replicas 1): a Redis primary and one replica, AOF everysec, started
+          fresh for each trial (benchmarks/hop/redis_pair.py); each group commit is a
+          Lua append + WAIT 1 instead of a write + fdatasync. Its hop CPU is the
+          router's and both redis-servers' (``hop_cpu_split_s`` in --json has each)
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ from benchmarks import ROOT
 from benchmarks.harness.machine import group_cpu_s
 from benchmarks.harness.procs import (TrialError, free_port, listening, python_env,
                                       python_module, spawn, stop, tail)
+from benchmarks.hop.redis_pair import RedisPair
 
 if TYPE_CHECKING:
     from benchmarks.hop.options import HopOptions
 
-CONTENDERS = ("proxy", "proxy-curve", "pyloop", "router", "router-plain", "router-curve")
+CONTENDERS = ("proxy", "proxy-curve", "pyloop", "router", "router-plain", "router-curve",
+              "router-redis")
 
 
 class Hop:
@@ -72,6 +79,10 @@ class Hop:
         if self.proc is not None and self.proc.poll() is not None:
             raise TrialError(f"{self.name} exited with {self.proc.returncode}: "
                              f"{tail(self.log_path)}")
+
+    def cpu_split(self) -> dict[str, float]:
+        """CPU seconds so far of each of its processes, when it has several (else {})."""
+        return {}
 
     def stop(self) -> None:
         """Stop the process (its whole group)."""
@@ -227,6 +238,51 @@ class CurveRouterHop(SecuredRouterHop):
     mechanism = "curve"
 
 
+class RedisRouterHop(RouterHop):
+    """Our router with its store in Redis: a primary and one replica started for the
+    trial, every group commit acknowledged by the replica (WAIT 1) before ACCEPTED.
+    Only the store differs from ``router`` (``--history false`` records nothing
+    here either way: the hop's messages are not order-linked)."""
+
+    name = "router-redis"
+
+    def __init__(self, workdir: str, opts: HopOptions) -> None:
+        super().__init__(workdir, opts)
+        self.redis = RedisPair(workdir)
+
+    def start(self) -> None:
+        self.redis.start()
+        saved = self.opts.router_cmd
+        self.opts.router_cmd = (f"{saved} --store {self.redis.url} --store-replicas 1 "
+                                "--node-id bench --history false")
+        try:
+            super().start()
+        finally:
+            self.opts.router_cmd = saved
+
+    def cpu_s(self) -> float:
+        """The router's CPU and both redis-servers' (the store works for the hop)."""
+        return super().cpu_s() + self.redis.cpu_s()
+
+    def cpu_split(self) -> dict[str, float]:
+        return {"router": super().cpu_s(), **self.redis.cpu_split()}
+
+    def check_alive(self) -> None:
+        super().check_alive()
+        self.redis.check_alive()
+
+    def stop(self) -> None:
+        """The router first (a clean stop releases its lease in Redis), then Redis."""
+        try:
+            super().stop()
+        finally:
+            self.redis.stop()
+
+
 HOPS: dict[str, type[Hop]] = {"proxy": ProxyHop, "proxy-curve": CurveProxyHop,
                               "pyloop": PyLoopHop, "router": RouterHop,
-                              "router-plain": PlainRouterHop, "router-curve": CurveRouterHop}
+                              "router-plain": PlainRouterHop, "router-curve": CurveRouterHop,
+                              "router-redis": RedisRouterHop}
+
+#: The contenders that are our router (they need ``import router.core``).
+ROUTERS = tuple(n for n, cls in HOPS.items() if issubclass(cls, RouterHop))

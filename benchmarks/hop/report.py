@@ -30,6 +30,9 @@ def one_line(row: dict) -> str:
         parts.append(f"dup {row['duplicates']} reordered {row['out_of_order']}")
     if row.get("hop_cpu_us_per_msg"):
         parts.append(f"hop {row['hop_cpu_us_per_msg']:.2f} us CPU/msg")
+        if row.get("hop_cpu_split_s") and row.get("delivered"):
+            parts.append("(" + ", ".join(f"{k} {v * 1e6 / row['delivered']:.2f}"
+                                         for k, v in row["hop_cpu_split_s"].items()) + ")")
     if "p99_us" in row:
         parts.append(f"p50 {row['p50_us']:.0f} us p99 {row['p99_us']:.0f} us")
     if "acked_msg_s" in row:
@@ -89,6 +92,15 @@ def ratios(summary: dict) -> dict:
                                                  get("throughput", "proxy")),
         "router/proxy hop CPU per msg": div(get("throughput", "router", "hop_cpu_us_per_msg"),
                                             get("throughput", "proxy", "hop_cpu_us_per_msg")),
+        # the replicated store (issue 14): Redis primary + replica against the file journal
+        "router-redis / router (reliable msg/s)": div(get("reliable", "router-redis"),
+                                                      get("reliable", "router")),
+        "router-redis / router (reliable acked msg/s)": div(
+            get("reliable", "router-redis", "acked_msg_s"),
+            get("reliable", "router", "acked_msg_s")),
+        "router-redis / router reliable hop CPU per msg (router + both redis-servers)": div(
+            get("reliable", "router-redis", "hop_cpu_us_per_msg"),
+            get("reliable", "router", "hop_cpu_us_per_msg")),
         # trust (issue 12): permissions cost, then encryption's
         "router-plain/router throughput (permissions on)": div(
             get("throughput", "router-plain"), get("throughput", "router")),
@@ -112,6 +124,8 @@ def ratios(summary: dict) -> dict:
                 get(sc, "router", "p99_us", rate), get(sc, "proxy", "p99_us", rate))
             out[f"router/pyloop p99 @ {rate:,.0f}/s"] = div(
                 get(sc, "router", "p99_us", rate), get(sc, "pyloop", "p99_us", rate))
+            out[f"router-redis/router p99 @ {rate:,.0f}/s"] = div(
+                get(sc, "router-redis", "p99_us", rate), get(sc, "router", "p99_us", rate))
         if sc == "fanout" and c == "router":
             out[f"router/pyloop fan-out p99 @ {rate:,.0f}/s"] = div(
                 get(sc, "router", "p99_us", rate), get(sc, "pyloop", "p99_us", rate))

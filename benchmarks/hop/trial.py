@@ -39,10 +39,12 @@ def build_trial(scenario: str, hop: Hop, opts: HopOptions, rate: float,
 
 
 def _measure(hop: Hop, sender: Driver, receivers: list[Driver], wait_s: float,
-             hold: bool) -> tuple[dict, list[dict], float]:
-    """Say "go" and collect the results: (sender's, receivers', hop CPU seconds).
+             hold: bool) -> tuple[dict, list[dict], float, dict]:
+    """Say "go" and collect the results: (sender's, receivers', hop CPU seconds, hop CPU
+    seconds per process of a hop that has several).
 
     The hop's CPU is read when the receivers are done, before a held sender closes."""
+    split0 = hop.cpu_split()
     cpu0 = hop.cpu_s()
     for r in receivers:
         r.go()
@@ -50,14 +52,14 @@ def _measure(hop: Hop, sender: Driver, receivers: list[Driver], wait_s: float,
     if hold:
         sender.wait("sent", wait_s)
         rres = [r.wait("result", wait_s) for r in receivers]
-        cpu1 = hop.cpu_s()
+        cpu1, split1 = hop.cpu_s(), hop.cpu_split()
         sender.send("close")
         sres = sender.wait("result", 30)
     else:
         sres = sender.wait("result", wait_s)
         rres = [r.wait("result", wait_s) for r in receivers]
-        cpu1 = hop.cpu_s()
-    return sres, rres, cpu1 - cpu0
+        cpu1, split1 = hop.cpu_s(), hop.cpu_split()
+    return sres, rres, cpu1 - cpu0, {k: split1[k] - split0.get(k, 0.0) for k in split1}
 
 
 def run_trial(contender: str, scenario: str, opts: HopOptions, rate: float = 0.0) -> dict:
@@ -82,8 +84,10 @@ def run_trial(contender: str, scenario: str, opts: HopOptions, rate: float = 0.0
         hop.check_alive()
         busy0 = system_busy_s()
         t_go = time.monotonic()
-        sres, rres, hop_cpu = _measure(hop, sender, receivers, sender_cfg["deadline"] + 30,
-                                       opts.sender_hold)
+        sres, rres, hop_cpu, split = _measure(hop, sender, receivers,
+                                              sender_cfg["deadline"] + 30, opts.sender_hold)
+        if split:
+            row["hop_cpu_split_s"] = split
         hop.check_alive()
         ours = hop_cpu + (sres.get("cpu_s") or 0) + sum(r.get("cpu_s") or 0 for r in rres)
         noise = busy_noise(busy0, t_go, ours)

@@ -362,10 +362,16 @@ def _score(jobs: _Jobs, riders: list[Rider], sizes: list[int], now: float, w: We
     return out
 
 
+#: Rows from which :func:`_evaluate_by_length` groups them (a batch's, not one order's).
+GROUP_ROWS = 256
+
+
 def _evaluate_by_length(jobs: _Jobs, riders: list[Rider], now: float, w: Weights,
                         travel: TravelModel) -> _Best:
     """:func:`_evaluate` over rows grouped by route length: an idle rider's row then
     costs (1, 1) insertion slots, not the (L, L, L) of the longest route among them."""
+    if len(riders) < GROUP_ROWS:     # one order's candidates: grouping costs more calls
+        return _evaluate(jobs, _routes(riders), now, w, travel)
     lengths = np.fromiter((len(r.route) for r in riders), dtype=np.int64, count=len(riders))
     kinds = np.unique(lengths)
     if len(kinds) == 1:

@@ -18,7 +18,7 @@ def receivers(sender: dict, recv: dict, spec: TrialSpec) -> list[dict]:
 
 SCENARIO = Scenario(
     name="reliable",
-    contenders=("router",),
+    contenders=("router", "router-redis"),
     title=lambda o: (f"Reliable (ORDER), cumulative acks, sender waits for receipts "
                      f"(window {o.window:,}), {o.count:,} messages"),
     receivers=receivers,
