@@ -43,6 +43,7 @@ def outage_and_stall(outage_s: float, stall_s: float) -> None:
         router.stop()
 
 
+@pytest.mark.long   # 22 s; the default suite's reconnects are test_engine's restarts
 def test_reconnects_send_one_hello_each():
     outage_and_stall(outage_s=8, stall_s=6)
 

@@ -56,6 +56,7 @@ def run_weak_network(time_scale: float, outage_s: float, phase_s: float) -> dict
         router.stop()
 
 
+@pytest.mark.long   # 16 s: keeps the default suite (README's command) well under 10 min
 def test_weak_network_compressed():
     """The whole fault sequence with delays at 1/5 and a 3 s outage (about 20 s)."""
     stats = run_weak_network(time_scale=0.2, outage_s=3.0, phase_s=2.0)
