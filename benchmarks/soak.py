@@ -58,7 +58,6 @@ from __future__ import annotations
 import argparse
 import collections
 import csv
-import dataclasses
 import datetime
 import heapq
 import math
@@ -72,7 +71,6 @@ import shutil
 import signal
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import random
 import sys
 import threading
 import time
@@ -23,7 +22,7 @@ from conftest import RouterProcess, free_port  # noqa: E402
 from test_fuzz import fuzz, fuzz_shared_id  # noqa: E402
 
 from router.client import Endpoint, Sender  # noqa: E402
-from router.protocol import MsgClass, Status  # noqa: E402
+from router.protocol import Status  # noqa: E402
 
 GOOD_ADDRESS = "merchant:well-behaved"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from router import protocol as P
-from router.protocol import Command, ErrorCode, MsgClass, Role, Status
+from router.protocol import Command, MsgClass, Role, Status
 
 from support import Peer
 

@@ -7,7 +7,6 @@ demo through an entry point (router/cli.py: COMMANDS_GROUP), not an import.
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 from support import ROOT
 

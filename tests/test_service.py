@@ -9,7 +9,6 @@ import sys
 import threading
 import time
 
-import orjson
 import pytest
 
 from router.client import Sender

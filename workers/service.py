@@ -18,7 +18,6 @@ import logging
 import time
 from typing import Callable, Iterable
 
-import zmq
 
 from router import protocol as P
 from router.client import Endpoint
