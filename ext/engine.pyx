@@ -98,6 +98,16 @@ cdef inline bint name_ok(const unsigned char *p, Py_ssize_t n, bint address) noe
     return 0 < colon < n - 1
 
 
+cdef int _check_fields(Py_ssize_t kn, Py_ssize_t cn, int msg_class) except -1:
+    """A SEND's kind, key and class as the protocol allows them, or ValueError."""
+    if kn > MAX_NAME or cn > MAX_NAME:
+        raise ValueError(f"kind and key must be at most {MAX_NAME} bytes "
+                         f"(got {kn} and {cn})")
+    if msg_class < 0 or msg_class > CLASS_LOCATION:
+        raise ValueError(f"message class {msg_class} is not defined")
+    return 0
+
+
 cdef void _pack_send(string &item, const unsigned char *t, Py_ssize_t tn, const char *kind,
                      Py_ssize_t kn, const char *key, Py_ssize_t cn, const char *payload,
                      Py_ssize_t pn, uint64_t msg_id, uint8_t msg_class, uint32_t ttl_ms,
@@ -195,11 +205,7 @@ cdef class Engine:
         cdef const unsigned char *t = <const unsigned char *>PyBytes_AS_STRING(target)
         if not name_ok(t, tn, not channel):
             return None
-        if kn > MAX_NAME or cn > MAX_NAME:
-            raise ValueError(f"kind and key must be at most {MAX_NAME} bytes "
-                             f"(got {kn} and {cn})")
-        if msg_class < 0 or msg_class > CLASS_LOCATION:
-            raise ValueError(f"message class {msg_class} is not defined")
+        _check_fields(kn, cn, msg_class)
         cdef bint reliable = is_reliable(<uint8_t>msg_class)
         cdef uint64_t room = 1
         if reliable and max_pending:
@@ -227,11 +233,7 @@ cdef class Engine:
         needs the Python path: not a (str, bytes) pair, or a payload over
         ``max_plain`` bytes to compress or refuse)."""
         cdef Py_ssize_t kn = PyBytes_GET_SIZE(kind), cn = PyBytes_GET_SIZE(key)
-        if kn > MAX_NAME or cn > MAX_NAME:
-            raise ValueError(f"kind and key must be at most {MAX_NAME} bytes "
-                             f"(got {kn} and {cn})")
-        if msg_class < 0 or msg_class > CLASS_LOCATION:
-            raise ValueError(f"message class {msg_class} is not defined")
+        _check_fields(kn, cn, msg_class)
         cdef bint reliable = is_reliable(<uint8_t>msg_class)
         cdef uint8_t flags = FLAG_CHANNEL if channel else 0
         cdef Py_ssize_t i = start, end = len(messages), tn, pn
