@@ -18,9 +18,10 @@ import time
 from typing import Any, AsyncIterator, Iterable
 
 from .client import (
-    FINAL, SEND_NO_ROOM, Addresses, Client, PendingLimitError, Receipt, _Batch, _CODE,
-    _STATUS, json_reply,
+    FINAL, SEND_NO_ROOM, Addresses, Client, PendingLimitError, Receipt, _CODE, _STATUS,
+    json_reply,
 )
+from .outgoing import Batch
 from .protocol import Delivery, Role, Status
 from .session import Payload, Reply, RouterUnavailable
 
@@ -116,7 +117,7 @@ class AsyncClient(Client):
         """As :meth:`router.client.Client.send_many`; at ``max_pending`` it awaits room
         up to ``timeout`` (default ``send_timeout``) s, then raises PendingLimitError."""
         deadline = time.monotonic() + (self.send_timeout if timeout is None else timeout)
-        batch = _Batch(messages, **options)
+        batch = Batch(messages, **options)
         while True:
             self._queue_many(batch, 0.0)
             if batch.done:

@@ -38,13 +38,14 @@ import zmq
 from .auth.keys import client_options
 from .config import check_endpoint, split_endpoints
 from .engine import SEND_BAD_TARGET, SEND_DONE, SEND_NO_ROOM, Engine
+from .outgoing import NO_LIMIT, Batch, send_key
 from .protocol import (
     Delivery, ErrorCode, MsgClass, Receipt, Role, Status, decode_error, decode_reply,
     decode_request, decode_welcome, encode_join, encode_request,
 )
 from .session import (
-    COMPRESS_ABOVE, MAX_TTL_MS, Payload, Reply, Request, RouterError, RouterUnavailable,
-    Welcome, check_address, check_channel, encode_payload, order_ref, payload_json,
+    COMPRESS_ABOVE, Payload, Reply, Request, RouterError, RouterUnavailable,
+    Welcome, check_address, check_channel, encode_payload, payload_json,
 )
 
 __all__ = ["Sender", "Endpoint", "Client", "RouterError", "RouterUnavailable",
@@ -101,47 +102,6 @@ def make_socket(context: zmq.Context, endpoint: str, reconnect_ivl: float = 0.1,
         sock.setsockopt(option, value)
     sock.connect(endpoint)
     return sock
-
-
-#: send_many's bound on a plain payload when nothing else bounds it.
-_NO_LIMIT = 1 << 62
-
-
-def _send_key(order: str | int, key: str, ttl_ms: int) -> str:
-    """The SEND key for ``order=``/``key=`` (checking ``ttl_ms`` too)."""
-    if ttl_ms and not 0 <= ttl_ms <= MAX_TTL_MS:
-        raise ValueError(f"ttl_ms must be 0 (no TTL) .. {MAX_TTL_MS}, got {ttl_ms}")
-    if order == "":
-        return key
-    if key:
-        raise ValueError(f"give order= or key=, not both (got order={order!r}, "
-                         f"key={key!r}): the order travels as the key")
-    return order_ref(order)
-
-
-class _Batch:
-    """A send_many call's messages, their common options and how far it got."""
-
-    __slots__ = ("messages", "options", "msg_class", "kind", "key", "ttl_ms", "channel",
-                 "ids", "next")
-
-    def __init__(self, messages: Iterable[tuple[str, Payload]], *, kind: str = "",
-                 msg_class: MsgClass = MsgClass.ORDER, ttl_ms: int = 0,
-                 order: str | int = "", key: str = "", channel: bool = False) -> None:
-        self.messages = messages if type(messages) is list else list(messages)
-        self.options = {"kind": kind, "msg_class": msg_class, "ttl_ms": ttl_ms,
-                        "order": order, "key": key, "channel": channel}
-        self.msg_class = int(msg_class)
-        self.kind = kind.encode()
-        self.key = _send_key(order, key, ttl_ms).encode()
-        self.ttl_ms = ttl_ms
-        self.channel = channel
-        self.ids: list[int] = []
-        self.next = 0
-
-    @property
-    def done(self) -> bool:
-        return self.next >= len(self.messages)
 
 
 def json_reply(reply: Reply) -> Any:
@@ -373,7 +333,7 @@ class Client:
         messages wait for the router for longer than ``timeout`` (default
         ``send_timeout``) s.
         """
-        key = _send_key(order, key, ttl_ms)
+        key = send_key(order, key, ttl_ms)
         if type(data) is bytes and len(data) <= self.compress_above:
             payload, flags = data, 0   # the common case, without a call
         else:
@@ -418,17 +378,17 @@ class Client:
         batch (well under a microsecond each); others take :meth:`send`'s path. On an
         error (a bad target, :class:`PendingLimitError`) the messages before the one
         it names were sent."""
-        batch = _Batch(messages, kind=kind, msg_class=msg_class, ttl_ms=ttl_ms,
+        batch = Batch(messages, kind=kind, msg_class=msg_class, ttl_ms=ttl_ms,
                        order=order, key=key, channel=channel)
         self._queue_many(batch, self.send_timeout if timeout is None else timeout)
         if not batch.done:
             self._not_sent(SEND_NO_ROOM, batch.messages[batch.next][0], channel)
         return batch.ids
 
-    def _queue_many(self, batch: _Batch, block: float) -> None:
+    def _queue_many(self, batch: Batch, block: float) -> None:
         """Queue what is left of ``batch``, waiting up to ``block`` s for room under
         ``max_pending`` each time there is none; stop where there is still none."""
-        plain = self.compress_above if self.compress_above >= 0 else _NO_LIMIT
+        plain = self.compress_above if self.compress_above >= 0 else NO_LIMIT
         if self.welcome is not None:
             plain = min(plain, self.welcome.max_payload)
         messages, ids = batch.messages, batch.ids

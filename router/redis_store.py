@@ -145,8 +145,6 @@ class RedisStore:
         self._length = 0
         self._closed_at: dict[int, float] = {}
         self.total_bytes = 0
-        #: Commits refused (fenced, not replicated, Redis unreachable).
-        self.failures = 0
 
     # ------------------------------------------------------------------ replay
 
@@ -197,13 +195,10 @@ class RedisStore:
         try:
             got = pipe.execute(raise_on_error=False)
         except redis.RedisError as exc:
-            self.failures += 1
             raise StoreError(f"redis: {exc}") from exc
         if isinstance(got[0], Exception):
-            self.failures += 1
             raise _error(got[0])
         if waits and (isinstance(got[1], Exception) or got[1] < self.replicas):
-            self.failures += 1
             self._cut_back(segment, int(got[0]) - len(data))
             raise StoreError(f"redis: {got[1]} of {self.replicas} replicas acknowledged "
                              f"the commit within {self.wait_ms} ms (WAIT); refused")
