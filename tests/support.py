@@ -6,6 +6,7 @@ fuzzers (hostile traffic). Fixtures that use them are in conftest.py."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -494,6 +495,25 @@ def start_gateway(r, tmp_path: Path, *extra: str):
         proc.terminate()
         proc.wait(10)
     assert "Traceback" not in (tmp_path / "gateway.log").read_text()
+
+
+def frames_until(ws, n: int, kind: str = "deliver", timeout: float = 5.0,
+                 ack: bool = False) -> list[dict]:
+    """The next ``n`` frames of ``kind`` a gateway app gets on ``ws`` (others skipped);
+    ``ack``: ack each delivery as it comes, as an app does."""
+    out, deadline = [], time.monotonic() + timeout
+    while len(out) < n:
+        left = deadline - time.monotonic()
+        assert left > 0, f"got {len(out)} of {n} {kind} frames: {out}"
+        try:
+            f = json.loads(ws.recv(timeout=left))
+        except TimeoutError:
+            continue
+        if f["type"] == kind:
+            out.append(f)
+            if ack:
+                ws.send(json.dumps({"type": "ack", "seq": f["seq"]}))
+    return out
 
 
 def token(address: str, ttl: float = 600, key: TokenKey = GATEWAY_KEY, now=None) -> str:

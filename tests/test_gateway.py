@@ -20,7 +20,7 @@ from router.auth.credentials import TokenKey
 from router.client import Endpoint, Sender
 from router.protocol import MsgClass, Status
 
-from support import drain, start_gateway, token
+from support import drain, frames_until, start_gateway, token
 
 
 @pytest.fixture
@@ -29,21 +29,6 @@ def gateway(make_router, tmp_path: Path):
     r = make_router()
     with start_gateway(r, tmp_path) as (url, base, mport):
         yield r, url, base, mport, token
-
-
-def frames_until(ws, n: int, kind: str = "deliver", timeout: float = 5.0) -> list[dict]:
-    """The next ``n`` frames of ``kind`` (others skipped)."""
-    out, deadline = [], time.monotonic() + timeout
-    while len(out) < n:
-        left = deadline - time.monotonic()
-        assert left > 0, f"got {len(out)} of {n} {kind} frames: {out}"
-        try:
-            f = json.loads(ws.recv(timeout=left))
-        except TimeoutError:
-            continue
-        if f["type"] == kind:
-            out.append(f)
-    return out
 
 
 def hello(ws, token: str, last_seq: int = 0) -> dict:

@@ -25,7 +25,8 @@ from websockets.sync.client import connect
 from redis_support import RedisPair, Sentinels, missing_programs
 from router.client import Endpoint, Sender
 from router.protocol import ErrorCode, Status
-from support import RouterProcess, crash_loop, free_port, start_gateway, token, wait_until
+from support import (RouterProcess, crash_loop, free_port, frames_until, start_gateway,
+                     token, wait_until)
 
 pytestmark = pytest.mark.skipif(bool(missing_programs()),
                                 reason=f"{missing_programs()} not installed "
@@ -260,31 +261,14 @@ def test_the_gateway_follows_the_standby_and_its_app_misses_nothing(pair, router
             Sender(both.url, "orders", resend_after=1.0) as s:
         app.send(json.dumps({"type": "hello", "token": token("user:7"), "last_seq": 0}))
         ids = s.send_many([("user:7", {"n": n}) for n in range(50)], kind="order.update")
-        got = _app_frames(app, 50, 10)
+        got = frames_until(app, 50, timeout=10, ack=True)
         a.kill()
         ids += s.send_many([("user:7", {"n": n}) for n in range(50, 100)],
                            kind="order.update")
-        got += _app_frames(app, 50, 20)
+        got += frames_until(app, 50, timeout=20, ack=True)
         assert s.flush(10) == 0
     assert [f["data"]["n"] for f in got] == list(range(100))
     assert [f["seq"] for f in got] == list(range(1, 101))
-
-
-def _app_frames(app, n: int, timeout: float) -> list[dict]:
-    """The next ``n`` deliveries to a gateway app, each acked as it comes."""
-    out: list[dict] = []
-    deadline = time.monotonic() + timeout
-    while len(out) < n:
-        left = deadline - time.monotonic()
-        assert left > 0, f"got {len(out)} of {n} deliveries"
-        try:
-            frame = json.loads(app.recv(timeout=left))
-        except TimeoutError:
-            continue
-        if frame["type"] == "deliver":
-            out.append(frame)
-            app.send(json.dumps({"type": "ack", "seq": frame["seq"]}))
-    return out
 
 
 def _lease_gauges(port: int) -> dict[str, float]:
