@@ -69,7 +69,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -88,6 +87,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from router import protocol as P  # noqa: E402
+from router.ports import free_port  # noqa: E402
 
 
 @dataclass
@@ -338,12 +338,6 @@ def disk_bytes(path: Path) -> int:
 
 # ---------------------------------------------------------------------------------------
 # The router process
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RouterProc:

@@ -11,7 +11,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,16 +25,10 @@ from router import protocol as P
 from router.auth import tokens
 from router.auth.credentials import TokenKey
 from router.client import Endpoint, Sender
+from router.ports import free_port  # noqa: F401  (the tests' one way to pick a port)
 from router.protocol import Command, ErrorCode, MsgClass, Role, Status
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float, message: str, interval: float = 0.05):

@@ -99,7 +99,10 @@ def test_demo_stops_on_ctrl_c_and_removes_its_temporary_dir():
     with demo_process("--speed", "150") as p:
         banner = "".join(p.stdout.readline() for _ in range(4))  # router, metrics, web, data
         m = re.search(r"data and logs in (\S+) \(temporary, removed on exit\)", banner)
-        assert m, banner
+        if not m:  # the demo ended before its banner: say why
+            p.kill()
+            out, err = p.communicate(timeout=30)
+            pytest.fail(f"no banner (exit {p.returncode}):\n{banner}{out}\n{err}")
         time.sleep(4)
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=30)

@@ -70,6 +70,7 @@ def _slow_router(endpoint: str, heartbeat_ms: int, seconds: float) -> subprocess
                              str(seconds)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+@pytest.mark.long  # a probe of libzmq itself, not of the router: 12 s
 def test_libzmq_aborts_when_a_zmtp_heartbeat_meets_a_stopped_connection():
     """The mechanism behind the router's aborts, on a bare ROUTER: input stopped at
     RCVHWM, the peer hangs up, the ZMTP heartbeat timer writes to the dead connection and

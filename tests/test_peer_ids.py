@@ -107,9 +107,10 @@ def test_a_connection_claiming_a_live_id_is_read_and_its_flood_freed(make_router
             for _ in range(FLOOD_MB * 1024 * 1024 // len(FLOOD_FRAME)):
                 flooder.sock.send(FLOOD_FRAME)
             grown = rss_mb(r.pid) - base
-            # Quarantined for the rest of its second after the flood: HELLO until heard.
+            # Quarantined for the rest of its second after the flood: HELLO until heard
+            # (a hardened router answers within ~2 s; stock libzmq never reads it).
             hello = P.encode_hello(Role.SENDER, "flooder", ())
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 10
             welcomed = False
             while not welcomed and time.monotonic() < deadline:
                 flooder.send(hello)

@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 from prometheus_client import start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
+from router.ports import free_port
 from workers.demo_trust import DemoTrust
 from workers.orders import IGNORED_REASONS
 from workers.sim.city import City, Config
@@ -39,12 +39,6 @@ PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 
 class DemoError(Exception):
     """The demo cannot start; the message says what was wrong and what to do."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _die_with_parent() -> None:
@@ -183,9 +177,9 @@ class Demo:
 
     def __init__(self, workers: int, data_dir: Path, kept: bool) -> None:
         self.data_dir, self.kept = data_dir, kept
-        self.port, self.metrics_port = _free_port(), _free_port()
-        self.sim_metrics_port = _free_port()
-        self.web_port, self.gateway_metrics_port = _free_port(), _free_port()
+        self.port, self.metrics_port = free_port(), free_port()
+        self.sim_metrics_port = free_port()
+        self.web_port, self.gateway_metrics_port = free_port(), free_port()
         self.url = f"tcp://127.0.0.1:{self.port}"
         self.procs: list[Child] = []
         self.workers = workers
@@ -206,7 +200,7 @@ class Demo:
                      "--log-level", "info", *self.trust.serve_flags()])
         wait_ready(self.procs, [f"http://127.0.0.1:{self.metrics_port}/readyz"])
         for i in range(self.workers):
-            port = _free_port()
+            port = free_port()
             self.worker_metrics.append(port)
             self._spawn(f"dispatch worker {i}", f"dispatch-{i}.log",
                         ["-m", "workers.dispatch.worker", "--router", self.url,

@@ -10,11 +10,11 @@ from __future__ import annotations
 import atexit
 import os
 import signal
-import socket
 import subprocess
 import sys
 
 from benchmarks import ROOT
+from router.ports import free_port  # noqa: F401  (the harness's one way to pick a port)
 
 _LIVE: list[subprocess.Popen] = []
 
@@ -100,13 +100,6 @@ def tail(path: str, n: int = 2000) -> str:
             return fh.read().decode(errors="replace").strip()
     except OSError:
         return ""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def listening(port: int) -> bool:
