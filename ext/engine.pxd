@@ -8,6 +8,7 @@ from libcpp.deque cimport deque
 from libcpp.string cimport string
 from libcpp.unordered_map cimport unordered_map
 from libcpp.unordered_set cimport unordered_set
+from libcpp.utility cimport pair
 from libcpp.vector cimport vector
 
 cdef extern from "engine.h" nogil:
@@ -53,6 +54,7 @@ cdef class Engine:
     cdef string name
     cdef uint64_t resend_after_ms
     cdef size_t keep_receipts
+    cdef size_t keep_unbound  # released addresses whose cursors are kept
     cdef int wake_fd      # application -> I/O thread
     cdef int app_fd       # I/O thread -> asyncio application
     cdef bint use_app_fd
@@ -76,6 +78,8 @@ cdef class Engine:
     cdef uint64_t n_sent, n_delivered, n_duplicates, n_receipts, n_resent
     cdef uint64_t n_hellos, n_heartbeats, n_connects, n_disconnects, n_dropped_receipts
     cdef uint64_t n_malformed, n_send_errors, n_dropped_held, n_quiet_errors, n_failovers
+    cdef uint64_t n_forgotten    # released addresses whose cursors were dropped
+    cdef uint64_t n_cursors      # addresses with a cursor, bound or kept after release
     cdef bint welcomed_flag
     cdef uint32_t w_heartbeat_ms, w_liveness, w_max_payload
 
@@ -83,7 +87,11 @@ cdef class Engine:
     cdef unordered_map[uint64_t, Pending] unconfirmed
     cdef deque[uint64_t] send_order
     cdef unordered_map[string, uint64_t] cursors
-    cdef unordered_set[string] unbound
+    cdef unordered_map[string, uint64_t] unbound  # released address -> its release's serial
+    # releases, oldest first, to forget the cursors of the oldest past keep_unbound; an
+    # entry whose serial is not the address's in ``unbound`` is stale (bound again since)
+    cdef deque[pair[uint64_t, string]] unbound_order
+    cdef uint64_t unbind_serial
     cdef unordered_map[string, uint64_t] reack
     cdef unordered_map[string, uint64_t] app_acked  # what the application acked, by address
     cdef vector[string] ev_local

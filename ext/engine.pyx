@@ -148,13 +148,15 @@ cdef class Engine:
 
     def __cinit__(self, size_t socket, size_t monitor, int role, bytes name, *,
                   double resend_after=3.0, size_t keep_receipts=100_000,
-                  bint use_app_fd=False, list endpoints=None, double failover_after=1.0):
+                  bint use_app_fd=False, list endpoints=None, double failover_after=1.0,
+                  size_t keep_unbound=10_000):
         self.sock = <void *>socket
         self.monitor = <void *>monitor
         self.role = <uint8_t>role
         self.name = name
         self.resend_after_ms = <uint64_t>(resend_after * 1000)
         self.keep_receipts = max(keep_receipts, 1)
+        self.keep_unbound = keep_unbound
         pthread_mutex_init(&self.mu, NULL)
         eng_cond_init(&self.cv)
         self.wake_fd = eng_eventfd()
@@ -306,6 +308,7 @@ cdef class Engine:
         for name, seq in cursors:
             self.cursors[<string>name] = <uint64_t>seq
             self.app_acked[<string>name] = <uint64_t>seq
+        self.n_cursors = self.cursors.size()
 
     def after_welcome(self, bytes frame) -> None:
         """A one-frame message to send after every WELCOME (a worker's READY)."""
@@ -333,7 +336,9 @@ cdef class Engine:
             _enqueue(self, item, False)
 
     def unbind(self, list names) -> None:
-        """Release ``[address bytes]``; their cursors are kept for a later bind."""
+        """Release ``[address bytes]``; their cursors are kept for a later bind, those
+        of the ``keep_unbound`` latest released addresses (the rest are forgotten: a
+        bind of one starts at the cursor the caller gives)."""
         cdef string item
         cdef unsigned char b[1]
         item.assign(b"U\0\0\0\0", 5)
@@ -490,6 +495,7 @@ cdef class Engine:
                    send_errors=self.n_send_errors, pending=self.pending,
                    dropped_held=self.n_dropped_held, quiet_errors=self.n_quiet_errors,
                    queued_events=self.in_q.size(), failovers=self.n_failovers,
+                   forgotten=self.n_forgotten, cursors=self.n_cursors,
                    endpoint=self.endpoints[self.current_ep].decode()
                    if self.endpoints.size() else None)
         pthread_mutex_unlock(&self.mu)

@@ -104,6 +104,7 @@ cdef void _on_deliver(Engine self, const unsigned char *h, size_t hn,
                 self.reack[address] = deref(it).second
             return
         self.cursors[address] = seq
+        self.n_cursors = self.cursors.size()
     self.n_delivered += 1
     _event(self, b'D', h, hn, b, bn)
 

@@ -192,6 +192,7 @@ cdef void _bind(Engine self, const string &item, bint reset) noexcept nogil:
         n += 1
     if n:
         _list_send(self, frame, n)
+    self.n_cursors = self.cursors.size()
 
 
 cdef void _unbind(Engine self, const string &item) noexcept nogil:
@@ -203,7 +204,9 @@ cdef void _unbind(Engine self, const string &item) noexcept nogil:
     while p < end:
         name.assign(<const char *>p + NAME_HEAD, p[0])
         p += NAME_HEAD + p[0]
-        self.unbound.insert(name)   # the cursor stays: a later BIND resumes there
+        self.unbind_serial += 1      # the cursor stays: a later BIND resumes there
+        self.unbound[name] = self.unbind_serial
+        self.unbound_order.push_back(pair[uint64_t, string](self.unbind_serial, name))
         if n == MAX_LIST_ENTRIES:
             _list_send(self, frame, n)
             _list_start(self, frame, CMD_UNBIND)
@@ -212,6 +215,39 @@ cdef void _unbind(Engine self, const string &item) noexcept nogil:
         n += 1
     if n:
         _list_send(self, frame, n)
+    _forget_released(self)
+    self.n_cursors = self.cursors.size()
+
+
+cdef bint _current(Engine self, const pair[uint64_t, string] &entry) noexcept nogil:
+    """Whether ``entry`` of unbound_order is its address's latest release, still in force."""
+    cdef unordered_map[string, uint64_t].iterator it = self.unbound.find(entry.second)
+    return it != self.unbound.end() and deref(it).second == entry.first
+
+
+cdef void _forget_released(Engine self) noexcept nogil:
+    """Keep the cursors of the ``keep_unbound`` latest released addresses only. A
+    gateway releases every app address it ever served; kept forever, their cursors
+    grow with the distinct parties it has seen."""
+    cdef size_t n
+    cdef string name
+    while self.unbound.size() > self.keep_unbound and not self.unbound_order.empty():
+        if _current(self, self.unbound_order.front()):
+            name = self.unbound_order.front().second
+            self.unbound.erase(name)
+            self.cursors.erase(name)
+            self.app_acked.erase(name)
+            self.reack.erase(name)
+            self.n_forgotten += 1
+        self.unbound_order.pop_front()
+    if self.unbound_order.size() > 2 * self.unbound.size() + 1024:
+        # addresses bound and released again left stale entries: drop them, in order
+        n = self.unbound_order.size()
+        while n:
+            n -= 1
+            if _current(self, self.unbound_order.front()):
+                self.unbound_order.push_back(self.unbound_order.front())
+            self.unbound_order.pop_front()
 
 
 cdef void _send_bye(Engine self) noexcept nogil:

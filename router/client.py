@@ -131,6 +131,12 @@ class Client:
     are dropped and a warning says so, since their callbacks will not run. A client
     that takes receipts through callbacks must poll often enough, or raise it.
 
+    ``keep_unbound`` bounds the released addresses (:meth:`unbind`) whose cursors the
+    connection keeps, so that binding one again resumes where it was: a gateway
+    releases every app address it ever served, and past it the oldest released are
+    forgotten (binding one of those starts over at the cursor given; the router
+    redelivers what it was never acked for).
+
     ``endpoint`` may name several routers, comma separated: an active router on a shared
     store and its standbys (docs/REDIS.md). The engine stays on one and moves to the
     next when the link has been down, or the router silent past its liveness, for
@@ -149,7 +155,7 @@ class Client:
                  resend_after: float = 3.0, keep_receipts: int = 100_000,
                  max_pending: int = 0, send_timeout: float = 5.0,
                  reconnect_ivl: float = 0.1, reconnect_ivl_max: float = 0.0,
-                 failover_after: float = 1.0,
+                 failover_after: float = 1.0, keep_unbound: int = 10_000,
                  on_receipt: Callable[[Receipt], None] | None = None,
                  on_error: Callable[[RouterError], None] | None = None,
                  on_event: Callable[[str], None] | None = None,
@@ -189,7 +195,7 @@ class Client:
                              name.encode(), resend_after=resend_after,
                              keep_receipts=keep_receipts, use_app_fd=use_fd,
                              endpoints=[e.encode() for e in endpoints],
-                             failover_after=failover_after)
+                             failover_after=failover_after, keep_unbound=keep_unbound)
         if cursors:
             self.engine.preset([(check_address(a).encode(), int(seq))
                                 for a, seq in cursors.items()])
@@ -614,7 +620,10 @@ class Addresses:
         self.engine.bind([(a.encode(), seq) for a, seq in names.items()], reset=True)
 
     def _unbind(self, addresses: Iterable[str]) -> None:
-        self.engine.unbind([check_address(a).encode() for a in addresses])
+        names = [check_address(a) for a in addresses]
+        for a in names:  # the engine keeps what a later bind needs (keep_unbound)
+            self.acked.pop(a, None)
+        self.engine.unbind([a.encode() for a in names])
 
     def ack_to(self, address: str, seq: int) -> None:
         """Ack everything up to ``seq`` on ``address`` (a gateway acks for its app)."""

@@ -150,3 +150,36 @@ def test_sender_names_are_forgotten_once_unused_and_dedup_holds_until_then(make_
             ep.ack(d)
             ep.flush()
             assert ep.recv(timeout=0.5) is None  # delivered once
+
+
+def test_a_gateway_connection_forgets_the_oldest_released_addresses(make_router):
+    """A gateway binds and releases every app address it serves; its connection keeps
+    the cursors of the ``keep_unbound`` latest released only (it used to keep them all:
+    memory growing with every party it ever served). A kept address binds again where
+    it was (nothing handed twice); a forgotten one starts at the cursor given and gets
+    again what it never acked."""
+    r = make_router()
+    with Sender(r.url, "orders") as s, \
+            Endpoint(r.url, [], name="gw", keep_unbound=50) as gw:
+        for i in range(400):                 # 400 parties come, get one order, go
+            a = f"user:{i}"
+            gw.bind_at({a: 0})
+            mid = s.send(a, {"order": i})
+            d = gw.recv(timeout=5)
+            assert d is not None and d.msg_id == mid
+            if i != 0:                       # user:0 never acks its order
+                gw.ack(d)
+            gw.flush()
+            gw.unbind([a])
+        wait_until(lambda: gw.engine.stats()["forgotten"] == 350, 5,
+                   "the 350 oldest released addresses forgotten")
+        stats = gw.engine.stats()
+        assert stats["cursors"] == 50, stats
+        assert "user:0" not in gw.cursors and "user:399" not in gw.cursors
+
+        gw.bind(["user:399"])                # kept: resumes at seq 1, nothing again
+        assert gw.recv(timeout=0.5) is None
+        gw.bind(["user:0"])                  # forgotten: cursor 0, the unacked order again
+        d = gw.recv(timeout=5)
+        assert d is not None and (d.address, d.seq) == ("user:0", 1)
+        assert gw.engine.stats()["duplicates"] == 0
