@@ -177,8 +177,9 @@ def app_process(url, tokens, ready, go, seconds, out) -> None:
 
 
 def push(router: str, users: list[str], period: float, order_every: int,
-         seconds: float) -> dict:
-    """Positions to every user each period; an order update every order_every rounds."""
+         seconds: float, burst: int = 10) -> dict:
+    """Positions to every user each period; an order update every order_every rounds.
+    The round is spread over the period, ``burst`` positions back to back at a time."""
     from router.client import Sender
     from router.protocol import MsgClass
     sent = {"LOCATION": 0, "ORDER": 0}
@@ -193,7 +194,7 @@ def push(router: str, users: list[str], period: float, order_every: int,
                     s.send(u, {"state": "on the way", "n": rnd}, kind="order.status")
                     sent["ORDER"] += 1
                 # spread the round over the period, as riders report independently
-                if i % 100 == 99:
+                if i % burst == burst - 1:
                     lag = t0 + period * (i + 1) / len(users) - time.monotonic()
                     if lag > 0:
                         time.sleep(lag)
@@ -214,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--period", type=float, default=4.0, help="seconds between positions")
     ap.add_argument("--order-every", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--burst", type=int, default=10,
+                    help="positions sent back to back before the sender paces itself "
+                         "(riders report independently; until 2026-12-05 it was 100)")
     ap.add_argument("--ping-interval", type=float, default=20.0,
                     help="the gateway's --ping-interval (its keepalive; 0: off)")
     args = ap.parse_args(argv)
@@ -249,8 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         ready = [mp.Event() for _ in range(args.procs)]
         go, out = mp.Event(), mp.Queue()
         url = f"ws://127.0.0.1:{gport}/ws"
+        # the phones count until the sender's last round, begun before --seconds and
+        # spread over a whole period, has arrived
+        counting = args.seconds + args.period
         apps = [mp.Process(target=app_process, args=(url, toks[i::args.procs], ready[i], go,
-                                                      args.seconds, out))
+                                                      counting, out))
                 for i in range(args.procs)]
         t0 = time.monotonic()
         for p in apps:
@@ -263,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(2)
         rss1 = rss_kib(gw_pid)
         go.set()
-        sent = push(router, users, args.period, args.order_every, args.seconds)
+        sent = push(router, users, args.period, args.order_every, args.seconds, args.burst)
         results = [out.get(timeout=120) for _ in apps]
         gw_q = gateway_quantiles(mport)
         if any("failed" in r for r in results):
@@ -282,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Machine: {env['cpu']}, {env['cores']} cores, Linux {env['kernel']}; Python "
               f"{env['python']}, pyzmq {env['pyzmq']} (libzmq {env['libzmq']}); commit "
               f"{env['commit']}. Router (journal + fsync) and one gateway process; "
-              f"{args.procs} app processes (Python websockets clients) on the same 2 cores.\n")
+              f"{args.procs} app processes (Python websockets clients) on the same 2 cores; "
+              f"the sender paces every {args.burst} positions.\n")
         print("| figure | value |\n|---|---|")
         print(f"| connections open (hello + welcome) | {args.connections:,} in {connect_s:.1f} s "
               f"({sum(r.get('retries', 0) for r in results)} connects retried) |")

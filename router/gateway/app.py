@@ -17,6 +17,7 @@ import time
 from typing import Callable
 
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from router.protocol import Delivery, MsgClass
 
@@ -42,14 +43,14 @@ class AppConnection:
         #: last sequence the app acked (the router is acked up to here, no further)
         self.acked = resumed_after
         self.reliable: collections.deque[tuple[Delivery, bytes]] = collections.deque()
-        self.notices: collections.deque[bytes] = collections.deque()
-        self.latest: dict[str, bytes] = {}
+        self.notices: collections.deque[tuple[Delivery, bytes]] = collections.deque()
+        self.latest: dict[str, tuple[Delivery, bytes]] = {}
         self.shed = 0
         self.conflated = 0
         self.sent = 0
         self._sent_seen = 0
         self.closed = False
-        #: called after each reliable frame is written (metrics: e2e latency)
+        #: called after each delivery is written (metrics: e2e latency)
         self.on_written = on_written
         # The writer runs only while frames wait: an idle app holds no task and no
         # event (10,000 idle apps saved ~2 KiB each, issue 13's memory target).
@@ -65,13 +66,13 @@ class AppConnection:
             key = location_key(d)
             if key in self.latest:
                 self.conflated += 1
-            self.latest[key] = frames.deliver(d)
+            self.latest[key] = (d, frames.deliver(d))
         else:
             if len(self.notices) >= self.max_notices:
                 self.notices.popleft()
                 self.shed += 1
-            self.notices.append(frames.deliver(d))
-        if self._writer is None and not self.closed:
+            self.notices.append((d, frames.deliver(d)))
+        if self._writer is None and not self.closed and not self._write_now():
             self._writer = asyncio.get_running_loop().create_task(self._write())
 
     def stuck(self) -> bool:
@@ -90,28 +91,44 @@ class AppConnection:
         """Frames waiting to be written."""
         return len(self.reliable) + len(self.notices) + len(self.latest)
 
-    def next_frame(self) -> tuple[bytes, Delivery | None] | None:
-        """The next frame to write: reliable first (in sequence order), then notices,
-        then the newest positions."""
+    def next_frame(self) -> tuple[Delivery, bytes] | None:
+        """The next delivery to write and its frame: reliable first (in sequence
+        order), then notices, then the newest positions."""
         if self.reliable:
-            d, frame = self.reliable.popleft()
-            return frame, d
+            return self.reliable.popleft()
         if self.notices:
-            return self.notices.popleft(), None
+            return self.notices.popleft()
         if self.latest:
-            key = next(iter(self.latest))
-            return self.latest.pop(key), None
+            return self.latest.pop(next(iter(self.latest)))
         return None
+
+    def _write_now(self) -> bool:
+        """Write what waits at once, while the socket takes it without waiting; True
+        when nothing is left. The common case (an app keeping up, a frame or two at a
+        time): no task, no await, one transport write per frame. Called only while no
+        writer task runs, so frames keep their order."""
+        ws = self.ws
+        while ws.protocol.state is State.OPEN and not self.write_blocked():
+            item = self.next_frame()
+            if item is None:
+                return True
+            d, frame = item
+            ws.protocol.send_text(frame)   # the frame is UTF-8 JSON already
+            ws.send_data()
+            self.sent += 1
+            if self.on_written is not None:
+                self.on_written(self, d)
+        return not self.queued()
 
     async def _write(self) -> None:
         """Write what waits, awaiting the socket (its write buffer is the backpressure),
         then end; ``offer`` starts it again when more comes."""
         try:
             while not self.closed and (item := self.next_frame()) is not None:
-                frame, d = item
+                d, frame = item
                 await self.ws.send(frame.decode())
                 self.sent += 1
-                if d is not None and self.on_written is not None:
+                if self.on_written is not None:
                     self.on_written(self, d)
         except ConnectionClosed:  # the reader side sees it too, and closes the app
             pass
