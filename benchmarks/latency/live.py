@@ -11,7 +11,9 @@ what the engineer changed):
 ``LATENCY_BATCH``        messages per timed batch in test_throughput_batch.py (10000)
 ``LATENCY_BATCH_ROUNDS`` timed batches per throughput benchmark (default 30)
 ``LATENCY_PIN``          ``1``: the router and the echo worker on the last CPU, this
-                         process (clients, engine threads) on the others (default off)
+                         process (clients, engine threads) on the others; ``one``: all
+                         of them on the last CPU (every wake-up on the CPU that is
+                         running, none crossing to the other); default off
 """
 
 from __future__ import annotations
@@ -35,7 +37,11 @@ WARMUP = int(os.environ.get("LATENCY_WARMUP", "500"))
 ROUTER_ARGS = shlex.split(os.environ.get("LATENCY_ROUTER_ARGS", ""))
 BATCH = int(os.environ.get("LATENCY_BATCH", "10000"))
 BATCH_ROUNDS = int(os.environ.get("LATENCY_BATCH_ROUNDS", "30"))
-PIN = os.environ.get("LATENCY_PIN", "0") not in ("", "0")
+PIN_MODE = os.environ.get("LATENCY_PIN", "0")
+_CPUS = sorted(os.sched_getaffinity(0))  # before any pinning
+PIN = PIN_MODE not in ("", "0")
+if PIN_MODE not in ("", "0", "1", "one"):
+    raise SystemExit(f"LATENCY_PIN={PIN_MODE!r}: use 1 (router apart) or one (one CPU)")
 
 #: Seconds any single wait inside a round may take before the round fails (a lost
 #: message must fail the benchmark, not hang it).
@@ -61,7 +67,9 @@ def pin(pid: int, cpus: set[int]) -> None:
 
 def server_cpus() -> tuple[set[int], set[int]]:
     """(CPUs for the router and the worker, CPUs for this process) under LATENCY_PIN."""
-    cpus = sorted(os.sched_getaffinity(0))
+    cpus = _CPUS  # as at start: pinning this process narrows its own mask
+    if PIN_MODE == "one":
+        return {cpus[-1]}, {cpus[-1]}
     return {cpus[-1]}, set(cpus[:-1]) or {cpus[-1]}
 
 
@@ -168,7 +176,7 @@ def measure(benchmark, fn, *, rounds: int = ROUNDS, warmup: int = WARMUP, setup=
         "rounds": rounds, "warmup_rounds": warmup,
         "router_args": " ".join(ROUTER_ARGS) or "(defaults: journal on, fsync on)",
         "nproc": n,
-        "pinned": PIN,
+        "pinned": PIN_MODE if PIN else False,
         "loadavg_before": [round(x, 2) for x in load0],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         # Share of the machine's CPU that other processes (other people's work, kernel
