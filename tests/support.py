@@ -60,9 +60,11 @@ class RouterProcess:
     #: them, except those with ``keep_files`` set).
     on_disk: list["RouterProcess"] = []
 
-    def __init__(self, *args: str, env: dict | None = None) -> None:
+    def __init__(self, *args: str, env: dict | None = None, under: str | None = None) -> None:
         self.port = free_port()
-        self.ipc_dir = tempfile.mkdtemp(prefix="router-test-")
+        # ``under``: the parent of that directory (the latency suites put the journal on
+        # a RAM filesystem); default: the system's temporary directory
+        self.ipc_dir = tempfile.mkdtemp(prefix="router-test-", dir=under)
         self.keep_files = False  # set when a test failed while this router existed
         RouterProcess.on_disk.append(self)
         self.url = f"tcp://127.0.0.1:{self.port}"

@@ -10,10 +10,18 @@ what the engineer changed):
 ``LATENCY_ROUTER_ARGS``  extra ``router serve`` flags, e.g. ``--fsync false``
 ``LATENCY_BATCH``        messages per timed batch in test_throughput_batch.py (10000)
 ``LATENCY_BATCH_ROUNDS`` timed batches per throughput benchmark (default 30)
-``LATENCY_PIN``          ``1``: the router and the echo worker on the last CPU, this
-                         process (clients, engine threads) on the others; ``one``: all
-                         of them on the last CPU (every wake-up on the CPU that is
-                         running, none crossing to the other); default off
+``LATENCY_PIN``          ``one`` (default): the router, the echo worker and this process
+                         (clients, engine threads) all on the last CPU, so that no
+                         wake-up crosses to the other CPU (on this KVM guest a cross-CPU
+                         wake-up costs ~60 us and varies ~10% from run to run; on the
+                         same CPU 7 us); ``1``: the router and the echo worker on the
+                         last CPU, this process on the others; ``0``: not pinned
+``LATENCY_DATA_DIR``     where the router's directory (journal, history) goes: default
+                         /dev/shm, a RAM filesystem, so that fsync runs but the disk's
+                         own latency (which varied 12-18% between runs) stays out of
+                         the figures; ``disk``: the system's temporary directory; or
+                         a path. What the disk adds is the durability benchmark's
+                         subject (group commit, fsync)
 """
 
 from __future__ import annotations
@@ -37,11 +45,15 @@ WARMUP = int(os.environ.get("LATENCY_WARMUP", "500"))
 ROUTER_ARGS = shlex.split(os.environ.get("LATENCY_ROUTER_ARGS", ""))
 BATCH = int(os.environ.get("LATENCY_BATCH", "10000"))
 BATCH_ROUNDS = int(os.environ.get("LATENCY_BATCH_ROUNDS", "30"))
-PIN_MODE = os.environ.get("LATENCY_PIN", "0")
+PIN_MODE = os.environ.get("LATENCY_PIN", "one")
 _CPUS = sorted(os.sched_getaffinity(0))  # before any pinning
+_DATA = os.environ.get("LATENCY_DATA_DIR", "")
+DATA_PARENT = (None if _DATA == "disk" else _DATA if _DATA
+               else "/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
 PIN = PIN_MODE not in ("", "0")
 if PIN_MODE not in ("", "0", "1", "one"):
-    raise SystemExit(f"LATENCY_PIN={PIN_MODE!r}: use 1 (router apart) or one (one CPU)")
+    raise SystemExit(f"LATENCY_PIN={PIN_MODE!r}: use one (the default: one CPU), 1 (the "
+                     "router apart from the clients) or 0 (not pinned)")
 
 #: Seconds any single wait inside a round may take before the round fails (a lost
 #: message must fail the benchmark, not hang it).
@@ -75,10 +87,11 @@ def server_cpus() -> tuple[set[int], set[int]]:
 
 def start_router() -> RouterProcess:
     """A ``router serve`` on tcp://127.0.0.1 with the journal on (fsync on: the
-    defaults), history on, no periodic summary; ``LATENCY_ROUTER_ARGS`` come last and
-    win. With LATENCY_PIN, the router goes to the last CPU and this process to the
-    others (before any client exists, so the engine threads inherit it)."""
-    router = RouterProcess("--journal", "true", "--summary-interval", "0", *ROUTER_ARGS).start()
+    defaults), history on, no periodic summary, its directory under DATA_PARENT;
+    ``LATENCY_ROUTER_ARGS`` come last and win. Pinned as LATENCY_PIN says, before any
+    client exists, so the engine threads inherit it."""
+    router = RouterProcess("--journal", "true", "--summary-interval", "0", *ROUTER_ARGS,
+                           under=DATA_PARENT).start()
     if PIN:
         theirs, ours = server_cpus()
         pin(router.pid, theirs)
@@ -177,6 +190,7 @@ def measure(benchmark, fn, *, rounds: int = ROUNDS, warmup: int = WARMUP, setup=
         "router_args": " ".join(ROUTER_ARGS) or "(defaults: journal on, fsync on)",
         "nproc": n,
         "pinned": PIN_MODE if PIN else False,
+        "data_dir": DATA_PARENT or "the system's temporary directory",
         "loadavg_before": [round(x, 2) for x in load0],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         # Share of the machine's CPU that other processes (other people's work, kernel
