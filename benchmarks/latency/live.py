@@ -100,8 +100,11 @@ def start_router() -> RouterProcess:
 
 
 def stop_router(router: RouterProcess, failed: bool = False) -> None:
-    """Stop it; remove its directory unless the module failed (then say where it is)."""
+    """Stop it; remove its directory unless the module failed (then say where it is).
+    This process gets all its CPUs back: later modules (the hop, say) must not run pinned."""
     router.stop()
+    if PIN:
+        pin(0, set(_CPUS))
     if failed:
         print(f"router files kept: {router.ipc_dir}", file=sys.stderr)
     else:
