@@ -18,9 +18,9 @@ import time
 from typing import Any, AsyncIterator, Iterable
 
 from .client import (
-    FINAL, SEND_NO_ROOM, Addresses, Client, PendingLimitError, Receipt, _CODE, _STATUS,
-    json_reply,
+    FINAL, SEND_NO_ROOM, Client, PendingLimitError, Receipt, _CODE, _STATUS, json_reply,
 )
+from .incoming import Addresses
 from .outgoing import Batch
 from .protocol import Delivery, Role, Status
 from .session import Payload, Reply, RouterUnavailable
