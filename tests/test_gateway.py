@@ -152,6 +152,33 @@ def test_pages_and_metrics_are_served(gateway):
     assert urllib.request.urlopen(f"http://127.0.0.1:{mport}/readyz").status == 200
 
 
+def _series(mport: int, name: str) -> dict[str, float]:
+    """One metric of the gateway's /metrics by its ``class`` label."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics").read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name + '{class="'):
+            out[line.split('"')[1]] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def test_every_class_written_is_counted_and_timed(gateway):
+    """gateway_messages_out and gateway_e2e_latency_seconds cover best effort too (they
+    counted reliable deliveries only)."""
+    r, url, _, mport, token = gateway
+    with connect(url) as app, Sender(r.url, "feeds") as s:
+        hello(app, token("user:12"))
+        s.send("user:12", {"o": 1})
+        s.send("user:12", {"x": 1}, msg_class=MsgClass.LOCATION, key="rider:1")
+        s.send("user:12", {"n": 1}, msg_class=MsgClass.NOTICE)
+        got = frames_until(app, 3)
+        assert sorted(f["class"] for f in got) == ["LOCATION", "NOTICE", "ORDER"]
+    want = {"order": 1.0, "location": 1.0, "notice": 1.0}
+    for name in ("gateway_messages_out_total", "gateway_e2e_latency_seconds_count"):
+        series = _series(mport, name)
+        assert {c: series.get(c) for c in want} == want, (name, series)
+
+
 class RawApp:
     """A WebSocket app on a bare socket: it does only what a test tells it, so it can
     stop reading, or never answer a ping (every library answers pings by itself)."""

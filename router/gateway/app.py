@@ -115,10 +115,13 @@ class AppConnection:
             d, frame = item
             ws.protocol.send_text(frame)   # the frame is UTF-8 JSON already
             ws.send_data()
-            self.sent += 1
-            if self.on_written is not None:
-                self.on_written(self, d)
+            self._wrote(d)
         return not self.queued()
+
+    def _wrote(self, d: Delivery) -> None:
+        self.sent += 1
+        if self.on_written is not None:
+            self.on_written(self, d)
 
     async def _write(self) -> None:
         """Write what waits, awaiting the socket (its write buffer is the backpressure),
@@ -127,9 +130,7 @@ class AppConnection:
             while not self.closed and (item := self.next_frame()) is not None:
                 d, frame = item
                 await self.ws.send(frame.decode())
-                self.sent += 1
-                if self.on_written is not None:
-                    self.on_written(self, d)
+                self._wrote(d)
         except ConnectionClosed:  # the reader side sees it too, and closes the app
             pass
         finally:
