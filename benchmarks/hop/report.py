@@ -68,6 +68,39 @@ def summarize(rows: list[dict], quiet_only: bool = True) -> dict:
     return out
 
 
+#: The fixed ratios of a run: name, then numerator and denominator as (scenario,
+#: contender, figure). A figure missing from the run leaves its ratio out.
+T, MSG, ACKED, CPU = "throughput", "msg_s", "acked_msg_s", "hop_cpu_us_per_msg"
+RATIOS: tuple[tuple[str, tuple[str, str, str], tuple[str, str, str]], ...] = (
+    ("router/proxy throughput", (T, "router", MSG), (T, "proxy", MSG)),
+    ("router/pyloop throughput", (T, "router", MSG), (T, "pyloop", MSG)),
+    ("pyloop/proxy throughput", (T, "pyloop", MSG), (T, "proxy", MSG)),
+    ("router 10k addresses/single", ("gateways", "router", MSG), (T, "router", MSG)),
+    ("pyloop 10k addresses/single", ("gateways", "pyloop", MSG), (T, "pyloop", MSG)),
+    ("router reliable (acked)/proxy", ("reliable", "router", ACKED), (T, "proxy", MSG)),
+    ("router reliable (delivered)/proxy", ("reliable", "router", MSG), (T, "proxy", MSG)),
+    ("router/proxy hop CPU per msg", (T, "router", CPU), (T, "proxy", CPU)),
+    # the replicated store (issue 14): Redis primary + replica against the file journal
+    ("router-redis / router (reliable msg/s)",
+     ("reliable", "router-redis", MSG), ("reliable", "router", MSG)),
+    ("router-redis / router (reliable acked msg/s)",
+     ("reliable", "router-redis", ACKED), ("reliable", "router", ACKED)),
+    ("router-redis / router reliable hop CPU per msg (router + both redis-servers)",
+     ("reliable", "router-redis", CPU), ("reliable", "router", CPU)),
+    # trust (issue 12): permissions cost, then encryption's
+    ("router-plain/router throughput (permissions on)",
+     (T, "router-plain", MSG), (T, "router", MSG)),
+    ("router-curve/router-plain throughput (CURVE)",
+     (T, "router-curve", MSG), (T, "router-plain", MSG)),
+    ("proxy-curve/proxy throughput (libzmq's CURVE alone)",
+     (T, "proxy-curve", MSG), (T, "proxy", MSG)),
+    ("router-plain/router hop CPU per msg", (T, "router-plain", CPU), (T, "router", CPU)),
+    ("router-curve/router-plain hop CPU per msg",
+     (T, "router-curve", CPU), (T, "router-plain", CPU)),
+    ("proxy-curve/proxy hop CPU per msg", (T, "proxy-curve", CPU), (T, "proxy", CPU)),
+)
+
+
 def ratios(summary: dict) -> dict:
     """Every ratio the issue asks for, from figures of this run only."""
     def get(sc, c, key="msg_s", rate=0.0):
@@ -77,47 +110,7 @@ def ratios(summary: dict) -> dict:
     def div(a, b):
         return a / b if a is not None and b else None
 
-    out = {
-        "router/proxy throughput": div(get("throughput", "router"), get("throughput", "proxy")),
-        "router/pyloop throughput": div(get("throughput", "router"),
-                                        get("throughput", "pyloop")),
-        "pyloop/proxy throughput": div(get("throughput", "pyloop"), get("throughput", "proxy")),
-        "router 10k addresses/single": div(get("gateways", "router"),
-                                           get("throughput", "router")),
-        "pyloop 10k addresses/single": div(get("gateways", "pyloop"),
-                                           get("throughput", "pyloop")),
-        "router reliable (acked)/proxy": div(get("reliable", "router", "acked_msg_s"),
-                                             get("throughput", "proxy")),
-        "router reliable (delivered)/proxy": div(get("reliable", "router"),
-                                                 get("throughput", "proxy")),
-        "router/proxy hop CPU per msg": div(get("throughput", "router", "hop_cpu_us_per_msg"),
-                                            get("throughput", "proxy", "hop_cpu_us_per_msg")),
-        # the replicated store (issue 14): Redis primary + replica against the file journal
-        "router-redis / router (reliable msg/s)": div(get("reliable", "router-redis"),
-                                                      get("reliable", "router")),
-        "router-redis / router (reliable acked msg/s)": div(
-            get("reliable", "router-redis", "acked_msg_s"),
-            get("reliable", "router", "acked_msg_s")),
-        "router-redis / router reliable hop CPU per msg (router + both redis-servers)": div(
-            get("reliable", "router-redis", "hop_cpu_us_per_msg"),
-            get("reliable", "router", "hop_cpu_us_per_msg")),
-        # trust (issue 12): permissions cost, then encryption's
-        "router-plain/router throughput (permissions on)": div(
-            get("throughput", "router-plain"), get("throughput", "router")),
-        "router-curve/router-plain throughput (CURVE)": div(
-            get("throughput", "router-curve"), get("throughput", "router-plain")),
-        "proxy-curve/proxy throughput (libzmq's CURVE alone)": div(
-            get("throughput", "proxy-curve"), get("throughput", "proxy")),
-        "router-plain/router hop CPU per msg": div(
-            get("throughput", "router-plain", "hop_cpu_us_per_msg"),
-            get("throughput", "router", "hop_cpu_us_per_msg")),
-        "router-curve/router-plain hop CPU per msg": div(
-            get("throughput", "router-curve", "hop_cpu_us_per_msg"),
-            get("throughput", "router-plain", "hop_cpu_us_per_msg")),
-        "proxy-curve/proxy hop CPU per msg": div(
-            get("throughput", "proxy-curve", "hop_cpu_us_per_msg"),
-            get("throughput", "proxy", "hop_cpu_us_per_msg")),
-    }
+    out = {name: div(get(*num), get(*den)) for name, num, den in RATIOS}
     for (sc, c, rate) in summary:
         if sc == "latency" and c == "router":
             out[f"router/proxy p99 @ {rate:,.0f}/s"] = div(
