@@ -280,7 +280,7 @@ class RedisPair:
 
 class Sentinel(RedisProcess):
     """One redis-sentinel monitoring the primary on ``primary_port`` as ``master_name``:
-    down for it after 1 s without an answer, down for all once ``quorum`` sentinels say
+    down for it after 3 s without an answer, down for all once ``quorum`` sentinels say
     so; then the sentinel a majority elects fails over. Its config
     (``sentinel-<index>.conf``) is its own: Sentinel rewrites it as it learns."""
 
@@ -293,7 +293,10 @@ class Sentinel(RedisProcess):
         self._write_config([
             "sentinel resolve-hostnames no",
             f"sentinel monitor {master_name} {HOST} {primary_port} {quorum}",
-            f"sentinel down-after-milliseconds {master_name} 1000",
+            # Not 1 s: a sentinel pings once a second, and on a busy two-core machine one
+            # late answer from a primary promoted a second before made it fail over
+            # again, to whatever it listed as a replica (a restarted old primary).
+            f"sentinel down-after-milliseconds {master_name} 3000",
             f"sentinel failover-timeout {master_name} 5000",
             f"sentinel parallel-syncs {master_name} 1",
         ])
@@ -381,6 +384,24 @@ class Sentinels:
         running = [s for s in self.sentinels if s.running]
         return wait_for(moved, timeout, f"a majority of sentinels to report a primary "
                         f"other than port {old_port}", running)
+
+    def wait_for_replica(self, servers: Iterable[RedisServer],
+                         timeout: float = 60.0) -> RedisServer:
+        """Wait until the primary a majority names is one of ``servers`` and has a
+        replica connected (after a failover Sentinel turns a returning old primary into
+        one, some 10-20 s after it is back); return that primary."""
+        by_port = {server.port: server for server in servers}
+
+        def served() -> RedisServer | None:
+            address = self._agreed_primary()
+            primary = by_port.get(address[1]) if address else None
+            if primary and primary.info("replication").get("connected_slaves", 0) >= 1:
+                return primary
+            return None
+
+        running = [s for s in [*self.sentinels, *by_port.values()] if s.running]
+        return wait_for(served, timeout, "the primary the sentinels name to have a "
+                        "replica connected", running)
 
     def stop(self) -> None:
         """Stop them all (those not already stopped or killed)."""
