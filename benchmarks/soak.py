@@ -166,6 +166,9 @@ FLAT_FLOORS = {
 #: An interval is "quiet" when processes other than the router and the driver used less
 #: than this many cores (the report gives the p99 over quiet intervals too).
 QUIET_CPU = 0.25
+#: With at least this many quiet intervals in both the first and the last third, the p99
+#: target compares those; with fewer, all intervals (the quiet ones are too few to say).
+MIN_QUIET_INTERVALS = 4
 #: Series checked for flatness (the table sizes the issue names, plus RSS).
 FLAT_SERIES = tuple(FLAT_FLOORS)
 
@@ -987,6 +990,8 @@ class Result:
     #: the same medians over the quiet intervals only (other CPU < QUIET_CPU)
     p99_quiet: tuple = (math.nan, math.nan)
     quiet_intervals: int = 0
+    #: how many of them fall in the first and in the last third
+    quiet_counts: tuple = (0, 0)
     out: Path | None = None
 
     @property
@@ -1048,19 +1053,25 @@ def evaluate(res: Result, flat_tolerance: float | None = None,
     last_p99 = [v for v in last_p99 if not math.isnan(v)]
     # the same in the intervals where other tenants left the machine nearly alone
     quiet = {r["t"] for r in rows if r.get("other_cpu", math.inf) < QUIET_CPU}
-    res.p99_quiet = tuple(
-        statistics.median(v) if v else math.nan
-        for v in ([h.quantile(0.99) * 1e3 for i, (t, h) in enumerate(s.e2e_all)
-                   if i > 0 and t <= T / 3 + 1e-6 and t in quiet and h.n],
-                  [h.quantile(0.99) * 1e3 for t, h in s.e2e_all
-                   if t > 2 * T / 3 and t in quiet and h.n]))
+    thirds = ([h.quantile(0.99) * 1e3 for i, (t, h) in enumerate(s.e2e_all)
+               if i > 0 and t <= T / 3 + 1e-6 and t in quiet and h.n],
+              [h.quantile(0.99) * 1e3 for t, h in s.e2e_all
+               if t > 2 * T / 3 and t in quiet and h.n])
+    res.p99_quiet = tuple(statistics.median(v) if v else math.nan for v in thirds)
+    res.quiet_counts = tuple(len(v) for v in thirds)
     res.quiet_intervals = len(quiet)
     res.p99_typical_first_ms = statistics.median(first_p99) if first_p99 else math.nan
     res.p99_typical_last_ms = statistics.median(last_p99) if last_p99 else math.nan
     a, b = res.p99_typical_first_ms, res.p99_typical_last_ms
+    judged = "median of the per-interval p99s"
+    if min(res.quiet_counts) >= MIN_QUIET_INTERVALS:
+        # Judge the router on the intervals its neighbours left alone: a tenant busy for
+        # most of one third (a build, another benchmark) moves even the median.
+        a, b = res.p99_quiet
+        judged += f", the {sum(res.quiet_counts)} quiet intervals"
     p99_ok = bool(first_p99 and last_p99) and b <= a * (1 + p99_tol) + p99_floor_ms
     targets.append((f"p99 SEND->DELIVERED, last third within {p99_tol:.0%} of the first "
-                    "(median of the per-interval p99s)", p99_ok,
+                    f"({judged})", p99_ok,
                     f"{a:.1f} ms -> {b:.1f} ms ({b / a - 1:+.0%}); pooled p99 "
                     f"{res.p99_first_ms:.1f} ms -> {res.p99_last_ms:.1f} ms"
                     if first_p99 and last_p99 else "too few samples"))
