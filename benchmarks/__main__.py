@@ -35,6 +35,8 @@ COMMANDS = {
                 "the WebSocket gateway: memory per idle connection, e2e latency to apps"),
     "city": ("benchmarks.city",
              "the lunch peak of a large city: 100k addresses, orders, offers, positions"),
+    "curve-frames": ("benchmarks.curve_frames",
+                     "what CURVE costs libzmq per frame and per byte: a bare proxy, 3 shapes"),
     "zap-handshake": ("benchmarks.zap_handshake",
                       "the ZAP handler alone: CURVE ROUTER + handler, raw DEALERs"),
     "build": ("benchmarks.drivers.build", "build the native load drivers (loadgen)"),

@@ -902,3 +902,82 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
     if err:
         raise _zmq_error(err, f"receiver after {received} messages")
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# Raw frames, no protocol: what libzmq alone costs per frame and per byte
+# (benchmarks/curve_frames.py). A message is ``len(sizes)`` frames of those sizes; an
+# empty single frame ends the stream.
+
+def send_frames(sock, sizes, long long count):
+    """Send ``count`` messages of frames sized ``sizes`` (bytes each) as fast as libzmq
+    takes them, then the empty end frame. Returns CLOCK_MONOTONIC ns (start, end)."""
+    cdef void *s = handle_of(sock)
+    cdef int nf = len(sizes), i, err = 0
+    if nf < 1 or nf > 16:
+        raise ValueError("send_frames takes 1 to 16 frame sizes")
+    cdef size_t size[16]
+    cdef size_t biggest = 0
+    for i in range(nf):
+        size[i] = sizes[i]
+        biggest = max(biggest, size[i])
+    cdef uint8_t *buf = <uint8_t *>calloc(biggest + 1, 1)
+    if buf == NULL:
+        raise MemoryError()
+    cdef long long k = 0
+    cdef int64_t t0, t1
+    with nogil:
+        t0 = now_ns()
+        for k in range(count):
+            for i in range(nf):
+                if zmqapi.send(s, buf, size[i], ZMQ_SNDMORE if i < nf - 1 else 0) < 0:
+                    err = zmqapi.errno_()
+                    break
+            if err:
+                break
+        if not err and zmqapi.send(s, buf, 0, 0) < 0:
+            err = zmqapi.errno_()
+        t1 = now_ns()
+    free(buf)
+    if err:
+        raise _zmq_error(err, f"send_frames after {k} messages")
+    return t0, t1
+
+
+def count_messages(sock, double deadline_s=60.0):
+    """Receive until the empty end frame (or ``deadline_s``); a message is a frame
+    without MORE, an empty one is the end. Returns (messages, bytes, first ns, last ns)."""
+    cdef void *s = handle_of(sock)
+    cdef zmq_msg_t m
+    cdef zmq_pollitem_t item
+    cdef long long got = 0, nbytes = 0
+    cdef int64_t first = 0, last = 0, deadline
+    cdef int err = 0, rc
+    item.socket = s
+    item.fd = 0
+    item.events = ZMQ_POLLIN
+    zmqapi.msg_init(&m)
+    with nogil:
+        deadline = now_ns() + <int64_t>(deadline_s * 1e9)
+        while now_ns() < deadline:
+            rc = zmqapi.msg_recv(&m, s, ZMQ_DONTWAIT)
+            if rc < 0:
+                err = zmqapi.errno_()
+                if err != EAGAIN_ and err != EINTR_:
+                    break
+                err = 0
+                item.revents = 0
+                zmqapi.poll(&item, 1, 100)
+                continue
+            if first == 0:
+                first = now_ns()
+            nbytes += rc
+            if not zmqapi.msg_more(&m):
+                if rc == 0:
+                    break
+                got += 1
+                last = now_ns()
+    zmqapi.msg_close(&m)
+    if err:
+        raise _zmq_error(err, f"count_messages after {got} messages")
+    return got, nbytes, first, last
