@@ -32,6 +32,8 @@ from . import protocol as P
 from .auth.grants import Action, Principal
 from .lograte import RateLimitedLog
 from .protocol import Command, ErrorCode, Role
+from .service_headers import ID_END, SPEC, Refusal, parse_ready, parse_reply, \
+    parse_request, role_name
 
 log = logging.getLogger("router.broker")
 
@@ -56,102 +58,6 @@ MAX_TRACKED_PEERS = 1 << 20
 REAP_PER_TICK = 2000
 #: Upper bounds (seconds) of the request-to-reply histogram.
 LATENCY_BOUNDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
-
-# Header layouts from router/protocol.py (offsets of docs/PROTOCOL.md §3, Services).
-_READY_FIXED = P.READY_AT["READY_FIXED"]  # 7: prefix, credit u16, name length u8
-_REQUEST_FIXED = P.REQUEST_AT["REQUEST_FIXED"]  # 17: prefix, id u64, ttl u32, length u8
-_REPLY_SIZE = P.REPLY_AT["REPLY_FIXED"]  # 14: prefix, job id u64, status u16
-#: REQUEST and REPLY both start with their id: a header this long has a readable one.
-_ID_AT = P.REQUEST_AT["REQUEST_ID"]
-_ID_END = P.REQUEST_AT["REQUEST_TTL"]
-assert (_ID_AT, _ID_END) == (P.REPLY_AT["REPLY_ID"], P.REPLY_AT["REPLY_STATUS"])
-_SPEC = "see docs/PROTOCOL.md §3, Services"
-
-
-class Refusal(Exception):
-    """A service command the broker refuses: the ERROR to send back."""
-
-    def __init__(self, code: ErrorCode, text: str, msg_id: int = 0) -> None:
-        super().__init__(text)
-        self.code, self.text, self.msg_id = code, text, msg_id
-
-
-def _role_name(role: int) -> str:
-    try:
-        return f"{role} ({Role(role).name})"
-    except ValueError:
-        return str(role)
-
-
-def _printable(raw: bytes) -> bool:
-    return all(0x21 <= b <= 0x7E for b in raw)
-
-
-def _service_name(command: str, raw: bytes, offset: int, msg_id: int = 0) -> str:
-    if not _printable(raw):
-        raise Refusal(ErrorCode.MALFORMED,
-                      f"{command} service name at offset {offset} must be printable ASCII "
-                      f"without spaces (0x21..0x7e), got {raw[:40]!r} ({_SPEC})", msg_id)
-    return raw.decode("ascii")
-
-
-def parse_ready(header: bytes) -> tuple[int, str]:
-    """(credit, service) of a READY header, or a Refusal saying what is wrong."""
-    n = len(header)
-    if n < _READY_FIXED:
-        raise Refusal(ErrorCode.MALFORMED,
-                      f"READY header is {n} bytes, needs at least {_READY_FIXED}: prefix "
-                      f"({P.PREFIX.size}) + credit (u16) + service name length (u8) + the "
-                      f"name ({_SPEC})")
-    credit, ln = P.READY.unpack_from(header, P.PREFIX.size)
-    if ln == 0:
-        raise Refusal(ErrorCode.MALFORMED,
-                      f"READY names no service: its name length (offset "
-                      f"{P.READY_AT['READY_NAME_LEN']}) is 0; give a 1..{P.MAX_NAME} byte "
-                      f"service name ({_SPEC})")
-    if n != _READY_FIXED + ln:
-        raise Refusal(ErrorCode.MALFORMED,
-                      f"READY header is {n} bytes, but its service name length {ln} makes it "
-                      f"{_READY_FIXED + ln}: prefix + credit + length + name, nothing after "
-                      f"({_SPEC})")
-    return credit, _service_name("READY", header[_READY_FIXED:], _READY_FIXED)
-
-
-def parse_request(header: bytes) -> tuple[int, int, str]:
-    """(request id, ttl ms, service) of a REQUEST header, or a Refusal (carrying the
-    request id when the header is long enough to hold one)."""
-    n = len(header)
-    rid = int.from_bytes(header[_ID_AT:_ID_END], "big") if n >= _ID_END else 0
-    if n < _REQUEST_FIXED:
-        raise Refusal(ErrorCode.MALFORMED,
-                      f"REQUEST header is {n} bytes, needs at least {_REQUEST_FIXED}: prefix "
-                      f"({P.PREFIX.size}) + request id (u64) + TTL ms (u32) + service name "
-                      f"length (u8) + the name ({_SPEC})", rid)
-    rid, ttl_ms, ln = P.REQUEST.unpack_from(header, P.PREFIX.size)
-    if ln == 0:
-        raise Refusal(ErrorCode.MALFORMED,
-                      f"REQUEST names no service: its name length (offset "
-                      f"{P.REQUEST_AT['REQUEST_NAME_LEN']}) is 0; give a 1..{P.MAX_NAME} "
-                      f"byte service name ({_SPEC})", rid)
-    if n != _REQUEST_FIXED + ln:
-        raise Refusal(ErrorCode.MALFORMED,
-                      f"REQUEST header is {n} bytes, but its service name length {ln} makes it "
-                      f"{_REQUEST_FIXED + ln}: prefix + id + TTL + length + name, nothing "
-                      f"after ({_SPEC})", rid)
-    return rid, ttl_ms, _service_name("REQUEST", header[_REQUEST_FIXED:], _REQUEST_FIXED, rid)
-
-
-def parse_reply(header: bytes) -> tuple[int, int]:
-    """(job id, raw status) of a REPLY header, or a Refusal."""
-    n = len(header)
-    if n != _REPLY_SIZE:
-        jid = int.from_bytes(header[_ID_AT:_ID_END], "big") if n >= _ID_END else 0
-        raise Refusal(ErrorCode.MALFORMED,
-                      f"REPLY header is {n} bytes, must be {_REPLY_SIZE}: prefix "
-                      f"({P.PREFIX.size}) + job id (u64) + status (u16); the answer goes in "
-                      f"the second frame ({_SPEC})", jid)
-    return P.REPLY.unpack_from(header, P.PREFIX.size)
-
 
 class ErrorLimiter:
     """At most ``per_second`` ERRORs per peer per second, as the core does: the next one
@@ -347,8 +253,8 @@ class Broker:
         if role is not None:
             raise Refusal(ErrorCode.BAD_ROLE,
                           f"READY is for workers: this connection said HELLO with role "
-                          f"{_role_name(role)}; "
-                          f"say HELLO with role 4 (WORKER) first ({_SPEC})")
+                          f"{role_name(role)}; "
+                          f"say HELLO with role 4 (WORKER) first ({SPEC})")
         credit, name = parse_ready(header)
         if principal is not None and not principal.allows(Action.SERVE, name):
             raise Refusal(ErrorCode.FORBIDDEN, f"your credentials do not allow serving "
@@ -394,7 +300,7 @@ class Broker:
         try:
             rid, ttl_ms, service = parse_request(header)
         except Refusal as r:
-            if len(header) >= _ID_END:  # the id is readable: the client gets its answer
+            if len(header) >= ID_END:  # the id is readable: the client gets its answer
                 self._send(identity, P.encode_reply(r.msg_id, r.code), r.text.encode())
             raise
         self.counters["requests"] += 1
@@ -489,7 +395,7 @@ class Broker:
             raise Refusal(ErrorCode.BAD_ROLE,
                           f"REPLY is sent by workers (role 4) to answer a REQUEST the router "
                           f"handed them; this connection said HELLO with role "
-                          f"{_role_name(role)}", job_id)
+                          f"{role_name(role)}", job_id)
         self.counters["late_replies"] += 1
         if w is None:
             raise Refusal(ErrorCode.UNKNOWN_JOB,
