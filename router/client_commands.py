@@ -11,11 +11,15 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from typing import Callable
+import time
+from typing import TYPE_CHECKING, Callable
 
 from . import argtypes, config
 from .protocol import MsgClass, Status
 from .session import MAX_TTL_MS, RouterError, check_address, check_channel, order_ref
+
+if TYPE_CHECKING:  # the SDK (and its native engine) loads only when a command runs
+    from .client import Sender
 
 
 class CommandError(Exception):
@@ -34,7 +38,8 @@ def add_parsers(sub) -> None:
 
 def _add_client(p: argparse.ArgumentParser, name: str | None = "cli") -> None:
     """The flags every command that connects to a router takes."""
-    p.add_argument("--router", default=config.DEFAULT_BIND, type=argtypes.endpoints, metavar="ENDPOINT",
+    p.add_argument("--router", default=config.DEFAULT_BIND, type=argtypes.endpoints,
+                   metavar="ENDPOINT",
                    help="the router's endpoint, tcp://host:port or ipc:///path "
                    "(default %(default)s)")
     p.add_argument("--server-key", metavar="KEY", help="an authenticated router's public "
@@ -120,8 +125,8 @@ def _security(args: argparse.Namespace) -> dict:
     if args.server_key is None and args.key is None:
         return {}
     if args.server_key is None or args.key is None:
-        raise CommandError("an authenticated router needs both --server-key (its public key) "
-                       "and --key (this client's .key_secret file)", 2)
+        raise CommandError("an authenticated router needs both --server-key (its public "
+                           "key) and --key (this client's .key_secret file)", 2)
     return {"server_key": args.server_key, "key": args.key}
 
 
@@ -133,6 +138,15 @@ def _report(command: str) -> Callable[[RouterError], None]:
     return report
 
 
+def _sender(args: argparse.Namespace) -> Sender:
+    """A Sender for ``args.command``: its router, name, timeout and keys from the flags;
+    the router's ERRORs printed as they come."""
+    from .client import Sender
+
+    return Sender(args.router, args.name, timeout=args.timeout, **_security(args),
+                  on_error=_report(args.command))
+
+
 def _check(check: Callable[[str], object], value: str) -> None:
     try:
         check(value)
@@ -141,13 +155,11 @@ def _check(check: Callable[[str], object], value: str) -> None:
 
 
 def _send(args: argparse.Namespace) -> int:
-    from .client import Sender
-
     _check(check_channel if args.channel else lambda t: check_address(t, "target"), args.target)
     if args.order:
         _check(order_ref, args.order)
     msg_class = MsgClass[args.msg_class.upper()]
-    with Sender(args.router, args.name, timeout=args.timeout, **_security(args), on_error=_report("send")) as s:
+    with _sender(args) as s:
         mid = s.send(args.target, args.payload, kind=args.kind, ttl_ms=args.ttl_ms,
                      order=args.order, msg_class=msg_class, channel=args.channel)
         if args.wait == "none" or msg_class not in (MsgClass.ORDER, MsgClass.DISPATCH,
@@ -180,13 +192,12 @@ class _Stop:
 
 
 def _listen(args: argparse.Namespace) -> int:
-    import time
-
     from .client import Endpoint
 
     stop = _Stop()
     n = 0
-    with Endpoint(args.router, args.addresses, name="listen", **_security(args), on_error=_report("listen")) as ep:
+    with Endpoint(args.router, args.addresses, name="listen", **_security(args),
+                  on_error=_report(args.command)) as ep:
         idle_since = time.monotonic()
         while not stop:
             # Short slices: a signal is noticed within one, and BYE goes out on the way
@@ -216,9 +227,7 @@ def _round_trip(s, addresses: list[str], timeout: float) -> bool:
 
 
 def _join(args: argparse.Namespace) -> int:
-    from .client import Sender
-
-    with Sender(args.router, args.name, timeout=args.timeout, **_security(args), on_error=_report("join")) as s:
+    with _sender(args) as s:
         s.join(args.channel, args.addresses)
         if not _round_trip(s, args.addresses, args.timeout):
             return 1
@@ -227,9 +236,7 @@ def _join(args: argparse.Namespace) -> int:
 
 
 def _leave(args: argparse.Namespace) -> int:
-    from .client import Sender
-
-    with Sender(args.router, args.name, timeout=args.timeout, **_security(args), on_error=_report("leave")) as s:
+    with _sender(args) as s:
         s.leave(args.channel, args.addresses)
         if not _round_trip(s, args.addresses, args.timeout):
             return 1
@@ -239,8 +246,6 @@ def _leave(args: argparse.Namespace) -> int:
 
 
 def _presence_line(address: str, value) -> str:
-    import time
-
     if value is None:
         return f"{address} offline"
     # router.presence answers with the Unix time the address came online; a value this
@@ -254,10 +259,7 @@ def _presence_line(address: str, value) -> str:
 def _presence(args: argparse.Namespace) -> int:
     import orjson
 
-    from .client import Sender
-
-    with Sender(args.router, args.name, timeout=args.timeout, **_security(args),
-                on_error=_report("presence")) as s:
+    with _sender(args) as s:
         online = s.presence(args.addresses, timeout=args.timeout)
     if args.json:
         print(orjson.dumps(online).decode())
