@@ -1039,24 +1039,25 @@ def evaluate(res: Result, flat_tolerance: float | None = None,
     # degrades with churn) moves it, a burst of other tenants' load on this shared
     # machine in one or two intervals does not. The pooled p99 is reported beside it.
     first, last = LogHist(), LogHist()
-    first_p99, last_p99 = [], []
+    first_pts, last_pts = [], []  # (sample time, the interval's p99 ms), non-empty ones
     for i, (t, h) in enumerate(s.e2e_all):
         if i > 0 and t <= T / 3 + 1e-6:
             first.merge(h)
-            first_p99.append(h.quantile(0.99) * 1e3)
+            pts = first_pts
         elif t > 2 * T / 3:
             last.merge(h)
-            last_p99.append(h.quantile(0.99) * 1e3)
+            pts = last_pts
+        else:
+            continue
+        if h.n:
+            pts.append((t, h.quantile(0.99) * 1e3))
     res.p99_first_ms = first.quantile(0.99) * 1e3
     res.p99_last_ms = last.quantile(0.99) * 1e3
-    first_p99 = [v for v in first_p99 if not math.isnan(v)]
-    last_p99 = [v for v in last_p99 if not math.isnan(v)]
+    first_p99 = [v for _, v in first_pts]
+    last_p99 = [v for _, v in last_pts]
     # the same in the intervals where other tenants left the machine nearly alone
     quiet = {r["t"] for r in rows if r.get("other_cpu", math.inf) < QUIET_CPU}
-    thirds = ([h.quantile(0.99) * 1e3 for i, (t, h) in enumerate(s.e2e_all)
-               if i > 0 and t <= T / 3 + 1e-6 and t in quiet and h.n],
-              [h.quantile(0.99) * 1e3 for t, h in s.e2e_all
-               if t > 2 * T / 3 and t in quiet and h.n])
+    thirds = [[v for t, v in pts if t in quiet] for pts in (first_pts, last_pts)]
     res.p99_quiet = tuple(statistics.median(v) if v else math.nan for v in thirds)
     res.quiet_counts = tuple(len(v) for v in thirds)
     res.quiet_intervals = len(quiet)
