@@ -53,8 +53,8 @@ def _driver(role: str, endpoint: str, server_key: str, sizes: str, count: int) -
         out = {"sent_ns": t1 - t0}
     else:
         print(json.dumps({"ready": True}), flush=True)
-        got, nbytes, first, last = loadgen.count_messages(sock, 120.0)
-        out = {"messages": got, "bytes": nbytes, "seconds": (last - first) / 1e9}
+        got, first, last = loadgen.count_messages(sock, 120.0)
+        out = {"messages": got, "seconds": (last - first) / 1e9}
     sock.close()
     ctx.term()
     print(json.dumps(out), flush=True)

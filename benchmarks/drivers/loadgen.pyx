@@ -946,11 +946,11 @@ def send_frames(sock, sizes, long long count):
 
 def count_messages(sock, double deadline_s=60.0):
     """Receive until the empty end frame (or ``deadline_s``); a message is a frame
-    without MORE, an empty one is the end. Returns (messages, bytes, first ns, last ns)."""
+    without MORE, an empty one is the end. Returns (messages, first ns, last ns)."""
     cdef void *s = handle_of(sock)
     cdef zmq_msg_t m
     cdef zmq_pollitem_t item
-    cdef long long got = 0, nbytes = 0
+    cdef long long got = 0
     cdef int64_t first = 0, last = 0, deadline
     cdef int err = 0, rc
     item.socket = s
@@ -971,7 +971,6 @@ def count_messages(sock, double deadline_s=60.0):
                 continue
             if first == 0:
                 first = now_ns()
-            nbytes += rc
             if not zmqapi.msg_more(&m):
                 if rc == 0:
                     break
@@ -980,4 +979,4 @@ def count_messages(sock, double deadline_s=60.0):
     zmqapi.msg_close(&m)
     if err:
         raise _zmq_error(err, f"count_messages after {got} messages")
-    return got, nbytes, first, last
+    return got, first, last
