@@ -367,32 +367,15 @@ def _bench(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
 
 
-def _client(args: argparse.Namespace) -> int:
-    try:
-        return client_commands.HANDLERS[args.command](args)
-    except client_commands.CommandError as exc:
-        raise CliError(str(exc), exc.code) from None
-
-
-def _auth(args: argparse.Namespace) -> int:
-    try:
-        return auth_command.run(args)
-    except auth_command.CommandError as exc:
-        raise CliError(str(exc), 2) from None
-
-
-def _gateway(args: argparse.Namespace) -> int:
-    try:
-        return gateway_command.run_command(args)
-    except gateway_command.CommandError as exc:
-        raise CliError(str(exc), 2) from None
-
-
 #: The built-in commands' handlers.
 _HANDLERS: dict[str, Handler] = {
     "serve": _serve, "config": _config, "history": _history, "bench": _bench,
-    "keygen": _auth, "token": _auth, "gateway": _gateway,
-    **dict.fromkeys(client_commands.HANDLERS, _client)}
+    "keygen": auth_command.run, "token": auth_command.run,
+    "gateway": gateway_command.run_command, **client_commands.HANDLERS}
+
+#: What a command raises for a user's mistake: one line, exit ``code`` (2 if it has none).
+_MISTAKES = (CliError, auth_command.CommandError, gateway_command.CommandError,
+             client_commands.CommandError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -406,9 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt:
         return 130
-    except CliError as exc:
+    except _MISTAKES as exc:
         print(f"router {args.command}: {exc}", file=sys.stderr)
-        return exc.code
+        return getattr(exc, "code", 2)
     except (RouterUnavailable, RouterError) as exc:
         # No router there, or it refused us (HELLO with an address it does not take).
         print(f"router {args.command}: {exc}", file=sys.stderr)
