@@ -1,6 +1,6 @@
 # Commands from peers: the header frame is checked, then each command goes to its
 # handler (HELLO, BIND, UNBIND, JOIN/LEAVE, ACK, SEND; service commands are handed to
-# the Python broker). Included by core.pyx.
+# the Python broker; a PACK's SENDs and ACKs to theirs, in order). Included by core.pyx.
 
 cdef void _handle(Core self, zmq_msg_t *f, int n, int extra) noexcept nogil:
     cdef uint64_t now = self.now_us // 1000
@@ -34,6 +34,14 @@ cdef void _handle(Core self, zmq_msg_t *f, int n, int extra) noexcept nogil:
                     "signature/version not understood: this router speaks version 1")
         return
     cdef uint8_t cmd = h[PREFIX_COMMAND]
+    if cmd == CMD_PACK:
+        if n != 2 or extra:
+            _error(self, pi, E_MALFORMED, 0, "PACK is one frame: its entries carry the payloads")
+        elif p.role == 0:
+            _error(self, pi, E_NOT_READY, 0, "send HELLO first (the router may have restarted)")
+        else:
+            _on_pack(self, pi, h, hlen, now)
+        return
     if cmd == CMD_SEND or cmd == CMD_REQUEST or cmd == CMD_REPLY:
         if n != 3 or extra:
             if cmd == CMD_SEND and hlen >= SEND_TTL:
@@ -101,6 +109,7 @@ cdef void _on_hello(Core self, int pi, const uint8_t *h, size_t hlen,
     else:
         self.c.peers_connected += 1
     p.role = h[HELLO_ROLE]
+    p.packs = (h[PREFIX_FLAGS] & FLAG_PACK) != 0
     if not p.name.empty():
         _forget_name(self, pi)
     p.name = name
@@ -201,6 +210,57 @@ cdef void _on_join(Core self, int pi, const uint8_t *h, size_t hlen, bint leave)
         off += NAME_HEAD + h[off]
     if members.empty():
         self.channels.erase(chan)
+
+
+cdef void _on_pack(Core self, int pi, const uint8_t *h, size_t hlen, uint64_t now) noexcept nogil:
+    """Each entry as if it had come alone, in order. The framing is checked whole
+    first: a PACK that does not parse is refused with none of its entries handled."""
+    if not valid_pack(h, hlen):
+        _error(self, pi, E_MALFORMED, 0, "PACK entries do not end exactly at the end of "
+               "its frame (u16 header length, header, u32 payload length, payload)")
+        return
+    cdef Peer *p = self.peers[pi]
+    cdef size_t off = PREFIX_SIZE, hn, pn
+    cdef const uint8_t *e
+    self.c.packs_in += 1
+    while off < hlen:
+        hn = get16(h + off)
+        e = h + off + PACK_HEADER_LEN_SIZE
+        pn = get32(e + hn)
+        off += PACK_ENTRY_SIZE + hn + pn
+        self.c.packed_in += 1
+        if p.bad > self.errors_per_second and now < p.err_window_ms + 1000:
+            self.c.quarantined += 1  # past its error budget mid-pack: as in _handle
+            continue
+        _on_packed(self, pi, e, hn, e + hn + PACK_PAYLOAD_LEN_SIZE, pn, now)
+
+
+cdef void _on_packed(Core self, int pi, const uint8_t *h, size_t hlen, const uint8_t *b,
+                     size_t bn, uint64_t now) noexcept nogil:
+    """One command out of a PACK: a SEND (its payload copied into a message of its
+    own, which the queues keep) or an ACK; checked like one that came alone."""
+    cdef zmq_msg_t body
+    if hlen < PREFIX_SIZE:
+        _error(self, pi, E_MALFORMED, 0, "packed header shorter than the 4-byte prefix")
+        return
+    if h[PREFIX_SIGNATURE] != SIGNATURE or h[PREFIX_VERSION] != VERSION:
+        _error(self, pi, E_BAD_VERSION, 0,
+               "signature/version not understood: this router speaks version 1")
+        return
+    if h[PREFIX_COMMAND] == CMD_SEND:
+        if zmqapi.msg_init_size(&body, bn) != 0:
+            _error(self, pi, E_OVERLOADED, 0, "out of memory for a packed payload")
+            return
+        memcpy(zmqapi.msg_data(&body), b, bn)
+        _on_send(self, pi, h, hlen, &body, now)
+        zmqapi.msg_close(&body)  # empty if _on_send kept the payload
+    elif h[PREFIX_COMMAND] == CMD_ACK:
+        if bn:
+            _error(self, pi, E_MALFORMED, 0, "a packed ACK has no payload")
+        else:
+            _on_ack(self, pi, h, hlen)
+    else:
+        _error(self, pi, E_UNKNOWN_COMMAND, 0, "a PACK carries SEND and ACK only")
 
 
 cdef void _on_ack(Core self, int pi, const uint8_t *h, size_t hlen) noexcept nogil:

@@ -85,6 +85,9 @@ cdef class Core:
     cdef vector[int] flush_peers   # _group_by_peer: peers with dirty addresses this pass
     cdef vector[int] blocked_peers # peers whose pipe was full: retried next pass
     cdef vector[Msg*] msg_pool     # released Msgs kept for reuse (_new_msg)
+    cdef Peer *pack_to             # the peer of the PACK being filled (NULL: none open);
+    cdef string pack_buf           # ... its routing frame is sent, this frame follows
+    cdef uint32_t pack_entries     # ... with this many DELIVERs (delivery.pxi)
     cdef unordered_map[string, uint32_t] sender_ids  # interned sender names (dedup keys)
     # by sender number (0: no sender): queue entries held, name, last use, live peers
     # sending as it; numbers of forgotten names wait in free_sids (peers.pxi)

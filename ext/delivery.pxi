@@ -1,5 +1,6 @@
 # Sending: each pass flushes the addresses that have something to send, grouped by
 # peer, within the in-flight window; a full pipe is retried, a gone peer goes offline.
+# A peer that asked for packs gets its DELIVERs of a pass in PACK frames.
 # Included by core.pyx.
 
 cdef void _flush(Core self) noexcept nogil:
@@ -21,6 +22,7 @@ cdef void _flush(Core self) noexcept nogil:
                 keep.push_back(self.dirty[i])
             else:
                 self.addrs[self.dirty[i]].dirty = False  # off the list: may rejoin
+        _pack_close(self)
         self.dirty.swap(keep)
     if not self.receipt_peers.empty():
         keep.clear()
@@ -136,28 +138,26 @@ cdef void _unreachable(Core self, int pi) noexcept nogil:
 
 
 cdef int _deliver(Core self, Peer *p, Address *a, Msg *m, uint64_t seq) noexcept nogil:
-    """Send one DELIVER: 0 sent, 1 peer's pipe full, -1 peer unreachable."""
+    """Send one DELIVER, or add it to the peer's PACK: 0 done, 1 peer's pipe full,
+    -1 peer unreachable."""
     cdef char buf[DELIVER_MAX]
     cdef size_t tl = m.tmpl_len
     cdef size_t la = a.name.size()
-    cdef zmq_msg_t body
-    cdef int err
+    cdef size_t pn = zmqapi.msg_size(&m.payload)
+    cdef int rc
     memcpy(buf, tmpl(m), tl)
     put64(<uint8_t *>buf + DELIVER_SEQ, seq)
     buf[DELIVER_ADDRESS_LEN] = <char>la
     memcpy(buf + tl, a.name.data(), la)
-    if zmqapi.send(self.sock, p.identity.data(), p.identity.size(),
-                   ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0:
-        err = zmqapi.errno_()
-        return 1 if err == EAGAIN else -1
-    # after the routing frame is accepted the rest of the message cannot block
-    zmqapi.send(self.sock, buf, tl + la, ZMQ_SNDMORE)
-    zmqapi.msg_init(&body)
-    zmqapi.msg_copy(&body, &m.payload)
-    if zmqapi.msg_send(&body, self.sock, 0) < 0:
-        zmqapi.msg_close(&body)
+    if p.packs and PREFIX_SIZE + PACK_ENTRY_SIZE + tl + la + pn <= PACK_MAX:
+        rc = _pack_put(self, p, buf, tl + la, &m.payload)
+    else:
+        _pack_close(self)  # a message too large to pack goes alone, after the open pack
+        rc = _send_deliver(self, p, buf, tl + la, &m.payload)
+    if rc != 0:
+        return rc
     self.c.msgs_out[m.cls] += 1
-    self.c.bytes_out += zmqapi.msg_size(&m.payload)
+    self.c.bytes_out += pn
     cdef uint64_t hop
     if a.online_since_us <= m.accepted_us and a.attempts == 0:
         # the hop proper: recipient online when it came, first send (time spent
@@ -166,3 +166,57 @@ cdef int _deliver(Core self, Peer *p, Address *a, Msg *m, uint64_t seq) noexcept
         observe(self.c.hop[m.cls], hop)
         self.c.hop_sum_us[m.cls] += hop
     return 0
+
+
+cdef int _send_deliver(Core self, Peer *p, const char *h, size_t hn,
+                       zmq_msg_t *payload) noexcept nogil:
+    """One DELIVER as its own message (header frame, payload frame shared, not copied)."""
+    cdef zmq_msg_t body
+    if zmqapi.send(self.sock, p.identity.data(), p.identity.size(),
+                   ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0:
+        return 1 if zmqapi.errno_() == EAGAIN else -1
+    # after the routing frame is accepted the rest of the message cannot block
+    zmqapi.send(self.sock, h, hn, ZMQ_SNDMORE)
+    zmqapi.msg_init(&body)
+    zmqapi.msg_copy(&body, payload)
+    if zmqapi.msg_send(&body, self.sock, 0) < 0:
+        zmqapi.msg_close(&body)
+    return 0
+
+
+cdef int _pack_put(Core self, Peer *p, const char *h, size_t hn,
+                   zmq_msg_t *payload) noexcept nogil:
+    """Add one DELIVER to ``p``'s open PACK, first opening one (its routing frame sent
+    now: a full pipe shows here, before anything is committed to the pack) when none
+    is open for ``p`` or this entry would take it past PACK_MAX."""
+    cdef size_t pn = zmqapi.msg_size(payload)
+    cdef uint8_t lens[PACK_PAYLOAD_LEN_SIZE]
+    if self.pack_to != p or self.pack_buf.size() + PACK_ENTRY_SIZE + hn + pn > PACK_MAX:
+        _pack_close(self)
+        if zmqapi.send(self.sock, p.identity.data(), p.identity.size(),
+                       ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0:
+            return 1 if zmqapi.errno_() == EAGAIN else -1
+        self.pack_to = p
+        self.pack_buf.resize(PREFIX_SIZE)
+        put_prefix(<uint8_t *>self.pack_buf.data(), CMD_PACK, 0)
+    put16(lens, <uint16_t>hn)
+    self.pack_buf.append(<const char *>lens, PACK_HEADER_LEN_SIZE)
+    self.pack_buf.append(h, hn)
+    put32(lens, <uint32_t>pn)
+    self.pack_buf.append(<const char *>lens, PACK_PAYLOAD_LEN_SIZE)
+    self.pack_buf.append(<const char *>zmqapi.msg_data(payload), pn)
+    self.pack_entries += 1
+    return 0
+
+
+cdef inline void _pack_close(Core self) noexcept nogil:
+    """Send the open PACK, if any. Called at the end of each flush and before anything
+    else goes out on the socket: its routing frame is already sent, so no other
+    message may start until this frame ends it."""
+    if self.pack_to == NULL:
+        return
+    zmqapi.send(self.sock, self.pack_buf.data(), self.pack_buf.size(), 0)
+    self.c.packs_out += 1
+    self.c.packed_out += self.pack_entries
+    self.pack_to = NULL
+    self.pack_entries = 0

@@ -35,6 +35,7 @@ cdef void _error(Core self, int pi, uint16_t code, uint64_t msg_id, const char *
     cdef size_t tl = 0
     if p.gone:
         return  # nothing is sent to a departed connection
+    _pack_close(self)
     if code < 32:
         self.c.errors[code] += 1  # counted whether or not the limit lets it out
     if now - p.err_window_ms >= 1000:

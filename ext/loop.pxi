@@ -165,6 +165,7 @@ cdef void _tick(Core self, uint64_t now) noexcept nogil:
     cdef bint beat = now >= self.next_hb_ms
     cdef uint8_t hb[PREFIX_SIZE]
     put_prefix(hb, CMD_HEARTBEAT, 0)
+    _pack_close(self)
     self.next_tick_ms = now + TICK_MS
     if not self.inflight.empty():
         _redeliver(self, now)

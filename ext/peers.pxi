@@ -16,7 +16,7 @@ cdef void _welcome(Core self, int pi) noexcept nogil:
     window, retry interval and cap, max attempts, dedup window, error rate."""
     cdef Peer *p = self.peers[pi]
     cdef uint8_t hdr[WELCOME_FIXED]
-    put_prefix(hdr, CMD_WELCOME, 0)
+    put_prefix(hdr, CMD_WELCOME, FLAG_PACK)  # this router reads PACK
     put32(hdr + WELCOME_HEARTBEAT, self.hb_ms)
     hdr[WELCOME_LIVENESS] = <uint8_t>self.liveness
     put32(hdr + WELCOME_MAX_PAYLOAD, self.max_payload)
@@ -27,6 +27,7 @@ cdef void _welcome(Core self, int pi) noexcept nogil:
     put32(hdr + WELCOME_MAX_ATTEMPTS, self.max_attempts)
     put32(hdr + WELCOME_DEDUP, <uint32_t>self.dedup_ms)
     put32(hdr + WELCOME_ERRORS_PER_SECOND, self.errors_per_second)
+    _pack_close(self)
     if zmqapi.send(self.sock, p.identity.data(), p.identity.size(),
                    ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0:
         zmqapi.send(self.sock, hdr, WELCOME_FIXED, 0)
@@ -77,6 +78,7 @@ cdef int _find_or_add_peer(Core self, const string &ident, uint64_t now) noexcep
     p.hello_window_ms = 0
     p.blocked = False
     p.gone = False
+    p.packs = False
     p.principal = -1
     p.key.clear()
     p.fd = -1

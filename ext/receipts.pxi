@@ -130,6 +130,7 @@ cdef bint _flush_receipts(Core self, int pi) noexcept nogil:
         p.nreceipts = 0
         return True
     put16(<uint8_t *>p.receipts.data() + RECEIPT_COUNT, <uint16_t>p.nreceipts)
+    _pack_close(self)
     if zmqapi.send(self.sock, p.identity.data(), p.identity.size(),
                    ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0:
         if zmqapi.errno_() == EAGAIN and p.nreceipts < 60000:

@@ -183,6 +183,7 @@ cdef cppclass Peer:
     uint64_t hello_window_ms
     bool blocked            # last send hit the HWM: retry on the next pass
     bool gone               # unreachable: nothing more is sent to it, what it sent is read
+    bool packs              # its HELLO asked for packed DELIVERs (Flag.PACK)
     int principal           # index in Core.principals from its HELLO; -1: none (open)
     string key              # the ZAP User-Id it authenticated with (its public key)
     int fd                  # its connection's socket (ZMQ_SRCFD at HELLO): revocation
@@ -209,6 +210,10 @@ cdef struct Counters:
     uint64_t conflated          # location replaced by a newer one
     uint64_t expired
     uint64_t blocked_sends      # sends that hit a peer's HWM
+    uint64_t packs_in           # PACK frames read
+    uint64_t packed_in          # ... and the commands they carried
+    uint64_t packs_out          # PACK frames of DELIVERs sent
+    uint64_t packed_out         # ... and the DELIVERs they carried
     uint64_t peers_connected
     uint64_t peers_lost
     uint64_t queued             # messages held (all queues)

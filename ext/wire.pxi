@@ -97,6 +97,20 @@ cdef inline bint valid_address_list(const uint8_t *h, size_t hlen, size_t off) n
     return off == hlen
 
 
+cdef inline bint valid_pack(const uint8_t *h, size_t hlen) noexcept nogil:
+    """PACK entries ([u16 hn][header][u32 pn][payload]) ending exactly at hlen."""
+    cdef size_t off = PREFIX_SIZE, hn
+    while off < hlen:
+        if off + PACK_HEADER_LEN_SIZE > hlen:
+            return False
+        hn = get16(h + off)
+        off += PACK_HEADER_LEN_SIZE + hn
+        if off + PACK_PAYLOAD_LEN_SIZE > hlen:
+            return False
+        off += PACK_PAYLOAD_LEN_SIZE + <size_t>get32(h + off)
+    return off == hlen
+
+
 cdef inline void build_template(Msg *m, uint8_t flags, const string &sender,
                                 const string &channel, const uint8_t *kind,
                                 uint8_t lk) noexcept nogil:

@@ -202,6 +202,13 @@ class RouterCollector:
                 ("router_blocked_sends", "blocked_sends",
                  "sends to a peer whose pipe was full (EAGAIN): the message stays queued")):
             yield CounterMetricFamily(name, doc, value=s[key])
+        for name, doc, prefix in (
+                ("router_packs", "PACK frames (docs/PROTOCOL.md, PACK)", "packs"),
+                ("router_packed_messages", "commands carried in PACK frames", "packed")):
+            fam = CounterMetricFamily(name, doc, labels=["direction"])
+            fam.add_metric(["in"], s[prefix + "_in"])
+            fam.add_metric(["out"], s[prefix + "_out"])
+            yield fam
 
     def _errors(self, s: dict) -> Iterator[Metric]:
         # The core answers routing commands, the broker service commands (READY, REQUEST,

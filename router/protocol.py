@@ -50,6 +50,7 @@ class Command(enum.IntEnum):
     READY = 0x40  #: worker -> router: I serve this service, with this many in parallel
     REQUEST = 0x41  #: client -> router -> worker: one request for a service
     REPLY = 0x42  #: worker -> router -> client: the answer to one request
+    PACK = 0x50  #: either way: several SENDs/ACKs (to the router) or DELIVERs (from it) in one frame
 
 
 class Flag(enum.IntFlag):
@@ -58,6 +59,7 @@ class Flag(enum.IntFlag):
     NONE = 0
     LZ4 = 0x01  #: payload is an LZ4 frame (SEND, copied to DELIVER)
     CHANNEL = 0x02  #: SEND target is a channel, not an address
+    PACK = 0x04  #: HELLO: this peer reads PACK; WELCOME: this router reads PACK
 
 
 class Role(enum.IntEnum):
@@ -155,6 +157,17 @@ REQUEST = struct.Struct(">QIB")
 REPLY = struct.Struct(">QH")
 #: JOIN and LEAVE after the prefix: channel name length (then the name, then an address list).
 JOIN = struct.Struct(">B")
+#: PACK: after the prefix, entries until the frame ends, each the length of a command's
+#: header frame, that header (its own prefix included), the length of its payload (0 for
+#: a command without one), that payload.
+PACK_HEADER_LEN = struct.Struct(">H")
+PACK_PAYLOAD_LEN = struct.Struct(">I")
+#: The most bytes a writer puts in one PACK frame (a larger message goes on its own);
+#: a reader takes any PACK the socket lets through.
+PACK_MAX = 1 << 16
+#: The commands a PACK may carry, by direction.
+PACKABLE_TO_ROUTER = frozenset({Command.SEND, Command.ACK})
+PACKABLE_FROM_ROUTER = frozenset({Command.DELIVER})
 #: Count of a list (ACK entries, RECEIPT entries, cursor and address lists).
 COUNT = struct.Struct(">H")
 #: Sequence number inside cursor and ACK entries.
@@ -394,10 +407,12 @@ def encode_addresses(addresses: Iterable[str]) -> bytes:
     return bytes(out)
 
 
-def encode_hello(role: Role, name: str, cursors: Iterable[tuple[str, int]] = ()) -> bytes:
-    """Encode a HELLO header frame."""
+def encode_hello(role: Role, name: str, cursors: Iterable[tuple[str, int]] = (),
+                 flags: int = 0) -> bytes:
+    """Encode a HELLO header frame (``flags``: Flag.PACK asks for packed DELIVERs)."""
     raw = _name(name, "peer name")
-    return prefix(Command.HELLO) + HELLO.pack(role, len(raw)) + raw + encode_cursors(cursors)
+    return (prefix(Command.HELLO, flags) + HELLO.pack(role, len(raw)) + raw
+            + encode_cursors(cursors))
 
 
 def encode_bind(cursors: Iterable[tuple[str, int]]) -> bytes:
@@ -486,6 +501,39 @@ def check_prefix(frame: bytes) -> tuple[Command, Flag]:
         return Command(cmd), Flag(flags)
     except ValueError:
         raise ProtocolError(ErrorCode.UNKNOWN_COMMAND, f"command {cmd:#x}") from None
+
+
+def encode_pack(entries: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """One PACK frame carrying ``entries``, each (header frame, payload frame or b"")."""
+    out = [prefix(Command.PACK)]
+    for header, payload in entries:
+        if len(header) > 0xFFFF:
+            raise ValueError(f"a packed header is at most 65,535 bytes, got {len(header)}")
+        out += (PACK_HEADER_LEN.pack(len(header)), header,
+                PACK_PAYLOAD_LEN.pack(len(payload)), payload)
+    return b"".join(out)
+
+
+def decode_pack(frame: bytes) -> list[tuple[bytes, bytes]]:
+    """The (header, payload) entries of a PACK frame, in order; MALFORMED when the
+    entries do not end exactly at the end of the frame."""
+    check_prefix(frame)
+    out, off, n = [], PREFIX.size, len(frame)
+    while off < n:
+        if off + PACK_HEADER_LEN.size > n:
+            raise ProtocolError(ErrorCode.MALFORMED, f"PACK entry cut at byte {off}")
+        (hn,) = PACK_HEADER_LEN.unpack_from(frame, off)
+        off += PACK_HEADER_LEN.size
+        if off + hn + PACK_PAYLOAD_LEN.size > n:
+            raise ProtocolError(ErrorCode.MALFORMED, f"PACK header of {hn} bytes cut")
+        header = frame[off:off + hn]
+        (pn,) = PACK_PAYLOAD_LEN.unpack_from(frame, off + hn)
+        off += hn + PACK_PAYLOAD_LEN.size
+        if off + pn > n:
+            raise ProtocolError(ErrorCode.MALFORMED, f"PACK payload of {pn} bytes cut")
+        out.append((header, frame[off:off + pn]))
+        off += pn
+    return out
 
 
 def decode_deliver(header: bytes, payload: bytes) -> Delivery:
@@ -580,6 +628,9 @@ def native_table() -> dict[str, int]:
                    JOURNAL_CURSOR_AT, JOURNAL_FIN_AT, JOURNAL_FLOOR_AT, HISTORY_AT):
         assert not table.keys() & layout.keys(), table.keys() & layout.keys()
         table.update(layout)
+    table.update(PACK_HEADER_LEN_SIZE=PACK_HEADER_LEN.size,
+                 PACK_PAYLOAD_LEN_SIZE=PACK_PAYLOAD_LEN.size,
+                 PACK_ENTRY_SIZE=PACK_HEADER_LEN.size + PACK_PAYLOAD_LEN.size, PACK_MAX=PACK_MAX)
     table.update(DELIVER_MAX=DELIVER_MAX, RECEIPT_ENTRY_SIZE=RECEIPT_ENTRY.size,
                  HIST_NAMES=HISTORY_NAMES, HIST_PAYLOAD_HEAD=HISTORY_PAYLOAD_LEN.size)
     return table

@@ -191,10 +191,11 @@ class Peer:
             assert skip_others or frames[0][2] == P.Command.HEARTBEAT, \
                 f"expected {command.name}, got {frames}"
 
-    def hello(self, role: P.Role, name: str, cursors=()) -> None:
-        """Say HELLO and wait for the WELCOME (fails on anything else but heartbeats)."""
-        self.send(P.encode_hello(role, name, cursors))
-        self.recv_command(P.Command.WELCOME)
+    def hello(self, role: P.Role, name: str, cursors=(), flags: int = 0) -> list[bytes]:
+        """Say HELLO and wait for the WELCOME (fails on anything else but heartbeats);
+        the WELCOME's frames."""
+        self.send(P.encode_hello(role, name, cursors, flags))
+        return self.recv_command(P.Command.WELCOME)
 
     def close(self) -> None:
         """Close the socket at once, dropping anything unsent (no BYE)."""

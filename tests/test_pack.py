@@ -1,0 +1,162 @@
+"""PACK: several SENDs/ACKs in one frame to the router, several DELIVERs in one frame
+from it (docs/PROTOCOL.md, PACK), through a real router process and raw sockets."""
+
+from __future__ import annotations
+
+import router.protocol as P
+from router.protocol import Command, ErrorCode, Flag, MsgClass, Role, Status
+
+from support import Peer
+
+
+def _sends(n: int, target: str, cls: MsgClass = MsgClass.ORDER, first_id: int = 1,
+           size: int = 50) -> list[tuple[bytes, bytes]]:
+    return [(P.encode_send(target, first_id + i, cls, kind="order.created"),
+             b"%06d" % i + b"x" * (size - 6)) for i in range(n)]
+
+
+def _deliveries(peer: Peer, n: int, timeout: float = 5.0) -> tuple[list[P.Delivery], int]:
+    """``n`` deliveries, unpacked, and how many PACK frames carried them."""
+    got, packs = [], 0
+    while len(got) < n:
+        frames = _next_data(peer, timeout)
+        if frames[0][2] == Command.PACK:
+            packs += 1
+            assert len(frames) == 1
+            got += [P.decode_deliver(h, b) for h, b in P.decode_pack(frames[0])]
+        else:
+            got.append(P.decode_deliver(*frames))
+    return got, packs
+
+
+def _next_data(peer: Peer, timeout: float) -> list[bytes]:
+    """The next DELIVER or PACK, past heartbeats and receipts."""
+    while True:
+        frames = peer.recv(timeout)
+        assert frames is not None, f"no delivery within {timeout}s"
+        if frames[0][2] in (Command.DELIVER, Command.PACK):
+            return frames
+
+
+def _receipts(peer: Peer, status: Status, n: int, timeout: float = 5.0) -> list[int]:
+    """Message ids of the next ``n`` receipts with ``status`` (others skipped)."""
+    ids: list[int] = []
+    while len(ids) < n:
+        frames = peer.recv_command(Command.RECEIPT, timeout=timeout, skip_others=True)
+        ids += [r.msg_id for r in P.decode_receipts(frames[0]) if r.status == status]
+    return ids
+
+
+def _error(peer: Peer, timeout: float = 2.0) -> tuple[ErrorCode, int, str]:
+    frames = peer.recv_command(Command.ERROR, timeout=timeout, skip_others=True)
+    return P.decode_error(*frames)
+
+
+def test_the_welcome_says_the_router_reads_packs(router):
+    with Peer(router.url) as p:
+        welcome = p.hello(Role.SENDER, "orders")
+        assert P.check_prefix(welcome[0])[1] & Flag.PACK
+
+
+def test_packed_sends_reach_a_plain_endpoint_one_by_one_in_order(url):
+    with Peer(url) as merchant, Peer(url) as orders:
+        merchant.hello(Role.ENDPOINT, "m881", [("merchant:881", 0)])
+        orders.hello(Role.SENDER, "orders")
+        orders.send(P.encode_pack(_sends(40, "merchant:881")))
+        assert _receipts(orders, Status.ACCEPTED, 40) == list(range(1, 41))
+        got, packs = _deliveries(merchant, 40)
+        assert packs == 0  # it did not ask for packs
+        assert [d.seq for d in got] == list(range(1, 41))
+        assert [d.payload[:6] for d in got] == [b"%06d" % i for i in range(40)]
+        assert {d.msg_id for d in got} == set(range(1, 41))
+
+
+def test_an_endpoint_that_asks_gets_packs_and_its_packed_ack_completes_them(url):
+    with Peer(url) as merchant, Peer(url) as orders:
+        merchant.hello(Role.ENDPOINT, "m881", [("merchant:881", 0)], flags=Flag.PACK)
+        orders.hello(Role.SENDER, "orders")
+        orders.send(P.encode_pack(_sends(200, "merchant:881")))
+        got, packs = _deliveries(merchant, 200)
+        assert [d.seq for d in got] == list(range(1, 201))
+        assert [d.payload[:6] for d in got] == [b"%06d" % i for i in range(200)]
+        assert 1 <= packs < 200
+        merchant.send(P.encode_pack([(P.encode_ack([("merchant:881", 200)]), b"")]))
+        assert sorted(_receipts(orders, Status.DELIVERED, 200)) == list(range(1, 201))
+
+
+def test_a_pack_never_outgrows_its_limit_and_a_large_message_goes_alone_in_order(url):
+    big = P.PACK_MAX  # cannot fit in a PACK with its headers
+    with Peer(url) as merchant, Peer(url) as orders:
+        merchant.hello(Role.ENDPOINT, "m881", [("merchant:881", 0)], flags=Flag.PACK)
+        orders.hello(Role.SENDER, "orders")
+        entries = _sends(300, "merchant:881", size=1000)
+        orders.send(P.encode_pack(entries[:150]))
+        orders.send(P.encode_send("merchant:881", 1000, MsgClass.ORDER), b"B" * big)
+        orders.send(P.encode_pack(entries[150:]))
+        sizes, got = [], []
+        while len(got) < 301:
+            frames = _next_data(merchant, 5.0)
+            sizes.append(sum(len(f) for f in frames))
+            if frames[0][2] == Command.PACK:
+                got += [P.decode_deliver(h, b) for h, b in P.decode_pack(frames[0])]
+            else:
+                got.append(P.decode_deliver(*frames))
+        assert max(s for s in sizes if s < big) <= P.PACK_MAX
+        assert [d.seq for d in got] == list(range(1, 302))
+        assert got[150].msg_id == 1000 and len(got[150].payload) == big
+
+
+def test_a_pack_that_does_not_parse_is_refused_whole(router):
+    with Peer(router.url) as m, Peer(router.url) as orders:
+        m.hello(Role.ENDPOINT, "m1", [("merchant:1", 0)])
+        orders.hello(Role.SENDER, "orders")
+        good = P.encode_pack(_sends(3, "merchant:1"))
+        orders.send(good[:-1])  # the last payload one byte short
+        assert _error(orders)[0] == ErrorCode.MALFORMED
+        orders.send(good + b"\x00")  # a stray byte after the last entry
+        assert _error(orders)[0] == ErrorCode.MALFORMED
+        assert all(f is None or f[0][2] == Command.HEARTBEAT for f in (m.recv(0.3),))
+
+
+def test_a_pack_is_one_frame_and_comes_after_hello(router):
+    with Peer(router.url) as stranger:
+        stranger.send(P.encode_pack(_sends(2, "merchant:1")))
+        assert _error(stranger)[0] == ErrorCode.NOT_READY
+    with Peer(router.url) as orders:
+        orders.hello(Role.SENDER, "orders")
+        orders.send(P.encode_pack(_sends(2, "merchant:1")), b"payload")
+        assert _error(orders)[0] == ErrorCode.MALFORMED
+
+
+def test_bad_entries_are_refused_one_by_one_and_the_good_ones_delivered(router):
+    with Peer(router.url) as m, Peer(router.url) as orders:
+        m.hello(Role.ENDPOINT, "m1", [("merchant:1", 0)])
+        welcome = orders.hello(Role.SENDER, "orders")
+        cap = P.decode_welcome(welcome[0]).max_payload
+        entries = [
+            _sends(1, "merchant:1", first_id=1)[0],
+            (P.encode_hello(Role.SENDER, "again"), b""),  # not packable
+            (P.encode_send("merchant:1", 2, MsgClass.ORDER), b"x" * (cap + 1)),  # too large
+            (b"\xd5\x09" + P.encode_send("merchant:1", 3, MsgClass.ORDER)[2:], b"v"),  # version
+            (P.encode_ack([("merchant:1", 1)]), b"stray"),  # an ACK with a payload
+            (P.encode_pack(_sends(1, "merchant:1", first_id=4)), b""),  # nested
+            (P.encode_send("nobody", 5, MsgClass.ORDER), b"bad address"),
+            _sends(1, "merchant:1", first_id=6)[0],
+        ]
+        orders.send(P.encode_pack(entries))
+        codes, refused = [], {}
+        while len(codes) < 6 or len(refused) < 2:  # errors go at once, receipts per pass
+            frames = orders.recv(3.0)
+            assert frames is not None, (codes, refused)
+            if frames[0][2] == Command.ERROR:
+                codes.append(P.decode_error(*frames)[0])
+            elif frames[0][2] == Command.RECEIPT:
+                refused.update({r.msg_id: r.code for r in P.decode_receipts(frames[0])
+                                if r.status == Status.REFUSED})
+        assert codes == [ErrorCode.UNKNOWN_COMMAND, ErrorCode.TOO_LARGE,
+                         ErrorCode.BAD_VERSION, ErrorCode.MALFORMED,
+                         ErrorCode.UNKNOWN_COMMAND, ErrorCode.BAD_ADDRESS]
+        assert refused == {2: ErrorCode.TOO_LARGE, 5: ErrorCode.BAD_ADDRESS}
+        got, _ = _deliveries(m, 2)
+        assert [d.msg_id for d in got] == [1, 6]
+
