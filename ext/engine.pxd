@@ -80,6 +80,7 @@ cdef class Engine:
     cdef uint64_t n_malformed, n_send_errors, n_dropped_held, n_quiet_errors, n_failovers
     cdef uint64_t n_forgotten    # released addresses whose cursors were dropped
     cdef uint64_t n_cursors      # addresses with a cursor, bound or kept after release
+    cdef uint64_t n_packs_out, n_packed_out, n_packs_in  # PACK frames sent / read
     cdef bint welcomed_flag
     cdef uint32_t w_heartbeat_ms, w_liveness, w_max_payload
 
@@ -105,3 +106,6 @@ cdef class Engine:
     cdef vector[string] endpoints  # routers to try in turn (an active one and standbys)
     cdef size_t current_ep         # the one connected now
     cdef uint64_t failover_ms, down_since
+    cdef bint router_packs         # the last WELCOME said the router reads PACK
+    cdef string pack               # SENDs packed, not yet written to libzmq
+    cdef uint32_t pack_n           # ... how many

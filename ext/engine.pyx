@@ -496,6 +496,8 @@ cdef class Engine:
                    dropped_held=self.n_dropped_held, quiet_errors=self.n_quiet_errors,
                    queued_events=self.in_q.size(), failovers=self.n_failovers,
                    forgotten=self.n_forgotten, cursors=self.n_cursors,
+                   packs_out=self.n_packs_out, packed_out=self.n_packed_out,
+                   packs_in=self.n_packs_in,
                    endpoint=self.endpoints[self.current_ep].decode()
                    if self.endpoints.size() else None)
         pthread_mutex_unlock(&self.mu)

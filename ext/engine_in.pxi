@@ -48,6 +48,8 @@ cdef void _handle(Engine self, const unsigned char *h, size_t hn, const unsigned
     cdef uint8_t cmd = h[PREFIX_COMMAND]
     if cmd == CMD_DELIVER and two:
         _on_deliver(self, h, hn, b, bn)
+    elif cmd == CMD_PACK and not two:
+        _on_pack(self, h, hn)
     elif cmd == CMD_RECEIPT:
         _on_receipt(self, h, hn)
     elif cmd == CMD_HEARTBEAT:
@@ -109,6 +111,32 @@ cdef void _on_deliver(Engine self, const unsigned char *h, size_t hn,
     _event(self, b'D', h, hn, b, bn)
 
 
+cdef void _on_pack(Engine self, const unsigned char *h, size_t hn) noexcept nogil:
+    """Each DELIVER of a PACK, in order (the router packs nothing else); an entry
+    that is not one, or framing that does not add up, counts as malformed."""
+    cdef size_t off = PREFIX_SIZE, eh, ep
+    cdef const unsigned char *e
+    self.n_packs_in += 1
+    while off < hn:
+        if off + PACK_HEADER_LEN_SIZE > hn:
+            self.n_malformed += 1
+            return
+        eh = eng_get16(h + off)
+        e = h + off + PACK_HEADER_LEN_SIZE
+        if off + PACK_ENTRY_SIZE + eh > hn:
+            self.n_malformed += 1
+            return
+        ep = eng_get32(e + eh)
+        off += PACK_ENTRY_SIZE + eh + ep
+        if off > hn:
+            self.n_malformed += 1
+            return
+        if eh >= PREFIX_SIZE and e[PREFIX_COMMAND] == CMD_DELIVER:
+            _on_deliver(self, e, eh, e + eh + PACK_PAYLOAD_LEN_SIZE, ep)
+        else:
+            self.n_malformed += 1
+
+
 cdef void _on_receipt(Engine self, const unsigned char *h, size_t hn) noexcept nogil:
     if hn < RECEIPT_HEAD:
         self.n_malformed += 1
@@ -136,6 +164,7 @@ cdef void _on_welcome(Engine self, const unsigned char *h, size_t hn) noexcept n
         return
     self.heartbeat_ms = max(eng_get32(h + WELCOME_HEARTBEAT), 2)
     self.liveness = max(h[WELCOME_LIVENESS], 1)
+    self.router_packs = (h[PREFIX_FLAGS] & FLAG_PACK) != 0
     self.welcome_seen = True
     if self.resend_due:
         # the WELCOME that answers a (re-)HELLO: everything unconfirmed goes again,

@@ -19,7 +19,7 @@ cdef void _loop(Engine self) noexcept nogil:
     _hello(self, eng_now_ms())
     while True:
         timeout = 0 if (busy or self.reack.size()
-                        or (self.backlog.size() and not _holding(self))) \
+                        or ((self.backlog.size() or self.pack_n) and not _holding(self))) \
             else _timer_ms(self, eng_now_ms())
         pthread_mutex_lock(&self.mu)
         if self.stopping:
@@ -38,8 +38,10 @@ cdef void _loop(Engine self) noexcept nogil:
         _send_queued(self)
         busy = _read_socket(self)
         _housekeeping(self, eng_now_ms())
+        _pack_flush(self)
         _publish(self)
     _send_queued(self)
+    _pack_flush(self)
     if self.say_bye:
         _send_bye(self)
     pthread_mutex_lock(&self.mu)

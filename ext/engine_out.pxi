@@ -1,9 +1,11 @@
-# What goes to the router: the out-queue and its items, HELLO, BIND/UNBIND and
-# ACK lists, and the application side of the queue (enqueue, room under max_pending).
+# What goes to the router: the out-queue and its items (SENDs packed when the router
+# reads PACK), HELLO, BIND/UNBIND and ACK lists, and the application side of the queue
+# (enqueue, room under max_pending).
 # Included by engine.pyx: module-level functions over the typed Engine.
 
 
 cdef bint _send2(Engine self, const char *h, size_t hn, const char *b, size_t bn, bint two) noexcept nogil:
+    _pack_flush(self)  # what was packed before this goes before it
     if zmqapi.send(self.sock, h, hn, ZMQ_DONTWAIT | (ZMQ_SNDMORE if two else 0)) < 0:
         self.n_send_errors += 1
         return False
@@ -17,10 +19,53 @@ cdef bint _send_item(Engine self, const string &item) noexcept nogil:
     cdef const char *p = item.data()
     cdef uint32_t hn = eng_get32(<const unsigned char *>p + ITEM_LEN)
     cdef char kind = p[ITEM_KIND]
+    cdef size_t pn = item.size() - ITEM_HEAD - hn
     if kind == b'F':
         return _send2(self, p + ITEM_HEAD, hn, NULL, 0, False)
-    return _send2(self, p + ITEM_HEAD, hn, p + ITEM_HEAD + hn,
-                       item.size() - ITEM_HEAD - hn, True)
+    if ((kind == b'S' or kind == b's') and self.router_packs
+            and PREFIX_SIZE + PACK_ENTRY_SIZE + hn + pn <= PACK_MAX):
+        return _pack_add(self, p + ITEM_HEAD, hn, p + ITEM_HEAD + hn, pn)
+    return _send2(self, p + ITEM_HEAD, hn, p + ITEM_HEAD + hn, pn, True)
+
+
+cdef bint _pack_add(Engine self, const char *h, size_t hn, const char *b, size_t bn) noexcept nogil:
+    """Add one SEND to the pack the loop writes at the end of its pass (or sooner, when
+    full or when another command must follow it); False if a full pack could not go."""
+    cdef unsigned char lens[PACK_PAYLOAD_LEN_SIZE]
+    if self.pack.size() + PACK_ENTRY_SIZE + hn + bn > PACK_MAX and not _pack_flush(self):
+        return False
+    if self.pack_n == 0:
+        self.pack.resize(PREFIX_SIZE)
+        put_prefix(<unsigned char *>self.pack.data(), CMD_PACK, 0)
+    eng_put16(lens, <uint16_t>hn)
+    self.pack.append(<const char *>lens, PACK_HEADER_LEN_SIZE)
+    self.pack.append(h, hn)
+    eng_put32(lens, <uint32_t>bn)
+    self.pack.append(<const char *>lens, PACK_PAYLOAD_LEN_SIZE)
+    self.pack.append(b, bn)
+    self.pack_n += 1
+    return True
+
+
+cdef bint _pack_flush(Engine self) noexcept nogil:
+    """Write the pack to libzmq; False if it has to wait. It waits while the engine
+    holds (between a drop or a HELLO and the WELCOME: it follows the HELLO then) and
+    when the socket refuses it; it is kept, in order, for the next try: nothing in it
+    is lost, and a repeat of a reliable message that was also resent is dropped by the
+    router's dedup."""
+    if self.pack_n == 0:
+        return True
+    if _holding(self):
+        return False
+    if zmqapi.send(self.sock, self.pack.data(), self.pack.size(), ZMQ_DONTWAIT) < 0:
+        self.n_send_errors += 1
+        return False
+    self.n_packs_out += 1
+    self.n_packed_out += self.pack_n
+    self.pack_n = 0
+    self.pack.clear()
+    self.last_sent = eng_now_ms()
+    return True
 
 
 cdef void _send_queued(Engine self) noexcept nogil:
@@ -145,7 +190,8 @@ cdef void _hello(Engine self, uint64_t now) noexcept nogil:
     cdef string frame
     cdef unsigned char head[HELLO_FIXED]
     cdef size_t n = 0, at = HELLO_FIXED + self.name.size()
-    put_prefix(head, CMD_HELLO, 0)
+    self.resend_due = True  # holding from here: a kept pack goes after the WELCOME
+    put_prefix(head, CMD_HELLO, FLAG_PACK)  # this engine reads packed DELIVERs
     head[HELLO_ROLE] = self.role
     head[HELLO_NAME_LEN] = <unsigned char>self.name.size()
     frame.assign(<const char *>head, HELLO_FIXED)
@@ -164,7 +210,6 @@ cdef void _hello(Engine self, uint64_t now) noexcept nogil:
     self.welcome_seen = False
     self.hello_at = now
     self.hello_since_down = True
-    self.resend_due = True
     self.n_hellos += 1
 
 

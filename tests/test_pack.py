@@ -160,3 +160,19 @@ def test_bad_entries_are_refused_one_by_one_and_the_good_ones_delivered(router):
         got, _ = _deliveries(m, 2)
         assert [d.msg_id for d in got] == [1, 6]
 
+
+
+def test_the_sdk_packs_a_batch_and_reads_packed_deliveries_in_order(url):
+    from router.client import Endpoint, Sender, payload_json
+    from support import drain
+    with Endpoint(url, ["merchant:881"]) as merchant, Sender(url, "orders") as orders:
+        ids = orders.send_many((("merchant:881", {"i": i}) for i in range(3000)),
+                               kind="order.created")
+        got = drain(merchant, 3000, timeout=20)
+        assert [payload_json(d)["i"] for d in got] == list(range(3000))
+        assert [d.seq for d in got] == list(range(1, 3001))
+        assert orders.wait(ids[-1], Status.DELIVERED, timeout=10).status == Status.DELIVERED
+        sent, received = orders.stats(), merchant.stats()
+        assert sent["packs_out"] >= 1 and sent["packed_out"] == 3000, sent
+        assert received["packs_in"] >= 1 and received["malformed"] == 0, received
+        assert received["packs_in"] < 3000  # several deliveries per frame

@@ -13,12 +13,14 @@ then sends its JOINs), prints ``{"event": "ready", ...}`` as one JSON line, wait
 Sender config: endpoint, hello (null for the bare proxy, else {"name"}), joins
 ([[channel, [addresses]]]), targets, channel (bool: targets are channels), msg_class,
 count, rate, payload, window, wait_terminal, deadline, connect_timeout, hwm, first_id,
-hold (print {"event": "sent"} and keep the connection open until "close" on stdin).
+hold (print {"event": "sent"} and keep the connection open until "close" on stdin),
+pack (messages per PACK frame; 0 or 1: none).
 
 Receiver config: endpoint, hello (null, or {"role": "ENDPOINT"|"GATEWAY", "name",
 "addresses"}) or hellos (a list of those: one connection each, all served by this
 process), count, reliable, deadline, idle, ack_interval, lat_file (raw latencies as
-int64 ns are written there), index_space, connect_timeout, hwm.
+int64 ns are written there), index_space, connect_timeout, hwm, pack (ask the router
+for packed DELIVERs).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ def run_sender(cfg: dict) -> None:
         wait_terminal=bool(cfg.get("wait_terminal", False)),
         deadline_s=float(cfg.get("deadline", 60)),
         heartbeat_s=heartbeat_s(welcome),
+        pack=int(cfg.get("pack") or 0),
     )
     res["cpu_s"] = time.process_time() - cpu0
     if cfg.get("hold"):
@@ -99,8 +102,10 @@ def run_receiver(cfg: dict) -> None:
         if hello is not None:
             role = P.Role[hello.get("role", "ENDPOINT")]
             cursors = [(a, 0) for a in hello.get("addresses", [])]
+            flags = P.Flag.PACK if cfg.get("pack") else 0
             welcome = handshake(
-                sock, P.encode_hello(role, hello.get("name", "bench-receiver"), cursors),
+                sock, P.encode_hello(role, hello.get("name", "bench-receiver"), cursors,
+                                     flags),
                 float(cfg.get("connect_timeout", 30)),
             )
     emit("ready", welcome=welcome)

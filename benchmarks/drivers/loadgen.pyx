@@ -17,7 +17,7 @@ Every protocol number comes from ``router/protocol.py`` at import time.
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcmp, memcpy, memmove
+from libc.string cimport memcmp, memcpy, memmove, memset
 from posix.time cimport CLOCK_MONOTONIC, TIMER_ABSTIME, clock_gettime, clock_nanosleep, timespec
 
 from zmqapi cimport (
@@ -50,6 +50,11 @@ cdef uint8_t CMD_RECEIPT = _P.Command.RECEIPT
 cdef uint8_t CMD_ERROR = _P.Command.ERROR
 cdef uint8_t CMD_ACK = _P.Command.ACK
 cdef uint8_t CMD_HEARTBEAT = _P.Command.HEARTBEAT
+cdef uint8_t CMD_PACK = _P.Command.PACK
+cdef uint8_t CMD_SEND = _P.Command.SEND
+cdef size_t PACK_HEAD = _P.PACK_HEADER_LEN.size
+cdef size_t PACK_PAYLOAD_HEAD = _P.PACK_PAYLOAD_LEN.size
+cdef size_t PACK_MAX = _P.PACK_MAX
 cdef Py_ssize_t PREFIX_SIZE = _P.PREFIX.size
 cdef Py_ssize_t COUNT_SIZE = _P.COUNT.size
 cdef Py_ssize_t SEQ_SIZE = _P.SEQ.size
@@ -104,6 +109,17 @@ cdef inline void wr_be64(uint8_t *p, uint64_t v) noexcept nogil:
     for i in range(7, -1, -1):
         p[i] = <uint8_t>(v & 0xFF)
         v >>= 8
+
+
+cdef inline uint32_t rd_be32(const uint8_t *p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+
+cdef inline void wr_be32(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = <uint8_t>(v >> 24)
+    p[1] = <uint8_t>(v >> 16)
+    p[2] = <uint8_t>(v >> 8)
+    p[3] = <uint8_t>v
 
 
 cdef inline uint16_t rd_be16(const uint8_t *p) noexcept nogil:
@@ -280,7 +296,7 @@ def run_sender(sock, headers, long long count, *, int payload_size=200, double r
                bint patch_id=True, unsigned long long first_id=1, bint drain=True,
                long long window=0, bint wait_terminal=False, double deadline_s=60.0,
                double heartbeat_s=0.0, bint track_receipts=False,
-               bint window_confirmed=False, bint wait_confirmed=False):
+               bint window_confirmed=False, bint wait_confirmed=False, int pack=0):
     """Send ``count`` messages [header][payload] through the DEALER ``sock``.
 
     headers: prebuilt SEND header frames, used round-robin (message i takes
@@ -306,6 +322,9 @@ def run_sender(sock, headers, long long count, *, int payload_size=200, double r
         ``track_receipts``.
     wait_confirmed: after the last send, wait (up to the deadline) until every message
         has a receipt (ACCEPTED or a refusal); needs ``track_receipts``.
+    pack: if > 1, send up to this many messages per PACK frame (docs/PROTOCOL.md, PACK;
+        the hop must have said it reads packs), within PACK_MAX bytes; a pack goes out
+        when full, before the sender waits (pacing, window) and at the end.
 
     Returns a dict: sent, t_first_ns, t_last_ns, t_end_ns (CLOCK_MONOTONIC), reason,
     eagain (times the socket pushed back), max_lag_ns (pacing), and the inbox counters.
@@ -322,6 +341,8 @@ def run_sender(sock, headers, long long count, *, int payload_size=200, double r
         raise ValueError("window_confirmed/wait_confirmed need track_receipts=True")
     if track_receipts and not patch_id:
         raise ValueError("track_receipts needs patch_id (message i has id first_id + i)")
+    if pack < 0:
+        raise ValueError("pack must be >= 0")
     cdef Py_ssize_t total = 0, maxlen = 0, i
     for h in headers:
         if not isinstance(h, bytes):
@@ -337,8 +358,20 @@ def run_sender(sock, headers, long long count, *, int payload_size=200, double r
     cdef uint8_t *pay = <uint8_t *>calloc(payload_size, 1)
     cdef Inbox *ib = <Inbox *>calloc(1, sizeof(Inbox))
     cdef int64_t *t_send = NULL
-    if not (hbuf and offs and lens and hcur and pay and ib):
-        free(hbuf); free(offs); free(lens); free(hcur); free(pay); free(ib)
+    cdef Pack pk
+    memset(&pk, 0, sizeof(Pack))
+    pk.most = pack if pack > 1 else 0
+    if pk.most and PREFIX_SIZE + PACK_HEAD + maxlen + PACK_PAYLOAD_HEAD + payload_size > PACK_MAX:
+        pk.most = 0  # messages this large go one by one
+    cdef size_t entry_max = PACK_HEAD + maxlen + PACK_PAYLOAD_HEAD + payload_size
+    cdef bytes pack_prefix = _P.prefix(_P.Command.PACK)
+    if pk.most:
+        pk.buf = <uint8_t *>malloc(PACK_MAX)
+        if pk.buf != NULL:
+            memcpy(pk.buf, <const unsigned char *>pack_prefix, PREFIX_SIZE)
+        pk.size = PREFIX_SIZE
+    if not (hbuf and offs and lens and hcur and pay and ib) or (pk.most and not pk.buf):
+        free(hbuf); free(offs); free(lens); free(hcur); free(pay); free(ib); free(pk.buf)
         raise MemoryError()
     if track_receipts and count > 0:
         t_send = <int64_t *>calloc(count, sizeof(int64_t))
@@ -390,6 +423,15 @@ def run_sender(sock, headers, long long count, *, int payload_size=200, double r
             if ns_per_msg > 0:
                 target = t0 + <int64_t>(sent * ns_per_msg)
                 if now < target:
+                    rc = pack_flush(s, &pk)
+                    if rc != 0:
+                        if rc != EAGAIN_:
+                            err = rc
+                            break
+                        eagain += 1
+                        item.events = ZMQ_POLLOUT
+                        zmqapi.poll(&item, 1, 1)
+                        continue
                     if drain:
                         rc = inbox_drain(s, ib, &msg)
                         if rc < 0:
@@ -400,6 +442,23 @@ def run_sender(sock, headers, long long count, *, int payload_size=200, double r
                     lag = now - target
                     if lag > max_lag:
                         max_lag = lag
+            if pk.entries and (pk.entries >= pk.most or pk.size + entry_max > PACK_MAX
+                               or (window > 0 and sent - (
+                    ib.confirmed if window_confirmed else ib.terminal) >= window)):
+                rc = pack_flush(s, &pk)  # full, or the window waits on what it holds
+                if rc != 0:
+                    if rc != EAGAIN_:
+                        err = rc
+                        break
+                    eagain += 1
+                    item.events = ZMQ_POLLOUT | ZMQ_POLLIN
+                    zmqapi.poll(&item, 1, 10)
+                    if drain:
+                        rc = inbox_drain(s, ib, &msg)
+                        if rc < 0:
+                            err = -rc
+                            break
+                    continue
             if window > 0 and sent - (ib.confirmed if window_confirmed else ib.terminal) >= window:
                 item.events = ZMQ_POLLIN
                 zmqapi.poll(&item, 1, 1)
@@ -416,7 +475,11 @@ def run_sender(sock, headers, long long count, *, int payload_size=200, double r
             memcpy(pay, &ts, 8)
             idx = sent
             memcpy(pay + 8, &idx, 8)
-            rc = zmqapi.send(s, hcur, lens[h_i], ZMQ_DONTWAIT | ZMQ_SNDMORE)
+            if pk.most:
+                pack_put(&pk, hcur, lens[h_i], pay, payload_size)
+                rc = 0
+            else:
+                rc = zmqapi.send(s, hcur, lens[h_i], ZMQ_DONTWAIT | ZMQ_SNDMORE)
             if rc < 0:
                 e = zmqapi.errno_()
                 if e != EAGAIN_ and e != EINTR_:
@@ -435,8 +498,7 @@ def run_sender(sock, headers, long long count, *, int payload_size=200, double r
                 continue
             # The first frame was queued, so the rest of this message is queued too
             # (libzmq checks the high-water mark per message, not per frame).
-            rc = zmqapi.send(s, pay, payload_size, 0)
-            if rc < 0:
+            if not pk.most and zmqapi.send(s, pay, payload_size, 0) < 0:
                 err = zmqapi.errno_()
                 break
             if sent == 0:
@@ -451,6 +513,15 @@ def run_sender(sock, headers, long long count, *, int payload_size=200, double r
                 if rc < 0:
                     err = -rc
                     break
+        while err == 0 and pk.entries:
+            rc = pack_flush(s, &pk)  # the last pack
+            if rc == 0:
+                break
+            if rc != EAGAIN_ or now_ns() >= deadline:
+                err = rc
+                break
+            item.events = ZMQ_POLLOUT
+            zmqapi.poll(&item, 1, 10)
         t_end = now_ns()
         if err == 0 and (wait_terminal or drain):
             # Collect what is already queued; with wait_terminal, wait for every outcome.
@@ -498,10 +569,40 @@ def run_sender(sock, headers, long long count, *, int payload_size=200, double r
         out["terminal_status"] = array.array("B", PyBytes_FromStringAndSize(
             <char *>ib.st_term, count)) if count else array.array("B")
     free(t_send); free(ib.t_acc); free(ib.t_term); free(ib.st_term)
-    free(hbuf); free(offs); free(lens); free(hcur); free(pay); free(ib)
+    free(hbuf); free(offs); free(lens); free(hcur); free(pay); free(ib); free(pk.buf)
     if err:
         raise _zmq_error(err, f"sender after {sent} messages")
     return out
+
+
+cdef struct Pack:
+    # run_sender(pack=N): the PACK frame being filled
+    uint8_t *buf
+    size_t size
+    int entries
+    int most
+
+
+cdef inline void pack_put(Pack *pk, const uint8_t *h, size_t hn, const uint8_t *b,
+                          size_t bn) noexcept nogil:
+    """Append one message; the caller flushes first when it would not fit PACK_MAX."""
+    wr_be16(pk.buf + pk.size, <uint16_t>hn)
+    memcpy(pk.buf + pk.size + PACK_HEAD, h, hn)
+    wr_be32(pk.buf + pk.size + PACK_HEAD + hn, <uint32_t>bn)
+    memcpy(pk.buf + pk.size + PACK_HEAD + hn + PACK_PAYLOAD_HEAD, b, bn)
+    pk.size += PACK_HEAD + hn + PACK_PAYLOAD_HEAD + bn
+    pk.entries += 1
+
+
+cdef int pack_flush(void *s, Pack *pk) noexcept nogil:
+    """Send the pack if it holds anything: 0, or the errno (EAGAIN: kept, retry)."""
+    if pk.entries == 0:
+        return 0
+    if zmqapi.send(s, pk.buf, pk.size, ZMQ_DONTWAIT) < 0:
+        return zmqapi.errno_()
+    pk.size = PREFIX_SIZE
+    pk.entries = 0
+    return 0
 
 
 cdef object _int64_array(int64_t *p, long long n):
@@ -647,6 +748,92 @@ cdef int ack_flush(void *s, AckTable *t) noexcept nogil:
 # ---------------------------------------------------------------------------------------
 # Receiver
 
+cdef struct Recv:
+    # what run_receiver counts per message (take_message), plain or packed
+    long long received, short_payload, dups, out_of_order, out_of_space, nsamples
+    long long max_samples, index_space, not_deliver, bad_deliver, packs, bad_packs
+    int64_t t_first, t_last
+    int64_t *last_idx   # per connection: the previous message's index
+    int64_t *lat
+    uint8_t *bitmap
+    AckTable *tab       # reliable: the cumulative acks owed
+    uint64_t max_dseq, min_dseq
+
+
+cdef void take_message(Recv *r, const uint8_t *hdr, size_t hsize, const uint8_t *data,
+                       size_t size, int cur, int64_t now) noexcept nogil:
+    """One delivered message: its header frame ``hdr`` (the DELIVER, or hsize > HDR_COPY
+    when it was too long to keep) and its payload."""
+    cdef int64_t ts, idx
+    cdef size_t la, lk, lf, lc, lo
+    cdef uint64_t dseq
+    r.received += 1
+    if r.received == 1:
+        r.t_first = now
+    r.t_last = now
+    if size >= 16:
+        memcpy(&ts, data, 8)
+        memcpy(&idx, data + 8, 8)
+        if idx <= r.last_idx[cur]:
+            r.out_of_order += 1  # per connection: one sender, so order holds on each
+        r.last_idx[cur] = idx
+        if r.nsamples < r.max_samples:
+            r.lat[r.nsamples] = now - ts
+            r.nsamples += 1
+        if r.bitmap != NULL:
+            if idx >= 0 and idx < r.index_space:
+                if r.bitmap[idx >> 3] & (1 << (idx & 7)):
+                    r.dups += 1
+                else:
+                    r.bitmap[idx >> 3] |= <uint8_t>(1 << (idx & 7))
+            else:
+                r.out_of_space += 1
+    else:
+        r.short_payload += 1
+    if r.tab == NULL:
+        return
+    if (hsize < <size_t>(PREFIX_SIZE + DELIVER_SIZE) or hsize > HDR_COPY
+            or hdr[0] != SIG or hdr[2] != CMD_DELIVER):
+        r.not_deliver += 1
+        return
+    lk = hdr[DELIVER_LENS_OFF]
+    lf = hdr[DELIVER_LENS_OFF + 1]
+    lc = hdr[DELIVER_LENS_OFF + 2]
+    lo = hdr[DELIVER_LENS_OFF + 3]
+    la = hdr[DELIVER_LENS_OFF + 4]
+    if PREFIX_SIZE + DELIVER_SIZE + lk + lf + lc + lo + la != hsize or la == 0:
+        r.bad_deliver += 1
+        return
+    dseq = rd_be64(hdr + DELIVER_SEQ_OFF)
+    if dseq > r.max_dseq:
+        r.max_dseq = dseq
+    if dseq < r.min_dseq:
+        r.min_dseq = dseq
+    ack_note(r.tab, hdr + hsize - la, la, dseq)
+
+
+cdef void take_pack(Recv *r, const uint8_t *p, size_t n, int cur, int64_t now) noexcept nogil:
+    """Every DELIVER in a PACK frame (docs/PROTOCOL.md, PACK), in order; a frame that
+    does not parse counts in ``bad_packs`` after the entries before the fault."""
+    cdef size_t off = PREFIX_SIZE, hn, pn
+    r.packs += 1
+    while off < n:
+        if off + PACK_HEAD > n:
+            r.bad_packs += 1
+            return
+        hn = rd_be16(p + off)
+        off += PACK_HEAD
+        if off + hn + PACK_PAYLOAD_HEAD > n:
+            r.bad_packs += 1
+            return
+        pn = rd_be32(p + off + hn)
+        if off + hn + PACK_PAYLOAD_HEAD + pn > n:
+            r.bad_packs += 1
+            return
+        take_message(r, p + off, hn, p + off + hn + PACK_PAYLOAD_HEAD, pn, cur, now)
+        off += hn + PACK_PAYLOAD_HEAD + pn
+
+
 def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s=2.0,
                  bint reliable=False, double ack_interval_s=0.001, bint ack_on_drain=True,
                  long long max_samples=-1, long long index_space=0, long max_addresses=16384,
@@ -658,7 +845,8 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
     gateway connections whose driver cost must match a single-connection trial's); each
     is drained in turn and all are polled together when none has anything.
 
-    A message is the final frame of a multipart (the payload); single-frame messages are
+    A message is the final frame of a multipart (the payload), or one entry of a PACK
+    frame (the receiver asked for packs in its HELLO); other single-frame messages are
     control traffic (HEARTBEAT, ERROR, ...) and only counted. Latency = receive time minus
     the payload's timestamp, one sample per message, up to ``max_samples`` (-1: count).
     ``index_space`` > 0 enables a bitmap over the payload's message index to count
@@ -677,29 +865,32 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
         raise ValueError("run_receiver needs at least one socket")
     if reliable and nsock > 1:
         raise ValueError("reliable receiving (acks) takes one socket")
+    cdef Recv r
+    memset(&r, 0, sizeof(Recv))
+    r.min_dseq = <uint64_t>-1
     cdef zmq_pollitem_t *items = <zmq_pollitem_t *>calloc(nsock, sizeof(zmq_pollitem_t))
-    cdef int64_t *last_idx = <int64_t *>malloc(nsock * sizeof(int64_t))
-    if items == NULL or last_idx == NULL:
-        free(items); free(last_idx)
+    r.last_idx = <int64_t *>malloc(nsock * sizeof(int64_t))
+    if items == NULL or r.last_idx == NULL:
+        free(items); free(r.last_idx)
         raise MemoryError()
     for si in range(nsock):
         items[si].socket = handle_of(socks[si])
         items[si].events = ZMQ_POLLIN
-        last_idx[si] = -1
+        r.last_idx[si] = -1
     cdef void *s = items[0].socket
     if max_samples < 0:
         max_samples = count
-    cdef int64_t *lat = NULL
-    cdef uint8_t *bitmap = NULL
+    r.max_samples = max_samples
+    r.index_space = index_space
     cdef AckTable *tab = NULL
     cdef size_t cap
     cdef uint8_t *hdr = <uint8_t *>malloc(HDR_COPY)
     if hdr == NULL:
         raise MemoryError()
     if max_samples > 0:
-        lat = <int64_t *>malloc(max_samples * sizeof(int64_t))
+        r.lat = <int64_t *>malloc(max_samples * sizeof(int64_t))
     if index_space > 0:
-        bitmap = <uint8_t *>calloc((index_space + 7) // 8, 1)
+        r.bitmap = <uint8_t *>calloc((index_space + 7) // 8, 1)
     if reliable:
         cap = 16
         while cap < <size_t>(2 * max_addresses):
@@ -711,10 +902,11 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
             tab.frame = <uint8_t *>malloc(ACK_FRAME_MAX)
             tab.mask = cap - 1
             tab.limit = <size_t>max_addresses
-    if ((max_samples > 0 and lat == NULL) or (index_space > 0 and bitmap == NULL)
+        r.tab = tab
+    if ((max_samples > 0 and r.lat == NULL) or (index_space > 0 and r.bitmap == NULL)
             or (reliable and (tab == NULL or tab.slots == NULL or tab.dirty == NULL
                               or tab.frame == NULL))):
-        free(hdr); free(lat); free(bitmap); free(items); free(last_idx)
+        free(hdr); free(r.lat); free(r.bitmap); free(items); free(r.last_idx)
         if tab != NULL:
             free(tab.slots); free(tab.dirty); free(tab.frame); free(tab)
         raise MemoryError()
@@ -727,13 +919,11 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
 
     cdef zmq_msg_t msg
     zmqapi.msg_init(&msg)
-    cdef long long received = 0, frames = 0, control = 0, short_payload = 0, dups = 0
-    cdef long long out_of_space = 0, not_deliver = 0, bad_deliver = 0, nsamples = 0
-    cdef long long heartbeats = 0, frames_in_msg = 0, multi_frame_max = 0, out_of_order = 0
-    cdef int64_t t0, deadline, idle_ns, ack_ns, hb_ns, now, ts, t_first = 0, t_last = 0
-    cdef int64_t last_ack, last_out, idx, tmo
-    cdef uint64_t dseq, max_dseq = 0, min_dseq = <uint64_t>-1
-    cdef size_t size, hsize = 0, la, lk, lf, lc, lo
+    cdef long long frames = 0, control = 0
+    cdef long long heartbeats = 0, frames_in_msg = 0, multi_frame_max = 0
+    cdef int64_t t0, deadline, idle_ns, ack_ns, hb_ns, now
+    cdef int64_t last_ack, last_out, tmo
+    cdef size_t size, hsize = 0
     cdef const uint8_t *data
     cdef int rc, e, more, err = 0
     cdef const char *reason = "count"
@@ -746,7 +936,7 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
         last_ack = t0
         last_out = t0
         deadline = t0 + <int64_t>(deadline_s * 1e9)
-        while received < count:
+        while r.received < count:
             rc = zmqapi.msg_recv(&msg, items[cur].socket, ZMQ_DONTWAIT)
             if rc < 0:
                 e = zmqapi.errno_()
@@ -776,7 +966,7 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
                 if now >= deadline:
                     reason = "deadline"
                     break
-                if received > 0 and now - t_last >= idle_ns:
+                if r.received > 0 and now - r.t_last >= idle_ns:
                     reason = "idle"
                     break
                 tmo = 100
@@ -797,62 +987,25 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
                 if size > HDR_COPY:
                     hsize = HDR_COPY + 1  # mark as truncated
                 continue
-            if frames_in_msg == 0:
-                control += 1
-                continue
-            if frames_in_msg + 1 > multi_frame_max:
-                multi_frame_max = frames_in_msg + 1
-            frames_in_msg = 0
             now = now_ns()
-            received += 1
-            if received == 1:
-                t_first = now
-            t_last = now
-            if size >= 16:
-                memcpy(&ts, data, 8)
-                memcpy(&idx, data + 8, 8)
-                if idx <= last_idx[cur]:
-                    out_of_order += 1  # per connection: one sender, so order holds on each
-                last_idx[cur] = idx
-                if nsamples < max_samples:
-                    lat[nsamples] = now - ts
-                    nsamples += 1
-                if bitmap != NULL:
-                    if idx >= 0 and idx < index_space:
-                        if bitmap[idx >> 3] & (1 << (idx & 7)):
-                            dups += 1
-                        else:
-                            bitmap[idx >> 3] |= <uint8_t>(1 << (idx & 7))
-                    else:
-                        out_of_space += 1
-            else:
-                short_payload += 1
-            if reliable:
-                if (hsize < <size_t>(PREFIX_SIZE + DELIVER_SIZE) or hsize > HDR_COPY
-                        or hdr[0] != SIG or hdr[2] != CMD_DELIVER):
-                    not_deliver += 1
+            if frames_in_msg == 0:
+                if size >= <size_t>PREFIX_SIZE and data[0] == SIG and data[2] == CMD_PACK:
+                    take_pack(&r, data, size, cur, now)
                 else:
-                    lk = hdr[DELIVER_LENS_OFF]
-                    lf = hdr[DELIVER_LENS_OFF + 1]
-                    lc = hdr[DELIVER_LENS_OFF + 2]
-                    lo = hdr[DELIVER_LENS_OFF + 3]
-                    la = hdr[DELIVER_LENS_OFF + 4]
-                    if PREFIX_SIZE + DELIVER_SIZE + lk + lf + lc + lo + la != hsize or la == 0:
-                        bad_deliver += 1
-                    else:
-                        dseq = rd_be64(hdr + DELIVER_SEQ_OFF)
-                        if dseq > max_dseq:
-                            max_dseq = dseq
-                        if dseq < min_dseq:
-                            min_dseq = dseq
-                        ack_note(tab, hdr + hsize - la, la, dseq)
-                if tab.ndirty and now - last_ack >= ack_ns:
-                    rc = ack_flush(s, tab)
-                    if rc < 0:
-                        err = -rc
-                        break
-                    last_ack = now
-                    last_out = now
+                    control += 1
+                    continue
+            else:
+                if frames_in_msg + 1 > multi_frame_max:
+                    multi_frame_max = frames_in_msg + 1
+                frames_in_msg = 0
+                take_message(&r, hdr, hsize, data, size, cur, now)
+            if reliable and tab.ndirty and now - last_ack >= ack_ns:
+                rc = ack_flush(s, tab)
+                if rc < 0:
+                    err = -rc
+                    break
+                last_ack = now
+                last_out = now
         if err == 0 and reliable and tab.ndirty:
             # Final acks: retry pushed-back frames until the deadline.
             while tab.ndirty:
@@ -866,41 +1019,43 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
                 zmqapi.poll(items, 1, 10)
     zmqapi.msg_close(&msg)
     lat_arr = array.array("q")
-    if nsamples:
-        lat_arr.frombytes(PyBytes_FromStringAndSize(<char *>lat, nsamples * sizeof(int64_t)))
+    if r.nsamples:
+        lat_arr.frombytes(PyBytes_FromStringAndSize(<char *>r.lat, r.nsamples * sizeof(int64_t)))
     out = {
-        "received": received,
+        "received": r.received,
         "frames": frames,
         "control": control,
-        "short_payload": short_payload,
-        "duplicates": dups,
-        "out_of_order": out_of_order,
-        "index_out_of_space": out_of_space,
+        "packs": r.packs,
+        "bad_packs": r.bad_packs,
+        "short_payload": r.short_payload,
+        "duplicates": r.dups,
+        "out_of_order": r.out_of_order,
+        "index_out_of_space": r.out_of_space,
         "frames_per_message": multi_frame_max,
         "t_start_ns": t0,
-        "t_first_ns": t_first,
-        "t_last_ns": t_last,
+        "t_first_ns": r.t_first,
+        "t_last_ns": r.t_last,
         "reason": reason.decode(),
         "heartbeats": heartbeats,
         "latencies": lat_arr,
     }
     if reliable:
         out.update({
-            "not_deliver": not_deliver,
-            "bad_deliver": bad_deliver,
+            "not_deliver": r.not_deliver,
+            "bad_deliver": r.bad_deliver,
             "addresses": tab.used,
             "ack_table_full": tab.full,
             "acks_sent": tab.acks_sent,
             "ack_entries": tab.ack_entries,
             "ack_eagain": tab.ack_eagain,
             "ack_pending": tab.ndirty,
-            "max_seq": max_dseq,
-            "min_seq": min_dseq if received else 0,
+            "max_seq": r.max_dseq,
+            "min_seq": r.min_dseq if r.received else 0,
         })
         free(tab.slots); free(tab.dirty); free(tab.frame); free(tab)
-    free(hdr); free(lat); free(bitmap); free(items); free(last_idx)
+    free(hdr); free(r.lat); free(r.bitmap); free(items); free(r.last_idx)
     if err:
-        raise _zmq_error(err, f"receiver after {received} messages")
+        raise _zmq_error(err, f"receiver after {r.received} messages")
     return out
 
 

@@ -25,6 +25,10 @@ class HopOptions(TrialOptions):
     count: int = option(500_000, "messages per throughput/gateways/reliable trial",
                         flags=("-n", "--count"))
     payload: int = option(200, "payload bytes (>= 16)")
+    pack: int = option(0, "messages per PACK frame (docs/PROTOCOL.md, PACK): the sender "
+                          "packs up to this many, receivers ask the router for packed "
+                          "DELIVERs (a proxy forwards the sender's packs as they are); "
+                          "0: a frame pair per message")
     rates: tuple = option((5000, 20000), "offered rates for latency, msg/s",
                           parse=comma_list(int))
     duration: float = option(3.0, "seconds per latency trial")

@@ -28,12 +28,12 @@ def build_trial(scenario: str, hop: Hop, opts: HopOptions, rate: float,
     count = max(1, int(rate * opts.duration)) if sc.paced else opts.count
     deadline = opts.deadline + (opts.duration if rate else 0)
     sender = dict(base, endpoint=hop.sender_endpoint, count=count, payload=opts.payload,
-                  hold=opts.sender_hold,
+                  hold=opts.sender_hold, pack=opts.pack,
                   rate=rate, deadline=deadline, msg_class=int(P.MsgClass.NOTICE),
                   hello={"name": "bench-sender"} if hop.speaks_protocol else None,
                   targets=["user:1"])
     recv = dict(base, endpoint=hop.receiver_endpoint, deadline=deadline + 15,
-                idle=opts.idle, index_space=count)
+                idle=opts.idle, index_space=count, pack=opts.pack)
     receivers = sc.receivers(sender, recv, TrialSpec(opts, count, tmp, hop.speaks_protocol))
     return sender, receivers
 
