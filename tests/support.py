@@ -365,6 +365,11 @@ def corpus(rng: random.Random) -> list[list[bytes]]:
         [P.encode_ready("svc.fuzz", rng.randrange(4))],
         [P.encode_request("svc.fuzz", rng.getrandbits(64), rng.choice((0, 20))), payload],
         [P.encode_reply(rng.getrandbits(64), rng.randrange(3)), payload],
+        [P.encode_pack([(P.encode_send(rng.choice(addrs), rng.getrandbits(64),
+                                       rng.choice(list(MsgClass)), ttl_ms=2_000), payload),
+                        (P.encode_ack(cursors), b""),
+                        (P.encode_send(addrs[1], rng.getrandbits(64), MsgClass.NOTICE),
+                         payload[:20])])],
     ]
 
 

@@ -3,10 +3,13 @@ from it (docs/PROTOCOL.md, PACK), through a real router process and raw sockets.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import router.protocol as P
 from router.protocol import Command, ErrorCode, Flag, MsgClass, Role, Status
 
-from support import Peer
+from support import Peer, wait_until
 
 
 def _sends(n: int, target: str, cls: MsgClass = MsgClass.ORDER, first_id: int = 1,
@@ -176,3 +179,100 @@ def test_the_sdk_packs_a_batch_and_reads_packed_deliveries_in_order(url):
         assert sent["packs_out"] >= 1 and sent["packed_out"] == 3000, sent
         assert received["packs_in"] >= 1 and received["malformed"] == 0, received
         assert received["packs_in"] < 3000  # several deliveries per frame
+
+
+# The SDK's engine against a raw ROUTER socket playing the router: what it asks for,
+# what it sends to a router that reads packs and to one that does not (an older one),
+# and what it makes of a PACK that is not right.
+
+def _fake_router():
+    import zmq
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.linger = 0
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    return sock, f"tcp://127.0.0.1:{port}"
+
+
+def _welcome(sock, packs: bool) -> tuple[bytes, bytes]:
+    """Answer the next HELLO with a WELCOME (saying it reads PACK, or not); (routing id,
+    HELLO)."""
+    assert sock.poll(5000), "no HELLO"
+    ident, hello = sock.recv_multipart()
+    assert hello[2] == Command.HELLO
+    welcome = bytearray(P.encode_welcome(1000, 3, 1 << 20))
+    welcome[3] |= Flag.PACK if packs else 0
+    sock.send_multipart([ident, bytes(welcome)])
+    return ident, hello
+
+
+@contextlib.contextmanager
+def _answering(sock, packs: bool):
+    """The client's constructor waits for its WELCOME: answer it from a thread (the
+    only user of ``sock`` until the client is up); yields a getter of (id, HELLO)."""
+    box: list = []
+    t = threading.Thread(target=lambda: box.append(_welcome(sock, packs)), daemon=True)
+    t.start()
+
+    def hello_of():
+        t.join(10)
+        assert box, "the fake router saw no HELLO"
+        return box[0]
+    yield hello_of
+    hello_of()
+
+
+def _frames(sock, n_messages: int) -> list[list[bytes]]:
+    """Messages from the client until ``n_messages`` SENDs came, packed or not."""
+    out, sends = [], 0
+    while sends < n_messages:
+        assert sock.poll(5000), f"{sends} of {n_messages} SENDs"
+        frames = sock.recv_multipart()[1:]
+        if frames[0][2] == Command.PACK:
+            sends += len(P.decode_pack(frames[0]))
+        elif frames[0][2] == Command.SEND:
+            sends += 1
+        else:
+            continue
+        out.append(frames)
+    return out
+
+
+def test_the_sdk_packs_only_for_a_router_that_reads_packs():
+    from router.client import Sender
+    for packs in (True, False):
+        sock, url = _fake_router()
+        with _answering(sock, packs), Sender(url, "orders") as orders:
+            orders.send_many((("merchant:1", b"%d" % i) for i in range(10)),
+                             msg_class=MsgClass.NOTICE)
+            got = _frames(sock, 10)
+        sock.close()
+        if packs:
+            entries = [e for f in got for e in P.decode_pack(f[0])]
+            assert all(len(f) == 1 for f in got) and len(got) < 10
+        else:
+            entries = [tuple(f) for f in got]
+            assert all(f[0][2] == Command.SEND for f in got)
+        assert [b for _, b in entries] == [b"%d" % i for i in range(10)]
+
+
+def _packed_deliver(address: str, seq: int, payload: bytes) -> tuple[bytes, bytes]:
+    fixed = P.DELIVER.pack(seq, seq, 0, MsgClass.ORDER, 0, 1, 0, 0, len(address))
+    return P.prefix(Command.DELIVER) + fixed + b"o" + address.encode(), payload
+
+
+def test_the_sdk_reads_a_pack_and_counts_what_is_wrong_in_one():
+    from router.client import Endpoint
+    sock, url = _fake_router()
+    with _answering(sock, True) as hello_of, Endpoint(url, ["merchant:1"]) as merchant:
+        ident, hello = hello_of()
+        assert hello[3] & Flag.PACK  # it asks for packed deliveries
+        good = [_packed_deliver("merchant:1", s, b"p%d" % s) for s in (1, 2, 3)]
+        sock.send_multipart([ident, P.encode_pack(
+            [good[0], (P.encode_ack([("merchant:1", 1)]), b""), good[1]])])
+        sock.send_multipart([ident, P.encode_pack([good[2]])[:-1]])  # cut short
+        sock.send_multipart([ident, P.encode_pack([good[2]])])
+        got = [merchant.recv(timeout=5) for _ in range(3)]
+        assert [(d.seq, d.payload) for d in got] == [(1, b"p1"), (2, b"p2"), (3, b"p3")]
+        wait_until(lambda: merchant.stats()["malformed"] == 2, 5, "malformed not counted")
+        assert merchant.stats()["packs_in"] == 3
+    sock.close()
