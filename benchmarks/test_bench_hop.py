@@ -105,3 +105,19 @@ def test_fanout(benchmark, opts, router_state):
                             opts, router_state)
     for r in rows:
         assert r["delivered"] == r["expected"], f"{r['contender']}: fan-out lost messages"
+
+
+@pytest.mark.parametrize("pack", [0, 16], ids=["frames", "packs-16"])
+def test_curve(benchmark, opts, router_state, pack):
+    """The secured router in plaintext and with CURVE, side by side: one message per
+    frame pair, then 16 per PACK on both legs (docs/PROTOCOL.md, PACK). The ratio to
+    read is ``router-curve/router-plain throughput (CURVE)`` in extra_info."""
+    if not router_state[0]:
+        pytest.skip(f"router unavailable: {router_state[1]}")
+    opts.pack = pack
+    rows, _ = run_scenarios(benchmark, ["throughput"], ["router-plain", "router-curve"],
+                            opts, router_state)
+    benchmark.extra_info["pack"] = pack
+    for r in rows:
+        assert r["delivered"] == r["expected"], f"{r['contender']} lost messages"
+        assert r["duplicates"] == 0 and r["out_of_order"] == 0, r["contender"]

@@ -114,8 +114,10 @@ def run_receiver(cfg: dict) -> None:
     lat_file = cfg.get("lat_file")
     n_addresses = sum(len((h or {}).get("addresses", [])) for h in hellos)
     cpu0 = time.process_time()
-    res = loadgen.run_receiver(socks if len(socks) > 1 else socks[0], count,
-                               **receiver_options(cfg, count, n_addresses, heartbeat_s(welcome)))
+    options = receiver_options(cfg, count, n_addresses, heartbeat_s(welcome))
+    # through a bare proxy the sender's PACKs arrive as they were sent, as payload frames
+    options["packed"] = bool(cfg.get("pack")) and all(h is None for h in hellos)
+    res = loadgen.run_receiver(socks if len(socks) > 1 else socks[0], count, **options)
     res["cpu_s"] = time.process_time() - cpu0
     res["connections"] = len(socks)
     write_latencies(res, lat_file)

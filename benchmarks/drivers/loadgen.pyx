@@ -837,7 +837,7 @@ cdef void take_pack(Recv *r, const uint8_t *p, size_t n, int cur, int64_t now) n
 def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s=2.0,
                  bint reliable=False, double ack_interval_s=0.001, bint ack_on_drain=True,
                  long long max_samples=-1, long long index_space=0, long max_addresses=16384,
-                 double heartbeat_s=0.0):
+                 double heartbeat_s=0.0, bint packed=False):
     """Receive until ``count`` messages arrived, the deadline passed, or nothing came for
     ``idle_s`` after the first message.
 
@@ -847,7 +847,9 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
 
     A message is the final frame of a multipart (the payload), or one entry of a PACK
     frame (the receiver asked for packs in its HELLO); other single-frame messages are
-    control traffic (HEARTBEAT, ERROR, ...) and only counted. Latency = receive time minus
+    control traffic (HEARTBEAT, ERROR, ...) and only counted. With ``packed`` (a sender
+    packing through a bare proxy, which forwards its PACKs as payload frames) the last
+    frame of a multipart message is read as a PACK. Latency = receive time minus
     the payload's timestamp, one sample per message, up to ``max_samples`` (-1: count).
     ``index_space`` > 0 enables a bitmap over the payload's message index to count
     duplicates; ``out_of_order`` counts messages whose index is not above the previous
@@ -998,7 +1000,10 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
                 if frames_in_msg + 1 > multi_frame_max:
                     multi_frame_max = frames_in_msg + 1
                 frames_in_msg = 0
-                take_message(&r, hdr, hsize, data, size, cur, now)
+                if packed and size >= <size_t>PREFIX_SIZE and data[2] == CMD_PACK:
+                    take_pack(&r, data, size, cur, now)
+                else:
+                    take_message(&r, hdr, hsize, data, size, cur, now)
             if reliable and tab.ndirty and now - last_ack >= ack_ns:
                 rc = ack_flush(s, tab)
                 if rc < 0:
