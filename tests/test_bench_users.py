@@ -1,10 +1,13 @@
 """The users' benchmark (`python -m benchmarks sdk`) end to end, briefly (marked long,
 about twenty seconds): every contender delivers everything it sends, and the report has
 the ratios; skipped, saying what to install, without nats-server, redis-server or the
-clients. And, quick: the setup check's message, the interleaved plan."""
+clients. And, quick: the setup check's message, the interleaved plan, and sdk-curve
+(the router with credentials and CURVE) against sdk, which need neither server."""
 
 from __future__ import annotations
 
+import glob
+import os
 import sys
 
 import pytest
@@ -58,6 +61,34 @@ def test_every_contender_delivers_and_the_report_has_the_ratios():
     env = command.env_record()
     report = markdown(rows, opts, env)
     for ratio in ("SDK best effort / nats core", "SDK best effort / redis",
-                  "SDK reliable / JetStream", "asyncio / blocking"):
+                  "SDK reliable / JetStream", "asyncio / blocking", "sdk-curve / sdk"):
         assert ratio in report
     assert env["nats-server"] not in ("-", "?") and env["redis-server"] not in ("-", "?")
+
+
+@pytest.mark.timeout(300)
+def test_sdk_curve_delivers_everything_through_curve(tmp_path):
+    """sdk-curve's trials, tiny: every message delivered, no ERROR on either client, the
+    router ran CURVE with one principal per client; the report has its ratio to sdk."""
+    opts = SdkOptions(contenders=("sdk", "sdk-curve"), count=2000, rates=(2000,),
+                      duration=0.5, repeat=1, idle=1.0, verbose=False, keep=True,
+                      workdir=str(tmp_path))
+    try:
+        command.check_setup(opts)
+    except command.SetupError as exc:
+        pytest.skip(str(exc))
+    rows = command.run(opts)
+    assert [(r["contender"], r["rate"]) for r in rows] == [
+        ("sdk", 0.0), ("sdk-curve", 0.0), ("sdk", 2000.0), ("sdk-curve", 2000.0)]
+    for r in rows:
+        assert "error" not in r, r["error"]
+        assert r["sent"] == r["count"] and r["delivered"] == r["sent"], r
+        assert r["publisher_result"]["errors"] == 0 and r["receiver_result"]["errors"] == 0
+    for r in rows[1::2]:
+        with open(os.path.join(r["workdir"], "router-curve.log")) as fh:
+            log = fh.read()
+        assert "2 principals, 2 keys; CURVE on every endpoint" in log, log
+        assert log.count("peer connected: bench-") == 2 and "FORBIDDEN" not in log, log
+    assert len(glob.glob(f"{rows[1]['workdir']}/certs/*.key_secret")) == 3
+    report = markdown(rows, opts, command.env_record())
+    assert "sdk-curve / sdk, CURVE / open router (delivered msg/s): **" in report

@@ -106,7 +106,8 @@ def _plan(cfg: dict):
                 receivers=1, window=int(cfg.get("window", 1000)),
                 api="asyncio" if cfg["system"] == "sdk-asyncio" else "blocking",
                 tag=cfg.get("tag", "users"), idle=float(cfg.get("idle", 2.0)),
-                timeout=float(cfg.get("connect_timeout", 10)))
+                timeout=float(cfg.get("connect_timeout", 10)),
+                server_key=cfg.get("server_key"), key=cfg.get("key"))
 
 
 def sdk_publisher(cfg: dict) -> None:

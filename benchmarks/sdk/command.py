@@ -10,6 +10,7 @@ Contenders (each trial starts its own server on a free loopback port, stopped by
   sdk           this SDK, blocking, best effort (NOTICE)
   sdk-reliable  this SDK, blocking, ORDER with DELIVERED receipts, journal + fsync
   sdk-asyncio   this SDK, asyncio, best effort
+  sdk-curve     sdk through a router with credentials and CURVE (benchmarks/sdk/curve.py)
   nats          nats-py through nats-server, core
   jetstream     nats-py, JetStream file storage, acked publish
   redis         redis-py + hiredis, pipelined PUBLISH through redis-server

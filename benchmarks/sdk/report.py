@@ -65,6 +65,8 @@ def ratios(summary: dict, rates) -> dict:
         "SDK reliable DELIVERED receipts/s / JetStream PubAcks/s": div(
             get("sdk-reliable", "confirmed_msg_s"), get("jetstream", "confirmed_msg_s")),
         "asyncio / blocking (delivered msg/s)": div(get("sdk-asyncio"), get("sdk")),
+        "sdk-curve / sdk, CURVE / open router (delivered msg/s)": div(get("sdk-curve"),
+                                                                      get("sdk")),
         "asyncio / blocking sender CPU per msg": div(get("sdk-asyncio", "sender_cpu_us"),
                                                      get("sdk", "sender_cpu_us")),
         "asyncio / blocking receiver CPU per msg": div(get("sdk-asyncio", "receiver_cpu_us"),

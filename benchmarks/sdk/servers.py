@@ -1,6 +1,7 @@
-"""The servers under the users' benchmark: the router, nats-server (core, or JetStream on
-file storage) and redis-server. Each runs on a free loopback port with its own scratch
-directory, in its own process group, and is stopped by its id.
+"""The servers under the users' benchmark: the router (open, or with credentials and
+CURVE), nats-server (core, or JetStream on file storage) and redis-server. Each runs on a
+free loopback port with its own scratch directory, in its own process group, and is
+stopped by its id.
 
 nats-server and redis-server come from Debian packages; :func:`missing` says which are
 absent and :func:`install_hint` how to get them.
@@ -18,6 +19,7 @@ import time
 from benchmarks.harness.machine import group_cpu_s
 from benchmarks.harness.procs import TrialError, free_port, listening, python_env, spawn, \
     stop, tail
+from benchmarks.sdk import curve
 
 #: contender -> (server kind, what it is).
 CONTENDERS = {
@@ -25,6 +27,9 @@ CONTENDERS = {
     "sdk-reliable": ("router", "this SDK, blocking, reliable (ORDER) with DELIVERED "
                      "receipts, journal + fsync"),
     "sdk-asyncio": ("router", "this SDK, asyncio, best effort (NOTICE)"),
+    "sdk-curve": ("router-curve", "this SDK, blocking, best effort (NOTICE), through a "
+                  "router with credentials and CURVE: every link encrypted and "
+                  "authenticated, permissions checked"),
     "nats": ("nats", "nats-py through nats-server, core publish/subscribe"),
     "jetstream": ("nats-js", "nats-py, JetStream file storage, acked publish "
                   "(publish_async), pull consumer with AckAll"),
@@ -111,12 +116,15 @@ class Server:
 
     def command(self) -> list[str]:
         data = os.path.join(self.workdir, "data")
-        if self.kind == "router":
+        if self.kind in ("router", "router-curve"):
             # The defaults a user runs: journal and fsync on (best effort never touches
             # the journal; reliable messages are committed before ACCEPTED).
-            return [sys.executable, "-m", "router", "serve", "--bind", self.endpoint,
-                    "--data-dir", data, "--journal", "true", "--fsync", "true",
-                    "--history", "false", "--summary-interval", "0"]
+            cmd = [sys.executable, "-m", "router", "serve", "--bind", self.endpoint,
+                   "--data-dir", data, "--journal", "true", "--fsync", "true",
+                   "--history", "false", "--summary-interval", "0"]
+            # router-curve: the files curve.secure wrote in the trial's directory
+            return cmd + (curve.server_args(self.workdir) if self.kind == "router-curve"
+                          else [])
         if self.kind == "nats":
             return [program("nats-server"), "-a", "127.0.0.1", "-p", str(self.port)]
         if self.kind == "nats-js":

@@ -12,6 +12,7 @@ from benchmarks.harness.driver_protocol import Driver
 from benchmarks.harness.machine import busy_noise, system_busy_s
 from benchmarks.harness.procs import TrialError
 from benchmarks.harness.stats import percentiles, read_array
+from benchmarks.sdk import curve
 from benchmarks.sdk.options import SdkOptions
 from benchmarks.sdk.servers import CONTENDERS, Server
 
@@ -20,13 +21,16 @@ DRIVER = "benchmarks.drivers.users"
 
 def configs(contender: str, server: Server, opts: SdkOptions, rate: float,
             tmp: str) -> tuple[dict, dict]:
-    """(publisher config, receiver config) of one trial."""
+    """(publisher config, receiver config) of one trial; for a router with credentials,
+    also its key pairs and credentials file in ``tmp`` (the server reads them at start)."""
     count = max(1, int(rate * opts.duration)) if rate else opts.count
     base = {"system": contender, "endpoint": server.endpoint, "count": count,
             "payload": opts.payload, "window": opts.window, "idle": opts.idle,
             "deadline": opts.deadline, "connect_timeout": 30, "go_timeout": 120,
             "tag": f"users{int(time.time() * 1000) % 10**9}"}
-    return dict(base, rate=rate), dict(base, lat_file=f"{tmp}/lat.bin")
+    pkeys, rkeys = curve.secure(tmp, base["tag"]) if server.kind == "router-curve" \
+        else ({}, {})
+    return dict(base, rate=rate, **pkeys), dict(base, lat_file=f"{tmp}/lat.bin", **rkeys)
 
 
 def run_trial(contender: str, opts: SdkOptions, rate: float = 0.0) -> dict:
@@ -36,8 +40,8 @@ def run_trial(contender: str, opts: SdkOptions, rate: float = 0.0) -> dict:
     drivers: list[Driver] = []
     row = {"contender": contender, "rate": rate}
     try:
-        server.start()
         pcfg, rcfg = configs(contender, server, opts, rate, tmp)
+        server.start()
         row["count"] = pcfg["count"]
         receiver = Driver(DRIVER, "receiver", rcfg, tmp, "receiver")
         drivers.append(receiver)

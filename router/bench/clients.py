@@ -62,7 +62,8 @@ def run_publisher(plan: Plan, p: int, ctl, slot: int) -> dict:
 
     msg_class = MsgClass.ORDER if plan.reliable else MsgClass.NOTICE
     sender = Sender(plan.url, f"bench-pub-{plan.tag}-{p}", timeout=plan.timeout,
-                    compress_above=-1, on_receipt=on_receipt, on_error=on_error)
+                    compress_above=-1, on_receipt=on_receipt, on_error=on_error,
+                    server_key=plan.server_key, key=plan.key)
     try:
         targets = plan.targets()
         per_target = [0] * len(targets)
@@ -120,7 +121,8 @@ def run_receiver(plan: Plan, r: int, ctl, slot: int) -> dict:
 
     errors = [0]
     ep = Endpoint(plan.url, [plan.address(r)], name=f"bench-recv-{plan.tag}-{r}",
-                  timeout=plan.timeout, on_error=lambda e: errors.__setitem__(0, errors[0] + 1))
+                  timeout=plan.timeout, on_error=lambda e: errors.__setitem__(0, errors[0] + 1),
+                  server_key=plan.server_key, key=plan.key)
     try:
         tally = Tally()
         ctl_ready(ctl, slot)

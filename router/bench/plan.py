@@ -49,6 +49,10 @@ class Plan:
     idle: float = 2.0
     timeout: float = 5.0
     service: str = SERVICE
+    #: CURVE (an authenticated router): the router's public key file and this client's
+    #: key pair, as router.client's Sender and Endpoint take them; None: open.
+    server_key: str | None = None
+    key: str | None = None
 
     def __post_init__(self) -> None:
         self.window = self.window or WINDOW.get(self.mode, 1000)
