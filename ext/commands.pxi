@@ -64,7 +64,8 @@ cdef void _handle(Core self, zmq_msg_t *f, int n, int extra) noexcept nogil:
     elif cmd == CMD_ACK:
         _on_ack(self, pi, h, hlen)
     elif cmd == CMD_HEARTBEAT:
-        pass
+        if hlen >= HEARTBEAT_FIXED:
+            _packs_read(p, get64(h + HEARTBEAT_PACKS_READ))
     elif cmd == CMD_HELLO:
         _on_hello(self, pi, h, hlen, &f[1])
     elif cmd == CMD_BIND:
@@ -210,6 +211,15 @@ cdef void _on_join(Core self, int pi, const uint8_t *h, size_t hlen, bint leave)
         off += NAME_HEAD + h[off]
     if members.empty():
         self.channels.erase(chan)
+
+
+cdef inline void _packs_read(Peer *p, uint64_t n) noexcept nogil:
+    """A HEARTBEAT's count of the packs the peer has read: more packs may follow (a
+    count above what was sent, from a confused or hostile peer, counts as all read)."""
+    if n > p.packs_sent:
+        n = p.packs_sent
+    if n > p.packs_read:
+        p.packs_read = n
 
 
 cdef void _on_pack(Core self, int pi, const uint8_t *h, size_t hlen, uint64_t now) noexcept nogil:

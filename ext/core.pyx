@@ -169,7 +169,8 @@ cdef class Core:
                  channels_closed_idle=c.channels_closed_idle, replaced=c.replaced,
                  senders_reclaimed=c.senders_reclaimed, rate_exceeded=c.rate_exceeded,
                  revoked=c.revoked, packs_in=c.packs_in, packed_in=c.packed_in,
-                 packs_out=c.packs_out, packed_out=c.packed_out)
+                 packs_out=c.packs_out, packed_out=c.packed_out,
+                 pack_window_full=c.pack_window_full)
         d["peers"] = self.peer_by_id.size()
         d["addresses"] = self.addr_by_name.size()
         d["address_slots"] = self.addrs.size()  # live + reclaimed slots waiting for reuse

@@ -149,7 +149,7 @@ cdef int _deliver(Core self, Peer *p, Address *a, Msg *m, uint64_t seq) noexcept
     put64(<uint8_t *>buf + DELIVER_SEQ, seq)
     buf[DELIVER_ADDRESS_LEN] = <char>la
     memcpy(buf + tl, a.name.data(), la)
-    if p.packs and PREFIX_SIZE + PACK_ENTRY_SIZE + tl + la + pn <= PACK_MAX:
+    if _may_pack(self, p, PACK_ENTRY_SIZE + tl + la + pn):
         rc = _pack_put(self, p, buf, tl + la, &m.payload)
     else:
         _pack_close(self)  # a message too large to pack goes alone, after the open pack
@@ -166,6 +166,20 @@ cdef int _deliver(Core self, Peer *p, Address *a, Msg *m, uint64_t seq) noexcept
         observe(self.c.hop[m.cls], hop)
         self.c.hop_sum_us[m.cls] += hop
     return 0
+
+
+cdef inline bint _may_pack(Core self, Peer *p, size_t entry) noexcept nogil:
+    """Whether a DELIVER of ``entry`` bytes goes into a PACK for ``p``: it asked for
+    packs, the entry fits one, and the pack is open already or the peer has fewer than
+    PACK_WINDOW unread. A peer that stops reading then holds PACK_WINDOW packs in its
+    pipe at most, and single DELIVERs up to the high-water mark after them, as a peer
+    that never asked for packs would: packs do not multiply what a stuck peer holds."""
+    if not p.packs or PREFIX_SIZE + entry > PACK_MAX:
+        return False
+    if self.pack_to == p or p.packs_sent - p.packs_read < PACK_WINDOW:
+        return True
+    self.c.pack_window_full += 1
+    return False
 
 
 cdef int _send_deliver(Core self, Peer *p, const char *h, size_t hn,
@@ -197,6 +211,7 @@ cdef int _pack_put(Core self, Peer *p, const char *h, size_t hn,
                        ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0:
             return 1 if zmqapi.errno_() == EAGAIN else -1
         self.pack_to = p
+        p.packs_sent += 1
         self.pack_buf.resize(PREFIX_SIZE)
         put_prefix(<uint8_t *>self.pack_buf.data(), CMD_PACK, 0)
     put16(lens, <uint16_t>hn)

@@ -109,3 +109,5 @@ cdef class Engine:
     cdef bint router_packs         # the last WELCOME said the router reads PACK
     cdef string pack               # SENDs packed, not yet written to libzmq
     cdef uint32_t pack_n           # ... how many
+    cdef uint64_t packs_conn       # PACKs read on this connection (HEARTBEAT reports it)
+    cdef uint64_t packs_reported   # ... as of the last report

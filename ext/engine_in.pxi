@@ -117,6 +117,9 @@ cdef void _on_pack(Engine self, const unsigned char *h, size_t hn) noexcept nogi
     cdef size_t off = PREFIX_SIZE, eh, ep
     cdef const unsigned char *e
     self.n_packs_in += 1
+    self.packs_conn += 1
+    if self.packs_conn - self.packs_reported >= PACK_REPORT:
+        _send_heartbeat(self)  # the router sends at most PACK_WINDOW packs unreported
     while off < hn:
         if off + PACK_HEADER_LEN_SIZE > hn:
             self.n_malformed += 1

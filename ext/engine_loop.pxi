@@ -63,7 +63,6 @@ cdef void _housekeeping(Engine self, uint64_t now) noexcept nogil:
     """A heartbeat when idle; a re-HELLO when the router stays silent past its
     liveness while the link is up (at most once per liveness period); resends of
     reliable messages unconfirmed for resend_after."""
-    cdef unsigned char head[PREFIX_SIZE]
     if not self.link:
         if self.endpoints.size() > 1 and now - self.down_since >= self.failover_ms:
             _fail_over(self, now)
@@ -77,9 +76,7 @@ cdef void _housekeeping(Engine self, uint64_t now) noexcept nogil:
             _hello(self, now)
         return
     if now - self.last_sent >= self.heartbeat_ms // 2:
-        put_prefix(head, CMD_HEARTBEAT, 0)
-        _send2(self, <const char *>head, PREFIX_SIZE, NULL, 0, False)
-        self.n_heartbeats += 1
+        _send_heartbeat(self)
     if (not self.resend_due and self.unconfirmed.size()
             and now - self.last_resend_scan >= self.resend_after_ms // 4 + 1):
         self.last_resend_scan = now
@@ -161,6 +158,7 @@ cdef void _read_monitor(Engine self) noexcept nogil:
             _event_link(self, 0)
         elif event == EVENT_HANDSHAKE_SUCCEEDED:
             self.link = True
+            self.packs_conn = self.packs_reported = 0  # counted per connection
             self.last_heard = now
             self.n_connects += 1
             # one HELLO per connection: unless one already went out since the drop

@@ -295,6 +295,17 @@ cdef void _forget_released(Engine self) noexcept nogil:
             self.unbound_order.pop_front()
 
 
+cdef void _send_heartbeat(Engine self) noexcept nogil:
+    """HEARTBEAT, with the PACK frames read on this connection (docs/PROTOCOL.md, PACK:
+    the router keeps at most PACK_WINDOW unreported; an older router ignores it)."""
+    cdef unsigned char head[HEARTBEAT_FIXED]
+    put_prefix(head, CMD_HEARTBEAT, 0)
+    eng_put64(head + HEARTBEAT_PACKS_READ, self.packs_conn)
+    _send2(self, <const char *>head, HEARTBEAT_FIXED, NULL, 0, False)
+    self.packs_reported = self.packs_conn
+    self.n_heartbeats += 1
+
+
 cdef void _send_bye(Engine self) noexcept nogil:
     cdef unsigned char head[PREFIX_SIZE]
     put_prefix(head, CMD_BYE, 0)

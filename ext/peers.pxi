@@ -79,6 +79,8 @@ cdef int _find_or_add_peer(Core self, const string &ident, uint64_t now) noexcep
     p.blocked = False
     p.gone = False
     p.packs = False
+    p.packs_sent = 0
+    p.packs_read = 0
     p.principal = -1
     p.key.clear()
     p.fd = -1

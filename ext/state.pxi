@@ -184,6 +184,8 @@ cdef cppclass Peer:
     bool blocked            # last send hit the HWM: retry on the next pass
     bool gone               # unreachable: nothing more is sent to it, what it sent is read
     bool packs              # its HELLO asked for packed DELIVERs (Flag.PACK)
+    uint64_t packs_sent     # PACK frames sent on this connection
+    uint64_t packs_read     # ... of which its HEARTBEATs say it has read
     int principal           # index in Core.principals from its HELLO; -1: none (open)
     string key              # the ZAP User-Id it authenticated with (its public key)
     int fd                  # its connection's socket (ZMQ_SRCFD at HELLO): revocation
@@ -214,6 +216,7 @@ cdef struct Counters:
     uint64_t packed_in          # ... and the commands they carried
     uint64_t packs_out          # PACK frames of DELIVERs sent
     uint64_t packed_out         # ... and the DELIVERs they carried
+    uint64_t pack_window_full   # DELIVERs sent alone: their peer had PACK_WINDOW packs unread
     uint64_t peers_connected
     uint64_t peers_lost
     uint64_t queued             # messages held (all queues)

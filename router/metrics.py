@@ -200,7 +200,10 @@ class RouterCollector:
                 ("router_receipts_dropped", "receipts_dropped",
                  "receipts not sent: the sender was gone or its pipe full"),
                 ("router_blocked_sends", "blocked_sends",
-                 "sends to a peer whose pipe was full (EAGAIN): the message stays queued")):
+                 "sends to a peer whose pipe was full (EAGAIN): the message stays queued"),
+                ("router_pack_window_full", "pack_window_full",
+                 "DELIVERs sent alone to a peer that asked for packs: it had PACK_WINDOW "
+                 "packs unread")):
             yield CounterMetricFamily(name, doc, value=s[key])
         for name, doc, prefix in (
                 ("router_packs", "PACK frames (docs/PROTOCOL.md, PACK)", "packs"),

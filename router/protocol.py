@@ -165,6 +165,14 @@ PACK_PAYLOAD_LEN = struct.Struct(">I")
 #: The most bytes a writer puts in one PACK frame (a larger message goes on its own);
 #: a reader takes any PACK the socket lets through.
 PACK_MAX = 1 << 16
+#: A HEARTBEAT from a peer that asked for packs: after the prefix, how many PACK frames
+#: it has read on this connection (a router from before it ignores the field).
+HEARTBEAT = struct.Struct(">Q")
+#: PACK frames the router keeps unread per connection: past it, that connection's
+#: DELIVERs go one by one (bounded by the socket's high-water mark in messages) until
+#: a HEARTBEAT reports reads. A packing client reports at least every PACK_REPORT.
+PACK_WINDOW = 1024
+PACK_REPORT = 256
 #: The commands a PACK may carry, by direction.
 PACKABLE_TO_ROUTER = frozenset({Command.SEND, Command.ACK})
 PACKABLE_FROM_ROUTER = frozenset({Command.DELIVER})
@@ -229,6 +237,8 @@ RECEIPT_AT = field_offsets("RECEIPT_", 0, RECEIPT_ENTRY, ("ID", "STATUS", "CODE"
 #: of RECEIPT_ENTRY.size bytes.
 RECEIPT_FRAME_AT = field_offsets("RECEIPT_", PREFIX.size, COUNT, ("COUNT",), end="HEAD")
 RECEIPT_HEAD = RECEIPT_FRAME_AT["RECEIPT_HEAD"]
+#: Byte offsets inside a peer's HEARTBEAT that reports the packs it read.
+HEARTBEAT_AT = field_offsets("HEARTBEAT_", PREFIX.size, HEARTBEAT, ("PACKS_READ",))
 #: Byte offsets inside an ERROR header frame; ERROR_FIXED is its size.
 ERROR_AT = field_offsets("ERROR_", PREFIX.size, ERROR, ("CODE", "ID"))
 #: Byte offsets inside READY, REQUEST and REPLY header frames (the service name of
@@ -440,6 +450,12 @@ def encode_send(
     return prefix(Command.SEND, flags) + fixed + t + k + c
 
 
+def encode_heartbeat(packs_read: int | None = None) -> bytes:
+    """A HEARTBEAT; from a peer that reads packs, with how many it has read."""
+    return prefix(Command.HEARTBEAT) + (b"" if packs_read is None
+                                         else HEARTBEAT.pack(packs_read))
+
+
 def encode_ack(acks: Iterable[tuple[str, int]]) -> bytes:
     """Encode an ACK frame: for each address, everything up to ``seq`` is acked."""
     return prefix(Command.ACK) + encode_cursors(acks)
@@ -624,13 +640,15 @@ def native_table() -> dict[str, int]:
             table[prefix_ + member.name] = int(member)
     for layout in (PREFIX_AT, HELLO_AT, LIST_AT, JOIN_AT, LIST_SIZES, WELCOME_AT, SEND_AT,
                    DELIVER_AT, RECEIPT_AT, RECEIPT_FRAME_AT, ERROR_AT, READY_AT, REQUEST_AT,
+                   HEARTBEAT_AT,
                    REPLY_AT, RECORD_AT, RECORD_KIND_AT, JOURNAL_MSG_AT, JOURNAL_ACK_AT,
                    JOURNAL_CURSOR_AT, JOURNAL_FIN_AT, JOURNAL_FLOOR_AT, HISTORY_AT):
         assert not table.keys() & layout.keys(), table.keys() & layout.keys()
         table.update(layout)
     table.update(PACK_HEADER_LEN_SIZE=PACK_HEADER_LEN.size,
                  PACK_PAYLOAD_LEN_SIZE=PACK_PAYLOAD_LEN.size,
-                 PACK_ENTRY_SIZE=PACK_HEADER_LEN.size + PACK_PAYLOAD_LEN.size, PACK_MAX=PACK_MAX)
+                 PACK_ENTRY_SIZE=PACK_HEADER_LEN.size + PACK_PAYLOAD_LEN.size, PACK_MAX=PACK_MAX,
+                 PACK_WINDOW=PACK_WINDOW, PACK_REPORT=PACK_REPORT)
     table.update(DELIVER_MAX=DELIVER_MAX, RECEIPT_ENTRY_SIZE=RECEIPT_ENTRY.size,
                  HIST_NAMES=HISTORY_NAMES, HIST_PAYLOAD_HEAD=HISTORY_PAYLOAD_LEN.size)
     return table

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
@@ -216,6 +217,15 @@ def answers_hello(url: str, timeout: float = 0.2) -> bool:
             return False
         probe.send(P.prefix(P.Command.BYE))
         return True
+
+
+def gauge(port: int, name: str) -> float:
+    """One unlabelled series from the router's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics")
 
 
 def drain(ep: Endpoint, n: int, timeout: float = 5.0, ack: bool = True) -> list:

@@ -4,22 +4,12 @@ backwards: a real router process, real clients, restarts by SIGKILL."""
 from __future__ import annotations
 
 import time
-import urllib.request
 from pathlib import Path
 
 from router.client import Endpoint, Sender
 from router.protocol import Status
 
-from support import free_port, wait_until
-
-
-def gauge(port: int, name: str) -> float:
-    """One unlabelled series from the router's /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[-1])
-    raise AssertionError(f"{name} not in /metrics")
+from support import free_port, gauge, wait_until
 
 
 def one_order_life(url: str, user: str, sender: Sender, cursor: int = 0) -> int:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 
 import router.protocol as P
 from router.protocol import Command, ErrorCode, Flag, MsgClass, Role, Status
 
-from support import Peer, wait_until
+from support import Peer, free_port, gauge, wait_until
 
 
 def _sends(n: int, target: str, cls: MsgClass = MsgClass.ORDER, first_id: int = 1,
@@ -276,3 +277,38 @@ def test_the_sdk_reads_a_pack_and_counts_what_is_wrong_in_one():
         wait_until(lambda: merchant.stats()["malformed"] == 2, 5, "malformed not counted")
         assert merchant.stats()["packs_in"] == 3
     sock.close()
+
+
+def test_a_peer_that_does_not_report_its_reads_gets_a_window_of_packs_then_single_ones(
+        make_router):
+    """PACK_WINDOW packs unread at most: a stuck reader holds no more than a peer that
+    never asked for packs would, and packs come back once it reports what it read."""
+    port = free_port()
+    router = make_router("--heartbeat-ms", "500", "--metrics-port", str(port))
+    with Peer(router.url) as m, Peer(router.url) as orders:
+        m.hello(Role.ENDPOINT, "m1", [("merchant:1", 0)], flags=Flag.PACK)
+        orders.hello(Role.SENDER, "orders")
+        packs = plain = sent = 0
+        beat = time.monotonic()
+        while plain == 0 and sent < 4 * P.PACK_WINDOW:
+            # one message at a time: the router packs what one pass has, here one
+            orders.send(P.encode_send("merchant:1", 0, MsgClass.NOTICE), b"n%d" % sent)
+            sent += 1
+            time.sleep(0.0003)
+            while (frames := m.recv(0)) is not None:
+                packs += frames[0][2] == Command.PACK
+                plain += frames[0][2] == Command.DELIVER
+            if time.monotonic() - beat > 0.2:  # alive, but no count: nothing read
+                m.send(P.encode_heartbeat())
+                beat = time.monotonic()
+        assert packs == P.PACK_WINDOW and plain >= 1, (packs, plain, sent)
+        m.send(P.encode_heartbeat(packs_read=packs))
+        time.sleep(0.1)
+        orders.send(P.encode_send("merchant:1", 0, MsgClass.NOTICE), b"after")
+        frames = _next_data(m, 3.0)
+        while frames[0][2] == Command.DELIVER and frames[1] != b"after":
+            frames = _next_data(m, 3.0)  # the rest of the single ones
+        assert frames[0][2] == Command.PACK, frames
+        assert P.decode_pack(frames[0])[-1][1] == b"after"
+        wait_until(lambda: gauge(port, "router_pack_window_full_total") >= plain, 5,
+                   "router_pack_window_full_total does not count the single ones")
