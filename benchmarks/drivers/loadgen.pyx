@@ -55,6 +55,9 @@ cdef uint8_t CMD_SEND = _P.Command.SEND
 cdef size_t PACK_HEAD = _P.PACK_HEADER_LEN.size
 cdef size_t PACK_PAYLOAD_HEAD = _P.PACK_PAYLOAD_LEN.size
 cdef size_t PACK_MAX = _P.PACK_MAX
+cdef int64_t PACK_REPORT = _P.PACK_REPORT
+cdef bytes _HB = _P.prefix(_P.Command.HEARTBEAT)
+cdef const uint8_t *HB_PREFIX = _HB
 cdef Py_ssize_t PREFIX_SIZE = _P.PREFIX.size
 cdef Py_ssize_t COUNT_SIZE = _P.COUNT.size
 cdef Py_ssize_t SEQ_SIZE = _P.SEQ.size
@@ -71,7 +74,8 @@ cdef Py_ssize_t RECEIPT_CODE_OFF = 9
 if not (_P.SEND.format.lstrip("<>!=@").startswith("Q")
         and _P.DELIVER.format.lstrip("<>!=@") == "QQQBBBBBB"
         and _P.RECEIPT_ENTRY.format.lstrip("<>!=@") == "QBH"
-        and _P.ERROR.format.lstrip("<>!=@").startswith("H")):
+        and _P.ERROR.format.lstrip("<>!=@").startswith("H")
+        and _P.HEARTBEAT.format.lstrip("<>!=@") == "Q"):
     raise ImportError("loadgen: router/protocol.py layouts changed; update benchmarks/drivers/loadgen.pyx")
 
 cdef enum:
@@ -754,6 +758,8 @@ cdef struct Recv:
     long long max_samples, index_space, not_deliver, bad_deliver, packs, bad_packs
     int64_t t_first, t_last
     int64_t *last_idx   # per connection: the previous message's index
+    int64_t *packs_read # per connection: PACK frames read, and reported (HEARTBEAT)
+    int64_t *packs_told
     int64_t *lat
     uint8_t *bitmap
     AckTable *tab       # reliable: the cumulative acks owed
@@ -817,6 +823,7 @@ cdef void take_pack(Recv *r, const uint8_t *p, size_t n, int cur, int64_t now) n
     does not parse counts in ``bad_packs`` after the entries before the fault."""
     cdef size_t off = PREFIX_SIZE, hn, pn
     r.packs += 1
+    r.packs_read[cur] += 1
     while off < n:
         if off + PACK_HEAD > n:
             r.bad_packs += 1
@@ -832,6 +839,16 @@ cdef void take_pack(Recv *r, const uint8_t *p, size_t n, int cur, int64_t now) n
             return
         take_message(r, p + off, hn, p + off + hn + PACK_PAYLOAD_HEAD, pn, cur, now)
         off += hn + PACK_PAYLOAD_HEAD + pn
+
+
+cdef void report_packs(void *s, int64_t n) noexcept nogil:
+    """HEARTBEAT with the packs read on this connection: the router keeps at most
+    PACK_WINDOW unreported (docs/PROTOCOL.md, PACK). Best effort: a refused report is
+    followed by the next one."""
+    cdef uint8_t hb[32]
+    memcpy(hb, HB_PREFIX, PREFIX_SIZE)
+    wr_be64(hb + PREFIX_SIZE, <uint64_t>n)
+    zmqapi.send(s, hb, PREFIX_SIZE + 8, ZMQ_DONTWAIT)
 
 
 def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s=2.0,
@@ -872,8 +889,10 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
     r.min_dseq = <uint64_t>-1
     cdef zmq_pollitem_t *items = <zmq_pollitem_t *>calloc(nsock, sizeof(zmq_pollitem_t))
     r.last_idx = <int64_t *>malloc(nsock * sizeof(int64_t))
-    if items == NULL or r.last_idx == NULL:
-        free(items); free(r.last_idx)
+    r.packs_read = <int64_t *>calloc(nsock, sizeof(int64_t))
+    r.packs_told = <int64_t *>calloc(nsock, sizeof(int64_t))
+    if items == NULL or r.last_idx == NULL or r.packs_read == NULL or r.packs_told == NULL:
+        free(items); free(r.last_idx); free(r.packs_read); free(r.packs_told)
         raise MemoryError()
     for si in range(nsock):
         items[si].socket = handle_of(socks[si])
@@ -993,6 +1012,9 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
             if frames_in_msg == 0:
                 if size >= <size_t>PREFIX_SIZE and data[0] == SIG and data[2] == CMD_PACK:
                     take_pack(&r, data, size, cur, now)
+                    if r.packs_read[cur] - r.packs_told[cur] >= PACK_REPORT:
+                        report_packs(items[cur].socket, r.packs_read[cur])
+                        r.packs_told[cur] = r.packs_read[cur]
                 else:
                     control += 1
                     continue
@@ -1059,6 +1081,7 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
         })
         free(tab.slots); free(tab.dirty); free(tab.frame); free(tab)
     free(hdr); free(r.lat); free(r.bitmap); free(items); free(r.last_idx)
+    free(r.packs_read); free(r.packs_told)
     if err:
         raise _zmq_error(err, f"receiver after {r.received} messages")
     return out
