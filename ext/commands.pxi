@@ -2,7 +2,8 @@
 # handler (HELLO, BIND, UNBIND, JOIN/LEAVE, ACK, SEND; service commands are handed to
 # the Python broker; a PACK's SENDs and ACKs to theirs, in order). Included by core.pyx.
 
-cdef void _handle(Core self, zmq_msg_t *f, int n, int extra) noexcept nogil:
+cdef int _handle(Core self, zmq_msg_t *f, int n, int extra) noexcept nogil:
+    """Handle one message; how many commands it carried (a PACK's entries, else 1)."""
     cdef uint64_t now = self.now_us // 1000
     cdef const char *ident = <const char *>zmqapi.msg_data(&f[0])
     cdef size_t idlen = zmqapi.msg_size(&f[0])
@@ -10,7 +11,7 @@ cdef void _handle(Core self, zmq_msg_t *f, int n, int extra) noexcept nogil:
     if pi >= 0:
         pi = _same_conn(self, pi, &f[n - 1], ident, idlen, now)
     if pi < 0:
-        return  # peer table full: strangers are ignored until slots free up
+        return 1  # peer table full: strangers are ignored until slots free up
     cdef Peer *p = self.peers[pi]
     p.last_seen_ms = now
     if p.bad > self.errors_per_second and now < p.err_window_ms + 1000:
@@ -20,19 +21,19 @@ cdef void _handle(Core self, zmq_msg_t *f, int n, int extra) noexcept nogil:
         # budget the well-behaved pair beside 24 fuzzers had p99 29 s; with 1x,
         # 35 ms, and the router's memory stayed flat.)
         self.c.quarantined += 1
-        return
+        return 1
     if n < 2:
         _error(self, pi, E_MALFORMED, 0, "empty message: expected a header frame")
-        return
+        return 1
     cdef const uint8_t *h = <const uint8_t *>zmqapi.msg_data(&f[1])
     cdef size_t hlen = zmqapi.msg_size(&f[1])
     if hlen < PREFIX_SIZE:
         _error(self, pi, E_MALFORMED, 0, "header frame shorter than the 4-byte prefix")
-        return
+        return 1
     if h[PREFIX_SIGNATURE] != SIGNATURE or h[PREFIX_VERSION] != VERSION:
         _error(self, pi, E_BAD_VERSION, 0,
                     "signature/version not understood: this router speaks version 1")
-        return
+        return 1
     cdef uint8_t cmd = h[PREFIX_COMMAND]
     if cmd == CMD_PACK:
         if n != 2 or extra:
@@ -40,8 +41,8 @@ cdef void _handle(Core self, zmq_msg_t *f, int n, int extra) noexcept nogil:
         elif p.role == 0:
             _error(self, pi, E_NOT_READY, 0, "send HELLO first (the router may have restarted)")
         else:
-            _on_pack(self, pi, h, hlen, now)
-        return
+            return _on_pack(self, pi, h, hlen, now)
+        return 1
     if cmd == CMD_SEND or cmd == CMD_REQUEST or cmd == CMD_REPLY:
         if n != 3 or extra:
             if cmd == CMD_SEND and hlen >= SEND_TTL:
@@ -52,13 +53,13 @@ cdef void _handle(Core self, zmq_msg_t *f, int n, int extra) noexcept nogil:
             else:
                 _error(self, pi, E_MALFORMED, 0,
                             "SEND/REQUEST/REPLY take a header frame and a payload frame")
-            return
+            return 1
     elif n != 2 or extra:
         _error(self, pi, E_MALFORMED, 0, "this command takes exactly one header frame")
-        return
+        return 1
     if p.role == 0 and cmd != CMD_HELLO:
         _error(self, pi, E_NOT_READY, 0, "send HELLO first (the router may have restarted)")
-        return
+        return 1
     if cmd == CMD_SEND:
         _on_send(self, pi, h, hlen, &f[2], now)
     elif cmd == CMD_ACK:
@@ -80,6 +81,7 @@ cdef void _handle(Core self, zmq_msg_t *f, int n, int extra) noexcept nogil:
         _to_broker(self, pi, f, n)
     else:
         _error(self, pi, E_UNKNOWN_COMMAND, 0, "unknown command, or one only the router sends")
+    return 1
 
 
 cdef void _on_hello(Core self, int pi, const uint8_t *h, size_t hlen,
@@ -222,13 +224,15 @@ cdef inline void _packs_read(Peer *p, uint64_t n) noexcept nogil:
         p.packs_read = n
 
 
-cdef void _on_pack(Core self, int pi, const uint8_t *h, size_t hlen, uint64_t now) noexcept nogil:
-    """Each entry as if it had come alone, in order. The framing is checked whole
-    first: a PACK that does not parse is refused with none of its entries handled."""
+cdef int _on_pack(Core self, int pi, const uint8_t *h, size_t hlen, uint64_t now) noexcept nogil:
+    """Each entry as if it had come alone, in order; how many there were. The framing
+    is checked whole first: a PACK that does not parse is refused with none of its
+    entries handled."""
+    cdef int n = 0
     if not valid_pack(h, hlen):
         _error(self, pi, E_MALFORMED, 0, "PACK entries do not end exactly at the end of "
                "its frame (u16 header length, header, u32 payload length, payload)")
-        return
+        return 1
     cdef Peer *p = self.peers[pi]
     cdef size_t off = PREFIX_SIZE, hn, pn
     cdef const uint8_t *e
@@ -239,10 +243,12 @@ cdef void _on_pack(Core self, int pi, const uint8_t *h, size_t hlen, uint64_t no
         pn = get32(e + hn)
         off += PACK_ENTRY_SIZE + hn + pn
         self.c.packed_in += 1
+        n += 1
         if p.bad > self.errors_per_second and now < p.err_window_ms + 1000:
             self.c.quarantined += 1  # past its error budget mid-pack: as in _handle
             continue
         _on_packed(self, pi, e, hn, e + hn + PACK_PAYLOAD_LEN_SIZE, pn, now)
+    return n if n > 0 else 1
 
 
 cdef void _on_packed(Core self, int pi, const uint8_t *h, size_t hlen, const uint8_t *b,

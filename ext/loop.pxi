@@ -37,7 +37,7 @@ cdef long _run(Core self, int timeout_ms) noexcept nogil:
             # them each return to Python cost more than the pass (3 messages a
             # pass, measured), and the SENDs behind them waited.
             break
-        if k == self.batch:
+        if k >= self.batch:
             continue
         wait = <long>(min(deadline, self.next_tick_ms) - now)
         if not self.blocked_peers.empty() and wait > 1:
@@ -68,7 +68,9 @@ cdef inline void _clock(Core self) noexcept nogil:
 
 
 cdef int _receive_pass(Core self) noexcept nogil:
-    """Receive and handle up to ``batch`` messages; the count, or -1 on a socket error.
+    """Receive and handle up to ``batch`` commands (a PACK counts its entries, so one
+    sender's packs cannot make a pass, and the wait of every other peer, longer); the
+    count, or -1 on a socket error.
 
     Messages are handled in arrival order, LOOKAHEAD behind the newest one received:
     with tens of thousands of addresses the index slot and the Address a SEND needs
@@ -97,8 +99,7 @@ cdef int _receive_pass(Core self) noexcept nogil:
             return k
         j = head % RING
         if k >= 0:
-            _handle(self, f[j], n[j], extra[j])
-            k += 1
+            k += _handle(self, f[j], n[j], extra[j])
         for i in range(n[j]):
             zmqapi.msg_close(&f[j][i])
         head += 1
