@@ -143,7 +143,7 @@ def test_worked_examples_are_what_the_encoders_write():
     ex = _examples()
     assert [n for n, _ in ex] == ["HELLO", "WELCOME", "HELLO", "SEND", "RECEIPT", "DELIVER",
                                   "ACK", "RECEIPT", "RECEIPT", "JOIN", "SEND", "RECEIPT",
-                                  "ERROR"]
+                                  "ERROR", "HELLO", "PACK", "HEARTBEAT"]
     frames = [f for _, f in ex]
     cursor = 17
     assert frames[0] == P.encode_hello(P.Role.ENDPOINT, "merchant-881", [("merchant:881", cursor)])
@@ -170,6 +170,13 @@ def test_worked_examples_are_what_the_encoders_write():
     assert P.decode_receipts(frames[11]) == [
         P.Receipt(mid + 2, P.Status.REFUSED, P.ErrorCode.TOO_LARGE)]
     assert P.decode_error(frames[12], b"")[:2] == (P.ErrorCode.TOO_LARGE, mid + 2)
+    assert frames[13] == P.encode_hello(P.Role.ENDPOINT, "rider-42", [("rider:42", 0)],
+                                        flags=P.Flag.PACK)
+    offers = [(P.encode_send("rider:42", i, P.MsgClass.DISPATCH, kind="offer"), b"{}")
+              for i in (1, 2)]
+    assert frames[14] == P.encode_pack(offers)
+    assert P.decode_pack(frames[14]) == offers
+    assert frames[15] == P.encode_heartbeat(packs_read=1)
 
 
 # ---- layouts: the table, the compiled core, the document and the journal agree ---------
@@ -207,6 +214,7 @@ DOC_TABLES = {
     + _var(P.DELIVER_AT, "DELIVER_FIXED"),
     ("### RECEIPT", 0): _rows(P.RECEIPT_FRAME_AT) + _var(P.RECEIPT_FRAME_AT, "RECEIPT_HEAD"),
     ("### ERROR", 0): _rows(P.ERROR_AT),
+    ("### HEARTBEAT", 0): _rows(P.HEARTBEAT_AT),
     ("### Services", 0): _rows(P.READY_AT) + _var(P.READY_AT, "READY_FIXED"),
     ("### Services", 1): _rows(P.REQUEST_AT) + _var(P.REQUEST_AT, "REQUEST_FIXED"),
     ("### Services", 2): _rows(P.REPLY_AT),
@@ -222,6 +230,15 @@ DOC_TABLES = {
 @pytest.mark.parametrize("where", list(DOC_TABLES), ids=lambda w: f"{w[0][4:]}-{w[1]}")
 def test_document_layout_tables_match_the_offsets_the_core_uses(where):
     assert _doc_table(*where) == DOC_TABLES[where]
+
+
+def test_document_gives_the_pack_entry_layout_and_limits():
+    pack = DOC.split("### PACK", 1)[1].split("\n### ", 1)[0]
+    assert f"| {P.PACK_HEADER_LEN.size} | header length *h* |" in pack
+    assert f"| {P.PACK_PAYLOAD_LEN.size} | payload length *p*" in pack
+    for name, value in (("PACK_MAX", P.PACK_MAX), ("PACK_WINDOW", P.PACK_WINDOW),
+                        ("PACK_REPORT", P.PACK_REPORT)):
+        assert f"`{name}` = {value:,}" in pack, name
 
 
 def test_document_names_the_receipt_entry_size_and_common_prefix():
