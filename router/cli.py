@@ -357,7 +357,7 @@ def _bench(args: argparse.Namespace) -> int:
     plan = Plan(mode=args.mode, url=args.router, size=args.size, count=args.count,
                 duration=args.duration, rate=args.rate, publishers=args.publishers,
                 receivers=args.receivers, window=args.window, api=args.api, tag=args.tag,
-                idle=args.idle, timeout=args.timeout)
+                idle=args.idle, timeout=args.timeout, **client_commands.key_options(args))
     try:
         check_plan(plan)
         return bench_main(plan, as_json=args.json)

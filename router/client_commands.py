@@ -42,10 +42,7 @@ def _add_client(p: argparse.ArgumentParser, name: str | None = "cli") -> None:
                    metavar="ENDPOINT",
                    help="the router's endpoint, tcp://host:port or ipc:///path "
                    "(default %(default)s)")
-    p.add_argument("--server-key", metavar="KEY", help="an authenticated router's public "
-                   "key: its .key file or the Z85 text (with --key)")
-    p.add_argument("--key", metavar="FILE", help="this client's secret key file "
-                   "(router keygen NAME: NAME.key_secret), for an authenticated router")
+    add_key_flags(p)
     if name:
         p.add_argument("--name", default=name,
                        help="this client's name, scoping its message ids (default %(default)s)")
@@ -120,7 +117,15 @@ def _add_presence(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the router's JSON answer")
 
 
-def _security(args: argparse.Namespace) -> dict:
+def add_key_flags(p: argparse.ArgumentParser) -> None:
+    """--server-key and --key: what a client of an authenticated router presents."""
+    p.add_argument("--server-key", metavar="KEY", help="an authenticated router's public "
+                   "key: its .key file or the Z85 text (with --key)")
+    p.add_argument("--key", metavar="FILE", help="this client's secret key file "
+                   "(router keygen NAME: NAME.key_secret), for an authenticated router")
+
+
+def key_options(args: argparse.Namespace) -> dict:
     """--server-key and --key as the SDK's options (checked when the client starts)."""
     if args.server_key is None and args.key is None:
         return {}
@@ -143,7 +148,7 @@ def _sender(args: argparse.Namespace) -> Sender:
     the router's ERRORs printed as they come."""
     from .client import Sender
 
-    return Sender(args.router, args.name, timeout=args.timeout, **_security(args),
+    return Sender(args.router, args.name, timeout=args.timeout, **key_options(args),
                   on_error=_report(args.command))
 
 
@@ -196,7 +201,7 @@ def _listen(args: argparse.Namespace) -> int:
 
     stop = _Stop()
     n = 0
-    with Endpoint(args.router, args.addresses, name="listen", **_security(args),
+    with Endpoint(args.router, args.addresses, name="listen", **key_options(args),
                   on_error=_report(args.command)) as ep:
         idle_since = time.monotonic()
         while not stop:

@@ -144,3 +144,51 @@ def test_ctrl_c_stops_the_clients_and_still_prints_the_figures(router):
     s = json.loads(out)
     assert s["interrupted"] and s["delivered"] == 300 and s["p50_us"] > 0
     assert "interrupted: stopping the clients" in err
+
+
+BENCH_CREDENTIALS = """
+[[principal]]
+name = "bench"
+public_keys = ["{keys}/bench.key"]
+roles = ["sender", "endpoint"]
+names = ["bench-*"]
+bind = ["bench:*"]
+send = ["bench:*"]
+"""
+
+
+@pytest.fixture
+def secure_router(tmp_path, make_router):
+    """A router with credentials and CURVE, and the key its bench clients present."""
+    from router.auth.keys import make_pair
+    keys = tmp_path / "certs"
+    make_pair(keys, "router")
+    make_pair(keys, "bench")
+    creds = tmp_path / "credentials.toml"
+    creds.write_text(BENCH_CREDENTIALS.format(keys=keys))
+    r = make_router("--credentials", str(creds),
+                    "--curve-secret-key", str(keys / "router.key_secret"))
+    return r, ["--server-key", str(keys / "router.key"), "--key",
+               str(keys / "bench.key_secret")]
+
+
+@pytest.mark.parametrize("mode,api", [("pub", "blocking"), ("reliable", "asyncio")])
+def test_an_authenticated_router_is_benched_with_a_key(secure_router, mode, api):
+    r, key_flags = secure_router
+    out = bench(mode, "--url", r.url, "--count", "3000", "--json", "--api", api,
+                *key_flags)
+    assert out.returncode == 0, out.stderr
+    s = json.loads(out.stdout)
+    check_figures(s, 1, 1)
+    assert s["sent"] == 3000
+    assert "CURVE on every endpoint" in r.log() and "FORBIDDEN" not in r.log()
+
+
+def test_benching_an_authenticated_router_without_a_whole_key_is_one_line(secure_router):
+    r, key_flags = secure_router
+    out = bench("pub", "--url", r.url, *key_flags[:2], timeout=20)
+    assert out.returncode == 2 and "--key" in out.stderr, out
+    assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr
+    out = bench("pub", "--url", r.url, "--timeout", "1", timeout=30)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out
+    assert out.stderr.strip().count("\n") == 0, out.stderr

@@ -47,7 +47,7 @@ async def _aio_publisher(plan: Plan, p: int, ctl, slot: int) -> dict:
     sender = await AsyncSender.connect(
         plan.url, f"bench-apub-{plan.tag}-{p}", timeout=plan.timeout, compress_above=-1,
         on_receipt=on_receipt,
-        on_error=lambda e: state.__setitem__("errors", state["errors"] + 1))
+        on_error=lambda e: state.__setitem__("errors", state["errors"] + 1), **plan.keys())
     try:
         targets = plan.targets()
         nt = len(targets)
@@ -107,7 +107,8 @@ async def _aio_receiver(plan: Plan, r: int, ctl, slot: int) -> dict:
     errors = [0]
     ep = await AsyncEndpoint.connect(plan.url, [plan.address(r)],
                                      name=f"bench-arecv-{plan.tag}-{r}", timeout=plan.timeout,
-                                     on_error=lambda e: errors.__setitem__(0, errors[0] + 1))
+                                     on_error=lambda e: errors.__setitem__(0, errors[0] + 1),
+                                     **plan.keys())
     tally = Tally()
     try:
         ctl_ready(ctl, slot)
@@ -141,7 +142,8 @@ async def _aio_requester(plan: Plan, p: int, ctl, slot: int) -> dict:
     from ..protocol import ErrorCode
 
     sender = await AsyncSender.connect(plan.url, f"bench-areq-{plan.tag}-{p}",
-                                       timeout=plan.timeout, compress_above=-1)
+                                       timeout=plan.timeout, compress_above=-1,
+                                       **plan.keys())
     try:
         pad = bytes(plan.size - HEAD.size)
         ctl_ready(ctl, slot)

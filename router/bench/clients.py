@@ -63,7 +63,7 @@ def run_publisher(plan: Plan, p: int, ctl, slot: int) -> dict:
     msg_class = MsgClass.ORDER if plan.reliable else MsgClass.NOTICE
     sender = Sender(plan.url, f"bench-pub-{plan.tag}-{p}", timeout=plan.timeout,
                     compress_above=-1, on_receipt=on_receipt, on_error=on_error,
-                    server_key=plan.server_key, key=plan.key)
+                    **plan.keys())
     try:
         targets = plan.targets()
         per_target = [0] * len(targets)
@@ -122,7 +122,7 @@ def run_receiver(plan: Plan, r: int, ctl, slot: int) -> dict:
     errors = [0]
     ep = Endpoint(plan.url, [plan.address(r)], name=f"bench-recv-{plan.tag}-{r}",
                   timeout=plan.timeout, on_error=lambda e: errors.__setitem__(0, errors[0] + 1),
-                  server_key=plan.server_key, key=plan.key)
+                  **plan.keys())
     try:
         tally = Tally()
         ctl_ready(ctl, slot)
@@ -219,7 +219,7 @@ def run_requester(plan: Plan, p: int, ctl, slot: int) -> dict:
             failed[reply.code.name] = failed.get(reply.code.name, 0) + 1
 
     sender = Sender(plan.url, f"bench-req-{plan.tag}-{p}", timeout=plan.timeout,
-                    compress_above=-1, on_reply=on_reply)
+                    compress_above=-1, on_reply=on_reply, **plan.keys())
     try:
         pad = bytes(plan.size - HEAD.size)
         ctl_ready(ctl, slot)
@@ -278,7 +278,8 @@ def run_worker(plan: Plan, r: int, ctl, slot: int) -> dict:
     """One service worker (echo) for request mode; serves until the requesters finish."""
     worker_cls = service_worker_class()
     worker = worker_cls(plan.url, plan.service, lambda body: body, credit=WORKER_CREDIT,
-                        name=f"bench-worker-{plan.tag}-{r}", timeout=plan.timeout)
+                        name=f"bench-worker-{plan.tag}-{r}", timeout=plan.timeout,
+                        **plan.keys())
     try:
         ctl_ready(ctl, slot)
         ctl.wait_go()

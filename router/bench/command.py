@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import argtypes, config
+from ..client_commands import add_key_flags
 from .plan import MODES
 
 
@@ -34,7 +35,10 @@ when a reliable message or a request was not confirmed.
 examples:
   router bench pub --count 200000
   router bench reliable --publishers 2 --receivers 2 --duration 10 --rate 20000
-  router bench request --receivers 2 --window 32 --json""")
+  router bench request --receivers 2 --window 32 --json
+  router bench pub --server-key certs/router.key --key certs/bench.key_secret
+            (an authenticated router: every client presents that key; its principal
+            must allow the names bench-* and the addresses bench:*, docs/SECURITY.md)""")
     p.add_argument("mode", choices=MODES, help="what to measure (see below)")
     p.add_argument("--url", "--router", dest="router", default=config.DEFAULT_BIND,
                    type=argtypes.endpoints, metavar="ENDPOINT",
@@ -69,3 +73,6 @@ examples:
     p.add_argument("--timeout", type=argtypes.seconds, default=5.0, metavar="SECONDS",
                    help="how long to wait for the router (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    # every client of the run presents the same key: its principal must allow the names
+    # bench-pub-/bench-recv-/bench-req-/bench-worker-<tag>-<n> and the addresses bench:*
+    add_key_flags(p)

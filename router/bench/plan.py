@@ -71,6 +71,10 @@ class Plan:
         """Messages publisher ``p`` sends in a count run."""
         return self.count // self.publishers + (1 if p < self.count % self.publishers else 0)
 
+    def keys(self) -> dict:
+        """The CURVE options of every client of the run (none for an open router)."""
+        return {"server_key": self.server_key, "key": self.key}
+
     def targets(self) -> list[str]:
         """Every receiver's address, in order."""
         return [self.address(r) for r in range(max(self.receivers, 1))]

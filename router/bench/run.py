@@ -154,12 +154,12 @@ def check_plan(plan: Plan, max_payload: int | None = None) -> None:
         raise ValueError("sub mode needs --tag, the same as the publishing run's")
 
 
-def probe(url: str, timeout: float) -> int:
-    """Connect once (fail fast, one line, when no router answers); the router's max
-    payload."""
+def probe(url: str, timeout: float, keys: dict | None = None) -> int:
+    """Connect once (fail fast, one line, when no router answers or refuses ``keys``,
+    the CURVE options); the router's max payload."""
     from ..client import Sender
 
-    with Sender(url, "bench-probe", timeout=timeout) as s:
+    with Sender(url, "bench-probe", timeout=timeout, **(keys or {})) as s:
         return s.welcome.max_payload
 
 
@@ -169,7 +169,7 @@ def main(plan: Plan, as_json: bool = False) -> int:
 
     if not plan.tag:
         plan.tag = os.urandom(4).hex()
-    check_plan(plan, probe(plan.url, plan.timeout))
+    check_plan(plan, probe(plan.url, plan.timeout, plan.keys()))
     summary = Run(plan).run()
     if as_json:
         print(orjson.dumps(summary).decode())
