@@ -36,6 +36,7 @@ cdef void _loop(Engine self) noexcept nogil:
         if items[1].revents:
             _read_monitor(self)
         _send_queued(self)
+        _pack_flush(self)  # now: not after a read of up to RECV_BUDGET messages
         busy = _read_socket(self)
         _housekeeping(self, eng_now_ms())
         _pack_flush(self)
