@@ -29,8 +29,9 @@ cdef bint _send_item(Engine self, const string &item) noexcept nogil:
 
 
 cdef bint _pack_add(Engine self, const char *h, size_t hn, const char *b, size_t bn) noexcept nogil:
-    """Add one SEND to the pack the loop writes at the end of its pass (or sooner, when
-    full or when another command must follow it); False if a full pack could not go."""
+    """Add one SEND to the pack the loop writes once it has taken the out-queue (or
+    sooner, when full or when another command must follow it); False if a full pack
+    could not go."""
     cdef unsigned char lens[PACK_PAYLOAD_LEN_SIZE]
     if self.pack.size() + PACK_ENTRY_SIZE + hn + bn > PACK_MAX and not _pack_flush(self):
         return False
