@@ -41,16 +41,21 @@ def test_plan_interleaves_the_contenders_round_by_round():
                                   ("nats", 5000.0)] * 2
 
 
+def _run_or_skip(opts: SdkOptions) -> list[dict]:
+    """The benchmark's rows, or a skip naming what this machine lacks for it."""
+    try:
+        command.check_setup(opts)
+    except command.SetupError as exc:
+        pytest.skip(str(exc))
+    return command.run(opts)
+
+
 @pytest.mark.long
 @pytest.mark.timeout(900)
 def test_every_contender_delivers_and_the_report_has_the_ratios():
     opts = SdkOptions(count=20_000, rates=(5000,), duration=1.0, repeat=1, idle=2.0,
                       verbose=False)
-    try:
-        command.check_setup(opts)
-    except command.SetupError as exc:
-        pytest.skip(str(exc))
-    rows = command.run(opts)
+    rows = _run_or_skip(opts)
     assert [(r["contender"], r["rate"]) for r in rows] == [
         (c, rate) for rate in (0.0, 5000.0) for c in CONTENDERS]
     for r in rows:
@@ -73,11 +78,7 @@ def test_sdk_curve_delivers_everything_through_curve(tmp_path):
     opts = SdkOptions(contenders=("sdk", "sdk-curve"), count=2000, rates=(2000,),
                       duration=0.5, repeat=1, idle=1.0, verbose=False, keep=True,
                       workdir=str(tmp_path))
-    try:
-        command.check_setup(opts)
-    except command.SetupError as exc:
-        pytest.skip(str(exc))
-    rows = command.run(opts)
+    rows = _run_or_skip(opts)
     assert [(r["contender"], r["rate"]) for r in rows] == [
         ("sdk", 0.0), ("sdk-curve", 0.0), ("sdk", 2000.0), ("sdk-curve", 2000.0)]
     for r in rows:

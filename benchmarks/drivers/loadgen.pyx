@@ -841,6 +841,17 @@ cdef void take_pack(Recv *r, const uint8_t *p, size_t n, int cur, int64_t now) n
         off += hn + PACK_PAYLOAD_HEAD + pn
 
 
+cdef int acks_now(void *s, AckTable *tab, int64_t now, int64_t *last_ack,
+                  int64_t *last_out) noexcept nogil:
+    """Send the acks owed and note when: 0, or the errno that stops the receiver."""
+    cdef int rc = ack_flush(s, tab)
+    if rc < 0:
+        return -rc
+    last_ack[0] = now
+    last_out[0] = now
+    return 0
+
+
 cdef void report_packs(void *s, int64_t n) noexcept nogil:
     """HEARTBEAT with the packs read on this connection: the router keeps at most
     PACK_WINDOW unreported (docs/PROTOCOL.md, PACK). Best effort: a refused report is
@@ -973,12 +984,9 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
                 dry = 0
                 now = now_ns()
                 if reliable and tab.ndirty and (ack_on_drain or now - last_ack >= ack_ns):
-                    rc = ack_flush(s, tab)
-                    if rc < 0:
-                        err = -rc
+                    err = acks_now(s, tab, now, &last_ack, &last_out)
+                    if err:
                         break
-                    last_ack = now
-                    last_out = now
                 if hb_ns > 0 and now - last_out >= hb_ns:
                     for si in range(nsock):
                         if zmqapi.send(items[si].socket, hb_ptr, hb_len, ZMQ_DONTWAIT) >= 0:
@@ -1027,12 +1035,9 @@ def run_receiver(sock, long long count, *, double deadline_s=60.0, double idle_s
                 else:
                     take_message(&r, hdr, hsize, data, size, cur, now)
             if reliable and tab.ndirty and now - last_ack >= ack_ns:
-                rc = ack_flush(s, tab)
-                if rc < 0:
-                    err = -rc
+                err = acks_now(s, tab, now, &last_ack, &last_out)
+                if err:
                     break
-                last_ack = now
-                last_out = now
         if err == 0 and reliable and tab.ndirty:
             # Final acks: retry pushed-back frames until the deadline.
             while tab.ndirty:
