@@ -219,6 +219,27 @@ def answers_hello(url: str, timeout: float = 0.2) -> bool:
         return True
 
 
+def curve_router(make_router, keys: Path, parties, credentials: str, *router_args: str):
+    """A router with credentials and CURVE: key pairs for the router and each of
+    ``parties`` made in ``keys``, ``credentials`` (TOML naming those key files) written
+    beside them, the router started on both. Returns (router, options(party)), the
+    latter the SDK's ``server_key``/``key`` for that party."""
+    from router.auth.keys import make_pair
+    for party in dict.fromkeys(("router", *parties)):
+        make_pair(keys, party)
+    creds = keys / "credentials.toml"
+    creds.write_text(credentials)
+    r = make_router("--credentials", str(creds),
+                    "--curve-secret-key", str(keys / "router.key_secret"), *router_args)
+    r.creds_path, r.keys = creds, keys
+
+    def options(party: str, server: str = "router") -> dict:
+        return {"server_key": str(keys / f"{server}.key"),
+                "key": str(keys / f"{party}.key_secret")}
+
+    return r, options
+
+
 def gauge(port: int, name: str) -> float:
     """One unlabelled series from the router's /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:

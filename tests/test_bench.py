@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from support import ROOT, free_port
+from support import ROOT, curve_router, free_port
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
@@ -159,17 +159,11 @@ send = ["bench:*"]
 
 @pytest.fixture
 def secure_router(tmp_path, make_router):
-    """A router with credentials and CURVE, and the key its bench clients present."""
-    from router.auth.keys import make_pair
+    """A router with credentials and CURVE, and the key flags its bench clients take."""
     keys = tmp_path / "certs"
-    make_pair(keys, "router")
-    make_pair(keys, "bench")
-    creds = tmp_path / "credentials.toml"
-    creds.write_text(BENCH_CREDENTIALS.format(keys=keys))
-    r = make_router("--credentials", str(creds),
-                    "--curve-secret-key", str(keys / "router.key_secret"))
-    return r, ["--server-key", str(keys / "router.key"), "--key",
-               str(keys / "bench.key_secret")]
+    r, options = curve_router(make_router, keys, ["bench"], BENCH_CREDENTIALS.format(keys=keys))
+    o = options("bench")
+    return r, ["--server-key", o["server_key"], "--key", o["key"]]
 
 
 @pytest.mark.parametrize("mode,api", [("pub", "blocking"), ("reliable", "asyncio")])

@@ -21,7 +21,7 @@ from router.client import Endpoint, Sender
 from router.protocol import MsgClass, Role, Status
 
 # hostile_load.py imports fuzz and fuzz_shared_id from here.
-from support import Peer, fuzz, fuzz_shared_id
+from support import Peer, curve_router, fuzz, fuzz_shared_id
 
 #: The real flow's address: no mutation of the fuzz corpus comes near it.
 REAL_ADDRESS = "merchant:real-flow-7f3a9c"
@@ -113,11 +113,8 @@ def test_fuzz_against_an_authenticated_router(make_router, tmp_path):
     """Fuzzers that hold valid CURVE keys of a principal with narrow rights (they can
     bind one address and send nothing): every command they mangle meets the permission
     checks too; the real flow, another principal, is undisturbed."""
-    from router.auth.keys import client_options, make_pair
-    for party in ("router", "flow", "fuzzer"):
-        make_pair(tmp_path, party)
-    creds = tmp_path / "credentials.toml"
-    creds.write_text(f"""
+    from router.auth.keys import client_options
+    r, options = curve_router(make_router, tmp_path, ["flow", "fuzzer"], f"""
 [[principal]]
 name = "flow"
 public_keys = ["{tmp_path}/flow.key"]
@@ -131,12 +128,9 @@ public_keys = ["{tmp_path}/fuzzer.key"]
 roles = ["sender", "endpoint", "gateway", "worker"]
 names = ["*"]
 bind = ["user:1"]
-""")
-    r = make_router("--credentials", str(creds), "--curve-secret-key",
-                    str(tmp_path / "router.key_secret"), "--max-queue", "2000")
-    fuzzer = client_options(str(tmp_path / "router.key"), str(tmp_path / "fuzzer.key_secret"))
-    flow = {"server_key": str(tmp_path / "router.key"),
-            "key": str(tmp_path / "flow.key_secret")}
+""", "--max-queue", "2000")
+    fuzzer = client_options(**options("fuzzer"))
+    flow = options("flow")
     stop, counts = threading.Event(), [0]
     threads = [threading.Thread(target=fuzz, args=(r.url, 11 + i, stop, counts, fuzzer),
                                 daemon=True) for i in range(2)]

@@ -22,7 +22,7 @@ from router.client import Endpoint, Sender
 from router.protocol import ErrorCode, MsgClass, Role, Status
 from router.session import RouterError, RouterUnavailable
 
-from support import drain, free_port
+from support import curve_router, drain, free_port
 
 
 def metric(r, name: str) -> float:
@@ -90,21 +90,10 @@ history = "own"
 def trust(tmp_path: Path, make_router):
     """An authenticated router and everyone's keys: ``(router, keys dir, options(name))``."""
     keys = tmp_path / "certs"
-    for party in PARTIES:
-        make_pair(keys, party)
-    creds = tmp_path / "credentials.toml"
-    creds.write_text(CREDENTIALS.format(keys=keys))
     port = free_port()
-    r = make_router("--credentials", str(creds),
-                    "--curve-secret-key", str(keys / "router.key_secret"),
-                    "--metrics-port", str(port))
+    r, options = curve_router(make_router, keys, PARTIES, CREDENTIALS.format(keys=keys),
+                              "--metrics-port", str(port))
     r.metrics_port = port
-
-    def options(party: str, server: str = "router") -> dict:
-        return {"server_key": str(keys / f"{server}.key"),
-                "key": str(keys / f"{party}.key_secret")}
-
-    r.creds_path, r.keys = creds, keys
     return r, options
 
 
